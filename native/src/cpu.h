@@ -1,0 +1,17 @@
+// Run-time SIMD selection. The shipped build never uses -march; AVX2/F16C code is compiled per
+// function with target attributes and chosen here. Every SIMD kernel has a scalar twin that
+// must produce identical bytes (tests compare them).
+#pragma once
+
+namespace deepcast {
+
+enum class Simd { Scalar = 0, Avx2 = 1 };
+
+bool cpu_has_avx2();
+// The level kernels use now: the best the CPU has, unless lowered by set_simd() or by the
+// DEEPCAST_SIMD=scalar environment variable.
+Simd active_simd();
+// Returns false when the requested level is not supported by this CPU.
+bool set_simd(Simd level);
+
+}  // namespace deepcast
