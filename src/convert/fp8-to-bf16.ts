@@ -1,0 +1,268 @@
+/**
+ * `deepcast fp8-to-bf16`: FP8 e4m3 weights with 128x128 `weight_scale_inv` blocks -> BF16, with the
+ * semantics of DeepSeek's `fp8_cast_bf16.py` (bf16(f32(fp8) * scale_inv), one RNE rounding), shard by
+ * shard under the input's file names, the index and config rewritten, small files copied.
+ */
+import { copyFile, rename, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { DeepcastError } from "../errors.js";
+import { locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
+import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
+import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
+import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
+import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
+import { fingerprint, freeBytes, RunState } from "./run-state.js";
+
+export const SCALE_SUFFIX = "_scale_inv";
+
+export type OutTensor = TensorSpec &
+  ({ op: "copy"; from: TensorLocation } | { op: "fp8"; from: TensorLocation; scale: TensorLocation });
+
+export interface ShardPlan {
+  name: string;
+  metadata: Record<string, string> | null;
+  tensors: OutTensor[];
+  bytes: number;
+}
+
+export interface Fp8ToBf16Plan {
+  shards: ShardPlan[];
+  /** Output index: the input's weight_map order without the dropped scales. */
+  weightMap: Record<string, string>;
+  /** config.json with quantization_config removed and torch_dtype bfloat16 (null: none in input). */
+  config: Record<string, unknown> | null;
+  /** Other top-level files copied as they are (tokenizer, generation config, ...). */
+  copyFiles: string[];
+  fp8Tensors: number;
+  droppedScales: number;
+  inputBytes: number;
+  outputBytes: number;
+}
+
+const isScaleName = (name: string) => name.endsWith(SCALE_SUFFIX);
+
+function checkScale(weight: TensorLocation, scale: TensorLocation | undefined, where: (f: string) => string): TensorLocation {
+  const w = weight.entry;
+  if (!scale) {
+    throw new DeepcastError(`FP8 weight has no ${w.name}${SCALE_SUFFIX} in the checkpoint: cannot dequantize it`, { file: where(weight.file), tensor: w.name });
+  }
+  const s = scale.entry;
+  if (w.shape.length !== 2) {
+    throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(weight.file), tensor: w.name });
+  }
+  const expected = [Math.ceil(w.shape[0]! / FP8_BLOCK), Math.ceil(w.shape[1]! / FP8_BLOCK)];
+  if (s.dtype !== "F32") {
+    throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name });
+  }
+  if (s.shape.length !== 2 || s.shape[0] !== expected[0] || s.shape[1] !== expected[1]) {
+    throw new DeepcastError(
+      `scale shape ${JSON.stringify(s.shape)} does not match weight ${JSON.stringify(w.shape)}: expected ${JSON.stringify(expected)} (ceil(rows/128) x ceil(cols/128))`,
+      { file: where(scale.file), tensor: s.name });
+  }
+  return scale;
+}
+
+export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
+  const where = (f: string) => `${ckpt.source.description}/${f}`;
+  const shards: ShardPlan[] = [];
+  let fp8Tensors = 0;
+  let droppedScales = 0;
+  let inputBytes = 0;
+  for (const name of ckpt.shards) {
+    const header = ckpt.headers.get(name)!;
+    const tensors: OutTensor[] = [];
+    for (const entry of header.tensors) {
+      inputBytes += entry.end - entry.begin;
+      if (isScaleName(entry.name)) {
+        droppedScales++;
+        continue;
+      }
+      const from = { file: name, entry };
+      if (entry.dtype === "F8_E4M3") {
+        const scale = checkScale(from, locate(ckpt, entry.name + SCALE_SUFFIX), where);
+        tensors.push({ name: entry.name, dtype: "BF16", shape: entry.shape, op: "fp8", from, scale });
+        fp8Tensors++;
+      } else if (entry.dtype === "F8_E5M2") {
+        throw new DeepcastError("F8_E5M2 weights are not supported (DeepSeek checkpoints use F8_E4M3)", { file: where(name), tensor: entry.name });
+      } else {
+        tensors.push({ name: entry.name, dtype: entry.dtype, shape: entry.shape, op: "copy", from });
+      }
+    }
+    tensors.sort(safetensorsOrder);
+    shards.push({ name, metadata: header.metadata, tensors, bytes: safetensorsFileSize(tensors, header.metadata) });
+  }
+  const kept = new Set(shards.flatMap((s) => s.tensors.map((t) => t.name)));
+  const weightMap: Record<string, string> = {};
+  for (const [tensor, file] of ckpt.weightMap) if (kept.has(tensor)) weightMap[tensor] = file;
+
+  let config: Record<string, unknown> | null = null;
+  if (ckpt.config) {
+    config = { ...ckpt.config };
+    delete config.quantization_config;
+    config.torch_dtype = "bfloat16";
+  }
+  const shardSet = new Set(ckpt.shards);
+  const copyFiles = ckpt.files
+    .map((f) => f.name)
+    .filter((n) => !shardSet.has(n) && n !== INDEX_FILE && n !== "config.json" && !n.endsWith(".safetensors") && !n.startsWith("."));
+  return {
+    shards,
+    weightMap,
+    config,
+    copyFiles,
+    fp8Tensors,
+    droppedScales,
+    inputBytes,
+    outputBytes: shards.reduce((a, s) => a + s.bytes, 0),
+  };
+}
+
+/** The chunks that produce one output tensor, bounded by `chunkBytes` of input each. */
+function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>): Chunk[] {
+  const size = t.from.entry.end - t.from.entry.begin;
+  const chunks: Chunk[] = [];
+  if (t.op === "copy") {
+    for (let off = 0; off < size || (size === 0 && off === 0); off += chunkBytes) {
+      const length = Math.min(chunkBytes, size - off);
+      chunks.push({ tensor: t.name, src: { file: t.from.file, tensor: t.name, offset: off, length }, outBytes: length });
+      if (size === 0) break;
+    }
+    return chunks;
+  }
+  const [rows, cols] = t.shape as [number, number];
+  const scaleCols = Math.ceil(cols / FP8_BLOCK);
+  // Whole 128-row blocks per chunk, so each chunk's scales are a contiguous slice.
+  const blockRows = Math.max(1, Math.floor(chunkBytes / Math.max(1, cols * FP8_BLOCK)));
+  const step = blockRows * FP8_BLOCK;
+  for (let r0 = 0; r0 < rows; r0 += step) {
+    const n = Math.min(step, rows - r0);
+    const sb = r0 / FP8_BLOCK;
+    chunks.push({
+      tensor: t.name,
+      src: { file: t.from.file, tensor: t.name, offset: r0 * cols, length: n * cols },
+      outBytes: n * cols * 2,
+      convert: (input, out) => {
+        const scale = scales.get(t.name)!.subarray(sb * scaleCols, (sb + Math.ceil(n / FP8_BLOCK)) * scaleCols);
+        k.fp8ToBf16(input, n, cols, scale, new Uint16Array(out.buffer, out.byteOffset, n * cols), threads);
+      },
+    });
+  }
+  return chunks;
+}
+
+export interface RunOptions {
+  out: string;
+  kernels: Kernels;
+  threads: number;
+  force: boolean;
+  chunkBytes?: number;
+  skipSpaceCheck?: boolean;
+  /** Called with input/output bytes as chunks complete. */
+  onProgress?: (inBytes: number, outBytes: number) => void;
+  onShard?: (event: { shard: string; index: number; count: number; skipped: boolean; bytes: number; seconds: number }) => void;
+}
+
+export interface RunSummary {
+  shards: number;
+  resumedShards: number;
+  tensors: number;
+  fp8Tensors: number;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+/** Options that change the output; anything else (threads, chunk size) may differ on resume. */
+export async function planFingerprint(ckpt: Checkpoint, plan: Fp8ToBf16Plan): Promise<string> {
+  const inputs = [];
+  for (const s of ckpt.shards) inputs.push([s, await ckpt.source.fileIdentity(s), ckpt.headers.get(s)!.tensors.map((t) => [t.name, t.dtype, t.shape, t.begin])]);
+  return fingerprint({ command: "fp8-to-bf16", format: 1, inputs, outputs: plan.shards.map((s) => [s.name, s.bytes]) });
+}
+
+export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: RunOptions): Promise<RunSummary> {
+  const inputDir = ckpt.source.description;
+  const state = await RunState.open(opts.out, {
+    command: "fp8-to-bf16",
+    fingerprint: await planFingerprint(ckpt, plan),
+    force: opts.force,
+    inputDir,
+  });
+  const pending: ShardPlan[] = [];
+  for (const s of plan.shards) if (!(await state.isDone(s.name))) pending.push(s);
+  const needed = pending.reduce((a, s) => a + s.bytes, 0);
+  if (!opts.skipSpaceCheck) {
+    const free = await freeBytes(state.dir);
+    if (needed > free) {
+      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir });
+    }
+  }
+  const reader = new ShardReader(ckpt.source);
+  const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
+  const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+  try {
+    for (const [i, s] of plan.shards.entries()) {
+      const t0 = performance.now();
+      if (!pending.includes(s)) {
+        summary.resumedShards++;
+        opts.onProgress?.(s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), s.bytes);
+        opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
+        continue;
+      }
+      const scales = new Map<string, Float32Array>();
+      for (const t of s.tensors) {
+        if (t.op !== "fp8") continue;
+        const raw = await reader.readTensor(t.scale.file, t.scale.entry.name);
+        scales.set(t.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+      }
+      const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales));
+      const writer = await SafetensorsWriter.create(join(state.dir, s.name), s.tensors, s.metadata);
+      try {
+        await pump(chunks, reader, writer, (inB, outB) => {
+          summary.bytesRead += inB;
+          summary.bytesWritten += outB;
+          opts.onProgress?.(inB, outB);
+        });
+        await writer.commit();
+      } catch (e) {
+        await writer.abort();
+        throw e;
+      }
+      await state.markDone(s.name);
+      summary.tensors += s.tensors.length;
+      summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
+      opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
+    }
+  } finally {
+    await reader.close();
+  }
+  await writeSmallFiles(ckpt, plan, state.dir);
+  await state.markComplete();
+  return summary;
+}
+
+async function writeAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.partial`;
+  await writeFile(tmp, text);
+  await rename(tmp, path);
+}
+
+async function writeSmallFiles(ckpt: Checkpoint, plan: Fp8ToBf16Plan, out: string): Promise<void> {
+  const totalSize = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + numel(t.shape) * DTYPE_SIZE[t.dtype as Dtype], 0), 0);
+  await writeAtomic(join(out, INDEX_FILE), JSON.stringify({ metadata: { total_size: totalSize }, weight_map: plan.weightMap }, null, 2) + "\n");
+  if (plan.config) await writeAtomic(join(out, "config.json"), JSON.stringify(plan.config, null, 2) + "\n");
+  for (const name of plan.copyFiles) {
+    const tmp = join(out, `.${name}.partial`);
+    await copyFile(await ckpt.source.localPath(name), tmp);
+    await rename(tmp, join(out, name));
+  }
+}
+
+export function fmtBytes(n: number): string {
+  if (!Number.isFinite(n)) return "unlimited";
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  return `${n.toFixed(i === 0 ? 0 : 2)} ${units[i]}`;
+}

@@ -1,0 +1,132 @@
+/**
+ * The streaming engine under every converter: output files are filled chunk by chunk, with the read
+ * of chunk i+1 and the write of chunk i-1 in flight while chunk i is converted. Three buffer slots
+ * rotate, so memory is a few chunks, never a tensor, a shard or a model.
+ */
+import { DeepcastError } from "../errors.js";
+import { SafetensorsFile } from "../io/safetensors.js";
+import type { CheckpointSource } from "../io/source.js";
+
+/** Default bytes of input per chunk. */
+export const DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024;
+
+export interface ChunkSource {
+  file: string;
+  tensor: string;
+  /** Byte offset inside the tensor's data. */
+  offset: number;
+  length: number;
+}
+
+export interface Chunk {
+  /** Output tensor these bytes belong to. */
+  tensor: string;
+  src: ChunkSource;
+  /** Bytes this chunk produces. */
+  outBytes: number;
+  /** Turns the input bytes into `out` (exactly outBytes long). Absent: the input is written as is. */
+  convert?: (input: Uint8Array, out: Uint8Array) => void;
+}
+
+/** Anything chunks can be appended to, in order. */
+export interface ChunkSink {
+  append(tensor: string, data: Uint8Array): Promise<void>;
+}
+
+/** Opens input shards on demand (fetching them through the source) and keeps them open. */
+export class ShardReader {
+  private readonly open = new Map<string, Promise<SafetensorsFile>>();
+
+  constructor(private readonly source: CheckpointSource) {}
+
+  file(name: string): Promise<SafetensorsFile> {
+    let f = this.open.get(name);
+    if (!f) {
+      f = this.source.localPath(name).then((p) => SafetensorsFile.open(p));
+      this.open.set(name, f);
+    }
+    return f;
+  }
+
+  async read(src: ChunkSource, dst: Uint8Array): Promise<void> {
+    await (await this.file(src.file)).read(src.tensor, dst, src.offset);
+  }
+
+  /** Reads a whole (small) tensor into a fresh, aligned buffer. */
+  async readTensor(file: string, tensor: string): Promise<Uint8Array> {
+    const f = await this.file(file);
+    const t = f.entry(tensor);
+    const buf = new Uint8Array(new ArrayBuffer(t.end - t.begin));
+    await f.read(tensor, buf);
+    return buf;
+  }
+
+  async close(): Promise<void> {
+    const files = await Promise.allSettled(this.open.values());
+    this.open.clear();
+    for (const f of files) if (f.status === "fulfilled") await f.value.close();
+  }
+}
+
+class Slot {
+  input = new Uint8Array(0);
+  output = new Uint8Array(0);
+  /** Resolves when the write that used this slot's buffers has finished. */
+  released: Promise<void> = Promise.resolve();
+
+  inputView(n: number): Uint8Array {
+    if (this.input.length < n) this.input = new Uint8Array(new ArrayBuffer(n));
+    return this.input.subarray(0, n);
+  }
+
+  outputView(n: number): Uint8Array {
+    if (this.output.length < n) this.output = new Uint8Array(new ArrayBuffer(n));
+    return this.output.subarray(0, n);
+  }
+}
+
+/** Reads, converts and appends every chunk in order. `onChunk` gets input and output byte counts. */
+export async function pump(
+  chunks: readonly Chunk[],
+  reader: ShardReader,
+  sink: ChunkSink,
+  onChunk: (inBytes: number, outBytes: number) => void = () => undefined,
+): Promise<void> {
+  const slots = [new Slot(), new Slot(), new Slot()];
+  const startRead = async (i: number): Promise<Uint8Array> => {
+    const c = chunks[i]!;
+    const slot = slots[i % 3]!;
+    await slot.released;
+    const buf = slot.inputView(c.src.length);
+    await reader.read(c.src, buf);
+    return buf;
+  };
+  let pendingRead: Promise<Uint8Array> | null = chunks.length ? startRead(0) : null;
+  let lastWrite: Promise<void> = Promise.resolve();
+  try {
+    for (let i = 0; i < chunks.length; i++) {
+      const c = chunks[i]!;
+      const slot = slots[i % 3]!;
+      const input = await pendingRead!;
+      pendingRead = i + 1 < chunks.length ? startRead(i + 1) : null;
+      // Keep a rejected read from being reported as unhandled while this chunk is processed.
+      pendingRead?.catch(() => undefined);
+      let data = input;
+      if (c.convert) {
+        data = slot.outputView(c.outBytes);
+        c.convert(input, data);
+      } else if (input.length !== c.outBytes) {
+        throw new DeepcastError(`internal: copy chunk of ${input.length} bytes, expected ${c.outBytes}`, { tensor: c.tensor });
+      }
+      const prev = lastWrite;
+      lastWrite = prev.then(() => sink.append(c.tensor, data));
+      slot.released = lastWrite.catch(() => undefined);
+      await prev;
+      onChunk(c.src.length, c.outBytes);
+    }
+    await lastWrite;
+  } finally {
+    await pendingRead?.catch(() => undefined);
+    await lastWrite.catch(() => undefined);
+  }
+}

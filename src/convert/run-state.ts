@@ -1,0 +1,131 @@
+/**
+ * Output folders that survive interruption. A manifest beside the outputs fingerprints the inputs
+ * and options; each output file is recorded (size, mtime) only after it was renamed into place, so
+ * a rerun skips exactly the files that are complete and still as written, and refuses to mix runs
+ * with different inputs or options.
+ */
+import { createHash } from "node:crypto";
+import { mkdir, readdir, readFile, realpath, rename, stat, statfs, writeFile } from "node:fs/promises";
+import { dirname, join, resolve } from "node:path";
+import { DeepcastError } from "../errors.js";
+
+export const MANIFEST = ".deepcast-run.json";
+
+export interface OutputRecord {
+  size: number;
+  mtimeMs: number;
+}
+
+export interface Manifest {
+  tool: "deepcast";
+  command: string;
+  fingerprint: string;
+  outputs: Record<string, OutputRecord>;
+  complete: boolean;
+}
+
+export function fingerprint(value: unknown): string {
+  return createHash("sha256").update(JSON.stringify(value)).digest("hex");
+}
+
+export class RunState {
+  private constructor(
+    readonly dir: string,
+    readonly manifest: Manifest,
+    /** True when the manifest was found and matched: some outputs may be reused. */
+    readonly resumed: boolean,
+  ) {}
+
+  /**
+   * Opens OUT for a run. A matching manifest resumes; a different one, or a non-empty folder with
+   * no manifest, is refused unless `force`. OUT must not be the input folder.
+   */
+  static async open(dir: string, opts: { command: string; fingerprint: string; force: boolean; inputDir?: string }): Promise<RunState> {
+    const out = resolve(dir);
+    if (opts.inputDir && (await sameDir(out, opts.inputDir))) {
+      throw new DeepcastError("output folder is the input folder: inputs are never modified; choose another OUT", { file: out });
+    }
+    const fresh: Manifest = { tool: "deepcast", command: opts.command, fingerprint: opts.fingerprint, outputs: {}, complete: false };
+    const entries = await readdir(out).catch((e: NodeJS.ErrnoException) => {
+      if (e.code === "ENOENT") return null;
+      throw new DeepcastError(`cannot read output folder: ${e.message}`, { file: out });
+    });
+    if (entries === null) {
+      await mkdir(out, { recursive: true });
+      return new RunState(out, fresh, false);
+    }
+    const previous = await readManifest(out);
+    if (previous && previous.command === opts.command && previous.fingerprint === opts.fingerprint) {
+      return new RunState(out, previous, true);
+    }
+    if (!opts.force) {
+      if (previous) {
+        throw new DeepcastError(
+          `output folder holds a ${previous.complete ? "finished" : "partial"} \`${previous.command}\` run with different inputs or options; ` +
+            "rerun with the same ones to resume, or pass --force to start over", { file: out });
+      }
+      if (entries.length > 0) {
+        throw new DeepcastError("output folder exists and is not empty; pass --force to overwrite", { file: out });
+      }
+    }
+    const state = new RunState(out, fresh, false);
+    await state.save();
+    return state;
+  }
+
+  /** True when `name` was completed by this run (or the run resumed) and is still as written. */
+  async isDone(name: string): Promise<boolean> {
+    const rec = this.manifest.outputs[name];
+    if (!rec) return false;
+    const s = await stat(join(this.dir, name)).catch(() => null);
+    return !!s && s.isFile() && s.size === rec.size && Math.floor(s.mtimeMs) === rec.mtimeMs;
+  }
+
+  /** Records a file that was renamed into place. */
+  async markDone(name: string): Promise<void> {
+    const s = await stat(join(this.dir, name));
+    this.manifest.outputs[name] = { size: s.size, mtimeMs: Math.floor(s.mtimeMs) };
+    await this.save();
+  }
+
+  async markComplete(): Promise<void> {
+    this.manifest.complete = true;
+    await this.save();
+  }
+
+  private async save(): Promise<void> {
+    const path = join(this.dir, MANIFEST);
+    const tmp = `${path}.partial`;
+    await writeFile(tmp, JSON.stringify(this.manifest, null, 1) + "\n");
+    await rename(tmp, path);
+  }
+}
+
+async function readManifest(dir: string): Promise<Manifest | null> {
+  const text = await readFile(join(dir, MANIFEST), "utf8").catch(() => null);
+  if (text === null) return null;
+  try {
+    const m = JSON.parse(text) as Manifest;
+    return m && m.tool === "deepcast" && typeof m.fingerprint === "string" && m.outputs ? m : null;
+  } catch {
+    return null;
+  }
+}
+
+async function sameDir(a: string, b: string): Promise<boolean> {
+  const ra = await realpath(a).catch(() => resolve(a));
+  const rb = await realpath(b).catch(() => resolve(b));
+  return ra === rb;
+}
+
+/** Free bytes on the file system that holds `path` (or its nearest existing parent). */
+export async function freeBytes(path: string): Promise<number> {
+  let p = resolve(path);
+  for (;;) {
+    const s = await statfs(p).catch(() => null);
+    if (s) return s.bavail * s.bsize;
+    const up = dirname(p);
+    if (up === p) return Number.POSITIVE_INFINITY;
+    p = up;
+  }
+}

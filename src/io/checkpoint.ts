@@ -1,0 +1,111 @@
+/**
+ * A sharded Hugging Face checkpoint: its `model.safetensors.index.json` (or a lone
+ * `model.safetensors`), every shard's validated header, and where each tensor lives.
+ */
+import { posix } from "node:path";
+import { DeepcastError } from "../errors.js";
+import type { SafetensorsHeader, TensorEntry } from "./safetensors.js";
+import type { CheckpointSource, SourceFile } from "./source.js";
+
+export const INDEX_FILE = "model.safetensors.index.json";
+
+export interface TensorLocation {
+  file: string;
+  entry: TensorEntry;
+}
+
+export interface Checkpoint {
+  source: CheckpointSource;
+  files: SourceFile[];
+  /** Shard file names, sorted by name. */
+  shards: string[];
+  headers: Map<string, SafetensorsHeader>;
+  /** The index's weight_map in its original order (or built from headers when there is no index). */
+  weightMap: Map<string, string>;
+  /** The parsed index, when the checkpoint has one. */
+  index: { metadata?: Record<string, unknown>; weight_map: Record<string, string> } | null;
+  config: Record<string, unknown> | null;
+}
+
+/** A shard name from an index must be a plain file name: no directories, no `..`, not absolute. */
+export function checkShardName(name: unknown, indexFile: string): string {
+  if (typeof name !== "string" || name.length === 0 || name.includes("/") || name.includes("\\") ||
+      name === "." || name === ".." || posix.isAbsolute(name) || name.includes("\0")) {
+    throw new DeepcastError(`index names an invalid shard file ${JSON.stringify(name)}: shard names must be plain file names`, { file: indexFile });
+  }
+  return name;
+}
+
+async function readJson(source: CheckpointSource, name: string): Promise<unknown> {
+  const text = (await source.readFile(name)).toString("utf8");
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new DeepcastError(`invalid JSON: ${(e as Error).message}`, { file: `${source.description}/${name}` });
+  }
+}
+
+export async function loadCheckpoint(source: CheckpointSource): Promise<Checkpoint> {
+  const files = await source.listFiles();
+  const present = new Map(files.map((f) => [f.name, f]));
+  const where = (name: string) => `${source.description}/${name}`;
+
+  const config = present.has("config.json") ? (await readJson(source, "config.json")) as Record<string, unknown> : null;
+
+  let index: Checkpoint["index"] = null;
+  const weightMap = new Map<string, string>();
+  let shards: string[];
+  if (present.has(INDEX_FILE)) {
+    const raw = await readJson(source, INDEX_FILE);
+    const wm = (raw as { weight_map?: unknown } | null)?.weight_map;
+    if (!wm || typeof wm !== "object" || Array.isArray(wm)) {
+      throw new DeepcastError("index has no weight_map object", { file: where(INDEX_FILE) });
+    }
+    index = raw as NonNullable<Checkpoint["index"]>;
+    for (const [tensor, shard] of Object.entries(wm as Record<string, unknown>)) {
+      weightMap.set(tensor, checkShardName(shard, where(INDEX_FILE)));
+    }
+    shards = [...new Set(weightMap.values())].sort();
+    for (const s of shards) {
+      if (!present.has(s)) {
+        const tensor = [...weightMap].find(([, f]) => f === s)?.[0];
+        throw new DeepcastError(`index names shard ${s}, which does not exist`, { file: where(INDEX_FILE), tensor });
+      }
+    }
+  } else {
+    shards = files.filter((f) => f.name.endsWith(".safetensors")).map((f) => f.name).sort();
+    if (shards.length === 0) {
+      throw new DeepcastError(`no ${INDEX_FILE} and no *.safetensors files`, { file: source.description });
+    }
+  }
+
+  const headers = new Map<string, SafetensorsHeader>();
+  for (const s of shards) headers.set(s, await source.readHeader(s));
+
+  if (index) {
+    for (const [tensor, shard] of weightMap) {
+      if (!headers.get(shard)!.byName.has(tensor)) {
+        throw new DeepcastError(`index places this tensor in ${shard}, but that shard does not contain it`, { file: where(shard), tensor });
+      }
+    }
+  }
+  // Tensors a shard holds but the index does not list are still part of the checkpoint
+  // (fp8_cast_bf16.py converts whatever the shards contain); a name in two shards is ambiguous.
+  const seen = new Map<string, string>();
+  for (const s of shards) {
+    for (const t of headers.get(s)!.tensors) {
+      const other = seen.get(t.name);
+      if (other) throw new DeepcastError(`tensor appears in both ${other} and ${s}`, { file: where(s), tensor: t.name });
+      seen.set(t.name, s);
+      if (!weightMap.has(t.name)) weightMap.set(t.name, s);
+    }
+  }
+  return { source, files, shards, headers, weightMap, index, config };
+}
+
+export function locate(ckpt: Checkpoint, tensor: string): TensorLocation | undefined {
+  const file = ckpt.weightMap.get(tensor);
+  if (!file) return undefined;
+  const entry = ckpt.headers.get(file)?.byName.get(tensor);
+  return entry ? { file, entry } : undefined;
+}

@@ -1,0 +1,190 @@
+import { describe, expect, it } from "vitest";
+import { bf16FromF32Bits, f16ToF32, f32Bits, f32FromBits, f32ToF16, fp8E4m3ToF32 } from "../src/quant/floats.js";
+import { tsKernels, type Kernels } from "../src/quant/kernels.js";
+import { loadNative } from "../src/quant/native.js";
+
+const native = loadNative();
+
+/** Native kernels pinned to one SIMD level. */
+function nativeAt(level: "scalar" | "avx2"): Kernels {
+  const n = native!;
+  const wrap = <A extends unknown[]>(f: (...a: A) => void) => (...a: A) => {
+    expect(n.setSimd(level)).toBe(true);
+    try {
+      f(...a);
+    } finally {
+      n.setSimd("auto");
+    }
+  };
+  return {
+    backend: "native",
+    simd: () => level,
+    fp8ToBf16: wrap((s, r, c, sc, d, t) => n.fp8ToBf16(s, r, c, sc, d, t)),
+    fp8ToF32: wrap((s, r, c, sc, d, t, b) => n.fp8ToF32(s, r, c, sc, d, t, b)),
+    f32ToBf16: wrap((s, d, t) => n.f32ToBf16(s, d, t)),
+    bf16ToF32: wrap((s, d, t) => n.bf16ToF32(s, d, t)),
+    f32ToF16: wrap((s, d, t) => n.f32ToF16(s, d, t)),
+    f16ToF32: wrap((s, d, t) => n.f16ToF32(s, d, t)),
+  };
+}
+
+const impls: [string, Kernels][] = [["ts", tsKernels]];
+if (native) {
+  impls.push(["native scalar", nativeAt("scalar")]);
+  if (native.hasAvx2()) impls.push(["native avx2", nativeAt("avx2")]);
+}
+
+/** e4m3fn decoded straight from the spec: bias 7, subnormals m*2^-9, 0x7F/0xFF NaN, no inf. */
+function e4m3Spec(code: number): number {
+  const s = code & 0x80 ? -1 : 1;
+  const e = (code >> 3) & 0xf;
+  const m = code & 7;
+  if (e === 15 && m === 7) return NaN;
+  return e === 0 ? s * m * 2 ** -9 : s * (1 + m / 8) * 2 ** (e - 7);
+}
+
+/** bf16 of an f32 bit pattern, computed with BigInt-free arithmetic on the exact value. */
+function bf16Spec(bits: number): number {
+  const x = f32FromBits(bits);
+  if (Number.isNaN(x)) return ((bits >>> 16) | 0x40) & 0xffff;
+  // Round the exact value to 8 significant bits, ties to even, by comparing the two neighbours.
+  const lo = (bits >>> 16) & 0xffff;
+  const hi = (lo + 1) & 0xffff;
+  const vlo = f32FromBits(lo << 16);
+  const vhi = f32FromBits(hi << 16);
+  const dlo = Math.abs(x - vlo);
+  const dhi = Math.abs(vhi - x);
+  if (dlo < dhi) return lo;
+  if (dhi < dlo) return hi;
+  return lo & 1 ? hi : lo;
+}
+
+describe("FP8 e4m3fn decode", () => {
+  it("matches the format definition for all 256 codes", () => {
+    for (let c = 0; c < 256; c++) {
+      const v = fp8E4m3ToF32(c);
+      const spec = e4m3Spec(c);
+      if (Number.isNaN(spec)) expect(f32Bits(v)).toBe(((c & 0x80) << 24 | 0x7ff00000) >>> 0);
+      else expect(Object.is(v, spec)).toBe(true);
+    }
+    expect(fp8E4m3ToF32(0x7e)).toBe(448);
+    expect(fp8E4m3ToF32(0x01)).toBe(2 ** -9);
+    expect(Object.is(fp8E4m3ToF32(0x80), -0)).toBe(true);
+  });
+
+  // Every code times scales that exercise rounding: ordinary, subnormal products, huge, negative zero.
+  const scales = [1, 0.0123456789, 3.4e-3, 1e-38, 2 ** -126, 7.1e30, 1.5, -0.0, 0.0009765625];
+  for (const [name, k] of impls) {
+    it(`${name}: all 256 codes x ${scales.length} scales give bf16(f32(fp8) * scale)`, () => {
+      const rows = scales.length * 128;
+      const cols = 256;
+      const src = new Uint8Array(rows * cols);
+      for (let i = 0; i < src.length; i++) src[i] = i & 0xff;
+      // scale[r/128][c/128]: second column block uses the scale halved.
+      const scale = new Float32Array(scales.length * 2);
+      scales.forEach((s, i) => { scale[i * 2] = s; scale[i * 2 + 1] = Math.fround(s / 2); });
+      const dst = new Uint16Array(rows * cols);
+      k.fp8ToBf16(src, rows, cols, scale, dst, 2);
+      for (let r = 0; r < rows; r += 37) {
+        for (let c = 0; c < cols; c++) {
+          const s = scale[Math.floor(r / 128) * 2 + Math.floor(c / 128)]!;
+          const prod = Math.fround(fp8E4m3ToF32(src[r * cols + c]!) * s);
+          expect(dst[r * cols + c]).toBe(bf16Spec(f32Bits(prod)));
+        }
+      }
+    });
+  }
+
+  it("all implementations give identical bytes, including partial edge blocks", () => {
+    const shapes: [number, number][] = [[144, 256], [192, 128], [576, 200], [1, 1], [130, 129], [7, 300]];
+    for (const [rows, cols] of shapes) {
+      const src = new Uint8Array(rows * cols).map((_, i) => (i * 2654435761) >>> 24);
+      const scale = new Float32Array(Math.ceil(rows / 128) * Math.ceil(cols / 128)).map((_, i) => Math.fround(0.001 * (i + 1) + 1e-7 * i * i));
+      const outs = impls.map(([, k]) => {
+        const d = new Uint16Array(rows * cols);
+        k.fp8ToBf16(src, rows, cols, scale, d, 3);
+        return Buffer.from(d.buffer);
+      });
+      const f32s = impls.map(([, k]) => {
+        const d = new Float32Array(rows * cols);
+        k.fp8ToF32(src, rows, cols, scale, d, 2, true);
+        return Buffer.from(d.buffer);
+      });
+      for (const o of outs.slice(1)) expect(o.equals(outs[0]!)).toBe(true);
+      for (const o of f32s.slice(1)) expect(o.equals(f32s[0]!)).toBe(true);
+      // The bf16-rounded f32 path holds exactly the bf16 values.
+      const bf = new Uint16Array(outs[0]!.buffer, outs[0]!.byteOffset, rows * cols);
+      const f = new Uint32Array(f32s[0]!.buffer, f32s[0]!.byteOffset, rows * cols);
+      for (let i = 0; i < bf.length; i++) expect(f[i]).toBe((bf[i]! << 16) >>> 0);
+    }
+  });
+
+  it("rejects a scale of the wrong size", () => {
+    for (const [, k] of impls) {
+      expect(() => k.fp8ToBf16(new Uint8Array(144 * 256), 144, 256, new Float32Array(2), new Uint16Array(144 * 256), 1)).toThrow(/scale/);
+    }
+  });
+});
+
+describe("f32 <-> bf16 / f16", () => {
+  // Special values plus pseudo-random bit patterns (all exponents, ties, NaN payloads).
+  const bits = new Uint32Array(1 << 18);
+  let s = 12345;
+  for (let i = 0; i < bits.length; i++) {
+    s = (s * 1103515245 + 12345) >>> 0;
+    bits[i] = (s ^ (i << 13)) >>> 0;
+  }
+  const specials = [0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0x7f800001, 0xffa00001, 0x00000001, 0x007fffff,
+    0x3f808000, 0x3f818000, 0x3f80ffff, 0x477fe000, 0x477ff000, 0x477fefff, 0x38800000, 0x33800000, 0x33000000, 0x7f7fffff];
+  specials.forEach((b, i) => { bits[i] = b; });
+  const f = new Float32Array(bits.buffer);
+
+  it("bf16 rounding is round-to-nearest-even and keeps NaN", () => {
+    const d = new Uint16Array(f.length);
+    tsKernels.f32ToBf16(f, d, 1);
+    for (let i = 0; i < f.length; i += 7) expect(d[i]).toBe(bf16Spec(bits[i]!));
+    expect(bf16FromF32Bits(0x7f800001)).toBe(0x7fc0);
+  });
+
+  it("f16 conversion rounds to nearest even (NaN -> 0x7E00)", () => {
+    expect(f32ToF16(65504)).toBe(0x7bff);
+    expect(f32ToF16(65520)).toBe(0x7c00);
+    expect(f32ToF16(2 ** -24)).toBe(1);
+    expect(f32ToF16(2 ** -25)).toBe(0);
+    expect(f32ToF16(3 * 2 ** -25)).toBe(2);
+    expect(f32ToF16(NaN)).toBe(0x7e00);
+    for (let h = 0; h < 0x10000; h++) {
+      const v = f16ToF32(h);
+      if (!Number.isNaN(v)) expect(f32ToF16(v)).toBe(h);
+    }
+  });
+
+  for (const [name, k] of impls.slice(1)) {
+    it(`${name} equals the TypeScript twin bit for bit`, () => {
+      const pairs: [(s: Float32Array, d: Uint16Array, t: number) => void, (s: Float32Array, d: Uint16Array, t: number) => void][] = [
+        [tsKernels.f32ToBf16, k.f32ToBf16], [tsKernels.f32ToF16, k.f32ToF16]];
+      for (const [ref, impl] of pairs) {
+        const a = new Uint16Array(f.length);
+        const b = new Uint16Array(f.length);
+        ref(f, a, 1);
+        impl(f, b, 2);
+        expect(Buffer.from(b.buffer).equals(Buffer.from(a.buffer))).toBe(true);
+      }
+      const all = new Uint16Array(0x10000).map((_, i) => i);
+      for (const [ref, impl] of [[tsKernels.bf16ToF32, k.bf16ToF32], [tsKernels.f16ToF32, k.f16ToF32]] as const) {
+        const a = new Float32Array(all.length);
+        const b = new Float32Array(all.length);
+        ref(all, a, 1);
+        impl(all, b, 2);
+        expect(Buffer.from(b.buffer).equals(Buffer.from(a.buffer))).toBe(true);
+      }
+    });
+  }
+});
+
+describe("backend", () => {
+  it("the native addon is built and dispatches to AVX2 on this CPU", () => {
+    expect(native, "run npm install to build the addon").not.toBeNull();
+    if (native!.hasAvx2()) expect(native!.simdLevel()).toBe("avx2");
+  });
+});
