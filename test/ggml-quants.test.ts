@@ -1,0 +1,214 @@
+/**
+ * ggml quantizers against ggml's own bytes: fixtures/ggml-quants holds, for 28 inputs, what
+ * ggml_quantize_chunk of llama.cpp v0.4.0 (x86-64 GCC build) writes without and with an imatrix,
+ * and what its to_float returns for those bytes (see fixtures/ggml-quants/README.md).
+ */
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it, vi } from "vitest";
+
+import { DeepcastError } from "../src/errors.js";
+import { dequantizeRows, ggmlQuantTypes, ggmlType, quantizeRows, rowBytes } from "../src/quant/ggml.js";
+import { loadNative } from "../src/quant/native.js";
+import { ROOT } from "./helpers.js";
+
+const DIR = join(ROOT, "fixtures", "ggml-quants");
+
+interface Case {
+  id: string;
+  type: string;
+  type_upper: string;
+  ggml_type_id: number;
+  block_size: number;
+  type_size: number;
+  row_bytes: number;
+  input_id: string;
+  rows: number;
+  n_per_row: number;
+  imatrix: boolean;
+  files: { input: string; imatrix: string | null; expected: string; dequant: string };
+  sha256: { input: string; imatrix: string | null; expected: string; dequant: string };
+}
+
+interface Manifest {
+  types: Record<string, { id: number; block_size: number; type_size: number; name: string }>;
+  imatrix_ignored_by: string[];
+  inputs: { id: string; rows: number; n_per_row: number; file: string; imatrix_file: string }[];
+  cases: Case[];
+}
+
+const manifest = JSON.parse(readFileSync(join(DIR, "manifest.json"), "utf8")) as Manifest;
+const native = loadNative();
+const hasKernels = native !== null && typeof native["ggmlQuantize"] === "function";
+
+const fileCache = new Map<string, Buffer>();
+function bytes(rel: string): Buffer {
+  let b = fileCache.get(rel);
+  if (!b) {
+    b = readFileSync(join(DIR, rel));
+    fileCache.set(rel, b);
+  }
+  return b;
+}
+function floats(rel: string): Float32Array {
+  const b = bytes(rel);
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+const asBytes = (f: Float32Array) => Buffer.from(f.buffer, f.byteOffset, f.byteLength);
+const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+
+/** First differing row, to make a failure readable (rows are independent in ggml). */
+function firstBadRow(got: Uint8Array, want: Uint8Array, rowLen: number): string {
+  for (let r = 0; r * rowLen < want.length; r++) {
+    const a = Buffer.from(got.subarray(r * rowLen, (r + 1) * rowLen));
+    const b = Buffer.from(want.subarray(r * rowLen, (r + 1) * rowLen));
+    if (!a.equals(b)) {
+      let i = 0;
+      while (a[i] === b[i]) i++;
+      return `row ${r}, byte ${i} of ${rowLen}: got ${a[i]}, want ${b[i]}`;
+    }
+  }
+  return "lengths differ";
+}
+
+describe("golden fixture", () => {
+  it("is intact (sha256 of every file) and has 588 cases", () => {
+    expect(manifest.cases).toHaveLength(588);
+    for (const c of manifest.cases) {
+      for (const k of ["input", "imatrix", "expected", "dequant"] as const) {
+        const f = c.files[k];
+        if (f) expect(sha256(bytes(f)), f).toBe(c.sha256[k]);
+      }
+    }
+  });
+
+  it("agrees with formats/ggml-types.json and the addon's row sizes", () => {
+    for (const [folder, t] of Object.entries(manifest.types)) {
+      const mine = ggmlType(folder);
+      expect(mine.ggmlName).toBe(t.name);
+      expect([mine.id, mine.blockSize, mine.typeSize]).toEqual([t.id, t.block_size, t.type_size]);
+      expect(mine.usesImatrix).toBe(!manifest.imatrix_ignored_by.includes(folder));
+    }
+    for (const t of ggmlQuantTypes()) {
+      expect(ggmlType(t.name.toLowerCase())).toBe(t);
+      expect(ggmlType(t.id)).toBe(t);
+      expect(t.kQuant).toBe(t.blockSize === 256);
+      if (hasKernels) expect((native!["ggmlRowBytes"] as (t: number, n: number) => number)(t.id, 512)).toBe(rowBytes(t, 512));
+    }
+  });
+});
+
+const byType = new Map<string, Case[]>();
+for (const c of manifest.cases) byType.set(c.type_upper, [...(byType.get(c.type_upper) ?? []), c]);
+
+describe.skipIf(!hasKernels).each([...byType.keys()])("%s", (typeName) => {
+  const cases = byType.get(typeName)!;
+  for (const mode of ["plain", "imatrix"] as const) {
+    const modeCases = cases.filter((c) => c.imatrix === (mode === "imatrix"));
+    if (modeCases.length === 0) continue;
+
+    it(`quantizes ${modeCases.length} ${mode} cases byte for byte`, () => {
+      for (const c of modeCases) {
+        const x = floats(c.files.input);
+        const im = c.files.imatrix ? floats(c.files.imatrix) : null;
+        const got = quantizeRows(typeName, x, c.rows, c.n_per_row, im, 1);
+        const want = bytes(c.files.expected);
+        expect(got.length, c.id).toBe(c.rows * c.row_bytes);
+        if (!Buffer.from(got).equals(want)) expect.fail(`${c.id}: ${firstBadRow(got, want, c.row_bytes)}`);
+      }
+    });
+
+    it(`dequantizes the ${mode} bytes bit for bit`, () => {
+      for (const c of modeCases) {
+        const got = dequantizeRows(typeName, bytes(c.files.expected), c.rows, c.n_per_row, 1);
+        const want = bytes(c.files.dequant);
+        if (!asBytes(got).equals(want)) {
+          const g = new Uint32Array(got.buffer), w = new Uint32Array(want.buffer.slice(want.byteOffset, want.byteOffset + want.byteLength));
+          const i = g.findIndex((v, k) => v !== w[k]);
+          expect.fail(`${c.id}: value ${i}: got 0x${g[i]!.toString(16)}, want 0x${w[i]!.toString(16)}`);
+        }
+      }
+    });
+  }
+});
+
+describe.skipIf(!hasKernels)("threads", () => {
+  // All 512-wide inputs stacked: ~190 rows, enough for every thread to get several rows.
+  const inputs = manifest.inputs.filter((i) => i.n_per_row === 512);
+  const rows = inputs.reduce((s, i) => s + i.rows, 0);
+  const x = new Float32Array(rows * 512);
+  let off = 0;
+  for (const i of inputs) {
+    x.set(floats(i.file), off);
+    off += i.rows * 512;
+  }
+  const im = floats(inputs[0]!.imatrix_file);
+
+  it.each(ggmlQuantTypes().map((t) => t.name))("%s: 1, 3 and 8 threads give the same bytes and values", (name) => {
+    const t = ggmlType(name);
+    for (const imatrix of t.usesImatrix ? [null, im] : [null]) {
+      const one = quantizeRows(t, x, rows, 512, imatrix, 1);
+      for (const threads of [3, 8]) expect(Buffer.from(quantizeRows(t, x, rows, 512, imatrix, threads)).equals(one)).toBe(true);
+      const d1 = dequantizeRows(t, one, rows, 512, 1);
+      expect(asBytes(dequantizeRows(t, one, rows, 512, 8)).equals(asBytes(d1))).toBe(true);
+    }
+  });
+
+  it("matches the golden bytes when each fixture row is quantized on its own", () => {
+    const c = manifest.cases.find((k) => k.id === "q4_K/real-512/imatrix")!;
+    const xs = floats(c.files.input);
+    const im1 = floats(c.files.imatrix!);
+    const want = bytes(c.files.expected);
+    for (let r = 0; r < c.rows; r++) {
+      const row = quantizeRows("Q4_K", xs.subarray(r * 512, (r + 1) * 512), 1, 512, im1);
+      expect(Buffer.from(row).equals(want.subarray(r * c.row_bytes, (r + 1) * c.row_bytes))).toBe(true);
+    }
+  });
+});
+
+describe("API", () => {
+  it("F32 round-trips exactly", () => {
+    const x = floats("inputs/large-512.f32");
+    const q = quantizeRows("F32", x, 15, 512);
+    expect(Buffer.from(q).equals(asBytes(x))).toBe(true);
+    expect(asBytes(dequantizeRows("f32", q, 15, 512)).equals(asBytes(x))).toBe(true);
+  });
+
+  it("rejects bad shapes and unknown types with DeepcastError", () => {
+    const x = new Float32Array(512);
+    expect(() => ggmlType("IQ2_XXS")).toThrow(DeepcastError);
+    expect(() => rowBytes("Q4_K", 300)).toThrow(/multiple of the Q4_K block size 256/);
+    expect(() => quantizeRows("Q8_0", x, 3, 256)).toThrow(/src has 512 values, expected 3 x 256/);
+    expect(() => quantizeRows("Q4_0", x, 1, 512, new Float32Array(256))).toThrow(/imatrix has 256 values/);
+    expect(() => dequantizeRows("Q4_0", new Uint8Array(10), 1, 512)).toThrow(DeepcastError);
+  });
+
+  it.skipIf(!hasKernels)("checks sizes in the addon too", () => {
+    const q = native!["ggmlQuantize"] as (...a: unknown[]) => unknown;
+    expect(() => q(12, new Float32Array(512), 1, 512, new Uint8Array(10), null, 1)).toThrow(/dst has 10 bytes, expected 288/);
+    expect(() => q(12, new Float32Array(512), 1, 500, new Uint8Array(288), null, 1)).toThrow(/multiple of 256/);
+    expect(() => q(16, new Float32Array(512), 1, 512, new Uint8Array(288), null, 1)).toThrow(/not supported/);
+  });
+
+  it("without the addon: F16/BF16/F32 still match ggml, block types throw a clear error", async () => {
+    vi.resetModules();
+    const saved = process.env.DEEPCAST_NATIVE;
+    process.env.DEEPCAST_NATIVE = "0";
+    try {
+      const m = await import("../src/quant/ggml.js");
+      for (const c of manifest.cases.filter((k) => k.type === "f16" || k.type === "bf16")) {
+        const got = m.quantizeRows(c.type, floats(c.files.input), c.rows, c.n_per_row, null, 2);
+        expect(Buffer.from(got).equals(bytes(c.files.expected)), c.id).toBe(true);
+        const back = m.dequantizeRows(c.type, bytes(c.files.expected), c.rows, c.n_per_row);
+        expect(asBytes(back).equals(bytes(c.files.dequant)), c.id).toBe(true);
+      }
+      expect(() => m.quantizeRows("Q4_K", new Float32Array(256), 1, 256)).toThrow(/needs the native addon/);
+      expect(() => m.dequantizeRows("Q8_0", new Uint8Array(34), 1, 32)).toThrow(/needs the native addon/);
+    } finally {
+      if (saved === undefined) delete process.env.DEEPCAST_NATIVE;
+      else process.env.DEEPCAST_NATIVE = saved;
+      vi.resetModules();
+    }
+  });
+});
