@@ -167,7 +167,9 @@ export interface RunSummary {
   resumedShards: number;
   tensors: number;
   fp8Tensors: number;
+  /** Tensor bytes read from the input shards. */
   bytesRead: number;
+  /** Bytes of the output shards written by this run (headers included). */
   bytesWritten: number;
 }
 
@@ -218,7 +220,6 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
       try {
         await pump(chunks, reader, writer, (inB, outB) => {
           summary.bytesRead += inB;
-          summary.bytesWritten += outB;
           opts.onProgress?.(inB, outB);
         });
         await writer.commit();
@@ -227,6 +228,7 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
         throw e;
       }
       await state.markDone(s.name);
+      summary.bytesWritten += s.bytes;
       summary.tensors += s.tensors.length;
       summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
       opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
