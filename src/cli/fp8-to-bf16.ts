@@ -1,5 +1,6 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
-import { fmtBytes, planFp8ToBf16, runFp8ToBf16 } from "../convert/fp8-to-bf16.js";
+import { planFp8ToBf16, runFp8ToBf16 } from "../convert/fp8-to-bf16.js";
+import { fmtBytes } from "../units.js";
 import { freeBytes } from "../convert/run-state.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";

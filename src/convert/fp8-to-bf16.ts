@@ -11,6 +11,7 @@ import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
 import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
+import { fmtBytes } from "../units.js";
 import { fingerprint, freeBytes, RunState } from "./run-state.js";
 
 export const SCALE_SUFFIX = "_scale_inv";
@@ -200,6 +201,9 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
   const reader = new ShardReader(ckpt.source);
   const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
   const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+  // A finished shard is synced, renamed and recorded while the next one is converted: the
+  // fsync of gigabytes of dirty pages would otherwise stall the pipeline at every shard boundary.
+  let committing: Promise<void> = Promise.resolve();
   try {
     for (const [i, s] of plan.shards.entries()) {
       const t0 = performance.now();
@@ -222,18 +226,31 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
           summary.bytesRead += inB;
           opts.onProgress?.(inB, outB);
         });
-        await writer.commit();
       } catch (e) {
         await writer.abort();
         throw e;
       }
-      await state.markDone(s.name);
-      summary.bytesWritten += s.bytes;
-      summary.tensors += s.tensors.length;
-      summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
-      opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
+      const previous = committing;
+      committing = (async () => {
+        await previous;
+        try {
+          await writer.commit();
+        } catch (e) {
+          await writer.abort();
+          throw e;
+        }
+        await state.markDone(s.name);
+        summary.bytesWritten += s.bytes;
+        summary.tensors += s.tensors.length;
+        summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
+        opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
+      })();
+      // Surface a failed commit at the next await rather than as an unhandled rejection.
+      committing.catch(() => undefined);
     }
+    await committing;
   } finally {
+    await committing.catch(() => undefined);
     await reader.close();
   }
   await writeSmallFiles(ckpt, plan, state.dir);
@@ -256,15 +273,4 @@ async function writeSmallFiles(ckpt: Checkpoint, plan: Fp8ToBf16Plan, out: strin
     await copyFile(await ckpt.source.localPath(name), tmp);
     await rename(tmp, join(out, name));
   }
-}
-
-export function fmtBytes(n: number): string {
-  if (!Number.isFinite(n)) return "unlimited";
-  const units = ["B", "KB", "MB", "GB", "TB"];
-  let i = 0;
-  while (n >= 1000 && i < units.length - 1) {
-    n /= 1000;
-    i++;
-  }
-  return `${n.toFixed(i === 0 ? 0 : 2)} ${units[i]}`;
 }
