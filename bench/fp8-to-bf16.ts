@@ -6,7 +6,8 @@
  * A random FP8 checkpoint (DeepSeek-V3 expert-shaped [2048, 7168] weights with scales, plus one
  * BF16 tensor) is generated once. The peer is dd reading every input shard and writing the same
  * number of output bytes, with conv=fsync because deepcast syncs each shard before renaming it.
- * Every run starts with the inputs in the page cache (the previous run read them). Reported: the
+ * Every run starts with the inputs in the page cache (the previous run read them) and no dirty pages
+ * (sync before each run). Reported: the
  * ratio deepcast time / dd time, and GB/s of output, for scalar vs AVX2 and 1 vs 2 threads.
  */
 import { execFileSync, spawnSync } from "node:child_process";
@@ -42,7 +43,13 @@ function seconds(f: () => void): number {
   return (performance.now() - t0) / 1000;
 }
 
+/** Flushes dirty pages left by the previous run, so each run pays only for its own writes. */
+function settle(): void {
+  execFileSync("sync");
+}
+
 function dd(shards: string[], outBytes: number): number {
+  settle();
   return seconds(() => {
     for (const s of shards) execFileSync("dd", [`if=${join(input, s)}`, "of=/dev/null", "bs=16M"], { stdio: "ignore" });
     const bs = 16 * 1024 * 1024;
@@ -53,6 +60,7 @@ function dd(shards: string[], outBytes: number): number {
 interface Run { simd: string; threads: number; seconds: number; peakRssBytes: number; bytesWritten: number }
 
 function deepcast(simd: string, threads: number): Run {
+  settle();
   const r = spawnSync(process.execPath, [bin, "fp8-to-bf16", input, out, "--json", "--force", "--simd", simd, "--threads", String(threads)], { encoding: "utf8" });
   if (r.status !== 0) throw new Error(`deepcast failed: ${r.stderr}`);
   const j = JSON.parse(r.stdout);
