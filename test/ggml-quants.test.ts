@@ -167,6 +167,85 @@ describe.skipIf(!hasKernels)("threads", () => {
   });
 });
 
+// The AVX2 path runs 8 or 16 groups (sub-blocks, or blocks for the legacy imatrix paths) in vector
+// lanes, each lane repeating the scalar operations of its group. Both levels must give ggml's bytes.
+const canCompareSimd = hasKernels && native!.hasAvx2();
+
+/** Deterministic xorshift32 in [0, 1). */
+function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
+/** Rows whose 16-value segments come from different families, so one vector mixes lane kinds. */
+function mixedRows(rows: number, n: number, seed: number): Float32Array {
+  const r = rng(seed);
+  const gauss = () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
+  const x = new Float32Array(rows * n);
+  for (let seg = 0; seg < x.length; seg += 16) {
+    const kind = Math.floor(r() * 12);
+    const scale = 10 ** (r() * 12 - 8);
+    const c = (r() < 0.5 ? -1 : 1) * scale;
+    for (let i = seg; i < seg + 16; i++) {
+      switch (kind) {
+        case 0: x[i] = 0; break;
+        case 1: x[i] = c; break; // constant
+        case 2: x[i] = i === seg + Math.floor(r() * 16) ? c : 0; break; // at most one spike
+        case 3: x[i] = scale * r(); break; // all positive
+        case 4: x[i] = -scale * r(); break; // all negative
+        case 5: x[i] = Math.round(gauss() * 8) / 16; break; // grid values, rounding ties
+        case 6: x[i] = gauss() * 1e-40; break; // subnormal
+        case 7: x[i] = gauss() * 3e4; break; // large (fp16 overflow in d/m)
+        case 8: x[i] = Math.floor(r() * 16); break; // exact 4-bit integers
+        default: x[i] = gauss() * scale;
+      }
+    }
+  }
+  return x;
+}
+
+describe.skipIf(!canCompareSimd)("scalar and AVX2", () => {
+  const setSimd = (level: "scalar" | "avx2" | "auto") => expect(native!.setSimd(level)).toBe(true);
+
+  it("the scalar level reproduces every golden case too", () => {
+    setSimd("scalar");
+    try {
+      for (const c of manifest.cases) {
+        const im = c.files.imatrix ? floats(c.files.imatrix) : null;
+        const got = quantizeRows(c.type, floats(c.files.input), c.rows, c.n_per_row, im);
+        if (!Buffer.from(got).equals(bytes(c.files.expected))) expect.fail(`${c.id} (scalar): ${firstBadRow(got, bytes(c.files.expected), c.row_bytes)}`);
+      }
+    } finally {
+      setSimd("auto");
+    }
+  });
+
+  it.each(ggmlQuantTypes().filter((t) => t.blockSize > 1).map((t) => t.name))("%s: identical bytes on mixed random rows", (name) => {
+    const t = ggmlType(name);
+    // 7 super-blocks (K-quants) / 55 blocks (legacy): full 16-lane batches, an 8-lane one and a
+    // scalar tail all occur within a row.
+    const rows = 128, n = t.kQuant ? 7 * 256 : 55 * 32;
+    const x = mixedRows(rows, n, 0x9e3779b9 ^ t.id);
+    const r = rng(7 + t.id);
+    const im = new Float32Array(n).map(() => (r() < 0.05 ? 0 : Math.exp(3 * r() - 1)));
+    for (const imatrix of t.usesImatrix ? [null, im] : [null]) {
+      setSimd("scalar");
+      const scalar = quantizeRows(t, x, rows, n, imatrix, 2);
+      setSimd("avx2");
+      const avx2 = quantizeRows(t, x, rows, n, imatrix, 2);
+      setSimd("auto");
+      if (!Buffer.from(avx2).equals(scalar)) expect.fail(`${name}${imatrix ? " imatrix" : ""}: ${firstBadRow(avx2, scalar, rowBytes(t, n))}`);
+    }
+  });
+});
+
 describe("API", () => {
   it("F32 round-trips exactly", () => {
     const x = floats("inputs/large-512.f32");

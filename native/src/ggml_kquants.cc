@@ -3,6 +3,7 @@
 // make_q3_quants, make_qkx2_quants, make_qkx3_quants, make_qp_quants, quantize_row_q*_K_ref
 // (no imatrix), quantize_row_q*_K_impl (imatrix) and dequantize_row_q*_K. Every expression keeps
 // ggml's float32 evaluation order and ggml's integer types (narrowing to int8/uint8 included).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -357,12 +358,12 @@ void q2_K_finish(const float* x, uint8_t* b, uint8_t* L) {
 }
 
 void q2_K_ref_block(const float* x, uint8_t* b) {
-  uint8_t L[QK_K], Laux[16];
-  float weights[16], mins[QK_K / 16], scales[QK_K / 16];
+  uint8_t L[QK_K];
+  float weights[QK_K], mins[QK_K / 16], scales[QK_K / 16];
+  for (int l = 0; l < QK_K; l++) weights[l] = std::fabs(x[l]);
+  search_qkx(QK_K / 16, 16, 3, x, weights, L, mins, scales, -0.5f, 0.1f, 15, true, false);
   float max_scale = 0, max_min = 0;
   for (int j = 0; j < QK_K / 16; j++) {
-    for (int l = 0; l < 16; l++) weights[l] = std::fabs(x[16 * j + l]);
-    scales[j] = make_qkx_quants(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, true, false);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -385,17 +386,16 @@ void q2_K_ref_block(const float* x, uint8_t* b) {
 }
 
 void q2_K_impl_block(const float* x, uint8_t* b, const float* qw) {
-  uint8_t L[QK_K], Laux[16], Ls[QK_K / 16], Lm[QK_K / 16];
-  float mins[QK_K / 16], scales[QK_K / 16], sw[QK_K / 16], weight[16];
+  uint8_t L[QK_K], Ls[QK_K / 16], Lm[QK_K / 16];
+  float mins[QK_K / 16], scales[QK_K / 16], sw[QK_K / 16], weight[QK_K];
   const float sigma2 = sum_squares_256(x) / static_cast<float>(QK_K);
+  for (int l = 0; l < QK_K; l++) weight[l] = qw[l] * std::sqrt(sigma2 + x[l] * x[l]);
   for (int j = 0; j < QK_K / 16; j++) {
-    const float* w = qw + 16 * j;
-    for (int l = 0; l < 16; l++) weight[l] = w[l] * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
     float sumw = 0;
-    for (int l = 0; l < 16; l++) sumw += weight[l];
+    for (int l = 0; l < 16; l++) sumw += weight[16 * j + l];
     sw[j] = sumw;
-    scales[j] = make_qkx_quants(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false, true);
   }
+  search_qkx(QK_K / 16, 16, 3, x, weight, L, mins, scales, -0.9f, 0.05f, 36, false, true);
   const float dm = make_qp_quants(QK_K / 16, 15, scales, Ls, sw);
   const float mm = make_qp_quants(QK_K / 16, 15, mins, Lm, sw);
   store_u16(b + 80, f32_to_f16(dm));
@@ -469,16 +469,15 @@ void q3_K_ref_block(const float* x, uint8_t* b) {
 
 void q3_K_impl_block(const float* x, uint8_t* b, const float* qw) {
   int8_t L[QK_K], Ls[QK_K / 16];
-  float scales[QK_K / 16], weight[16], sw[QK_K / 16];
+  float scales[QK_K / 16], weight[QK_K], sw[QK_K / 16];
   const float sigma2 = 2 * sum_squares_256(x) / static_cast<float>(QK_K);
+  for (int l = 0; l < QK_K; l++) weight[l] = qw[l] * std::sqrt(sigma2 + x[l] * x[l]);
   for (int j = 0; j < QK_K / 16; j++) {
-    const float* w = qw + 16 * j;
-    for (int l = 0; l < 16; l++) weight[l] = w[l] * std::sqrt(sigma2 + x[16 * j + l] * x[16 * j + l]);
     float sumw = 0;
-    for (int l = 0; l < 16; l++) sumw += weight[l];
+    for (int l = 0; l < 16; l++) sumw += weight[16 * j + l];
     sw[j] = sumw;
-    scales[j] = make_qx_quants(16, 4, x + 16 * j, L + 16 * j, weight);
   }
+  search_qx(QK_K / 16, 16, 4, x, weight, L, scales);
   std::memset(b + 96, 0, 12);
   const float d_block = make_qx_quants(QK_K / 16, 32, scales, Ls, sw);
   for (int j = 0; j < QK_K / 16; j++) pack_scale_q3(j, Ls[j], b + 96);
@@ -488,26 +487,32 @@ void q3_K_impl_block(const float* x, uint8_t* b, const float* qw) {
 
 // ---- Q4_K / Q5_K: d dmin scales[12] (qh[32]) qs[128] ------------------------------------------
 
-// The no-imatrix search of one sub-block of 32: weights av_x + |x| (make_qkx2_quants).
+// Q4_K/Q5_K rows are searched two super-blocks (16 sub-blocks) at a time, which fills the lanes
+// of the AVX2 group search twice over; blocks stay independent.
+constexpr size_t kK4Pair = 2;
+
+// No imatrix: sub-block weights av_x + |x| (av_x = rms of the sub-block), make_qkx2_quants.
 template <int kNmax>
-float k4_ref_search(const float* x, uint8_t* L, float* min, uint8_t* Laux) {
-  float weights[32];
-  float sum_x2 = 0;
-  for (int l = 0; l < 32; l++) sum_x2 += x[l] * x[l];
-  const float av_x = std::sqrt(sum_x2 / 32.f);
-  for (int l = 0; l < 32; l++) weights[l] = av_x + std::fabs(x[l]);
-  return kNmax == 15 ? make_qkx_quants(32, 15, x, weights, L, min, Laux, -1.f, 0.1f, 20, false, false)
-                     : make_qkx_quants(32, 31, x, weights, L, min, Laux, -0.5f, 0.1f, 15, false, false);
+void k4_ref_search(const float* x, size_t blocks, uint8_t* L, float* mins, float* scales) {
+  float weights[QK_K * kK4Pair];
+  for (size_t j = 0; j < blocks * QK_K / 32; j++) {
+    const float* xs = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; l++) sum_x2 += xs[l] * xs[l];
+    const float av_x = std::sqrt(sum_x2 / 32.f);
+    for (int l = 0; l < 32; l++) weights[32 * j + l] = av_x + std::fabs(xs[l]);
+  }
+  const int groups = static_cast<int>(blocks * QK_K / 32);
+  if (kNmax == 15) search_qkx(groups, 32, 15, x, weights, L, mins, scales, -1.f, 0.1f, 20, false, false);
+  else search_qkx(groups, 32, 31, x, weights, L, mins, scales, -0.5f, 0.1f, 15, false, false);
 }
 
-// Fills d, dmin and the 12 scale bytes of a Q4_K/Q5_K block (same offsets in both) and L.
+// Fills d, dmin and the 12 scale bytes of one block (same offsets in Q4_K and Q5_K), then
+// re-quantizes L against them.
 template <int kNmax>
-void k4_ref_scales(const float* x, uint8_t* b, uint8_t* L) {
-  uint8_t Laux[32];
-  float mins[QK_K / 32], scales[QK_K / 32];
+void k4_ref_finish(const float* x, uint8_t* b, uint8_t* L, const float* mins, const float* scales) {
   float max_scale = 0, max_min = 0;
   for (int j = 0; j < QK_K / 32; j++) {
-    scales[j] = k4_ref_search<kNmax>(x + 32 * j, L + 32 * j, &mins[j], Laux);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -525,19 +530,27 @@ void k4_ref_scales(const float* x, uint8_t* b, uint8_t* L) {
   requantize_k4(x, b, L, kNmax);
 }
 
+// With imatrix: weights qw * sqrt(sigma2 + x^2), sigma2 = 2 * mean x^2 of the super-block,
+// make_qkx3_quants; sw = per-sub-block weight sums.
 template <int kNmax>
-void k4_impl_scales(const float* x, uint8_t* b, uint8_t* L, const float* qw) {
-  uint8_t Laux[32], Ls[QK_K / 32], Lm[QK_K / 32];
-  float weights[32], sw[QK_K / 32], mins[QK_K / 32], scales[QK_K / 32];
-  const float sigma2 = 2 * sum_squares_256(x) / static_cast<float>(QK_K);
-  for (int j = 0; j < QK_K / 32; j++) {
-    const float* w = qw + 32 * j;
-    for (int l = 0; l < 32; l++) weights[l] = w[l] * std::sqrt(sigma2 + x[32 * j + l] * x[32 * j + l]);
-    float sumw = 0;
-    for (int l = 0; l < 32; l++) sumw += weights[l];
-    sw[j] = sumw;
-    scales[j] = make_qkx_quants(32, kNmax, x + 32 * j, weights, L + 32 * j, &mins[j], Laux, -0.9f, 0.05f, 36, false, true);
+void k4_impl_search(const float* x, const float* qw, size_t blocks, uint8_t* L, float* mins, float* scales, float* sw) {
+  float weights[QK_K * kK4Pair];
+  for (size_t i = 0; i < blocks; i++) {
+    const float* xb = x + QK_K * i;
+    const float sigma2 = 2 * sum_squares_256(xb) / static_cast<float>(QK_K);
+    for (int l = 0; l < QK_K; l++) weights[QK_K * i + l] = qw[QK_K * i + l] * std::sqrt(sigma2 + xb[l] * xb[l]);
   }
+  for (size_t j = 0; j < blocks * QK_K / 32; j++) {
+    float sumw = 0;
+    for (int l = 0; l < 32; l++) sumw += weights[32 * j + l];
+    sw[j] = sumw;
+  }
+  search_qkx(static_cast<int>(blocks * QK_K / 32), 32, kNmax, x, weights, L, mins, scales, -0.9f, 0.05f, 36, false, true);
+}
+
+template <int kNmax>
+void k4_impl_finish(const float* x, uint8_t* b, uint8_t* L, float* mins, float* scales, const float* sw) {
+  uint8_t Ls[QK_K / 32], Lm[QK_K / 32];
   const float d_block = make_qp_quants(QK_K / 32, 63, scales, Ls, sw);
   const float m_block = make_qp_quants(QK_K / 32, 63, mins, Lm, sw);
   for (int j = 0; j < QK_K / 32; j++) {
@@ -553,15 +566,39 @@ void k4_impl_scales(const float* x, uint8_t* b, uint8_t* L, const float* qw) {
   requantize_k4(x, b, L, kNmax);
 }
 
+template <int kNmax>
+void quantize_row_k4(const float* x, uint8_t* y, size_t n, const float* qw) {
+  constexpr size_t kBytes = kNmax == 15 ? kQ4_KBytes : kQ5_KBytes;
+  constexpr int kSub = QK_K / 32;
+  uint8_t L[QK_K * kK4Pair];
+  float mins[kSub * kK4Pair], scales[kSub * kK4Pair], sw[kSub * kK4Pair];
+  const size_t nb = n / QK_K;
+  for (size_t i0 = 0; i0 < nb; i0 += kK4Pair) {
+    const size_t blocks = std::min(kK4Pair, nb - i0);
+    const float* xp = x + QK_K * i0;
+    if (qw) k4_impl_search<kNmax>(xp, qw + QK_K * i0, blocks, L, mins, scales, sw);
+    else k4_ref_search<kNmax>(xp, blocks, L, mins, scales);
+    for (size_t i = 0; i < blocks; i++) {
+      uint8_t* b = y + kBytes * (i0 + i);
+      uint8_t* Lb = L + QK_K * i;
+      const size_t s = kSub * i;
+      if (qw) k4_impl_finish<kNmax>(xp + QK_K * i, b, Lb, mins + s, scales + s, sw + s);
+      else k4_ref_finish<kNmax>(xp + QK_K * i, b, Lb, mins + s, scales + s);
+      if (kNmax == 15) pack_q4_K_quants(Lb, b + 16);
+      else pack_q5_K_quants(Lb, b + 16, b + 48);
+    }
+  }
+}
+
 // ---- Q6_K: 210 bytes = ql[128] qh[64] scales[16] d ------------------------------------------
 
 void q6_K_block(const float* x, uint8_t* b, const float* qw) {
   int8_t L[QK_K];
   float scales[QK_K / 16];
+  search_qx(QK_K / 16, 16, 32, x, qw, L, scales);
   float max_scale = 0, max_abs_scale = 0;
   for (int ib = 0; ib < QK_K / 16; ib++) {
-    const float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : nullptr);
-    scales[ib] = scale;
+    const float scale = scales[ib];
     const float abs_scale = std::fabs(scale);
     if (abs_scale > max_abs_scale) {
       max_abs_scale = abs_scale;
@@ -621,23 +658,9 @@ void quantize_row_q3_K(const float* x, uint8_t* y, size_t n, const float* qw) {
   }
 }
 
-void quantize_row_q4_K(const float* x, uint8_t* y, size_t n, const float* qw) {
-  uint8_t L[QK_K];
-  for (size_t i = 0; i < n / QK_K; i++, x += QK_K, y += kQ4_KBytes) {
-    if (qw) k4_impl_scales<15>(x, y, L, qw + QK_K * i);
-    else k4_ref_scales<15>(x, y, L);
-    pack_q4_K_quants(L, y + 16);
-  }
-}
+void quantize_row_q4_K(const float* x, uint8_t* y, size_t n, const float* qw) { quantize_row_k4<15>(x, y, n, qw); }
 
-void quantize_row_q5_K(const float* x, uint8_t* y, size_t n, const float* qw) {
-  uint8_t L[QK_K];
-  for (size_t i = 0; i < n / QK_K; i++, x += QK_K, y += kQ5_KBytes) {
-    if (qw) k4_impl_scales<31>(x, y, L, qw + QK_K * i);
-    else k4_ref_scales<31>(x, y, L);
-    pack_q5_K_quants(L, y + 16, y + 48);
-  }
-}
+void quantize_row_q5_K(const float* x, uint8_t* y, size_t n, const float* qw) { quantize_row_k4<31>(x, y, n, qw); }
 
 void quantize_row_q6_K(const float* x, uint8_t* y, size_t n, const float* qw) {
   for (size_t i = 0; i < n / QK_K; i++, x += QK_K, y += kQ6_KBytes) q6_K_block(x, y, qw ? qw + QK_K * i : nullptr);

@@ -41,8 +41,11 @@ float row_sigma2(const float* x, size_t n) {
   return sum_x2 / static_cast<float>(static_cast<int64_t>(n));
 }
 
-void block_weights(const float* xb, const float* qw, float sigma2, float* weight) {
-  for (int j = 0; j < QK; j++) weight[j] = qw[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
+// The _impl paths search 16 blocks at a time (one call of the group search).
+constexpr size_t kBatch = 16;
+
+void batch_weights(const float* xb, const float* qw, float sigma2, size_t count, float* weight) {
+  for (size_t j = 0; j < count; j++) weight[j] = qw[j] * std::sqrt(sigma2 + xb[j] * xb[j]);
 }
 
 void pack_q5_low_high(const uint8_t* L, uint8_t* qs, uint8_t* qh_out) {
@@ -87,20 +90,24 @@ void impl_symmetric_row(const float* x, uint8_t* y, size_t n, const float* qw) {
   constexpr int kHalf = 1 << (kBits - 1);
   constexpr size_t kBytes = kBits == 4 ? kQ4_0Bytes : kQ5_0Bytes;
   const float sigma2 = row_sigma2(x, n);
-  float weight[QK];
-  int8_t L[QK];
-  for (size_t ib = 0; ib < n / QK; ib++) {
-    const float* xb = x + QK * ib;
-    uint8_t* b = y + kBytes * ib;
-    block_weights(xb, qw + QK * ib, sigma2, weight);
-    const float d = make_qx_quants(QK, kHalf, xb, L, weight);
-    store_u16(b, f32_to_f16(d));
-    if (kBits == 4) {
-      for (int j = 0; j < QK / 2; j++) b[2 + j] = static_cast<uint8_t>(L[j] | (L[j + QK / 2] << 4));
-    } else {
-      uint8_t U[QK];
-      for (int j = 0; j < QK; j++) U[j] = static_cast<uint8_t>(L[j]);
-      pack_q5_low_high(U, b + 6, b + 2);
+  float weight[QK * kBatch], d[kBatch];
+  int8_t Lb[QK * kBatch];
+  const size_t nb = n / QK;
+  for (size_t ib0 = 0; ib0 < nb; ib0 += kBatch) {
+    const size_t count = std::min(kBatch, nb - ib0);
+    batch_weights(x + QK * ib0, qw + QK * ib0, sigma2, QK * count, weight);
+    search_qx(static_cast<int>(count), QK, kHalf, x + QK * ib0, weight, Lb, d);
+    for (size_t k = 0; k < count; k++) {
+      uint8_t* b = y + kBytes * (ib0 + k);
+      const int8_t* L = Lb + QK * k;
+      store_u16(b, f32_to_f16(d[k]));
+      if (kBits == 4) {
+        for (int j = 0; j < QK / 2; j++) b[2 + j] = static_cast<uint8_t>(L[j] | (L[j + QK / 2] << 4));
+      } else {
+        uint8_t U[QK];
+        for (int j = 0; j < QK; j++) U[j] = static_cast<uint8_t>(L[j]);
+        pack_q5_low_high(U, b + 6, b + 2);
+      }
     }
   }
 }
@@ -138,20 +145,23 @@ void impl_asymmetric_row(const float* x, uint8_t* y, size_t n, const float* qw) 
   constexpr int kMax = (1 << kBits) - 1;
   constexpr size_t kBytes = kBits == 4 ? kQ4_1Bytes : kQ5_1Bytes;
   const float sigma2 = row_sigma2(x, n);
-  float weight[QK];
-  uint8_t L[QK], Laux[QK];
-  for (size_t ib = 0; ib < n / QK; ib++) {
-    const float* xb = x + QK * ib;
-    uint8_t* b = y + kBytes * ib;
-    block_weights(xb, qw + QK * ib, sigma2, weight);
-    float min;
-    const float d = make_qkx_quants(QK, kMax, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36, false, true);
-    store_u16(b, f32_to_f16(d));
-    store_u16(b + 2, f32_to_f16(-min));
-    if (kBits == 4) {
-      for (int j = 0; j < QK / 2; j++) b[4 + j] = static_cast<uint8_t>(L[j] | (L[j + QK / 2] << 4));
-    } else {
-      pack_q5_low_high(L, b + 8, b + 4);
+  float weight[QK * kBatch], d[kBatch], min[kBatch];
+  uint8_t Lb[QK * kBatch];
+  const size_t nb = n / QK;
+  for (size_t ib0 = 0; ib0 < nb; ib0 += kBatch) {
+    const size_t count = std::min(kBatch, nb - ib0);
+    batch_weights(x + QK * ib0, qw + QK * ib0, sigma2, QK * count, weight);
+    search_qkx(static_cast<int>(count), QK, kMax, x + QK * ib0, weight, Lb, min, d, -0.9f, 0.05f, 36, false, true);
+    for (size_t k = 0; k < count; k++) {
+      uint8_t* b = y + kBytes * (ib0 + k);
+      const uint8_t* L = Lb + QK * k;
+      store_u16(b, f32_to_f16(d[k]));
+      store_u16(b + 2, f32_to_f16(-min[k]));
+      if (kBits == 4) {
+        for (int j = 0; j < QK / 2; j++) b[4 + j] = static_cast<uint8_t>(L[j] | (L[j + QK / 2] << 4));
+      } else {
+        pack_q5_low_high(L, b + 8, b + 4);
+      }
     }
   }
 }

@@ -8,6 +8,9 @@
 //   no imatrix:   quantize_row_<type>_ref  (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K)
 //   with imatrix: quantize_row_<type>_impl (Q8_0, F16, BF16, F32 ignore the imatrix)
 //   dequantize:   dequantize_row_<type>
+//
+// Files: ggml_quants.cc (legacy types, dispatch, N-API exports), ggml_kquants.cc (K-quants and
+// the scale searches), ggml_quants_simd.cc (the group searches with their AVX2 lane twins).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -120,6 +123,14 @@ float make_qkx_quants(int n, int nmax, const float* x, const float* weights, uin
                       uint8_t* Laux, float rmin, float rdelta, int nstep, bool use_mad, bool x3);
 // make_qp_quants: quantizes non-negative scales with weights quant_weights.
 float make_qp_quants(int n, int nmax, const float* x, uint8_t* L, const float* quant_weights);
+
+// The same searches over `groups` consecutive groups of n values (n <= 32): group g is
+// x + g*n (weights + g*n), writes L + g*n and scales[g] (and mins[g]). When the AVX2 level is
+// active (cpu.h), eight groups run at once, one per vector lane, each lane performing exactly the
+// scalar operation sequence of its group (no reduction is reordered), so the bytes are identical.
+void search_qkx(int groups, int n, int nmax, const float* x, const float* weights, uint8_t* L, float* mins,
+                float* scales, float rmin, float rdelta, int nstep, bool use_mad, bool x3);
+void search_qx(int groups, int n, int nmax, const float* x, const float* qw, int8_t* L, float* scales);
 
 // ---- per-type rows (ggml_quants.cc: legacy; ggml_kquants.cc: K-quants) ----------------------
 
