@@ -1110,7 +1110,8 @@ export function planGgufOutput(model: Deepseek2GgufModel, opts: GgufOutputOption
     const kvs = model.kvs.map((e) => (e.key === "general.file_type" ? kv.u32("general.file_type", ftype.id) : e));
     const tensors = model.tensors.map((t): GgufOutputTensor => {
       let type = t.forceF32 ? F32 : ftype.defaultType;
-      if (opts.fp8AsQ8 && t.fp8 && !t.forceF32 && t.shape.length >= 2) type = Q8_0;
+      // gguf-py's Q8_0 needs ne0 % 32 == 0, else it warns and falls back to F16
+      if (opts.fp8AsQ8 && t.fp8 && !t.forceF32 && t.shape.length >= 2) type = t.ne[0]! % Q8_0.blockSize === 0 ? Q8_0 : ggmlType("F16");
       return { name: t.name, ne: [...t.ne], type, inputType: t.forceF32 ? F32 : BF16, source: t.source, shape: t.shape, fp8: t.fp8 };
     });
     return { ftype, style: "convert", kvs, tensors };
