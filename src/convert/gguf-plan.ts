@@ -153,16 +153,20 @@ function fill(template: string, bid: string | undefined): string {
 // helpers reproducing Python behaviour
 // ---------------------------------------------------------------------------------------------
 
-/** Python's str ordering (code points). */
+/** Python's str ordering (code points; UTF-16 order except where surrogate pairs meet U+E000..U+FFFF). */
 function compareCodePoints(a: string, b: string): number {
-  const A = [...a];
-  const B = [...b];
-  for (let i = 0; i < Math.min(A.length, B.length); i++) {
-    const x = A[i]!.codePointAt(0)!;
-    const y = B[i]!.codePointAt(0)!;
-    if (x !== y) return x - y;
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i);
+    const y = b.charCodeAt(i);
+    if (x !== y) {
+      const xs = x >= 0xd800 && x <= 0xdfff;
+      const ys = y >= 0xd800 && y <= 0xdfff;
+      if (xs !== ys) return xs ? 1 : -1;
+      return x - y;
+    }
   }
-  return A.length - B.length;
+  return a.length - b.length;
 }
 
 const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
