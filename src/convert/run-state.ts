@@ -28,20 +28,35 @@ export function fingerprint(value: unknown): string {
   return createHash("sha256").update(JSON.stringify(value)).digest("hex");
 }
 
+export interface RunStateOptions {
+  command: string;
+  fingerprint: string;
+  force: boolean;
+  inputDir?: string;
+  /**
+   * For outputs that are files beside others (a GGUF in a folder of other things): the file names
+   * this run owns. Only those count as "something else would be overwritten", and the manifest is
+   * kept as `.<first output>.deepcast-run.json`. Without it the whole folder belongs to the run.
+   */
+  outputs?: string[];
+}
+
 export class RunState {
   private constructor(
     readonly dir: string,
     readonly manifest: Manifest,
     /** True when the manifest was found and matched: some outputs may be reused. */
     readonly resumed: boolean,
+    private readonly manifestName: string,
   ) {}
 
   /**
    * Opens OUT for a run. A matching manifest resumes; a different one, or a non-empty folder with
    * no manifest, is refused unless `force`. OUT must not be the input folder.
    */
-  static async open(dir: string, opts: { command: string; fingerprint: string; force: boolean; inputDir?: string }): Promise<RunState> {
+  static async open(dir: string, opts: RunStateOptions): Promise<RunState> {
     const out = resolve(dir);
+    const manifestName = opts.outputs?.length ? `.${opts.outputs[0]}.deepcast-run.json` : MANIFEST;
     if (opts.inputDir && (await sameDir(out, opts.inputDir))) {
       throw new DeepcastError("output folder is the input folder: inputs are never modified; choose another OUT", { file: out });
     }
@@ -52,23 +67,26 @@ export class RunState {
     });
     if (entries === null) {
       await mkdir(out, { recursive: true });
-      return new RunState(out, fresh, false);
+      return new RunState(out, fresh, false, manifestName);
     }
-    const previous = await readManifest(out);
+    const previous = await readManifest(join(out, manifestName));
     if (previous && previous.command === opts.command && previous.fingerprint === opts.fingerprint) {
-      return new RunState(out, previous, true);
+      return new RunState(out, previous, true, manifestName);
     }
+    const owned = opts.outputs ? entries.filter((e) => opts.outputs!.includes(e)) : entries;
     if (!opts.force) {
       if (previous) {
         throw new DeepcastError(
           `output folder holds a ${previous.complete ? "finished" : "partial"} \`${previous.command}\` run with different inputs or options; ` +
             "rerun with the same ones to resume, or pass --force to start over", { file: out });
       }
-      if (entries.length > 0) {
-        throw new DeepcastError("output folder exists and is not empty; pass --force to overwrite", { file: out });
+      if (owned.length > 0) {
+        throw new DeepcastError(
+          opts.outputs ? `${owned[0]} already exists; pass --force to overwrite` : "output folder exists and is not empty; pass --force to overwrite",
+          { file: opts.outputs ? join(out, owned[0]!) : out });
       }
     }
-    const state = new RunState(out, fresh, false);
+    const state = new RunState(out, fresh, false, manifestName);
     await state.save();
     return state;
   }
@@ -94,15 +112,15 @@ export class RunState {
   }
 
   private async save(): Promise<void> {
-    const path = join(this.dir, MANIFEST);
+    const path = join(this.dir, this.manifestName);
     const tmp = `${path}.partial`;
     await writeFile(tmp, JSON.stringify(this.manifest, null, 1) + "\n");
     await rename(tmp, path);
   }
 }
 
-async function readManifest(dir: string): Promise<Manifest | null> {
-  const text = await readFile(join(dir, MANIFEST), "utf8").catch(() => null);
+async function readManifest(path: string): Promise<Manifest | null> {
+  const text = await readFile(path, "utf8").catch(() => null);
   if (text === null) return null;
   try {
     const m = JSON.parse(text) as Manifest;

@@ -1,0 +1,267 @@
+/**
+ * `deepcast to-gguf`: an FP8 (or BF16) DeepSeek-V3 checkpoint straight to GGUF in one pass. Each
+ * output tensor is produced chunk by chunk: source rows are decoded to the float32 values a BF16
+ * intermediate would hold (fp8-to-bf16's kernel, BF16-rounded), rearranged where llama.cpp's
+ * converter does (experts stacked, kv_b_proj split), then quantized with the ggml-identical kernels.
+ */
+import { basename, dirname, resolve } from "node:path";
+import { DeepcastError } from "../errors.js";
+import { loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
+import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
+import type { CheckpointSource } from "../io/source.js";
+import { quantizeRows, rowBytes } from "../quant/ggml.js";
+import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
+import {
+  kvBSplit,
+  planDeepseek2Gguf,
+  planGgufOutput,
+  type GgufOutputOptions,
+  type GgufOutputPlan,
+  type GgufOutputTensor,
+  type HfModelFiles,
+  type HfSourceRef,
+} from "./gguf-plan.js";
+import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
+import { fingerprint, freeBytes, RunState } from "./run-state.js";
+import { fmtBytes } from "../units.js";
+
+export interface ToGgufPlan {
+  ckpt: Checkpoint;
+  output: GgufOutputPlan;
+  layout: GgufLayout;
+}
+
+/** What the GGUF planner reads, taken from an already validated checkpoint. */
+export async function hfModelFiles(ckpt: Checkpoint): Promise<HfModelFiles> {
+  if (!ckpt.config) throw new DeepcastError("config.json is missing", { file: ckpt.source.description });
+  const names = new Set(ckpt.files.map((f) => f.name));
+  const json = async (name: string) => {
+    if (!names.has(name)) return undefined;
+    try {
+      return JSON.parse((await ckpt.source.readFile(name)).toString("utf8")) as unknown;
+    } catch (e) {
+      throw new DeepcastError(`malformed JSON: ${(e as Error).message}`, { file: `${ckpt.source.description}/${name}` });
+    }
+  };
+  const jinja = names.has("chat_template.jinja") ? (await ckpt.source.readFile("chat_template.jinja")).toString("utf8") : undefined;
+  const dirName = ckpt.source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
+  return {
+    ...(dirName ? { dirName } : {}),
+    config: ckpt.config,
+    shards: ckpt.shards.map((file) => ({ file, tensors: ckpt.headers.get(file)!.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) })),
+    tokenizer: await json("tokenizer.json"),
+    tokenizerConfig: await json("tokenizer_config.json"),
+    generationConfig: await json("generation_config.json"),
+    ...(jinja !== undefined ? { chatTemplateJinja: jinja } : {}),
+    chatTemplateJson: await json("chat_template.json"),
+  };
+}
+
+export async function planToGguf(
+  source: CheckpointSource,
+  out: string,
+  opts: GgufOutputOptions & { split?: GgufSplitOptions; name?: string },
+): Promise<ToGgufPlan> {
+  const ckpt = await loadCheckpoint(source);
+  const model = planDeepseek2Gguf(await hfModelFiles(ckpt), opts.name ? { name: opts.name } : {});
+  const output = planGgufOutput(model, opts);
+  const layout = planGgufLayout(
+    resolve(out),
+    output.kvs,
+    output.tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type })),
+    { style: output.style === "convert" ? "gguf-py" : "gguf-split", ...opts.split },
+  );
+  return { ckpt, output, layout };
+}
+
+/** Reused float32 scratch (conversions run one at a time on the main thread). */
+class Scratch {
+  private buf = new Float32Array(0);
+  get(n: number): Float32Array {
+    if (this.buf.length < n) this.buf = new Float32Array(n);
+    return this.buf.subarray(0, n);
+  }
+}
+
+/** Rows per chunk: whole 128-row blocks for FP8, about `chunkBytes` of float32 values. */
+function rowsPerChunk(src: HfSourceRef, cols: number, chunkBytes: number): number {
+  const rows = Math.max(1, Math.floor(chunkBytes / 4 / Math.max(1, cols)));
+  return src.dtype === "F8_E4M3" ? Math.max(FP8_BLOCK, Math.floor(rows / FP8_BLOCK) * FP8_BLOCK) : rows;
+}
+
+interface Ctx {
+  k: Kernels;
+  threads: number;
+  chunkBytes: number;
+  scratch: Scratch;
+  split: Scratch;
+  scales: Map<string, Float32Array>;
+}
+
+/**
+ * Decodes rows [r0, r0+rows) of `src` (raw bytes in `input`) to float32 in `dst`; `round` rounds
+ * through BF16, i.e. yields exactly what a BF16 intermediate checkpoint would hold.
+ */
+function decodeRows(ctx: Ctx, src: HfSourceRef, input: Uint8Array, r0: number, rows: number, cols: number, round: boolean, dst: Float32Array): void {
+  const { k, threads } = ctx;
+  const u16 = () => new Uint16Array(input.buffer, input.byteOffset, rows * cols);
+  switch (src.dtype) {
+    case "F8_E4M3": {
+      const scale = ctx.scales.get(src.name);
+      if (!scale) throw new DeepcastError(`FP8 weight has no ${src.name}_scale_inv`, { file: src.file, tensor: src.name });
+      const sc = Math.ceil(cols / FP8_BLOCK);
+      const s0 = r0 / FP8_BLOCK;
+      k.fp8ToF32(input, rows, cols, scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc), dst, threads, round);
+      return;
+    }
+    case "BF16":
+      k.bf16ToF32(u16(), dst, threads);
+      return;
+    case "F16":
+      k.f16ToF32(u16(), dst, threads);
+      break;
+    case "F32":
+      dst.set(new Float32Array(input.buffer.slice(input.byteOffset, input.byteOffset + rows * cols * 4)));
+      break;
+    default:
+      throw new DeepcastError(`cannot convert a ${src.dtype} tensor to GGUF`, { file: src.file, tensor: src.name });
+  }
+  if (round) {
+    const h = new Uint16Array(dst.length);
+    k.f32ToBf16(dst, h, threads);
+    k.bf16ToF32(h, dst, threads);
+  }
+}
+
+const elemSize = (src: HfSourceRef) => (src.dtype === "F8_E4M3" ? 1 : src.dtype === "F32" ? 4 : 2);
+
+/** Chunks that produce output tensor `t`, in order. */
+function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
+  const round = t.inputType.name === "BF16";
+  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array) => {
+    if (t.type.name === "F32") out.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+    else quantizeRows(t.type.name, values, rows, ne0, null, ctx.threads, out);
+  };
+  const rowChunks = (src: HfSourceRef): Chunk[] => {
+    const cols = src.shape.length === 0 ? 1 : src.shape[src.shape.length - 1]!;
+    const totalRows = src.shape.slice(0, -1).reduce((a, b) => a * b, 1);
+    const step = rowsPerChunk(src, cols, ctx.chunkBytes);
+    const chunks: Chunk[] = [];
+    for (let r0 = 0; r0 < totalRows; r0 += step) {
+      const rows = Math.min(step, totalRows - r0);
+      chunks.push({
+        tensor: t.name,
+        src: { file: src.file, tensor: src.name, offset: r0 * cols * elemSize(src), length: rows * cols * elemSize(src) },
+        outBytes: rows * rowBytes(t.type.name, cols),
+        convert: (input, out) => {
+          const values = ctx.scratch.get(rows * cols);
+          decodeRows(ctx, src, input, r0, rows, cols, round, values);
+          encode(values, rows, cols, out);
+        },
+      });
+    }
+    return chunks;
+  };
+  const s = t.source;
+  if (s.kind === "tensor") return rowChunks(s.src);
+  if (s.kind === "stack") return s.experts.flatMap(rowChunks);
+  // kv_b_proj is small (32768 x 512 in the real model): decode it whole, then split and transpose.
+  const [rows, cols] = s.src.shape as [number, number];
+  const ne0 = s.part === "k_b" ? s.qkNope : s.kvLora;
+  const n = s.nHead * (s.part === "k_b" ? s.qkNope : s.vHead) * s.kvLora;
+  return [{
+    tensor: t.name,
+    src: { file: s.src.file, tensor: s.src.name, offset: 0, length: rows * cols * elemSize(s.src) },
+    outBytes: (n / ne0) * rowBytes(t.type.name, ne0),
+    convert: (input, out) => {
+      const values = ctx.scratch.get(rows * cols);
+      decodeRows(ctx, s.src, input, 0, rows, cols, round, values);
+      const part = kvBSplit(values, s.part, s, ctx.split.get(n));
+      encode(part, n / ne0, ne0, out);
+    },
+  }];
+}
+
+function sourcesOf(t: GgufOutputTensor): HfSourceRef[] {
+  const s = t.source;
+  return s.kind === "stack" ? s.experts : [s.src];
+}
+
+export interface ToGgufRunOptions {
+  kernels: Kernels;
+  threads: number;
+  force: boolean;
+  chunkBytes?: number;
+  skipSpaceCheck?: boolean;
+  onProgress?: (inBytes: number, outBytes: number) => void;
+  onTensor?: (e: { tensor: string; index: number; count: number; type: string; bytes: number }) => void;
+}
+
+export interface ToGgufSummary {
+  files: string[];
+  tensors: number;
+  bytesRead: number;
+  bytesWritten: number;
+  resumed: boolean;
+}
+
+export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promise<ToGgufSummary> {
+  const { ckpt, layout, output } = plan;
+  const dir = dirname(layout.files[0]!.path);
+  const names = layout.files.map((f) => basename(f.path));
+  const inputs = [];
+  for (const s of ckpt.shards) inputs.push([s, await ckpt.source.fileIdentity(s)]);
+  const state = await RunState.open(dir, {
+    command: "to-gguf",
+    fingerprint: fingerprint({ command: "to-gguf", format: 1, inputs, layout: layout.files.map((f) => [basename(f.path), f.fileSize, f.tensors.map((t) => [t.name, t.type.name])]) }),
+    force: opts.force,
+    inputDir: ckpt.source.description,
+    outputs: names,
+  });
+  const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumed: false };
+  if (state.manifest.complete && (await Promise.all(names.map((n) => state.isDone(n)))).every(Boolean)) {
+    summary.resumed = true;
+    return summary;
+  }
+  if (!opts.skipSpaceCheck) {
+    const free = await freeBytes(dir);
+    if (layout.totalBytes > free) {
+      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(layout.totalBytes)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
+    }
+  }
+  const ctx: Ctx = {
+    k: opts.kernels,
+    threads: opts.threads,
+    chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
+    scratch: new Scratch(),
+    split: new Scratch(),
+    scales: new Map(),
+  };
+  const reader = new ShardReader(ckpt.source);
+  const writer = await GgufWriter.create(layout);
+  try {
+    for (const [i, t] of output.tensors.entries()) {
+      ctx.scales.clear();
+      for (const src of sourcesOf(t)) {
+        if (!src.scaleInv) continue;
+        const raw = await reader.readTensor(src.scaleInv.file, src.scaleInv.name);
+        ctx.scales.set(src.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+      }
+      await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
+        summary.bytesRead += inB;
+        opts.onProgress?.(inB, outB);
+      });
+      opts.onTensor?.({ tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: layout.files.flatMap((f) => f.tensors).find((p) => p.name === t.name)?.nbytes ?? 0 });
+    }
+    await writer.commit();
+  } catch (e) {
+    await writer.abort();
+    throw e;
+  } finally {
+    await reader.close();
+  }
+  for (const n of names) await state.markDone(n);
+  await state.markComplete();
+  summary.bytesWritten = layout.totalBytes;
+  return summary;
+}

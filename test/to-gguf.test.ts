@@ -1,0 +1,37 @@
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
+import { LocalSource } from "../src/io/source.js";
+import { kernels } from "../src/quant/kernels.js";
+import { FIXTURE, ROOT, sha256, tempDir } from "./helpers.js";
+
+interface Listing {
+  file_size: number;
+  file_sha256: string;
+  tensors: { name: string; type: string; ne: number[]; file_offset: number; nbytes: number; sha256: string }[];
+}
+
+const MIXES = ["BF16", "Q8_0", "Q6_K", "Q4_K_M", "Q3_K_M", "Q2_K"];
+
+async function listing(mix: string): Promise<Listing> {
+  return JSON.parse(await readFile(join(ROOT, "fixtures", "llama-cpp-tiny-dsv3", `tiny-dsv3-${mix}.listing.json`), "utf8")) as Listing;
+}
+
+describe("to-gguf on the FP8 fixture, against llama.cpp's own convert + llama-quantize", () => {
+  for (const mix of MIXES) {
+    it(`${mix}: same file, byte for byte, in one pass from FP8`, async () => {
+      const gold = await listing(mix);
+      const out = join(await tempDir(), `tiny-${mix}.gguf`);
+      const plan = await planToGguf(new LocalSource(FIXTURE), out, { ftype: mix });
+      await runToGguf(plan, { kernels: kernels(), threads: 2, force: false, skipSpaceCheck: true, chunkBytes: 256 * 1024 });
+      const bytes = await readFile(out);
+      const mismatched = gold.tensors
+        .filter((t) => sha256(bytes.subarray(t.file_offset, t.file_offset + t.nbytes)) !== t.sha256)
+        .map((t) => `${t.name} (${t.type})`);
+      expect(mismatched).toEqual([]);
+      expect(bytes.length).toBe(gold.file_size);
+      expect(sha256(bytes)).toBe(gold.file_sha256);
+    });
+  }
+});
