@@ -2,12 +2,14 @@ import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { DeepcastError } from "../errors.js";
 import * as fp8ToBf16 from "./fp8-to-bf16.js";
+import * as toGguf from "./to-gguf.js";
 
 export async function main(argv: string[]): Promise<void> {
   await yargs(argv)
     .scriptName("deepcast")
     .usage("$0 <command> [options]\n\nConvert and quantize DeepSeek-V3-class FP8 checkpoints.")
     .command(fp8ToBf16)
+    .command(toGguf)
     .demandCommand(1, "Choose a command (see --help)")
     .strict()
     .help()

@@ -76,9 +76,10 @@ export class RunState {
     const owned = opts.outputs ? entries.filter((e) => opts.outputs!.includes(e)) : entries;
     if (!opts.force) {
       if (previous) {
+        const what = opts.outputs ? `${opts.outputs[0]} comes from` : "output folder holds";
         throw new DeepcastError(
-          `output folder holds a ${previous.complete ? "finished" : "partial"} \`${previous.command}\` run with different inputs or options; ` +
-            "rerun with the same ones to resume, or pass --force to start over", { file: out });
+          `${what} a ${previous.complete ? "finished" : "partial"} \`${previous.command}\` run with different inputs or options; ` +
+            "rerun with the same ones to resume, or pass --force to start over", { file: opts.outputs ? join(out, opts.outputs[0]!) : out });
       }
       if (owned.length > 0) {
         throw new DeepcastError(

@@ -1,0 +1,144 @@
+import type { Argv, ArgumentsCamelCase } from "yargs";
+import { basename } from "node:path";
+import { planToGguf, runToGguf } from "../convert/to-gguf.js";
+import { freeBytes } from "../convert/run-state.js";
+import { parseSplitSize } from "../io/gguf.js";
+import { openSource } from "../io/open-source.js";
+import { ftypeNames } from "../quant/mix.js";
+import { fmtBytes } from "../units.js";
+import { peakRssBytes, selectKernels, withCommonOptions } from "./common.js";
+import { createProgress } from "./progress.js";
+import { DeepcastError } from "../errors.js";
+
+export const command = "to-gguf <in>";
+export const describe = "Convert an FP8 or BF16 DeepSeek-V3 checkpoint straight to GGUF (llama.cpp), quantized in one pass";
+
+export function builder(y: Argv) {
+  return withCommonOptions(
+    y
+      .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id" })
+      .option("quant", { alias: "q", type: "string", demandOption: true, describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive)` })
+      .option("output", { alias: "o", type: "string", demandOption: true, describe: "Output .gguf path (splits become NAME-00001-of-0000N.gguf)" })
+      .option("split-max-size", { type: "string", describe: "Start a new file before this size (e.g. 50G, 500M)" })
+      .option("split-max-tensors", { type: "number", describe: "At most this many tensors per file" })
+      .option("tensor-type", { type: "string", array: true, default: [] as string[], describe: "Override a tensor's type: REGEX=TYPE (as llama-quantize; repeatable)" })
+      .option("output-tensor-type", { type: "string", describe: "Type of output.weight" })
+      .option("token-embedding-type", { type: "string", describe: "Type of token_embd.weight" })
+      .option("name", { type: "string", describe: "general.name (default: derived from the input folder name, like llama.cpp)" })
+      .option("revision", { type: "string", default: "main", describe: "Hub revision for a repo id" })
+      .option("skip-space-check", { type: "boolean", default: false, describe: "Do not refuse to start when the disk looks too small" }),
+  ).epilogue(
+    "Tensor data and metadata are those of llama.cpp v0.4.0's convert_hf_to_gguf.py (--outtype bf16) followed by " +
+      "llama-quantize, byte for byte, without a BF16 intermediate on disk: FP8 weights are dequantized in memory to the " +
+      "values a BF16 checkpoint would hold. The MTP layer is skipped, as llama.cpp does.",
+  );
+}
+
+type Args = ArgumentsCamelCase<ReturnType<typeof builder> extends Argv<infer T> ? T : never>;
+
+export async function handler(argv: Args): Promise<void> {
+  const started = performance.now();
+  const k = selectKernels(argv.simd);
+  const source = await openSource(argv.in, { revision: argv.revision });
+  const split = {
+    ...(argv.splitMaxSize !== undefined ? { maxBytes: parseSplitSize(argv.splitMaxSize) } : {}),
+    ...(argv.splitMaxTensors !== undefined ? { maxTensors: argv.splitMaxTensors } : {}),
+  };
+  if (!argv.output.endsWith(".gguf")) throw new DeepcastError("the output name must end in .gguf", { file: argv.output });
+  const plan = await planToGguf(source, argv.output, {
+    ftype: argv.quant,
+    split,
+    tensorTypes: argv.tensorType,
+    ...(argv.outputTensorType !== undefined ? { outputTensorType: argv.outputTensorType } : {}),
+    ...(argv.tokenEmbeddingType !== undefined ? { tokenEmbeddingType: argv.tokenEmbeddingType } : {}),
+    ...(argv.name !== undefined ? { name: argv.name } : {}),
+    dryRun: argv.dryRun,
+  });
+  const { layout, output } = plan;
+
+  if (argv.dryRun) {
+    const free = await freeBytes(argv.output);
+    const perType = new Map<string, { tensors: number; bytes: number }>();
+    const tensors = layout.files.flatMap((f) => f.tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type.name, bytes: t.nbytes, file: basename(f.path) })));
+    for (const t of tensors) {
+      const e = perType.get(t.type) ?? { tensors: 0, bytes: 0 };
+      e.tensors++;
+      e.bytes += t.bytes;
+      perType.set(t.type, e);
+    }
+    const report = {
+      command: "to-gguf",
+      input: source.description,
+      quant: output.ftype.name,
+      fileType: output.mix?.fileType ?? output.ftype.id,
+      tensorCount: layout.tensorCount,
+      totalBytes: layout.totalBytes,
+      files: layout.files.map((f) => ({ file: f.path, tensors: f.tensors.length, bytes: f.fileSize })),
+      types: Object.fromEntries(perType),
+      fallbacks: output.mix?.nFallback ?? 0,
+      requiresImatrix: output.mix?.requiresImatrix ?? [],
+      freeBytes: Number.isFinite(free) ? free : null,
+      fits: layout.totalBytes <= free,
+      tensors,
+    };
+    if (argv.json) {
+      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
+      return;
+    }
+    for (const t of tensors) console.log(`${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(5)} ${fmtBytes(t.bytes)}`);
+    console.log("");
+    for (const [type, e] of perType) console.log(`${type.padEnd(5)} ${String(e.tensors).padStart(6)} tensors  ${fmtBytes(e.bytes)}`);
+    for (const f of report.files) console.log(`${f.file}  ${f.tensors} tensors  ${fmtBytes(f.bytes)}`);
+    console.log(`${report.tensorCount} tensors, ${fmtBytes(report.totalBytes)} (${output.ftype.name}); free: ${fmtBytes(free)}${report.fits ? "" : "  (NOT ENOUGH)"}`);
+    if (report.requiresImatrix.length) console.log(`needs an importance matrix for ${report.requiresImatrix.length} tensor(s) (--imatrix)`);
+    return;
+  }
+
+  const progress = createProgress({ total: layout.totalBytes, label: `to-gguf ${output.ftype.name}` });
+  const onSignal = () => {
+    progress.stop();
+    process.stderr.write("\ninterrupted: nothing was left under the output name; rerun the same command to start again\n");
+    process.exit(130);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  let summary;
+  let lastLine = 0;
+  try {
+    summary = await runToGguf(plan, {
+      kernels: k,
+      threads: argv.threads,
+      force: argv.force,
+      skipSpaceCheck: argv.skipSpaceCheck,
+      onProgress: (_in, out) => progress.add(out),
+      onTensor: (e) => {
+        // Plain (non-TTY) output: a line every 5% of the tensors, not 1,000 lines.
+        if (process.stderr.isTTY || e.index + 1 === e.count || e.index + 1 >= lastLine + Math.max(1, Math.floor(e.count / 20))) {
+          lastLine = e.index + 1;
+          progress.line(`[${e.index + 1}/${e.count}] ${e.tensor} ${e.type} ${fmtBytes(e.bytes)}`);
+        }
+      },
+    });
+  } finally {
+    progress.stop();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const result = {
+    command: "to-gguf",
+    input: source.description,
+    quant: output.ftype.name,
+    ...summary,
+    seconds,
+    gbPerSecondIn: summary.bytesRead / 1e9 / seconds,
+    gbPerSecondOut: summary.bytesWritten / 1e9 / seconds,
+    peakRssBytes: peakRssBytes(),
+    backend: k.backend,
+    simd: k.simd(),
+    threads: argv.threads,
+  };
+  if (argv.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+  else if (summary.resumed) process.stderr.write(`already complete: ${summary.files.join(", ")}\n`);
+  else process.stderr.write(`done: ${summary.files.join(", ")}: ${summary.tensors} tensors, ${fmtBytes(summary.bytesWritten)} in ${seconds.toFixed(1)} s, peak RSS ${fmtBytes(result.peakRssBytes)}\n`);
+}
