@@ -66,6 +66,16 @@ describe("llama.cpp loads deepcast's GGUF of the fixture", () => {
     });
   }
 
+  it("split output: llama.cpp loads a 3-file Q8_0 split from its first file, with the same predictions", async () => {
+    const dir = await tempDir();
+    const plan = await planToGguf(new LocalSource(FIXTURE), join(dir, "tiny-Q8_0.gguf"), { ftype: "Q8_0", split: { maxTensors: 30 } });
+    expect(plan.layout.files.map((f) => f.path.slice(dir.length + 1))).toEqual([
+      "tiny-Q8_0-00001-of-00003.gguf", "tiny-Q8_0-00002-of-00003.gguf", "tiny-Q8_0-00003-of-00003.gguf"]);
+    await runToGguf(plan, { kernels: kernels(), threads: 2, force: false, skipSpaceCheck: true });
+    const r = await perplexity(plan.layout.files[0]!.path);
+    expect(r.ppl).toBe(ppl.get("Q8_0"));
+  });
+
   it("quantization costs little perplexity at 8 bits and more at 2 bits", () => {
     const bf16 = ppl.get("BF16")!;
     expect(Math.abs(ppl.get("Q8_0")! / bf16 - 1)).toBeLessThan(0.01);
