@@ -4,7 +4,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { getLlama, type Llama } from "node-llama-cpp";
+import { getLlama, type Llama, type Token } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { LocalSource } from "../src/io/source.js";
@@ -33,7 +33,7 @@ async function perplexity(modelPath: string): Promise<{ ppl: number; maxSumError
     const ctx = await model.createContext({ contextSize: 256, batchSize: WINDOW, threads: 2 });
     const seq = ctx.getSequence();
     // BOS + a window of held-out text; every position predicts the next token.
-    const tokens = [0, ...ids.slice(0, WINDOW - 1)];
+    const tokens = [0, ...ids.slice(0, WINDOW - 1)] as Token[];
     const out = await seq.controlledEvaluate(tokens.map((t) => [t, { generateNext: { probabilities: true } }]));
     let nll = 0;
     let maxSumError = 0;

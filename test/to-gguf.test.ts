@@ -35,3 +35,29 @@ describe("to-gguf on the FP8 fixture, against llama.cpp's own convert + llama-qu
     });
   }
 });
+
+describe("to-gguf interruption and resume", () => {
+  it("keeps finished split files, resumes after them, and ends byte-identical", async () => {
+    const dir = await tempDir();
+    const run = async (name: string, failAt?: number) => {
+      const plan = await planToGguf(new LocalSource(FIXTURE), join(dir, name), { ftype: "Q4_K_M", split: { maxTensors: 25 } });
+      return runToGguf(plan, {
+        kernels: kernels(), threads: 1, force: false, skipSpaceCheck: true,
+        onTensor: (e) => { if (e.index === failAt) throw new Error("simulated crash"); },
+      });
+    };
+    await run("ref.gguf");
+    await expect(run("x.gguf", 40)).rejects.toThrow("simulated crash");
+    const { readdir: ls } = await import("node:fs/promises");
+    const after = (await ls(dir)).filter((f) => f.startsWith("x") || f.startsWith(".x"));
+    expect(after.sort()).toEqual([".x-00001-of-00003.gguf.deepcast-run.json", "x-00001-of-00003.gguf"]);
+    const resumed = await run("x.gguf");
+    expect(resumed.resumedFiles).toBe(1);
+    for (let i = 1; i <= 3; i++) {
+      const a = await readFile(join(dir, `ref-0000${i}-of-00003.gguf`));
+      const b = await readFile(join(dir, `x-0000${i}-of-00003.gguf`));
+      expect(sha256(b)).toBe(sha256(a));
+    }
+    expect((await run("x.gguf")).resumedFiles).toBe(3);
+  });
+});

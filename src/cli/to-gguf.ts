@@ -97,7 +97,7 @@ export async function handler(argv: Args): Promise<void> {
   const progress = createProgress({ total: layout.totalBytes, label: `to-gguf ${output.ftype.name}` });
   const onSignal = () => {
     progress.stop();
-    process.stderr.write("\ninterrupted: nothing was left under the output name; rerun the same command to start again\n");
+    process.stderr.write("\ninterrupted: rerun the same command to resume (completed split files are kept)\n");
     process.exit(130);
   };
   process.once("SIGINT", onSignal);
@@ -139,6 +139,6 @@ export async function handler(argv: Args): Promise<void> {
     threads: argv.threads,
   };
   if (argv.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
-  else if (summary.resumed) process.stderr.write(`already complete: ${summary.files.join(", ")}\n`);
+  else if (summary.resumedFiles === summary.files.length) process.stderr.write(`already complete: ${summary.files.join(", ")}\n`);
   else process.stderr.write(`done: ${summary.files.join(", ")}: ${summary.tensors} tensors, ${fmtBytes(summary.bytesWritten)} in ${seconds.toFixed(1)} s, peak RSS ${fmtBytes(result.peakRssBytes)}\n`);
 }

@@ -201,8 +201,10 @@ export interface ToGgufSummary {
   files: string[];
   tensors: number;
   bytesRead: number;
+  /** Bytes of the files written by this run. */
   bytesWritten: number;
-  resumed: boolean;
+  /** Split files already complete from an interrupted run, kept as they were. */
+  resumedFiles: number;
 }
 
 export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promise<ToGgufSummary> {
@@ -218,15 +220,16 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     inputDir: ckpt.source.description,
     outputs: names,
   });
-  const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumed: false };
-  if (state.manifest.complete && (await Promise.all(names.map((n) => state.isDone(n)))).every(Boolean)) {
-    summary.resumed = true;
-    return summary;
-  }
+  const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0 };
+  // Split files completed by an earlier, interrupted run of the same command are kept.
+  const skipFiles = new Set<number>();
+  for (const [i, n] of names.entries()) if (await state.isDone(n)) skipFiles.add(i);
+  summary.resumedFiles = skipFiles.size;
+  const needed = layout.files.filter((f) => !skipFiles.has(f.index)).reduce((a, f) => a + f.fileSize, 0);
   if (!opts.skipSpaceCheck) {
     const free = await freeBytes(dir);
-    if (layout.totalBytes > free) {
-      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(layout.totalBytes)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
+    if (needed > free) {
+      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
     }
   }
   const ctx: Ctx = {
@@ -238,9 +241,18 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     scales: new Map(),
   };
   const reader = new ShardReader(ckpt.source);
-  const writer = await GgufWriter.create(layout);
+  const fileOf = new Map(layout.files.flatMap((f) => f.tensors.map((t) => [t.name, t] as const)));
+  const writer = await GgufWriter.create(layout, {
+    skipFiles,
+    onFileDone: async (path) => {
+      await state.markDone(basename(path));
+      summary.bytesWritten += layout.files.find((f) => f.path === path)!.fileSize;
+    },
+  });
   try {
     for (const [i, t] of output.tensors.entries()) {
+      const placed = fileOf.get(t.name)!;
+      if (skipFiles.has(placed.file)) continue;
       ctx.scales.clear();
       for (const src of sourcesOf(t)) {
         if (!src.scaleInv) continue;
@@ -251,7 +263,7 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
         summary.bytesRead += inB;
         opts.onProgress?.(inB, outB);
       });
-      opts.onTensor?.({ tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: layout.files.flatMap((f) => f.tensors).find((p) => p.name === t.name)?.nbytes ?? 0 });
+      opts.onTensor?.({ tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
     }
     await writer.commit();
   } catch (e) {
@@ -260,8 +272,6 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
   } finally {
     await reader.close();
   }
-  for (const n of names) await state.markDone(n);
   await state.markComplete();
-  summary.bytesWritten = layout.totalBytes;
   return summary;
 }

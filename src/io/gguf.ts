@@ -488,8 +488,9 @@ const WRITE_BUFFER_BYTES = 8 * 1024 * 1024;
 
 /**
  * Writes a planned layout: files in order, tensors in order, each tensor appended in one or more
- * chunks (e.g. one expert at a time). Only one file is open at a time; every file is written to
- * `.<name>.partial` and all are renamed to their final names by `commit()`.
+ * chunks (e.g. one expert at a time). Only one file is open at a time; each file is written to
+ * `.<name>.partial`, synced, and renamed to its final name as soon as it is complete, so an
+ * interrupted multi-file run keeps its finished files (`skipFiles` resumes after them).
  */
 export class GgufWriter {
   private fileIndex = -1;
@@ -500,14 +501,24 @@ export class GgufWriter {
   private readonly buf = Buffer.alloc(WRITE_BUFFER_BYTES);
   private bufLen = 0;
   private bufPos = 0;
-  private readonly finished: string[] = [];
   private closed = false;
 
-  private constructor(readonly layout: GgufLayout) {}
+  private constructor(
+    readonly layout: GgufLayout,
+    private readonly skip: ReadonlySet<number>,
+    private readonly onFileDone: (path: string) => Promise<void>,
+  ) {}
 
-  /** Opens the first file and writes its header. */
-  static async create(layout: GgufLayout): Promise<GgufWriter> {
-    const w = new GgufWriter(layout);
+  /**
+   * Opens the first file to write and writes its header. Files whose index is in `skipFiles` are
+   * already complete (a resumed run): they are neither written nor expected. `onFileDone` runs after
+   * each file is renamed into place.
+   */
+  static async create(
+    layout: GgufLayout,
+    opts: { skipFiles?: ReadonlySet<number>; onFileDone?: (path: string) => Promise<void> } = {},
+  ): Promise<GgufWriter> {
+    const w = new GgufWriter(layout, opts.skipFiles ?? new Set(), opts.onFileDone ?? (async () => undefined));
     try {
       await w.openNextFileWithWork();
     } catch (e) {
@@ -551,30 +562,23 @@ export class GgufWriter {
     }
   }
 
-  /** Checks that every byte arrived, then renames all temporary files to their final names. */
+  /** Checks that every file was completed (each was renamed into place when it was). */
   async commit(): Promise<void> {
     if (this.fh || this.fileIndex < this.layout.files.length) {
       const t = this.current;
       throw new DeepcastError(`internal: output incomplete, ${t ? `tensor ${t.name} and later ones` : "some files"} not written`, { file: this.layout.files[this.fileIndex]?.path, tensor: t?.name });
     }
-    for (const f of this.layout.files) {
-      const tmp = partialPath(f.path);
-      const size = (await stat(tmp)).size;
-      if (size !== f.fileSize) throw new DeepcastError(`output has ${size} bytes, expected ${f.fileSize}`, { file: tmp });
-    }
-    for (const f of this.layout.files) await rename(partialPath(f.path), f.path);
     this.closed = true;
   }
 
-  /** Closes and deletes every temporary file (after an error). Safe to call more than once. */
+  /** Closes and deletes the temporary file being written (after an error). Safe to call more than once. */
   async abort(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.fh?.close().catch(() => undefined);
     this.fh = null;
-    for (const f of this.layout.files.slice(0, Math.max(this.fileIndex + 1, this.finished.length))) {
-      await rm(partialPath(f.path), { force: true });
-    }
+    const file = this.layout.files[this.fileIndex];
+    if (file) await rm(partialPath(file.path), { force: true });
   }
 
   private startTensor(): void {
@@ -589,6 +593,7 @@ export class GgufWriter {
       this.fileIndex++;
       const file = this.layout.files[this.fileIndex];
       if (!file) return;
+      if (this.skip.has(this.fileIndex)) continue;
       const tmp = partialPath(file.path);
       try {
         this.fh = await open(tmp, "w");
@@ -618,7 +623,11 @@ export class GgufWriter {
       await fh.close();
       this.fh = null;
     }
-    this.finished.push(partialPath(file.path));
+    const tmp = partialPath(file.path);
+    const size = (await stat(tmp)).size;
+    if (size !== file.fileSize) throw new DeepcastError(`output has ${size} bytes, expected ${file.fileSize}`, { file: tmp });
+    await rename(tmp, file.path);
+    await this.onFileDone(file.path);
   }
 
   /** Buffered sequential write at the current position. */
