@@ -1,0 +1,343 @@
+/**
+ * `deepcast to-demo`: an HF DeepSeek-V3 checkpoint -> the model-parallel shards of DeepSeek's
+ * inference demo (`model{i}-mp{N}.safetensors`, what `inference/convert.py` writes), streamed.
+ *
+ * Every input tensor is read once, in input order (shards by name, tensors in data order), and its
+ * bytes are scattered to all N rank files at offsets planned from the headers: each rank file is
+ * created with its header and final size up front (tensors in the safetensors library's order, as
+ * convert.py's save_file lays them out) and filled by positional writes. Memory is a few chunks.
+ *
+ * Resume: after each input shard the rank files are synced (while the next shard proceeds) and the
+ * number of input shards done is recorded beside the run manifest; a rerun reopens the temporary
+ * files and continues after the last recorded shard. Finished files are renamed into place only when
+ * every byte is there.
+ */
+import { copyFile, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { DeepcastError } from "../errors.js";
+import type { Checkpoint } from "../io/checkpoint.js";
+import { DTYPE_SIZE, numel } from "../io/dtypes.js";
+import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
+import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
+import { fmtBytes } from "../units.js";
+import type { DemoInput, DemoPlan } from "./demo-plan.js";
+import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
+import { fingerprint, freeBytes, RunState } from "./run-state.js";
+
+export * from "./demo-plan.js";
+
+/** Beside the run manifest: how many input shards the temporary rank files hold, durably. */
+export const DEMO_PROGRESS = ".deepcast-to-demo.progress.json";
+
+export interface ToDemoRunOptions {
+  out: string;
+  kernels: Kernels;
+  threads: number;
+  force: boolean;
+  chunkBytes?: number;
+  skipSpaceCheck?: boolean;
+  /** Called with the bytes just written to the rank files (all ranks together). */
+  onProgress?: (outBytes: number) => void;
+  /** Called once per input shard. */
+  onShard?: (event: { shard: string; index: number; count: number; skipped: boolean; bytes: number; seconds: number }) => void;
+}
+
+export interface ToDemoSummary {
+  ranks: number;
+  files: string[];
+  /** Rank files that were already complete. */
+  resumedFiles: number;
+  /** Input shards skipped because an interrupted run had written them durably. */
+  resumedShards: number;
+  /** Tensors written into rank files by this run. */
+  tensors: number;
+  fp8Dequantized: number;
+  /** Tensor bytes read from the input (scales included). */
+  bytesRead: number;
+  /** Bytes of the rank files written by this run. */
+  bytesWritten: number;
+}
+
+/** Options that change the output; threads and chunk size may differ on resume. */
+export async function demoPlanFingerprint(ckpt: Checkpoint, plan: DemoPlan): Promise<string> {
+  const inputs = [];
+  for (const s of ckpt.shards) inputs.push([s, await ckpt.source.fileIdentity(s), ckpt.headers.get(s)!.tensors.map((t) => [t.name, t.dtype, t.shape, t.begin])]);
+  return fingerprint({
+    command: "to-demo",
+    format: 1,
+    inputs,
+    options: { mp: plan.mp, nExperts: plan.nExperts, dtype: plan.dtype },
+    outputs: plan.ranks.map((r) => [r.name, r.bytes]),
+    modelArgs: plan.modelArgs,
+  });
+}
+
+/** Ranks that receive (some of) an input tensor. */
+function targetRanks(t: DemoInput, mp: number): number[] {
+  return t.place.kind === "rank" ? [t.place.rank] : Array.from({ length: mp }, (_, i) => i);
+}
+
+/**
+ * Chunks that read one input tensor, each at most `chunkBytes` of input: FP8 to dequantize in whole
+ * 128-row blocks (each chunk's scales are one contiguous slice), tensors split along a dim >= 1 in
+ * whole rows (so the columns of every rank can be gathered), anything else in plain byte ranges.
+ */
+function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>): Chunk[] {
+  const size = t.from.entry.end - t.from.entry.begin;
+  if (size === 0) return [];
+  const chunks: Chunk[] = [];
+  const src = (offset: number, length: number) => ({ file: t.from.file, tensor: t.hfName, offset, length });
+  if (t.op === "fp8") {
+    const [rows, cols] = t.from.entry.shape as [number, number];
+    const scaleCols = Math.ceil(cols / FP8_BLOCK);
+    const blockRows = Math.max(1, Math.floor(chunkBytes / Math.max(1, cols * FP8_BLOCK)));
+    const step = blockRows * FP8_BLOCK;
+    for (let r0 = 0; r0 < rows; r0 += step) {
+      const n = Math.min(step, rows - r0);
+      const sb = r0 / FP8_BLOCK;
+      chunks.push({
+        tensor: t.hfName,
+        src: src(r0 * cols, n * cols),
+        outBytes: n * cols * 2,
+        convert: (input, out) => {
+          const scale = scales.get(t.hfName)!.subarray(sb * scaleCols, (sb + Math.ceil(n / FP8_BLOCK)) * scaleCols);
+          k.fp8ToBf16(input, n, cols, scale, new Uint16Array(out.buffer, out.byteOffset, n * cols), threads);
+        },
+      });
+    }
+    return chunks;
+  }
+  const step = t.place.kind === "split" && t.place.dim > 0
+    ? Math.max(1, Math.floor(chunkBytes / (size / t.shape[0]!))) * (size / t.shape[0]!)
+    : chunkBytes;
+  for (let off = 0; off < size; off += step) {
+    const length = Math.min(step, size - off);
+    chunks.push({ tensor: t.hfName, src: src(off, length), outBytes: length });
+  }
+  return chunks;
+}
+
+/** Receives each input tensor's (converted) bytes in order and writes every rank's part of them. */
+class RankScatter implements ChunkSink {
+  private readonly cursor = new Map<string, number>();
+  private scratch: Uint8Array[] = [];
+
+  constructor(
+    private readonly byHf: Map<string, DemoInput>,
+    private readonly writers: (PositionalSafetensorsWriter | null)[],
+    private readonly onBytes: (n: number) => void,
+  ) {}
+
+  async append(hfName: string, data: Uint8Array): Promise<void> {
+    const t = this.byHf.get(hfName)!;
+    const pos = this.cursor.get(hfName) ?? 0;
+    this.cursor.set(hfName, pos + data.length);
+    const mp = this.writers.length;
+    const writes: Promise<void>[] = [];
+    const put = (rank: number, offset: number, bytes: Uint8Array) => {
+      const w = this.writers[rank];
+      if (!w || bytes.length === 0) return;
+      writes.push(w.write(t.name, offset, bytes).then(() => this.onBytes(bytes.length)));
+    };
+    const p = t.place;
+    if (p.kind === "replicate") {
+      for (let r = 0; r < mp; r++) put(r, pos, data);
+    } else if (p.kind === "rank") {
+      put(p.rank, pos, data);
+    } else {
+      const inner = numel(t.shape.slice(p.dim + 1)) * DTYPE_SIZE[t.dtype];
+      const part = (t.shape[p.dim]! / mp) * inner;
+      if (p.dim === 0) {
+        // Rank r owns the contiguous bytes [r*part, (r+1)*part).
+        const end = pos + data.length;
+        for (let r = Math.floor(pos / part); r < mp && r * part < end; r++) {
+          const lo = Math.max(pos, r * part);
+          const hi = Math.min(end, (r + 1) * part);
+          put(r, lo - r * part, data.subarray(lo - pos, hi - pos));
+        }
+      } else {
+        // Whole rows of the dims before `dim`: rank r gets columns [r*part, (r+1)*part) of each.
+        const row = part * mp;
+        const rows = data.length / row;
+        const firstRow = pos / row;
+        for (let r = 0; r < mp; r++) {
+          if (!this.writers[r]) continue;
+          if ((this.scratch[r]?.length ?? 0) < rows * part) this.scratch[r] = new Uint8Array(rows * part);
+          const buf = this.scratch[r]!.subarray(0, rows * part);
+          for (let i = 0; i < rows; i++) buf.set(data.subarray(i * row + r * part, i * row + (r + 1) * part), i * part);
+          put(r, firstRow * part, buf);
+        }
+      }
+    }
+    await Promise.all(writes);
+  }
+}
+
+interface Progress {
+  fingerprint: string;
+  shardsDone: number;
+}
+
+async function readProgress(dir: string): Promise<Progress | null> {
+  const text = await readFile(join(dir, DEMO_PROGRESS), "utf8").catch(() => null);
+  if (text === null) return null;
+  try {
+    const p = JSON.parse(text) as Progress;
+    return typeof p.fingerprint === "string" && Number.isSafeInteger(p.shardsDone) ? p : null;
+  } catch {
+    return null;
+  }
+}
+
+async function writeAtomic(path: string, text: string): Promise<void> {
+  const tmp = `${path}.partial`;
+  await writeFile(tmp, text);
+  await rename(tmp, path);
+}
+
+export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOptions): Promise<ToDemoSummary> {
+  const fp = await demoPlanFingerprint(ckpt, plan);
+  const state = await RunState.open(opts.out, { command: "to-demo", fingerprint: fp, force: opts.force, inputDir: ckpt.source.description });
+  const dir = state.dir;
+  const mp = plan.mp;
+  const summary: ToDemoSummary = {
+    ranks: mp, files: plan.ranks.map((r) => r.name), resumedFiles: 0, resumedShards: 0, tensors: 0,
+    fp8Dequantized: 0, bytesRead: 0, bytesWritten: 0,
+  };
+  const pendingRank: boolean[] = [];
+  for (const r of plan.ranks) {
+    const done = await state.isDone(r.name);
+    pendingRank.push(!done);
+    if (done) summary.resumedFiles++;
+  }
+
+  if (pendingRank.some(Boolean)) {
+    const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0);
+    if (!opts.skipSpaceCheck) {
+      const free = await freeBytes(dir);
+      if (needed > free) {
+        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
+      }
+    }
+    await writeRanks(ckpt, plan, opts, state, fp, pendingRank, summary);
+  } else {
+    opts.onProgress?.(plan.outputBytes);
+  }
+  await rm(join(dir, DEMO_PROGRESS), { force: true });
+  await writeSmallFiles(ckpt, plan, dir);
+  await state.markComplete();
+  return summary;
+}
+
+async function writeRanks(
+  ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOptions, state: RunState, fp: string, pendingRank: boolean[], summary: ToDemoSummary,
+): Promise<void> {
+  const dir = state.dir;
+  const mp = plan.mp;
+  const writers: (PositionalSafetensorsWriter | null)[] = Array.from({ length: mp }, () => null);
+
+  // Continue an interrupted run when every unfinished rank file can be reopened as planned.
+  let startShard = 0;
+  const progress = state.resumed ? await readProgress(dir) : null;
+  if (progress && progress.fingerprint === fp && progress.shardsDone > 0) {
+    let all = true;
+    for (const r of plan.ranks) {
+      if (!pendingRank[r.rank]) continue;
+      writers[r.rank] = await PositionalSafetensorsWriter.reopen(join(dir, r.name), r.tensors, null);
+      if (!writers[r.rank]) all = false;
+    }
+    if (all) startShard = Math.min(progress.shardsDone, ckpt.shards.length);
+    else for (const [i, w] of writers.entries()) { await w?.close(); writers[i] = null; }
+  }
+  if (startShard === 0) {
+    await rm(join(dir, DEMO_PROGRESS), { force: true });
+    try {
+      for (const r of plan.ranks) if (pendingRank[r.rank]) writers[r.rank] = await PositionalSafetensorsWriter.create(join(dir, r.name), r.tensors, null);
+    } catch (e) {
+      for (const w of writers) await w?.abort();
+      throw e;
+    }
+  } else {
+    for (const t of plan.inputs) {
+      if (t.shardIndex >= startShard) continue;
+      for (const r of targetRanks(t, mp)) writers[r]?.markWritten(t.name);
+    }
+  }
+
+  const byHf = new Map(plan.inputs.map((t) => [t.hfName, t]));
+  const rankBytes = (t: DemoInput) => numel(t.shape) * DTYPE_SIZE[t.dtype] / (t.place.kind === "split" ? mp : 1);
+  const needed = (t: DemoInput) => targetRanks(t, mp).some((r) => writers[r] !== null);
+  let recorded = startShard;
+  const sink = new RankScatter(byHf, writers, (n) => {
+    summary.bytesWritten += n;
+    opts.onProgress?.(n);
+  });
+  const reader = new ShardReader(ckpt.source);
+  const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+  // Syncing gigabytes at every shard boundary would stall the pipeline: the rank files are synced
+  // while the next shard is processed, and the shard count is recorded once the sync is done.
+  let checkpoint: Promise<void> = Promise.resolve();
+  try {
+    for (const [k, shard] of ckpt.shards.entries()) {
+      const inShard = plan.inputs.filter((t) => t.shardIndex === k && needed(t));
+      const shardOut = inShard.reduce((a, t) => a + targetRanks(t, mp).filter((r) => writers[r]).length * rankBytes(t), 0);
+      if (k < startShard) {
+        summary.resumedShards++;
+        opts.onProgress?.(shardOut);
+        opts.onShard?.({ shard, index: k, count: ckpt.shards.length, skipped: true, bytes: shardOut, seconds: 0 });
+        continue;
+      }
+      const t0 = performance.now();
+      const scales = new Map<string, Float32Array>();
+      for (const t of inShard) {
+        if (t.op !== "fp8") continue;
+        const raw = await reader.readTensor(t.scale!.file, t.scale!.entry.name);
+        summary.bytesRead += raw.length;
+        scales.set(t.hfName, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+      }
+      const chunks = inShard.flatMap((t) => inputChunks(t, opts.kernels, opts.threads, chunkBytes, scales));
+      await pump(chunks, reader, sink, (inB) => { summary.bytesRead += inB; });
+      summary.fp8Dequantized += inShard.filter((t) => t.op === "fp8").length;
+      summary.tensors += inShard.reduce((a, t) => a + targetRanks(t, mp).filter((r) => writers[r]).length, 0);
+      opts.onShard?.({ shard, index: k, count: ckpt.shards.length, skipped: false, bytes: shardOut, seconds: (performance.now() - t0) / 1000 });
+      const syncs = Promise.all(writers.map((w) => w?.sync()));
+      syncs.catch(() => undefined);
+      const prev = checkpoint;
+      checkpoint = (async () => {
+        await prev;
+        await syncs;
+        await writeAtomic(join(dir, DEMO_PROGRESS), JSON.stringify({ fingerprint: fp, shardsDone: k + 1 }) + "\n");
+        recorded = k + 1;
+      })();
+      checkpoint.catch(() => undefined);
+    }
+    await checkpoint;
+    for (const r of plan.ranks) {
+      const w = writers[r.rank];
+      if (!w) continue;
+      await w.commit();
+      writers[r.rank] = null;
+      await state.markDone(r.name);
+    }
+  } catch (e) {
+    await checkpoint.catch(() => undefined);
+    // Keep the temporary files when a rerun can continue from them; otherwise remove them.
+    for (const w of writers) {
+      if (!w) continue;
+      if (recorded > 0) await w.close().catch(() => undefined);
+      else await w.abort();
+    }
+    throw e;
+  } finally {
+    await reader.close();
+  }
+}
+
+async function writeSmallFiles(ckpt: Checkpoint, plan: DemoPlan, out: string): Promise<void> {
+  await writeAtomic(join(out, "config.json"), JSON.stringify(plan.modelArgs, null, 4) + "\n");
+  for (const name of plan.copyFiles) {
+    const tmp = join(out, `.${name}.partial`);
+    await copyFile(await ckpt.source.localPath(name), tmp);
+    await rename(tmp, join(out, name));
+  }
+}
