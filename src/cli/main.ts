@@ -2,6 +2,7 @@ import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { DeepcastError } from "../errors.js";
 import * as fp8ToBf16 from "./fp8-to-bf16.js";
+import * as toDemo from "./to-demo.js";
 import * as toGguf from "./to-gguf.js";
 
 export async function main(argv: string[]): Promise<void> {
@@ -9,6 +10,7 @@ export async function main(argv: string[]): Promise<void> {
     .scriptName("deepcast")
     .usage("$0 <command> [options]\n\nConvert and quantize DeepSeek-V3-class FP8 checkpoints.")
     .command(fp8ToBf16)
+    .command(toDemo)
     .command(toGguf)
     .demandCommand(1, "Choose a command (see --help)")
     .strict()

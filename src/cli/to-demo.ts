@@ -1,0 +1,131 @@
+import type { Argv, ArgumentsCamelCase } from "yargs";
+import { planToDemo, runToDemo } from "../convert/to-demo.js";
+import { freeBytes } from "../convert/run-state.js";
+import { loadCheckpoint } from "../io/checkpoint.js";
+import { openSource } from "../io/open-source.js";
+import { fmtBytes } from "../units.js";
+import { peakRssBytes, selectKernels, withCommonOptions } from "./common.js";
+import { createProgress } from "./progress.js";
+
+export const command = "to-demo <in> <out>";
+export const describe = "Write the model-parallel shards of DeepSeek's inference demo (convert.py + generate.py --ckpt-path), streamed";
+
+export function builder(y: Argv) {
+  return withCommonOptions(
+    y
+      .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id (FP8 or BF16 HF checkpoint)" })
+      .positional("out", { type: "string", demandOption: true, describe: "Output folder (created; resumable)" })
+      .option("model-parallel", { type: "number", demandOption: true, describe: "Number of ranks N: writes model{i}-mp{N}.safetensors for i = 0..N-1" })
+      .option("n-experts", { type: "number", describe: "Routed experts (convert.py --n-experts); default: n_routed_experts from config.json (256 for V3)" })
+      .option("dtype", {
+        choices: ["keep", "bf16"] as const,
+        default: "keep" as const,
+        describe: "keep: tensors as stored (FP8 weights with their scales); bf16: dequantize FP8 on the way (as fp8_cast_bf16.py) for GPUs without FP8",
+      })
+      .option("max-seq-len", { type: "number", describe: "max_seq_len in the demo config; default min(max_position_embeddings, 4 x original_seq_len), which keeps YaRN on" })
+      .option("revision", { type: "string", default: "main", describe: "Hub revision (branch, tag or commit) for a repo id" })
+      .option("skip-space-check", { type: "boolean", default: false, describe: "Do not refuse to start when the disk looks too small" }),
+  ).epilogue(
+    "Output: model{i}-mp{N}.safetensors with the names, splits and tensor layout of DeepSeek's inference/convert.py " +
+      "(MTP layers dropped, routed experts whole on rank floor(e/(E/N)) under their global index), the tokenizer files, " +
+      "and config.json with the demo's ModelArgs (pass it to generate.py --config). Each input tensor is read once; memory " +
+      "stays at a few chunks. With --dtype keep, FP8 splits must fall on 128-block edges. Rerun the same command after an " +
+      "interruption to resume.",
+  );
+}
+
+type Args = ArgumentsCamelCase<ReturnType<typeof builder> extends Argv<infer T> ? T : never>;
+
+export async function handler(argv: Args): Promise<void> {
+  const started = performance.now();
+  const k = selectKernels(argv.simd);
+  const source = await openSource(argv.in, { revision: argv.revision });
+  const ckpt = await loadCheckpoint(source);
+  const plan = planToDemo(ckpt, { modelParallel: argv.modelParallel, nExperts: argv.nExperts, dtype: argv.dtype, maxSeqLen: argv.maxSeqLen });
+
+  if (argv.dryRun) {
+    const free = await freeBytes(argv.out);
+    const report = {
+      command: "to-demo",
+      input: source.description,
+      output: argv.out,
+      modelParallel: plan.mp,
+      nExperts: plan.nExperts,
+      dtype: plan.dtype,
+      ranks: plan.ranks.map((r) => ({ file: r.name, tensors: r.tensors.length, bytes: r.bytes })),
+      files: ["config.json", ...plan.copyFiles],
+      config: plan.modelArgs,
+      inputTensors: plan.inputs.length,
+      skippedMtpTensors: plan.skippedMtp,
+      fp8Dequantized: plan.fp8Dequantized,
+      droppedScales: plan.droppedScales,
+      inputBytes: plan.inputBytes,
+      outputBytes: plan.outputBytes,
+      freeBytes: Number.isFinite(free) ? free : null,
+      fits: plan.outputBytes <= free,
+    };
+    if (argv.json) {
+      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
+      return;
+    }
+    for (const r of report.ranks) console.log(`${r.file}  ${r.tensors} tensors  ${fmtBytes(r.bytes)}`);
+    console.log(`files: ${report.files.join(", ")}`);
+    console.log(`${plan.inputs.length} input tensors read once; ${plan.skippedMtp} MTP tensors skipped` +
+      (plan.dtype === "bf16" ? `; ${plan.fp8Dequantized} FP8 tensors dequantized, ${plan.droppedScales} scales dropped` : ""));
+    console.log(`demo config: dtype ${String(plan.modelArgs.dtype)}, max_seq_len ${String(plan.modelArgs.max_seq_len)}`);
+    console.log(`read ${fmtBytes(plan.inputBytes)}, write ${fmtBytes(plan.outputBytes)}; free at ${argv.out}: ${fmtBytes(free)}${report.fits ? "" : "  (NOT ENOUGH)"}`);
+    return;
+  }
+
+  const progress = createProgress({ total: plan.outputBytes, label: "to-demo" });
+  const onSignal = () => {
+    progress.stop();
+    process.stderr.write("\ninterrupted: rerun the same command to resume\n");
+    process.exit(130);
+  };
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
+  let summary;
+  try {
+    summary = await runToDemo(ckpt, plan, {
+      out: argv.out,
+      kernels: k,
+      threads: argv.threads,
+      force: argv.force,
+      skipSpaceCheck: argv.skipSpaceCheck,
+      onProgress: (n) => progress.add(n),
+      onShard: (e) =>
+        progress.line(
+          e.skipped
+            ? `[${e.index + 1}/${e.count}] ${e.shard}: already written, skipped`
+            : `[${e.index + 1}/${e.count}] ${e.shard}: ${fmtBytes(e.bytes)} to ${plan.mp} rank file(s) in ${e.seconds.toFixed(1)} s`,
+        ),
+    });
+  } finally {
+    progress.stop();
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const result = {
+    command: "to-demo",
+    input: source.description,
+    output: argv.out,
+    modelParallel: plan.mp,
+    dtype: plan.dtype,
+    ...summary,
+    seconds,
+    gbPerSecond: summary.bytesWritten / 1e9 / seconds,
+    peakRssBytes: peakRssBytes(),
+    backend: k.backend,
+    simd: k.simd(),
+    threads: argv.threads,
+  };
+  if (argv.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+  else {
+    process.stderr.write(
+      `done: ${summary.ranks} rank files (${summary.resumedFiles} already complete, ${summary.resumedShards} input shards resumed), ` +
+        `${fmtBytes(summary.bytesWritten)} written in ${seconds.toFixed(1)} s, peak RSS ${fmtBytes(result.peakRssBytes)}\n`,
+    );
+  }
+}
