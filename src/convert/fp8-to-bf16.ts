@@ -123,11 +123,13 @@ function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: num
   const size = t.from.entry.end - t.from.entry.begin;
   const chunks: Chunk[] = [];
   if (t.op === "copy") {
-    for (let off = 0; off < size || (size === 0 && off === 0); off += chunkBytes) {
+    // An empty tensor still gets one (empty) chunk, so the writer sees it.
+    let off = 0;
+    do {
       const length = Math.min(chunkBytes, size - off);
       chunks.push({ tensor: t.name, src: { file: t.from.file, tensor: t.name, offset: off, length }, outBytes: length });
-      if (size === 0) break;
-    }
+      off += length;
+    } while (off < size);
     return chunks;
   }
   const [rows, cols] = t.shape as [number, number];
