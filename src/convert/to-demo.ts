@@ -189,6 +189,15 @@ async function readProgress(dir: string): Promise<Progress | null> {
   }
 }
 
+/**
+ * Records the input shards the temporary rank files hold. The progress file is registered as a run
+ * output so that the manifest exists (and a rerun resumes instead of refusing the folder) from the start.
+ */
+async function recordProgress(state: RunState, fp: string, shardsDone: number): Promise<void> {
+  await writeAtomic(join(state.dir, DEMO_PROGRESS), JSON.stringify({ fingerprint: fp, shardsDone } satisfies Progress) + "\n");
+  await state.markDone(DEMO_PROGRESS);
+}
+
 async function writeAtomic(path: string, text: string): Promise<void> {
   const tmp = `${path}.partial`;
   await writeFile(tmp, text);
@@ -223,8 +232,9 @@ export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRu
   } else {
     opts.onProgress?.(plan.outputBytes);
   }
-  await rm(join(dir, DEMO_PROGRESS), { force: true });
   await writeSmallFiles(ckpt, plan, dir);
+  await rm(join(dir, DEMO_PROGRESS), { force: true });
+  delete state.manifest.outputs[DEMO_PROGRESS];
   await state.markComplete();
   return summary;
 }
@@ -250,7 +260,7 @@ async function writeRanks(
     else for (const [i, w] of writers.entries()) { await w?.close(); writers[i] = null; }
   }
   if (startShard === 0) {
-    await rm(join(dir, DEMO_PROGRESS), { force: true });
+    await recordProgress(state, fp, 0);
     try {
       for (const r of plan.ranks) if (pendingRank[r.rank]) writers[r.rank] = await PositionalSafetensorsWriter.create(join(dir, r.name), r.tensors, null);
     } catch (e) {
@@ -306,7 +316,7 @@ async function writeRanks(
       checkpoint = (async () => {
         await prev;
         await syncs;
-        await writeAtomic(join(dir, DEMO_PROGRESS), JSON.stringify({ fingerprint: fp, shardsDone: k + 1 }) + "\n");
+        await recordProgress(state, fp, k + 1);
         recorded = k + 1;
       })();
       checkpoint.catch(() => undefined);
