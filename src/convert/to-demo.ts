@@ -275,6 +275,8 @@ async function writeRanks(
   }
 
   const byHf = new Map(plan.inputs.map((t) => [t.hfName, t]));
+  const byShard: DemoInput[][] = ckpt.shards.map(() => []);
+  for (const t of plan.inputs) byShard[t.shardIndex]!.push(t);
   const rankBytes = (t: DemoInput) => numel(t.shape) * DTYPE_SIZE[t.dtype] / (t.place.kind === "split" ? mp : 1);
   const needed = (t: DemoInput) => targetRanks(t, mp).some((r) => writers[r] !== null);
   let recorded = startShard;
@@ -289,7 +291,7 @@ async function writeRanks(
   let checkpoint: Promise<void> = Promise.resolve();
   try {
     for (const [k, shard] of ckpt.shards.entries()) {
-      const inShard = plan.inputs.filter((t) => t.shardIndex === k && needed(t));
+      const inShard = byShard[k]!.filter(needed);
       const shardOut = inShard.reduce((a, t) => a + targetRanks(t, mp).filter((r) => writers[r]).length * rankBytes(t), 0);
       if (k < startShard) {
         summary.resumedShards++;
