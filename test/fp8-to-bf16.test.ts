@@ -118,6 +118,18 @@ describe("fp8-to-bf16 on the tiny DeepSeek-V3 fixture", () => {
     expect((await convert(FIXTURE, out2)).resumedShards).toBe(3);
   });
 
+  it("a run interrupted before its first shard completes is resumed, not refused", async () => {
+    const out5 = join(await tempDir(), "fresh");
+    let chunks = 0;
+    await expect(convert(FIXTURE, out5, { chunkBytes: 64 * 1024, onProgress: () => { if (++chunks === 3) throw new Error("early crash"); } }))
+      .rejects.toThrow("early crash");
+    expect((await readdir(out5)).filter((f) => !f.startsWith("."))).toEqual([]);
+    const again = await convert(FIXTURE, out5);
+    expect(again.resumedShards).toBe(0);
+    expect(sha256(await readFile(join(out5, "model-00001-of-00003.safetensors")))).toBe(
+      sha256(await readFile(join(out, "model-00001-of-00003.safetensors"))));
+  });
+
   it("redoes a completed shard that was damaged afterwards", async () => {
     const out3 = join(await tempDir(), "bf16");
     await convert(FIXTURE, out3);

@@ -21,6 +21,8 @@ export interface Manifest {
   command: string;
   fingerprint: string;
   outputs: Record<string, OutputRecord>;
+  /** Command-specific progress inside unfinished outputs (e.g. input shards already written). */
+  progress?: Record<string, number>;
   complete: boolean;
 }
 
@@ -67,7 +69,10 @@ export class RunState {
     });
     if (entries === null) {
       await mkdir(out, { recursive: true });
-      return new RunState(out, fresh, false, manifestName);
+      // Saved at once: temporary files of an interrupted first run then belong to a known run.
+      const state = new RunState(out, fresh, false, manifestName);
+      await state.save();
+      return state;
     }
     const previous = await readManifest(join(out, manifestName));
     if (previous && previous.command === opts.command && previous.fingerprint === opts.fingerprint) {
@@ -107,8 +112,15 @@ export class RunState {
     await this.save();
   }
 
+  /** Records command-specific progress (saved with the manifest). */
+  async setProgress(progress: Record<string, number>): Promise<void> {
+    this.manifest.progress = progress;
+    await this.save();
+  }
+
   async markComplete(): Promise<void> {
     this.manifest.complete = true;
+    delete this.manifest.progress;
     await this.save();
   }
 

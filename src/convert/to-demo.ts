@@ -12,7 +12,7 @@
  * files and continues after the last recorded shard. Finished files are renamed into place only when
  * every byte is there.
  */
-import { copyFile, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { copyFile, rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
 import type { Checkpoint } from "../io/checkpoint.js";
@@ -27,7 +27,6 @@ import { fingerprint, freeBytes, RunState } from "./run-state.js";
 export * from "./demo-plan.js";
 
 /** Beside the run manifest: how many input shards the temporary rank files hold, durably. */
-export const DEMO_PROGRESS = ".deepcast-to-demo.progress.json";
 
 export interface ToDemoRunOptions {
   out: string;
@@ -173,29 +172,9 @@ class RankScatter implements ChunkSink {
   }
 }
 
-interface Progress {
-  fingerprint: string;
-  shardsDone: number;
-}
-
-async function readProgress(dir: string): Promise<Progress | null> {
-  const text = await readFile(join(dir, DEMO_PROGRESS), "utf8").catch(() => null);
-  if (text === null) return null;
-  try {
-    const p = JSON.parse(text) as Progress;
-    return typeof p.fingerprint === "string" && Number.isSafeInteger(p.shardsDone) ? p : null;
-  } catch {
-    return null;
-  }
-}
-
-/**
- * Records the input shards the temporary rank files hold. The progress file is registered as a run
- * output so that the manifest exists (and a rerun resumes instead of refusing the folder) from the start.
- */
-async function recordProgress(state: RunState, fp: string, shardsDone: number): Promise<void> {
-  await writeAtomic(join(state.dir, DEMO_PROGRESS), JSON.stringify({ fingerprint: fp, shardsDone } satisfies Progress) + "\n");
-  await state.markDone(DEMO_PROGRESS);
+/** Records how many input shards the temporary rank files hold (in the run manifest). */
+async function recordProgress(state: RunState, shardsDone: number): Promise<void> {
+  await state.setProgress({ shardsDone });
 }
 
 async function writeAtomic(path: string, text: string): Promise<void> {
@@ -233,8 +212,6 @@ export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRu
     opts.onProgress?.(plan.outputBytes);
   }
   await writeSmallFiles(ckpt, plan, dir);
-  await rm(join(dir, DEMO_PROGRESS), { force: true });
-  delete state.manifest.outputs[DEMO_PROGRESS];
   await state.markComplete();
   return summary;
 }
@@ -248,19 +225,19 @@ async function writeRanks(
 
   // Continue an interrupted run when every unfinished rank file can be reopened as planned.
   let startShard = 0;
-  const progress = state.resumed ? await readProgress(dir) : null;
-  if (progress && progress.fingerprint === fp && progress.shardsDone > 0) {
+  const shardsDone = state.resumed ? state.manifest.progress?.shardsDone ?? 0 : 0;
+  if (Number.isSafeInteger(shardsDone) && shardsDone > 0) {
     let all = true;
     for (const r of plan.ranks) {
       if (!pendingRank[r.rank]) continue;
       writers[r.rank] = await PositionalSafetensorsWriter.reopen(join(dir, r.name), r.tensors, null);
       if (!writers[r.rank]) all = false;
     }
-    if (all) startShard = Math.min(progress.shardsDone, ckpt.shards.length);
+    if (all) startShard = Math.min(shardsDone, ckpt.shards.length);
     else for (const [i, w] of writers.entries()) { await w?.close(); writers[i] = null; }
   }
   if (startShard === 0) {
-    await recordProgress(state, fp, 0);
+    await recordProgress(state, 0);
     try {
       for (const r of plan.ranks) if (pendingRank[r.rank]) writers[r.rank] = await PositionalSafetensorsWriter.create(join(dir, r.name), r.tensors, null);
     } catch (e) {
@@ -318,7 +295,7 @@ async function writeRanks(
       checkpoint = (async () => {
         await prev;
         await syncs;
-        await recordProgress(state, fp, k + 1);
+        await recordProgress(state, k + 1);
         recorded = k + 1;
       })();
       checkpoint.catch(() => undefined);
