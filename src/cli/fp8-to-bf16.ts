@@ -4,8 +4,7 @@ import { fmtBytes } from "../units.js";
 import { freeBytes } from "../convert/run-state.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";
-import { peakRssBytes, selectKernels, withCommonOptions } from "./common.js";
-import { createProgress } from "./progress.js";
+import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
 export const command = "fp8-to-bf16 <in> <out>";
 export const describe = "Dequantize an FP8 block-scaled checkpoint (DeepSeek-V3/R1/V3.1, Kimi-K2) to BF16 safetensors";
@@ -14,9 +13,7 @@ export function builder(y: Argv) {
   return withCommonOptions(
     y
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id (deepseek-ai/DeepSeek-V3)" })
-      .positional("out", { type: "string", demandOption: true, describe: "Output folder (created; resumable)" })
-      .option("revision", { type: "string", default: "main", describe: "Hub revision (branch, tag or commit) for a repo id" })
-      .option("skip-space-check", { type: "boolean", default: false, describe: "Do not refuse to start when the disk looks too small" }),
+      .positional("out", { type: "string", demandOption: true, describe: "Output folder (created; resumable)" }),
   ).epilogue(
     "Output: BF16 shards under the input's file names, model.safetensors.index.json without the *_scale_inv entries, " +
       "config.json without quantization_config, other small files copied. Each weight is bf16(f32(fp8) * scale_inv), " +
@@ -59,17 +56,8 @@ export async function handler(argv: Args): Promise<void> {
     return;
   }
 
-  const progress = createProgress({ total: plan.outputBytes, label: "fp8-to-bf16" });
-  const onSignal = () => {
-    progress.stop();
-    process.stderr.write("\ninterrupted: rerun the same command to resume\n");
-    process.exit(130);
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  let summary;
-  try {
-    summary = await runFp8ToBf16(ckpt, plan, {
+  const summary = await withProgress({ total: plan.outputBytes, label: "fp8-to-bf16", resumeHint: "rerun the same command to resume" }, (progress) =>
+    runFp8ToBf16(ckpt, plan, {
       out: argv.out,
       kernels: k,
       threads: argv.threads,
@@ -82,30 +70,10 @@ export async function handler(argv: Args): Promise<void> {
             ? `[${e.index + 1}/${e.count}] ${e.shard}: already complete, skipped`
             : `[${e.index + 1}/${e.count}] ${e.shard}: ${fmtBytes(e.bytes)} in ${e.seconds.toFixed(1)} s (${(e.bytes / 1e9 / Math.max(e.seconds, 1e-9)).toFixed(2)} GB/s)`,
         ),
-    });
-  } finally {
-    progress.stop();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-  }
-  const seconds = (performance.now() - started) / 1000;
-  const result = {
-    command: "fp8-to-bf16",
-    input: source.description,
-    output: argv.out,
-    ...summary,
-    seconds,
-    gbPerSecond: summary.bytesWritten / 1e9 / seconds,
-    peakRssBytes: peakRssBytes(),
-    backend: k.backend,
-    simd: k.simd(),
-    threads: argv.threads,
-  };
-  if (argv.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
-  else {
-    process.stderr.write(
-      `done: ${summary.shards} shards (${summary.resumedShards} resumed), ${summary.fp8Tensors} FP8 tensors dequantized, ` +
-        `${fmtBytes(summary.bytesWritten)} written in ${seconds.toFixed(1)} s, peak RSS ${fmtBytes(result.peakRssBytes)}\n`,
-    );
-  }
+    }));
+  const facts = runFacts(started, k, argv.threads);
+  const result = { command: "fp8-to-bf16", input: source.description, output: argv.out, ...summary, ...facts, gbPerSecond: summary.bytesWritten / 1e9 / facts.seconds };
+  printResult(argv.json, result,
+    `done: ${summary.shards} shards (${summary.resumedShards} resumed), ${summary.fp8Tensors} FP8 tensors dequantized, ` +
+      `${fmtBytes(summary.bytesWritten)} written in ${facts.seconds.toFixed(1)} s, peak RSS ${fmtBytes(facts.peakRssBytes)}`);
 }

@@ -4,8 +4,7 @@ import { freeBytes } from "../convert/run-state.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";
 import { fmtBytes } from "../units.js";
-import { peakRssBytes, selectKernels, withCommonOptions } from "./common.js";
-import { createProgress } from "./progress.js";
+import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
 export const command = "to-demo <in> <out>";
 export const describe = "Write the model-parallel shards of DeepSeek's inference demo (convert.py + generate.py --ckpt-path), streamed";
@@ -23,8 +22,6 @@ export function builder(y: Argv) {
         describe: "keep: tensors as stored (FP8 weights with their scales); bf16: dequantize FP8 on the way (as fp8_cast_bf16.py) for GPUs without FP8",
       })
       .option("max-seq-len", { type: "number", describe: "max_seq_len in the demo config; default min(max_position_embeddings, 4 x original_seq_len), which keeps YaRN on" })
-      .option("revision", { type: "string", default: "main", describe: "Hub revision (branch, tag or commit) for a repo id" })
-      .option("skip-space-check", { type: "boolean", default: false, describe: "Do not refuse to start when the disk looks too small" }),
   ).epilogue(
     "Output: model{i}-mp{N}.safetensors with the names, splits and tensor layout of DeepSeek's inference/convert.py " +
       "(MTP layers dropped, routed experts whole on rank floor(e/(E/N)) under their global index), the tokenizer files, " +
@@ -77,17 +74,8 @@ export async function handler(argv: Args): Promise<void> {
     return;
   }
 
-  const progress = createProgress({ total: plan.outputBytes, label: "to-demo" });
-  const onSignal = () => {
-    progress.stop();
-    process.stderr.write("\ninterrupted: rerun the same command to resume\n");
-    process.exit(130);
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  let summary;
-  try {
-    summary = await runToDemo(ckpt, plan, {
+  const summary = await withProgress({ total: plan.outputBytes, label: "to-demo", resumeHint: "rerun the same command to resume" }, (progress) =>
+    runToDemo(ckpt, plan, {
       out: argv.out,
       kernels: k,
       threads: argv.threads,
@@ -100,13 +88,8 @@ export async function handler(argv: Args): Promise<void> {
             ? `[${e.index + 1}/${e.count}] ${e.shard}: already written, skipped`
             : `[${e.index + 1}/${e.count}] ${e.shard}: ${fmtBytes(e.bytes)} to ${plan.mp} rank file(s) in ${e.seconds.toFixed(1)} s`,
         ),
-    });
-  } finally {
-    progress.stop();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-  }
-  const seconds = (performance.now() - started) / 1000;
+    }));
+  const facts = runFacts(started, k, argv.threads);
   const result = {
     command: "to-demo",
     input: source.description,
@@ -114,18 +97,10 @@ export async function handler(argv: Args): Promise<void> {
     modelParallel: plan.mp,
     dtype: plan.dtype,
     ...summary,
-    seconds,
-    gbPerSecond: summary.bytesWritten / 1e9 / seconds,
-    peakRssBytes: peakRssBytes(),
-    backend: k.backend,
-    simd: k.simd(),
-    threads: argv.threads,
+    ...facts,
+    gbPerSecond: summary.bytesWritten / 1e9 / facts.seconds,
   };
-  if (argv.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
-  else {
-    process.stderr.write(
-      `done: ${summary.ranks} rank files (${summary.resumedFiles} already complete, ${summary.resumedShards} input shards resumed), ` +
-        `${fmtBytes(summary.bytesWritten)} written in ${seconds.toFixed(1)} s, peak RSS ${fmtBytes(result.peakRssBytes)}\n`,
-    );
-  }
+  printResult(argv.json, result,
+    `done: ${summary.ranks} rank files (${summary.resumedFiles} already complete, ${summary.resumedShards} input shards resumed), ` +
+      `${fmtBytes(summary.bytesWritten)} written in ${facts.seconds.toFixed(1)} s, peak RSS ${fmtBytes(facts.peakRssBytes)}`);
 }
