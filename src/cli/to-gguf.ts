@@ -3,6 +3,7 @@ import { basename } from "node:path";
 import { planToGguf, runToGguf } from "../convert/to-gguf.js";
 import { freeBytes } from "../convert/run-state.js";
 import { parseSplitSize } from "../io/gguf.js";
+import { readImatrix } from "../io/imatrix.js";
 import { openSource } from "../io/open-source.js";
 import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
@@ -24,6 +25,7 @@ export function builder(y: Argv) {
       .option("tensor-type", { type: "string", array: true, default: [] as string[], describe: "Override a tensor's type: REGEX=TYPE (as llama-quantize; repeatable)" })
       .option("output-tensor-type", { type: "string", describe: "Type of output.weight" })
       .option("token-embedding-type", { type: "string", describe: "Type of token_embd.weight" })
+      .option("imatrix", { type: "string", describe: "Importance matrix from llama-imatrix (GGUF or legacy .dat), used as llama-quantize --imatrix uses it (required by Q2_K_S)" })
       .option("name", { type: "string", describe: "general.name (default: derived from the input folder name, like llama.cpp)" })
       .option("revision", { type: "string", default: "main", describe: "Hub revision for a repo id" })
       .option("skip-space-check", { type: "boolean", default: false, describe: "Do not refuse to start when the disk looks too small" }),
@@ -52,9 +54,24 @@ export async function handler(argv: Args): Promise<void> {
     ...(argv.outputTensorType !== undefined ? { outputTensorType: argv.outputTensorType } : {}),
     ...(argv.tokenEmbeddingType !== undefined ? { tokenEmbeddingType: argv.tokenEmbeddingType } : {}),
     ...(argv.name !== undefined ? { name: argv.name } : {}),
+    ...(argv.imatrix !== undefined ? { imatrix: await readImatrix(argv.imatrix) } : {}),
     dryRun: argv.dryRun,
   });
   const { layout, output } = plan;
+  const im = plan.imatrix && {
+    file: plan.imatrix.loaded.file,
+    entries: plan.imatrix.loaded.entries.size,
+    withWeights: plan.imatrix.weights.size,
+    missing: plan.imatrix.missing,
+    sizeMismatch: plan.imatrix.sizeMismatch,
+    missingRequired: plan.imatrix.missingRequired,
+  };
+  if (im && !argv.json) {
+    // llama-quantize: "did not find weights for <name>" -> that tensor is quantized without an imatrix
+    for (const name of im.missing) process.stderr.write(`imatrix: did not find weights for ${name} (quantized without)\n`);
+    for (const name of im.sizeMismatch) process.stderr.write(`imatrix: entry size does not match ${name} (quantized without)\n`);
+    process.stderr.write(`imatrix: ${im.entries} entries from ${im.file}; ${im.withWeights} tensor(s) quantized with importance weights\n`);
+  }
 
   if (argv.dryRun) {
     const free = await freeBytes(argv.output);
@@ -77,6 +94,7 @@ export async function handler(argv: Args): Promise<void> {
       types: Object.fromEntries(perType),
       fallbacks: output.mix?.nFallback ?? 0,
       requiresImatrix: output.mix?.requiresImatrix ?? [],
+      ...(im ? { imatrix: im } : {}),
       freeBytes: Number.isFinite(free) ? free : null,
       fits: layout.totalBytes <= free,
       tensors,
@@ -90,7 +108,8 @@ export async function handler(argv: Args): Promise<void> {
     for (const [type, e] of perType) console.log(`${type.padEnd(5)} ${String(e.tensors).padStart(6)} tensors  ${fmtBytes(e.bytes)}`);
     for (const f of report.files) console.log(`${f.file}  ${f.tensors} tensors  ${fmtBytes(f.bytes)}`);
     console.log(`${report.tensorCount} tensors, ${fmtBytes(report.totalBytes)} (${output.ftype.name}); free: ${fmtBytes(free)}${report.fits ? "" : "  (NOT ENOUGH)"}`);
-    if (report.requiresImatrix.length) console.log(`needs an importance matrix for ${report.requiresImatrix.length} tensor(s) (--imatrix)`);
+    if (im?.missingRequired.length) console.log(`the importance matrix has no entry for ${im.missingRequired.length} tensor(s) that need one: ${im.missingRequired.join(", ")}`);
+    if (report.requiresImatrix.length && !im) console.log(`needs an importance matrix for ${report.requiresImatrix.length} tensor(s) (--imatrix)`);
     return;
   }
 
@@ -129,6 +148,7 @@ export async function handler(argv: Args): Promise<void> {
     command: "to-gguf",
     input: source.description,
     quant: output.ftype.name,
+    ...(im ? { imatrix: im } : {}),
     ...summary,
     seconds,
     gbPerSecondIn: summary.bytesRead / 1e9 / seconds,

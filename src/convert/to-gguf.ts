@@ -8,6 +8,7 @@ import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
 import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
+import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
 import { quantizeRows, rowBytes } from "../quant/ggml.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
@@ -29,6 +30,8 @@ export interface ToGgufPlan {
   ckpt: Checkpoint;
   output: GgufOutputPlan;
   layout: GgufLayout;
+  /** With --imatrix: the file and the weights each quantized tensor gets. */
+  imatrix?: { loaded: Imatrix } & ImatrixUse;
 }
 
 /** What the GGUF planner reads, taken from an already validated checkpoint. */
@@ -60,18 +63,27 @@ export async function hfModelFiles(ckpt: Checkpoint): Promise<HfModelFiles> {
 export async function planToGguf(
   source: CheckpointSource,
   out: string,
-  opts: GgufOutputOptions & { split?: GgufSplitOptions; name?: string },
+  opts: GgufOutputOptions & { split?: GgufSplitOptions; name?: string; imatrix?: Imatrix },
 ): Promise<ToGgufPlan> {
   const ckpt = await loadCheckpoint(source);
   const model = planDeepseek2Gguf(await hfModelFiles(ckpt), opts.name ? { name: opts.name } : {});
-  const output = planGgufOutput(model, opts);
+  const { imatrix: im, ...outOpts } = opts;
+  const output = planGgufOutput(model, im ? { ...outOpts, hasImatrix: true } : outOpts);
+  let imatrix: ToGgufPlan["imatrix"];
+  if (im) {
+    // as llama-quantize: KVs appended after general.file_type; tensors whose type changes look up their entry
+    if (output.style !== "quantize") throw new DeepcastError(`--imatrix applies to quantized outputs, not ${output.ftype.name}`, { file: im.file });
+    output.kvs.push(...imatrixKvs(im));
+    const quantized = output.tensors.filter((t) => t.type.id !== t.inputType.id);
+    imatrix = { loaded: im, ...imatrixForTensors(im, quantized.map((t) => ({ name: t.name, ne: t.ne, requiresImatrix: t.mix?.requiresImatrix ?? false })), { dryRun: opts.dryRun ?? false }) };
+  }
   const layout = planGgufLayout(
     resolve(out),
     output.kvs,
     output.tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type })),
     { style: output.style === "convert" ? "gguf-py" : "gguf-split", ...opts.split },
   );
-  return { ckpt, output, layout };
+  return { ckpt, output, layout, ...(imatrix ? { imatrix } : {}) };
 }
 
 /** Reused float32 scratch (conversions run one at a time on the main thread). */
@@ -96,6 +108,8 @@ interface Ctx {
   scratch: Scratch;
   split: Scratch;
   scales: Map<string, Float32Array>;
+  /** imatrix weights by tensor name (ne0 per matrix: expert, or head of attn_k_b/attn_v_b). */
+  imatrix?: Map<string, Float32Array>;
 }
 
 /**
@@ -138,11 +152,23 @@ const elemSize = (src: HfSourceRef) => (src.dtype === "F8_E4M3" ? 1 : src.dtype 
 /** Chunks that produce output tensor `t`, in order. */
 function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
   const round = t.inputType.name === "BF16";
-  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array) => {
+  const weights = ctx.imatrix?.get(t.name);
+  const rowsPerMat = t.ne[1] ?? 1;
+  /** Rows [row0, row0+rows) of the output tensor; matrix m (ne1 rows) gets imatrix weights [m*ne0, (m+1)*ne0), as llama-quantize. */
+  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number) => {
     if (t.type.name === "F32") out.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
-    else quantizeRows(t.type.name, values, rows, ne0, null, ctx.threads, out);
+    else if (!weights) quantizeRows(t.type.name, values, rows, ne0, null, ctx.threads, out);
+    else {
+      const rb = rowBytes(t.type.name, ne0);
+      for (let r = 0; r < rows;) {
+        const m = Math.floor((row0 + r) / rowsPerMat);
+        const n = Math.min(rows - r, (m + 1) * rowsPerMat - (row0 + r));
+        quantizeRows(t.type.name, values.subarray(r * ne0, (r + n) * ne0), n, ne0, weights.subarray(m * ne0, (m + 1) * ne0), ctx.threads, out.subarray(r * rb, (r + n) * rb));
+        r += n;
+      }
+    }
   };
-  const rowChunks = (src: HfSourceRef): Chunk[] => {
+  const rowChunks = (src: HfSourceRef, base: number): Chunk[] => {
     const cols = src.shape.length === 0 ? 1 : src.shape[src.shape.length - 1]!;
     const totalRows = src.shape.slice(0, -1).reduce((a, b) => a * b, 1);
     const step = rowsPerChunk(src, cols, ctx.chunkBytes);
@@ -156,15 +182,15 @@ function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
         convert: (input, out) => {
           const values = ctx.scratch.get(rows * cols);
           decodeRows(ctx, src, input, r0, rows, cols, round, values);
-          encode(values, rows, cols, out);
+          encode(values, rows, cols, out, base + r0);
         },
       });
     }
     return chunks;
   };
   const s = t.source;
-  if (s.kind === "tensor") return rowChunks(s.src);
-  if (s.kind === "stack") return s.experts.flatMap(rowChunks);
+  if (s.kind === "tensor") return rowChunks(s.src, 0);
+  if (s.kind === "stack") return s.experts.flatMap((src, e) => rowChunks(src, e * rowsPerMat));
   // kv_b_proj is small (32768 x 512 in the real model): decode it whole, then split and transpose.
   const [rows, cols] = s.src.shape as [number, number];
   const ne0 = s.part === "k_b" ? s.qkNope : s.kvLora;
@@ -177,7 +203,7 @@ function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
       const values = ctx.scratch.get(rows * cols);
       decodeRows(ctx, s.src, input, 0, rows, cols, round, values);
       const part = kvBSplit(values, s.part, s, ctx.split.get(n));
-      encode(part, n / ne0, ne0, out);
+      encode(part, n / ne0, ne0, out, 0);
     },
   }];
 }
@@ -215,7 +241,10 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
   for (const s of ckpt.shards) inputs.push([s, await ckpt.source.fileIdentity(s)]);
   const state = await RunState.open(dir, {
     command: "to-gguf",
-    fingerprint: fingerprint({ command: "to-gguf", format: 1, inputs, layout: layout.files.map((f) => [basename(f.path), f.fileSize, f.tensors.map((t) => [t.name, t.type.name])]) }),
+    fingerprint: fingerprint({
+      command: "to-gguf", format: 1, inputs, layout: layout.files.map((f) => [basename(f.path), f.fileSize, f.tensors.map((t) => [t.name, t.type.name])]),
+      ...(plan.imatrix ? { imatrix: plan.imatrix.loaded.sha256 } : {}),
+    }),
     force: opts.force,
     inputDir: ckpt.source.description,
     outputs: names,
@@ -239,6 +268,7 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     scratch: new Scratch(),
     split: new Scratch(),
     scales: new Map(),
+    ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
   };
   const reader = new ShardReader(ckpt.source);
   const fileOf = new Map(layout.files.flatMap((f) => f.tensors.map((t) => [t.name, t] as const)));

@@ -1,0 +1,332 @@
+// Hot kernels of the reference forward pass (src/model/forward.ts): float32 matmul y = x W^T,
+// causal multi-head attention over ragged sequences, and the SwiGLU product silu(g) * u.
+//
+// Numerics: float32 throughout, float32 accumulation. Every output element is computed by one
+// fixed sequence of operations that does not depend on the tiling or on which thread runs it, so
+// results are bit-identical for any thread count. The AVX2 path (FMA, 8 lanes) and the scalar
+// path (mul + add, 8 partial sums) are not bit-identical to each other; both are float32-exact
+// enough for the 1e-4 logits tolerance of the golden tests.
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cpu.h"
+#include "napi_util.h"
+#include "parallel.h"
+#include "registry.h"
+
+namespace deepcast {
+namespace {
+
+bool use_avx2() {
+#if defined(__x86_64__)
+  return active_simd() == Simd::Avx2;
+#else
+  return false;
+#endif
+}
+
+// ---- matmul tiles: y[c*ldy + r] = dot(w[r], x[c]) for R weight rows x C tokens -------------
+
+template <int R, int C>
+void tile_scalar(const float* w, const float* x, float* y, size_t in, size_t ldy) {
+  for (int r = 0; r < R; r++) {
+    for (int c = 0; c < C; c++) {
+      const float* a = w + r * in;
+      const float* b = x + c * in;
+      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      size_t k = 0;
+      for (; k + 8 <= in; k += 8)
+        for (int l = 0; l < 8; l++) lane[l] += a[k + l] * b[k + l];
+      float s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+      for (; k < in; k++) s += a[k] * b[k];
+      y[c * ldy + r] = s;
+    }
+  }
+}
+
+#if defined(__x86_64__)
+#define DC_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+DC_AVX2 inline float hsum8(__m256 v) {
+  // ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), the scalar twin's order.
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // l0+l4 .. l3+l7
+  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                // (0+4)+(2+6), (1+5)+(3+7)
+  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55));
+  return _mm_cvtss_f32(s1);
+}
+
+template <int R, int C>
+DC_AVX2 void tile_avx2(const float* w, const float* x, float* y, size_t in, size_t ldy) {
+  __m256 acc[R][C];
+  for (int r = 0; r < R; r++)
+    for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
+  size_t k = 0;
+  for (; k + 8 <= in; k += 8) {
+    __m256 wv[R];
+    for (int r = 0; r < R; r++) wv[r] = _mm256_loadu_ps(w + r * in + k);
+    for (int c = 0; c < C; c++) {
+      const __m256 xv = _mm256_loadu_ps(x + c * in + k);
+      for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; r++) {
+    for (int c = 0; c < C; c++) {
+      float s = hsum8(acc[r][c]);
+      for (size_t kk = k; kk < in; kk++) s += w[r * in + kk] * x[c * in + kk];
+      y[c * ldy + r] = s;
+    }
+  }
+}
+#endif
+
+// Rows [r0, r1) x tokens [t0, t1). Tokens are taken in blocks that stay in cache while the weight
+// rows stream past them.
+void matmul_block(const float* x, const float* w, float* y, size_t in, size_t ldy, size_t r0, size_t r1, size_t t0,
+                  size_t t1, bool avx2) {
+  size_t tb = (512 * 1024) / (std::max<size_t>(in, 1) * sizeof(float));
+  tb = std::max<size_t>(4, std::min<size_t>(256, tb)) & ~size_t{3};
+  for (size_t tb0 = t0; tb0 < t1; tb0 += tb) {
+    const size_t tb1 = std::min(t1, tb0 + tb);
+    size_t r = r0;
+    for (; r < r1; r += 2) {
+      const bool pair = r + 2 <= r1;
+      const float* wr = w + r * in;
+      size_t t = tb0;
+      for (; t + 4 <= tb1; t += 4) {
+        const float* xt = x + t * in;
+        float* yt = y + t * ldy + r;
+#if defined(__x86_64__)
+        if (avx2) {
+          if (pair) tile_avx2<2, 4>(wr, xt, yt, in, ldy);
+          else tile_avx2<1, 4>(wr, xt, yt, in, ldy);
+          continue;
+        }
+#endif
+        if (pair) tile_scalar<2, 4>(wr, xt, yt, in, ldy);
+        else tile_scalar<1, 4>(wr, xt, yt, in, ldy);
+      }
+      for (; t < tb1; t++) {
+        const float* xt = x + t * in;
+        float* yt = y + t * ldy + r;
+#if defined(__x86_64__)
+        if (avx2) {
+          if (pair) tile_avx2<2, 1>(wr, xt, yt, in, ldy);
+          else tile_avx2<1, 1>(wr, xt, yt, in, ldy);
+          continue;
+        }
+#endif
+        if (pair) tile_scalar<2, 1>(wr, xt, yt, in, ldy);
+        else tile_scalar<1, 1>(wr, xt, yt, in, ldy);
+      }
+      if (!pair) break;
+    }
+  }
+}
+
+bool get_f32(const Napi::CallbackInfo& info, size_t i, const char* what, Bytes& b) {
+  if (!get_bytes(info, i, what, b)) return false;
+  return require(info.Env(), reinterpret_cast<uintptr_t>(b.data) % 4 == 0 && b.size % 4 == 0,
+                 std::string(what) + " must be 4-byte aligned float32 data");
+}
+
+// f32Matmul(x f32[T*in], w f32[out*in], y f32[(T-1)*ldy + out], T, in, out, threads, ldy = out)
+Napi::Value F32Matmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes xb, wb, yb;
+  size_t T = 0, in = 0, out = 0;
+  if (!get_f32(info, 0, "x", xb) || !get_f32(info, 1, "w", wb) || !get_f32(info, 2, "y", yb) ||
+      !get_size(info, 3, "tokens", T) || !get_size(info, 4, "in", in) || !get_size(info, 5, "out", out))
+    return env.Undefined();
+  const int threads = get_threads(info, 6);
+  size_t ldy = out;
+  if (info.Length() > 7 && !info[7].IsUndefined() && !get_size(info, 7, "ldy", ldy)) return env.Undefined();
+  if (!require(env, xb.size / 4 == T * in, "x has " + std::to_string(xb.size / 4) + " values, expected " + std::to_string(T * in)) ||
+      !require(env, wb.size / 4 == out * in, "w has " + std::to_string(wb.size / 4) + " values, expected " + std::to_string(out * in)) ||
+      !require(env, ldy >= out, "ldy must be >= out") ||
+      !require(env, T == 0 || yb.size / 4 >= (T - 1) * ldy + out, "y is too small"))
+    return env.Undefined();
+  if (T == 0 || out == 0) return env.Undefined();
+  const float* x = reinterpret_cast<const float*>(xb.data);
+  const float* w = reinterpret_cast<const float*>(wb.data);
+  float* y = reinterpret_cast<float*>(yb.data);
+  const bool avx2 = use_avx2();
+  const size_t work = T * out * in;
+  // Below ~2M multiply-adds starting a thread costs more than it saves.
+  const int t = work < (size_t{1} << 21) ? 1 : threads;
+  if (out >= static_cast<size_t>(t) * 8 || T < static_cast<size_t>(t) * 4) {
+    // Split weight rows (in pairs so each thread's tiles line up).
+    const size_t pairs = (out + 1) / 2;
+    parallel_for(pairs, t, 1, [&](size_t p0, size_t p1) {
+      matmul_block(x, w, y, in, ldy, p0 * 2, std::min(out, p1 * 2), 0, T, avx2);
+    });
+  } else {
+    parallel_for(T, t, 4, [&](size_t t0, size_t t1) { matmul_block(x, w, y, in, ldy, 0, out, t0, t1, avx2); });
+  }
+  return env.Undefined();
+}
+
+// ---- causal attention ---------------------------------------------------------------------
+
+float dot_scalar(const float* a, const float* b, size_t n) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int l = 0; l < 8; l++) lane[l] += a[k + l] * b[k + l];
+  float s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+  for (; k < n; k++) s += a[k] * b[k];
+  return s;
+}
+
+// o += p * v
+void axpy_scalar(float* o, float p, const float* v, size_t n) {
+  for (size_t d = 0; d < n; d++) o[d] += p * v[d];
+}
+
+#if defined(__x86_64__)
+DC_AVX2 float dot_avx2(const float* a, const float* b, size_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  size_t k = 0;
+  for (; k + 8 <= n; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
+  float s = hsum8(acc);
+  for (; k < n; k++) s += a[k] * b[k];
+  return s;
+}
+
+DC_AVX2 void axpy_avx2(float* o, float p, const float* v, size_t n) {
+  const __m256 pv = _mm256_set1_ps(p);
+  size_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    _mm256_storeu_ps(o + d, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
+  for (; d < n; d++) o[d] += p * v[d];
+}
+#endif
+
+// causalAttention(q f32[N*H*dqk], k f32[N*H*dqk], v f32[N*H*dv], out f32[N*H*dv],
+//                 offsets i32[B+1], H, dqk, dv, scale, threads)
+// Sequence b holds tokens offsets[b] .. offsets[b+1]-1 at positions 0..; token i attends to the
+// tokens of its own sequence up to and including itself. scores = (q.k) * scale, softmax in
+// float32 (max subtracted, exp, sum, times 1/sum), out = sum_j p_j v_j.
+Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes qb, kb, vb, ob, offb;
+  size_t H = 0, dqk = 0, dv = 0;
+  if (!get_f32(info, 0, "q", qb) || !get_f32(info, 1, "k", kb) || !get_f32(info, 2, "v", vb) ||
+      !get_f32(info, 3, "out", ob) || !get_bytes(info, 4, "offsets", offb) || !get_size(info, 5, "heads", H) ||
+      !get_size(info, 6, "dqk", dqk) || !get_size(info, 7, "dv", dv))
+    return env.Undefined();
+  if (info.Length() <= 8 || !info[8].IsNumber()) {
+    Napi::TypeError::New(env, "scale: expected a number").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const float scale = static_cast<float>(info[8].As<Napi::Number>().DoubleValue());
+  const int threads = get_threads(info, 9);
+  if (!require(env, offb.size % 4 == 0 && offb.size >= 4 && reinterpret_cast<uintptr_t>(offb.data) % 4 == 0,
+               "offsets must be an Int32Array of B+1 values"))
+    return env.Undefined();
+  const int32_t* off = reinterpret_cast<const int32_t*>(offb.data);
+  const size_t nseq = offb.size / 4 - 1;
+  if (!require(env, off[0] == 0, "offsets[0] must be 0")) return env.Undefined();
+  for (size_t b = 0; b < nseq; b++)
+    if (!require(env, off[b + 1] >= off[b], "offsets must be non-decreasing")) return env.Undefined();
+  const size_t N = static_cast<size_t>(off[nseq]);
+  if (!require(env, qb.size / 4 == N * H * dqk, "q has the wrong size") ||
+      !require(env, kb.size / 4 == N * H * dqk, "k has the wrong size") ||
+      !require(env, vb.size / 4 == N * H * dv, "v has the wrong size") ||
+      !require(env, ob.size / 4 == N * H * dv, "out has the wrong size"))
+    return env.Undefined();
+
+  std::vector<uint32_t> start(N);
+  size_t maxlen = 0;
+  for (size_t b = 0; b < nseq; b++) {
+    for (int32_t i = off[b]; i < off[b + 1]; i++) start[i] = static_cast<uint32_t>(off[b]);
+    maxlen = std::max<size_t>(maxlen, static_cast<size_t>(off[b + 1] - off[b]));
+  }
+  const float* q = reinterpret_cast<const float*>(qb.data);
+  const float* k = reinterpret_cast<const float*>(kb.data);
+  const float* v = reinterpret_cast<const float*>(vb.data);
+  float* o = reinterpret_cast<float*>(ob.data);
+  const bool avx2 = use_avx2();
+  const size_t units = N * H;
+  const size_t grain = 8;
+  std::atomic<size_t> next{0};
+  const int t = units * maxlen * (dqk + dv) < (size_t{1} << 21) ? 1 : threads;
+  // Each (token, head) unit is computed the same way whichever thread takes it, so handing units
+  // out dynamically (the causal triangle makes later tokens dearer) keeps results deterministic.
+  parallel_for(static_cast<size_t>(t), t, 1, [&](size_t, size_t) {
+    std::vector<float> p(maxlen);
+    for (;;) {
+      const size_t u0 = next.fetch_add(grain);
+      if (u0 >= units) break;
+      const size_t u1 = std::min(units, u0 + grain);
+      for (size_t u = u0; u < u1; u++) {
+        const size_t i = u / H, h = u % H;
+        const size_t s0 = start[i], len = i - s0 + 1;
+        const float* qi = q + (i * H + h) * dqk;
+        float mx = -INFINITY;
+        for (size_t j = 0; j < len; j++) {
+          const float* kj = k + ((s0 + j) * H + h) * dqk;
+#if defined(__x86_64__)
+          const float d = avx2 ? dot_avx2(qi, kj, dqk) : dot_scalar(qi, kj, dqk);
+#else
+          const float d = dot_scalar(qi, kj, dqk);
+#endif
+          p[j] = d * scale;
+          mx = std::max(mx, p[j]);
+        }
+        float sum = 0.0f;
+        for (size_t j = 0; j < len; j++) {
+          p[j] = std::exp(p[j] - mx);
+          sum += p[j];
+        }
+        const float inv = 1.0f / sum;
+        float* oi = o + (i * H + h) * dv;
+        std::memset(oi, 0, dv * sizeof(float));
+        for (size_t j = 0; j < len; j++) {
+          const float pj = p[j] * inv;
+          const float* vj = v + ((s0 + j) * H + h) * dv;
+#if defined(__x86_64__)
+          if (avx2) { axpy_avx2(oi, pj, vj, dv); continue; }
+#endif
+          axpy_scalar(oi, pj, vj, dv);
+        }
+      }
+    }
+  });
+  return env.Undefined();
+}
+
+// siluMul(g f32[n], u f32[n], threads): g <- silu(g) * u with silu(z) = z / (1 + exp(-z)).
+Napi::Value SiluMul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes gb, ub;
+  if (!get_f32(info, 0, "g", gb) || !get_f32(info, 1, "u", ub)) return env.Undefined();
+  if (!require(env, gb.size == ub.size, "g and u differ in size")) return env.Undefined();
+  const size_t n = gb.size / 4;
+  const int threads = n < (size_t{1} << 20) ? 1 : get_threads(info, 2);
+  float* g = reinterpret_cast<float*>(gb.data);
+  const float* u = reinterpret_cast<const float*>(ub.data);
+  parallel_for(n, threads, 4096, [&](size_t a, size_t b) {
+    for (size_t i = a; i < b; i++) {
+      const float z = g[i];
+      g[i] = (z / (1.0f + std::exp(-z))) * u[i];
+    }
+  });
+  return env.Undefined();
+}
+
+}  // namespace
+
+DEEPCAST_EXPORT("f32Matmul", F32Matmul);
+DEEPCAST_EXPORT("f32SiluMul", SiluMul);
+DEEPCAST_EXPORT("causalAttention", CausalAttention);
+
+}  // namespace deepcast

@@ -1,0 +1,443 @@
+/**
+ * Reference forward pass of the DeepSeek-V3 architecture, following DeepSeek's
+ * `inference/model.py` (Transformer.forward, with logits at every position) in float32:
+ *
+ *   h = embed[tokens]
+ *   per layer:  h = h + MLA(RMSNorm(h));  h = h + FFN(RMSNorm(h))   (dense MLP or MoE)
+ *   logits = head(RMSNorm(h))
+ *
+ * MLA: q = W_qb RMSNorm(W_qa x) (or W_q x without q LoRA), split per head into [nope, rope];
+ * kv = W_kva x = [c_kv, k_pe]; RoPE (YaRN frequencies, interleaved pairs) on q_rope and the
+ * shared k_pe; k_nope and v from W_kvb RMSNorm(c_kv); causal softmax((q.k) * scale) v; W_o.
+ * MoE: sigmoid router scores s, expert selection on s + e_score_correction_bias with group-limited
+ * top-k (group score = sum of its top-2 biased scores), combine weights = unbiased s of the chosen
+ * experts normalized to 1, times routed_scaling_factor; plus the shared experts.
+ *
+ * All sequences of a batch are processed together, layer by layer: the weights of one layer (and
+ * within a MoE layer, of one expert at a time) are read from the WeightSource, used for every
+ * token, and dropped, so memory is one layer's attention weights or two experts plus the
+ * activations, never the model. The MTP module (layers after num_hidden_layers) is not run.
+ */
+import { availableParallelism } from "node:os";
+import { DeepcastError } from "../errors.js";
+import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } from "./config.js";
+import { addInto, forwardOps, rmsNorm, type ForwardOps } from "./ops.js";
+import type { WeightSource } from "./weights.js";
+
+const f = Math.fround;
+
+/** The router's decisions for every token of one MoE layer. */
+export interface RoutingInfo {
+  layer: number;
+  tokens: number;
+  /** Experts per token (num_experts_per_tok). */
+  topk: number;
+  /** [tokens, topk] expert ids, by descending selection score (model.py's topk order). */
+  indices: Int32Array;
+  /** [tokens, topk] combine weights (normalized, times routed_scaling_factor). */
+  weights: Float32Array;
+  /** [tokens] topk-th minus (topk+1)-th largest selection score among the kept groups (Infinity if none). */
+  expertMargin: Float32Array;
+  /** [tokens] last kept minus first dropped group score (Infinity without group limiting). */
+  groupMargin: Float32Array;
+}
+
+export interface ForwardOptions {
+  /** Worker threads for the native kernels (default: all cores). */
+  threads?: number;
+  /** Called once per MoE layer with its routing decisions. */
+  onRouting?: (r: RoutingInfo) => void;
+  /** Called after each decoder layer (and after the head, with layer = nLayers). */
+  onLayer?: (layer: number) => void;
+  /** Kernel backend (default: native when built, else TypeScript). */
+  ops?: ForwardOps;
+}
+
+export interface ForwardResult {
+  /** [totalTokens, vocab] float32: row i is the next-token logits after token i of its sequence. */
+  logits: Float32Array;
+  /** [B+1] start of each sequence's rows in `logits`; sequence b is rows offsets[b]..offsets[b+1]-1. */
+  offsets: Int32Array;
+  vocab: number;
+}
+
+class Ctx {
+  constructor(
+    readonly src: WeightSource,
+    readonly cfg: ModelConfig,
+    readonly ops: ForwardOps,
+    readonly threads: number,
+  ) {}
+
+  /** y = x W^T for a weight [out, in] already read. */
+  mm(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number): Float32Array {
+    if (w.length !== outDim * inDim) throw new DeepcastError(`internal: weight of ${w.length} values, expected ${outDim} x ${inDim}`);
+    const y = new Float32Array(tokens * outDim);
+    this.ops.matmul(x, w, y, tokens, inDim, outDim, this.threads);
+    return y;
+  }
+
+  private readonly pending = new Map<string, Promise<Float32Array>>();
+
+  /** Starts reading whole tensors that a later `weight`/`vector` call will take (reads overlap compute). */
+  prefetch(names: readonly string[]): void {
+    for (const name of names) {
+      if (this.pending.has(name) || !this.src.has(name)) continue;
+      const p = this.src.read(name);
+      p.catch(() => undefined);
+      this.pending.set(name, p);
+    }
+  }
+
+  private take(name: string): Promise<Float32Array> {
+    const p = this.pending.get(name);
+    if (!p) return this.src.read(name);
+    this.pending.delete(name);
+    return p;
+  }
+
+  async weight(name: string, rows: number, cols: number): Promise<Float32Array> {
+    const shape = this.src.shape(name);
+    if (shape.length !== 2 || shape[0] !== rows || shape[1] !== cols) {
+      throw new DeepcastError(`shape [${shape.join(", ")}] does not match the config: expected [${rows}, ${cols}]`, { file: this.src.description, tensor: name });
+    }
+    const w = await this.take(name);
+    if (w.length !== rows * cols) throw new DeepcastError(`read ${w.length} values, expected ${rows * cols}`, { file: this.src.description, tensor: name });
+    return w;
+  }
+
+  async vector(name: string, len: number): Promise<Float32Array> {
+    const shape = this.src.shape(name);
+    if (shape.length !== 1 || shape[0] !== len) {
+      throw new DeepcastError(`shape [${shape.join(", ")}] does not match the config: expected [${len}]`, { file: this.src.description, tensor: name });
+    }
+    return this.take(name);
+  }
+
+  /** Waits for prefetches nobody took (after an error), so no read outlives the pass. */
+  async drain(): Promise<void> {
+    await Promise.allSettled(this.pending.values());
+    this.pending.clear();
+  }
+}
+
+/** The tensors of layer l's attention block (with its input norm), for prefetching. */
+function attentionNames(cfg: ModelConfig, l: number): string[] {
+  const p = `model.layers.${l}.`;
+  const a = p + "self_attn.";
+  const q = cfg.qLoraRank > 0 ? ["q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight"] : ["q_proj.weight"];
+  return [p + "input_layernorm.weight", ...[...q, "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight", "kv_b_proj.weight", "o_proj.weight"].map((n) => a + n)];
+}
+
+/** The FFN tensors of layer l other than routed experts (norm, dense MLP or gate and shared experts). */
+function ffnNames(cfg: ModelConfig, l: number): string[] {
+  const p = `model.layers.${l}.`;
+  const proj = (q: string) => ["gate_proj.weight", "up_proj.weight", "down_proj.weight"].map((n) => q + n);
+  if (!isMoeLayer(cfg, l)) return [p + "post_attention_layernorm.weight", ...proj(p + "mlp.")];
+  return [p + "post_attention_layernorm.weight", p + "mlp.gate.weight", p + "mlp.gate.e_score_correction_bias",
+    ...(cfg.nSharedExperts > 0 ? proj(p + "mlp.shared_experts.") : [])];
+}
+
+/** Runs the model over `sequences` (each starting at position 0) and returns logits at every position. */
+export async function forward(src: WeightSource, sequences: readonly ArrayLike<number>[], opts: ForwardOptions = {}): Promise<ForwardResult> {
+  const cfg = src.config;
+  const ctx = new Ctx(src, cfg, opts.ops ?? forwardOps(), Math.max(1, opts.threads ?? availableParallelism()));
+  const B = sequences.length;
+  const offsets = new Int32Array(B + 1);
+  let maxLen = 0;
+  for (let b = 0; b < B; b++) {
+    const len = sequences[b]!.length;
+    offsets[b + 1] = offsets[b]! + len;
+    maxLen = Math.max(maxLen, len);
+  }
+  const N = offsets[B]!;
+  const tokens = new Int32Array(N);
+  const pos = new Int32Array(N);
+  for (let b = 0; b < B; b++) {
+    const s = sequences[b]!;
+    for (let p = 0; p < s.length; p++) {
+      const id = s[p]!;
+      if (!Number.isInteger(id) || id < 0 || id >= cfg.vocabSize) {
+        throw new DeepcastError(`token id ${id} (sequence ${b}, position ${p}) is outside the vocabulary of ${cfg.vocabSize}`);
+      }
+      tokens[offsets[b]! + p] = id;
+      pos[offsets[b]! + p] = p;
+    }
+  }
+  if (N === 0) return { logits: new Float32Array(0), offsets, vocab: cfg.vocabSize };
+  const rope = ropeTables(cfg, maxLen);
+
+  try {
+    if (cfg.nLayers > 0) ctx.prefetch(attentionNames(cfg, 0));
+    let h = await embed(ctx, tokens);
+    for (let l = 0; l < cfg.nLayers; l++) {
+      const p = `model.layers.${l}.`;
+      ctx.prefetch(ffnNames(cfg, l));
+      const xn = rmsNorm(h, N, cfg.dim, await ctx.vector(p + "input_layernorm.weight", cfg.dim), cfg.rmsNormEps, new Float32Array(h.length));
+      addInto(h, await attention(ctx, l, xn, N, pos, offsets, rope));
+      ctx.prefetch(l + 1 < cfg.nLayers ? attentionNames(cfg, l + 1) : ["model.norm.weight"]);
+      rmsNorm(h, N, cfg.dim, await ctx.vector(p + "post_attention_layernorm.weight", cfg.dim), cfg.rmsNormEps, xn);
+      const ffn = isMoeLayer(cfg, l)
+        ? await moe(ctx, l, xn, N, opts.onRouting)
+        : await mlp(ctx, p + "mlp.", xn, N, cfg.interDim);
+      addInto(h, ffn);
+      opts.onLayer?.(l);
+    }
+    rmsNorm(h, N, cfg.dim, await ctx.vector("model.norm.weight", cfg.dim), cfg.rmsNormEps);
+    const logits = await head(ctx, h, N);
+    opts.onLayer?.(cfg.nLayers);
+    return { logits, offsets, vocab: cfg.vocabSize };
+  } finally {
+    await ctx.drain();
+  }
+}
+
+async function embed(ctx: Ctx, tokens: Int32Array): Promise<Float32Array> {
+  const { cfg, src } = ctx;
+  const name = "model.embed_tokens.weight";
+  const shape = src.shape(name);
+  if (shape.length !== 2 || shape[0]! < cfg.vocabSize || shape[1] !== cfg.dim) {
+    throw new DeepcastError(`shape [${shape.join(", ")}] does not match the config: expected [${cfg.vocabSize}, ${cfg.dim}]`, { file: src.description, tensor: name });
+  }
+  const dim = cfg.dim;
+  const h = new Float32Array(tokens.length * dim);
+  const unique = [...new Set(tokens)].sort((a, b) => a - b);
+  const rows = new Map<number, Float32Array>();
+  if (unique.length * 8 > cfg.vocabSize && cfg.vocabSize * dim * 4 <= 256 * 1024 * 1024) {
+    const all = await src.read(name, 0, cfg.vocabSize);
+    for (const id of unique) rows.set(id, all.subarray(id * dim, (id + 1) * dim));
+  } else {
+    for (const id of unique) rows.set(id, await src.read(name, id, 1));
+  }
+  for (let i = 0; i < tokens.length; i++) h.set(rows.get(tokens[i]!)!, i * dim);
+  return h;
+}
+
+/** In place: interleaved-pair RoPE on `dr` values at x[base + stride*...]; row i uses position pos[i]. */
+function applyRope(x: Float32Array, rows: number, rowStride: number, offset: number, heads: number, headStride: number, dr: number,
+                   pos: Int32Array, rope: { cos: Float32Array; sin: Float32Array }): void {
+  const half = dr / 2;
+  for (let i = 0; i < rows; i++) {
+    const t = pos[i]! * half;
+    for (let hh = 0; hh < heads; hh++) {
+      const o = i * rowStride + hh * headStride + offset;
+      for (let j = 0; j < half; j++) {
+        const c = rope.cos[t + j]!;
+        const s = rope.sin[t + j]!;
+        const x0 = x[o + 2 * j]!;
+        const x1 = x[o + 2 * j + 1]!;
+        x[o + 2 * j] = f(x0 * c) - f(x1 * s);
+        x[o + 2 * j + 1] = f(x0 * s) + f(x1 * c);
+      }
+    }
+  }
+}
+
+async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: Int32Array, offsets: Int32Array,
+                         rope: { cos: Float32Array; sin: Float32Array }): Promise<Float32Array> {
+  const { cfg } = ctx;
+  const p = `model.layers.${l}.self_attn.`;
+  const H = cfg.nHeads;
+  const dn = cfg.qkNopeHeadDim;
+  const dr = cfg.qkRopeHeadDim;
+  const dqk = qkHeadDim(cfg);
+  const dv = cfg.vHeadDim;
+  const kvr = cfg.kvLoraRank;
+  const dim = cfg.dim;
+
+  let q: Float32Array;
+  if (cfg.qLoraRank > 0) {
+    const [wqa, qNorm, wqb] = await Promise.all([
+      ctx.weight(p + "q_a_proj.weight", cfg.qLoraRank, dim),
+      ctx.vector(p + "q_a_layernorm.weight", cfg.qLoraRank),
+      ctx.weight(p + "q_b_proj.weight", H * dqk, cfg.qLoraRank),
+    ]);
+    const qa = rmsNorm(ctx.mm(x, wqa, N, dim, cfg.qLoraRank), N, cfg.qLoraRank, qNorm, cfg.rmsNormEps);
+    q = ctx.mm(qa, wqb, N, cfg.qLoraRank, H * dqk);
+  } else {
+    q = ctx.mm(x, await ctx.weight(p + "q_proj.weight", H * dqk, dim), N, dim, H * dqk);
+  }
+  applyRope(q, N, H * dqk, dn, H, dqk, dr, pos, rope);
+
+  const [wkva, kvNorm, wkvb, wo] = await Promise.all([
+    ctx.weight(p + "kv_a_proj_with_mqa.weight", kvr + dr, dim),
+    ctx.vector(p + "kv_a_layernorm.weight", kvr),
+    ctx.weight(p + "kv_b_proj.weight", H * (dn + dv), kvr),
+    ctx.weight(p + "o_proj.weight", dim, H * dv),
+  ]);
+  const kva = ctx.mm(x, wkva, N, dim, kvr + dr);
+  applyRope(kva, N, kvr + dr, kvr, 1, 0, dr, pos, rope);
+  const ckv = rmsNorm(kva, N, kvr, kvNorm, cfg.rmsNormEps, new Float32Array(N * kvr), kvr + dr, kvr);
+  const kvb = ctx.mm(ckv, wkvb, N, kvr, H * (dn + dv));
+
+  // K = [k_nope(h), k_pe] per head, V = v(h).
+  const k = new Float32Array(N * H * dqk);
+  const v = new Float32Array(N * H * dv);
+  for (let i = 0; i < N; i++) {
+    const kpe = kva.subarray(i * (kvr + dr) + kvr, (i + 1) * (kvr + dr));
+    for (let hh = 0; hh < H; hh++) {
+      const src = (i * H + hh) * (dn + dv);
+      const ko = (i * H + hh) * dqk;
+      k.set(kvb.subarray(src, src + dn), ko);
+      k.set(kpe, ko + dn);
+      v.set(kvb.subarray(src + dn, src + dn + dv), (i * H + hh) * dv);
+    }
+  }
+  const o = new Float32Array(N * H * dv);
+  ctx.ops.attention(q, k, v, o, offsets, H, dqk, dv, softmaxScale(cfg), ctx.threads);
+  return ctx.mm(o, wo, N, H * dv, dim);
+}
+
+async function mlp(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: number): Promise<Float32Array> {
+  const dim = ctx.cfg.dim;
+  const [w1, w3, w2] = await Promise.all([
+    ctx.weight(prefix + "gate_proj.weight", inter, dim),
+    ctx.weight(prefix + "up_proj.weight", inter, dim),
+    ctx.weight(prefix + "down_proj.weight", dim, inter),
+  ]);
+  return mlpWith(ctx, x, N, inter, w1, w3, w2);
+}
+
+function mlpWith(ctx: Ctx, x: Float32Array, N: number, inter: number, w1: Float32Array, w3: Float32Array, w2: Float32Array): Float32Array {
+  const dim = ctx.cfg.dim;
+  const g = ctx.mm(x, w1, N, dim, inter);
+  ctx.ops.siluMul(g, ctx.mm(x, w3, N, dim, inter), ctx.threads);
+  return ctx.mm(g, w2, N, inter, dim);
+}
+
+/** model.py's Gate: returns expert ids and combine weights for every token. */
+export function route(cfg: ModelConfig, logits: Float32Array, N: number, bias: Float32Array | null, layer = -1): RoutingInfo {
+  const E = cfg.nRoutedExperts;
+  const K = cfg.nActivatedExperts;
+  const G = cfg.nExpertGroups;
+  const per = E / G;
+  const indices = new Int32Array(N * K);
+  const weights = new Float32Array(N * K);
+  const expertMargin = new Float32Array(N);
+  const groupMargin = new Float32Array(N);
+  const s = new Float32Array(E);
+  const b = new Float32Array(E);
+  const gs = new Float32Array(G);
+  const order = (arr: Float32Array, n: number) => {
+    const idx = Array.from({ length: n }, (_, i) => i);
+    // Descending; equal values keep the lower index first.
+    return idx.sort((i, j) => arr[j]! - arr[i]! || i - j);
+  };
+  for (let t = 0; t < N; t++) {
+    const lg = logits.subarray(t * E, (t + 1) * E);
+    if (cfg.scoreFunc === "sigmoid") {
+      for (let e = 0; e < E; e++) s[e] = 1 / (1 + Math.exp(-lg[e]!));
+    } else {
+      let mx = -Infinity;
+      for (let e = 0; e < E; e++) mx = Math.max(mx, lg[e]!);
+      let sum = 0;
+      for (let e = 0; e < E; e++) sum += Math.exp(lg[e]! - mx);
+      for (let e = 0; e < E; e++) s[e] = Math.exp(lg[e]! - mx) / sum;
+    }
+    for (let e = 0; e < E; e++) b[e] = bias ? s[e]! + bias[e]! : s[e]!;
+    groupMargin[t] = Infinity;
+    if (G > 1) {
+      for (let g = 0; g < G; g++) {
+        const grp = b.subarray(g * per, (g + 1) * per);
+        if (bias) {
+          const o = order(grp, per);
+          gs[g] = per >= 2 ? grp[o[0]!]! + grp[o[1]!]! : grp[o[0]!]!;
+        } else {
+          gs[g] = Math.max(...grp);
+        }
+      }
+      const go = order(gs, G);
+      if (cfg.nLimitedGroups < G) groupMargin[t] = gs[go[cfg.nLimitedGroups - 1]!]! - gs[go[cfg.nLimitedGroups]!]!;
+      for (let r = cfg.nLimitedGroups; r < G; r++) b.fill(-Infinity, go[r]! * per, (go[r]! + 1) * per);
+    }
+    const eo = order(b, E);
+    const kth = b[eo[K - 1]!]!;
+    const next = K < E ? b[eo[K]!]! : -Infinity;
+    expertMargin[t] = next === -Infinity ? Infinity : kth - next;
+    let sum = 0;
+    for (let k = 0; k < K; k++) {
+      const e = eo[k]!;
+      indices[t * K + k] = e;
+      weights[t * K + k] = s[e]!;
+      sum = f(sum + s[e]!);
+    }
+    const normalize = cfg.scoreFunc === "sigmoid" || cfg.normTopkProb;
+    for (let k = 0; k < K; k++) {
+      const w = normalize ? f(weights[t * K + k]! / sum) : weights[t * K + k]!;
+      weights[t * K + k] = f(w * cfg.routeScale);
+    }
+  }
+  return { layer, tokens: N, topk: K, indices, weights, expertMargin, groupMargin };
+}
+
+async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: (r: RoutingInfo) => void): Promise<Float32Array> {
+  const { cfg, src } = ctx;
+  const p = `model.layers.${l}.mlp.`;
+  const E = cfg.nRoutedExperts;
+  const dim = cfg.dim;
+  const inter = cfg.moeInterDim;
+  const gate = await ctx.weight(p + "gate.weight", E, dim);
+  const biasName = p + "gate.e_score_correction_bias";
+  const bias = src.has(biasName) ? await ctx.vector(biasName, E) : null;
+  const r = route(cfg, ctx.mm(x, gate, N, dim, E), N, bias, l);
+  onRouting?.(r);
+
+  // Tokens (and their slot k) per expert, in token order.
+  const K = r.topk;
+  const lists: number[][] = Array.from({ length: E }, () => []);
+  for (let i = 0; i < N * K; i++) lists[r.indices[i]!]!.push(i);
+  const used = lists.map((lst, e) => (lst.length ? e : -1)).filter((e) => e >= 0);
+  const load = (e: number) => Promise.all([
+    ctx.weight(`${p}experts.${e}.gate_proj.weight`, inter, dim),
+    ctx.weight(`${p}experts.${e}.up_proj.weight`, inter, dim),
+    ctx.weight(`${p}experts.${e}.down_proj.weight`, dim, inter),
+  ]);
+
+  const y = new Float32Array(N * dim);
+  let pending = used.length ? load(used[0]!) : null;
+  for (let u = 0; u < used.length; u++) {
+    const e = used[u]!;
+    const [w1, w3, w2] = await pending!;
+    // Read the next expert while this one computes.
+    pending = u + 1 < used.length ? load(used[u + 1]!) : null;
+    pending?.catch(() => undefined);
+    const slots = lists[e]!;
+    const xe = new Float32Array(slots.length * dim);
+    for (let j = 0; j < slots.length; j++) {
+      const t = Math.floor(slots[j]! / K);
+      xe.set(x.subarray(t * dim, (t + 1) * dim), j * dim);
+    }
+    const out = mlpWith(ctx, xe, slots.length, inter, w1, w3, w2);
+    for (let j = 0; j < slots.length; j++) {
+      const t = Math.floor(slots[j]! / K);
+      const w = r.weights[slots[j]!]!;
+      const yo = t * dim;
+      const oo = j * dim;
+      for (let c = 0; c < dim; c++) y[yo + c] = y[yo + c]! + f(out[oo + c]! * w);
+    }
+  }
+  if (cfg.nSharedExperts > 0) {
+    const z = await mlp(ctx, p + "shared_experts.", x, N, cfg.nSharedExperts * inter);
+    addInto(y, z);
+  }
+  return y;
+}
+
+/** Final head, read and applied in row chunks so a 129k x 7168 head is never whole in float32. */
+async function head(ctx: Ctx, h: Float32Array, N: number): Promise<Float32Array> {
+  const { cfg, src } = ctx;
+  const name = cfg.tieWordEmbeddings && !src.has("lm_head.weight") ? "model.embed_tokens.weight" : "lm_head.weight";
+  const shape = src.shape(name);
+  const V = cfg.vocabSize;
+  if (shape.length !== 2 || shape[0] !== V || shape[1] !== cfg.dim) {
+    throw new DeepcastError(`shape [${shape.join(", ")}] does not match the config: expected [${V}, ${cfg.dim}]`, { file: src.description, tensor: name });
+  }
+  const logits = new Float32Array(N * V);
+  const chunk = Math.max(128, Math.floor((64 * 1024 * 1024) / (cfg.dim * 4 * 128)) * 128);
+  for (let r0 = 0; r0 < V; r0 += chunk) {
+    const n = Math.min(chunk, V - r0);
+    const w = await src.read(name, r0, n);
+    ctx.ops.matmul(h, w, logits.subarray(r0), N, cfg.dim, n, ctx.threads, V);
+  }
+  return logits;
+}
