@@ -136,6 +136,11 @@ describe("forward on the FP8 fixture vs model.py (FP8 dequantized to float32)", 
     }
   });
 
+  it("the TypeScript kernels (no addon) match the golden logits", async () => {
+    const r = await forward(src, [sequences[3]!.slice(0, 24)], { ops: tsOps });
+    expect(maxRelError(r.logits, golden.subarray(384 * V, (384 + 24) * V)).rel).toBeLessThanOrEqual(1e-4);
+  });
+
   it("rejects token ids outside the vocabulary", async () => {
     await expect(forward(src, [[0, 5, 2048]], { threads: 1 })).rejects.toThrow(/outside the vocabulary/);
   });
