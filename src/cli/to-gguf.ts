@@ -7,8 +7,7 @@ import { readImatrix } from "../io/imatrix.js";
 import { openSource } from "../io/open-source.js";
 import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
-import { peakRssBytes, selectKernels, withCommonOptions } from "./common.js";
-import { createProgress } from "./progress.js";
+import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 import { DeepcastError } from "../errors.js";
 
 export const command = "to-gguf <in>";
@@ -27,8 +26,6 @@ export function builder(y: Argv) {
       .option("token-embedding-type", { type: "string", describe: "Type of token_embd.weight" })
       .option("imatrix", { type: "string", describe: "Importance matrix from llama-imatrix (GGUF or legacy .dat), used as llama-quantize --imatrix uses it (required by Q2_K_S)" })
       .option("name", { type: "string", describe: "general.name (default: derived from the input folder name, like llama.cpp)" })
-      .option("revision", { type: "string", default: "main", describe: "Hub revision for a repo id" })
-      .option("skip-space-check", { type: "boolean", default: false, describe: "Do not refuse to start when the disk looks too small" }),
   ).epilogue(
     "Tensor data and metadata are those of llama.cpp v0.4.0's convert_hf_to_gguf.py (--outtype bf16) followed by " +
       "llama-quantize, byte for byte, without a BF16 intermediate on disk: FP8 weights are dequantized in memory to the " +
@@ -113,52 +110,37 @@ export async function handler(argv: Args): Promise<void> {
     return;
   }
 
-  const progress = createProgress({ total: layout.totalBytes, label: `to-gguf ${output.ftype.name}` });
-  const onSignal = () => {
-    progress.stop();
-    process.stderr.write("\ninterrupted: rerun the same command to resume (completed split files are kept)\n");
-    process.exit(130);
-  };
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  let summary;
   let lastLine = 0;
-  try {
-    summary = await runToGguf(plan, {
-      kernels: k,
-      threads: argv.threads,
-      force: argv.force,
-      skipSpaceCheck: argv.skipSpaceCheck,
-      onProgress: (_in, out) => progress.add(out),
-      onTensor: (e) => {
-        // Plain (non-TTY) output: a line every 5% of the tensors, not 1,000 lines.
-        if (process.stderr.isTTY || e.index + 1 === e.count || e.index + 1 >= lastLine + Math.max(1, Math.floor(e.count / 20))) {
-          lastLine = e.index + 1;
-          progress.line(`[${e.index + 1}/${e.count}] ${e.tensor} ${e.type} ${fmtBytes(e.bytes)}`);
-        }
-      },
-    });
-  } finally {
-    progress.stop();
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-  }
-  const seconds = (performance.now() - started) / 1000;
+  const summary = await withProgress(
+    { total: layout.totalBytes, label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
+    (progress) =>
+      runToGguf(plan, {
+        kernels: k,
+        threads: argv.threads,
+        force: argv.force,
+        skipSpaceCheck: argv.skipSpaceCheck,
+        onProgress: (_in, out) => progress.add(out),
+        onTensor: (e) => {
+          // Plain (non-TTY) output: a line every 5% of the tensors, not a thousand lines.
+          if (process.stderr.isTTY || e.index + 1 === e.count || e.index + 1 >= lastLine + Math.max(1, Math.floor(e.count / 20))) {
+            lastLine = e.index + 1;
+            progress.line(`[${e.index + 1}/${e.count}] ${e.tensor} ${e.type} ${fmtBytes(e.bytes)}`);
+          }
+        },
+      }),
+  );
+  const facts = runFacts(started, k, argv.threads);
   const result = {
     command: "to-gguf",
     input: source.description,
     quant: output.ftype.name,
     ...(im ? { imatrix: im } : {}),
     ...summary,
-    seconds,
-    gbPerSecondIn: summary.bytesRead / 1e9 / seconds,
-    gbPerSecondOut: summary.bytesWritten / 1e9 / seconds,
-    peakRssBytes: peakRssBytes(),
-    backend: k.backend,
-    simd: k.simd(),
-    threads: argv.threads,
+    ...facts,
+    gbPerSecondIn: summary.bytesRead / 1e9 / facts.seconds,
+    gbPerSecondOut: summary.bytesWritten / 1e9 / facts.seconds,
   };
-  if (argv.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
-  else if (summary.resumedFiles === summary.files.length) process.stderr.write(`already complete: ${summary.files.join(", ")}\n`);
-  else process.stderr.write(`done: ${summary.files.join(", ")}: ${summary.tensors} tensors, ${fmtBytes(summary.bytesWritten)} in ${seconds.toFixed(1)} s, peak RSS ${fmtBytes(result.peakRssBytes)}\n`);
+  printResult(argv.json, result, summary.resumedFiles === summary.files.length
+    ? `already complete: ${summary.files.join(", ")}`
+    : `done: ${summary.files.join(", ")}: ${summary.tensors} tensors, ${fmtBytes(summary.bytesWritten)} in ${facts.seconds.toFixed(1)} s, peak RSS ${fmtBytes(facts.peakRssBytes)}`);
 }
