@@ -141,8 +141,9 @@ describe("forward on the FP8 fixture vs model.py (FP8 dequantized to float32)", 
     expect(maxRelError(r.logits, golden.subarray(384 * V, (384 + 24) * V)).rel).toBeLessThanOrEqual(1e-4);
   });
 
-  it("rejects token ids outside the vocabulary", async () => {
+  it("rejects token ids outside the vocabulary and sequences past max_position_embeddings", async () => {
     await expect(forward(src, [[0, 5, 2048]], { threads: 1 })).rejects.toThrow(/outside the vocabulary/);
+    await expect(forward(src, [new Array(2049).fill(5)], { threads: 1 })).rejects.toThrow(/max_position_embeddings/);
   });
 });
 

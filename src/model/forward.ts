@@ -164,6 +164,9 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
       pos[offsets[b]! + p] = p;
     }
   }
+  if (maxLen > cfg.maxPositionEmbeddings) {
+    throw new DeepcastError(`a sequence of ${maxLen} tokens is longer than max_position_embeddings ${cfg.maxPositionEmbeddings}`);
+  }
   if (N === 0) return { logits: new Float32Array(0), offsets, vocab: cfg.vocabSize };
   const rope = ropeTables(cfg, maxLen);
 
