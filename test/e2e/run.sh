@@ -43,4 +43,6 @@ resumed=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.arg
 diff "$work/ref.sha" "$work/resumed.sha"
 if ls -A "$work/resumed" | grep -q "\.partial$"; then echo "FAIL: temporary files left behind"; exit 1; fi
 echo "resumed ${resumed} shard(s); output byte-identical to the uninterrupted run"
+echo "== e2e 3: reference forward pass, full eval perplexity vs DeepSeek's model.py"
+npx tsx test/e2e/forward-ppl.ts --threads 2
 echo "e2e: all passed"
