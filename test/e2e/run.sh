@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end checks too slow for `npm test`: real CLI runs on generated multi-GB checkpoints.
 #  1. bounded memory: a 2.5 GB shard converted under a 1.5 GB address-space limit (prlimit --as),
-#     peak RSS reported by the tool checked against a bound that is far below the shard size;
+#     peak RSS reported by the tool checked against a bound that is far below the shard size; the
+#     same for to-demo and to-gguf on a model whose largest tensor (1.85 GB) exceeds the limit;
 #  2. kill -9 mid-run, rerun, and the result is byte-identical to an uninterrupted run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +20,18 @@ echo "shard ${shard_bytes} B, address-space limit ${limit} B, peak RSS ${peak} B
 [ "$shard_bytes" -gt "$limit" ] || { echo "FAIL: the shard must be larger than the memory allowed"; exit 1; }
 [ "$peak" -lt $((512 * 1024 * 1024)) ] || { echo "FAIL: peak RSS ${peak} above 512 MiB"; exit 1; }
 rm -rf "$work/big" "$work/big-out"
+
+echo "== e2e 1b: to-demo and to-gguf on a sparse slice of the real DeepSeek-V3 layout (largest tensor 1.85 GB) under the same limit"
+npx tsx fixtures/dsv3-replica.ts "$work/rep" --layers 1 --no-mtp
+largest=1853358080  # embed_tokens / lm_head: 129280 x 7168 BF16
+for cmd in "to-demo $work/rep $work/rep-demo --model-parallel 16" "to-gguf $work/rep -q Q8_0 -o $work/rep-q8.gguf"; do
+  # shellcheck disable=SC2086
+  prlimit --as=$limit node bin/deepcast.js $cmd --json --threads 2 > "$work/rep.json"
+  peak=$(node -e 'console.log(JSON.parse(require("fs").readFileSync(process.argv[1])).peakRssBytes)' "$work/rep.json")
+  echo "${cmd%% *}: largest tensor ${largest} B, address-space limit ${limit} B, peak RSS ${peak} B"
+  [ "$peak" -lt $((512 * 1024 * 1024)) ] || { echo "FAIL: peak RSS ${peak} above 512 MiB"; exit 1; }
+done
+rm -rf "$work/rep" "$work/rep-demo" "$work"/rep-q8*.gguf
 
 echo "== e2e 2: kill -9 mid-run, resume, compare with an uninterrupted run"
 npx tsx fixtures/synthetic.ts "$work/rand" --shards 4 --shard-gb 0.25 --bf16-mb 64
