@@ -1,0 +1,376 @@
+/**
+ * The forward pass's weights from a llama.cpp `deepseek2` GGUF (ours or llama.cpp's, any type
+ * ./quant/ggml.ts dequantizes, single file or split): HF names are mapped to GGUF names through
+ * the inverse of formats/deepseek2-gguf.json, and each read dequantizes only the rows asked for.
+ *
+ *  - copies: HF [out, in] = GGUF ne [in, out], row r of HF = row r of ggml, nothing rearranged;
+ *  - routed experts: `model.layers.L.mlp.experts.E.<proj>.weight` is slab E of the stacked
+ *    `blk.L.ffn_<proj>_exps.weight` (ne [in, out, n_expert]), read alone;
+ *  - kv_b_proj: rebuilt from `attn_k_b` (ne [qk_nope, kv_lora, n_head]: k_b[h][c][d] = kv_b[h*(nope+v) + d][c])
+ *    and `attn_v_b` (ne [kv_lora, v_head, n_head]: v_b[h][v][c] = kv_b[h*(nope+v) + nope + v][c]), the
+ *    inverse of gguf-plan's kvBSplit, for just the heads whose rows are asked for; a legacy GGUF with
+ *    the unsplit `attn_kv_b` is read as a copy.
+ *
+ * The ModelConfig comes from the `deepseek2.*` metadata, turned back into the HF config.json keys
+ * convert_hf_to_gguf.py took them from and parsed by parseModelConfig. Float metadata is stored as
+ * float32; each value is read back as the shortest decimal that rounds to it (1e-6 stays 1e-6), so
+ * the config equals the HF one and the forward pass is bit-identical to the HF source's.
+ */
+import { DeepcastError } from "../errors.js";
+import { GgufReader, type GgufTensorInfo } from "../io/gguf-reader.js";
+import { deepseek2Format } from "../convert/gguf-plan.js";
+import { dequantizeRows, ggmlQuantTypes, rowBytes } from "../quant/ggml.js";
+import { parseModelConfig, type ModelConfig } from "./config.js";
+import type { WeightSource } from "./weights.js";
+
+/** Values smaller than this (elements) are dequantized on one thread. */
+const PARALLEL_MIN = 1 << 22;
+const ARCH = "deepseek2";
+
+export interface GgufWeightSourceOptions {
+  /** Threads for dequantization (default 1). */
+  threads?: number;
+}
+
+type Resolved =
+  /** A GGUF tensor read as is (its HF shape is the reversed ne). */
+  | { kind: "copy"; t: GgufTensorInfo; shape: number[] }
+  /** Expert `e` of a stacked [n_expert, out, in] tensor. */
+  | { kind: "expert"; t: GgufTensorInfo; e: number; shape: number[] }
+  /** kv_b_proj from its split halves. */
+  | { kind: "kv_b"; kb: GgufTensorInfo; vb: GgufTensorInfo; nHead: number; nope: number; v: number; kvr: number; shape: number[] };
+
+interface NameRule {
+  re: RegExp;
+  kind: "copy" | "stack" | "kv_b_split";
+  gguf?: string;
+  kB?: string;
+  vB?: string;
+  /** HF template (for listing names). */
+  hf: string;
+}
+
+const LEGACY_KV_B = "blk.{bid}.attn_kv_b.weight";
+
+function compile(p: string): RegExp {
+  const esc = p.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\{bid\}/g, "(?<bid>\\d+)").replace(/\{xid\}/g, "(?<xid>\\d+)");
+  return new RegExp(`^${esc}$`);
+}
+
+let rulesCache: NameRule[] | undefined;
+function rules(): NameRule[] {
+  rulesCache ??= deepseek2Format().tensors.map((e) => ({
+    re: compile(e.hf),
+    kind: e.kind,
+    hf: e.hf,
+    ...(e.gguf !== undefined ? { gguf: e.gguf } : {}),
+    ...(e.k_b !== undefined ? { kB: e.k_b } : {}),
+    ...(e.v_b !== undefined ? { vB: e.v_b } : {}),
+  }));
+  return rulesCache;
+}
+
+const fill = (template: string, bid: string | undefined) => (bid === undefined ? template : template.replace(/\{bid\}/g, bid));
+
+/** The shortest decimal that rounds to the same float32 (a float32 metadata value as it was written). */
+export function f32Decimal(x: number): number {
+  if (!Number.isFinite(x) || x === 0) return x;
+  const f = Math.fround(x);
+  for (let p = 1; p <= 9; p++) {
+    const d = Number(f.toPrecision(p));
+    if (Math.fround(d) === f) return d;
+  }
+  return f;
+}
+
+export class GgufWeightSource implements WeightSource {
+  private readonly cache = new Map<string, Resolved | null>();
+
+  private constructor(
+    readonly reader: GgufReader,
+    readonly config: ModelConfig,
+    private readonly threads: number,
+  ) {}
+
+  /** Opens a GGUF (a single file, or any file of a split model) and reads its metadata. */
+  static async open(path: string, opts: GgufWeightSourceOptions = {}): Promise<GgufWeightSource> {
+    const reader = await GgufReader.open(path);
+    try {
+      const config = ggufModelConfig(reader);
+      const src = new GgufWeightSource(reader, config, Math.max(1, opts.threads ?? 1));
+      src.checkTypes();
+      return src;
+    } catch (e) {
+      await reader.close();
+      throw e;
+    }
+  }
+
+  get description(): string {
+    return this.reader.path;
+  }
+
+  /** Fails now, not layers into a pass, when a tensor has a type we cannot dequantize. */
+  private checkTypes(): void {
+    const ok = new Set(ggmlQuantTypes().map((t) => t.id));
+    const bad = this.reader.tensors.filter((t) => !ok.has(t.type.id));
+    if (bad.length) {
+      const kinds = [...new Set(bad.map((t) => t.type.name))].join(", ");
+      throw new DeepcastError(
+        `${bad.length} tensor(s) are ${kinds}, which the forward pass cannot dequantize (supported: ${ggmlQuantTypes().map((t) => t.name).join(", ")})`,
+        { file: this.description, tensor: bad[0]!.name });
+    }
+  }
+
+  /** The HF name's GGUF tensor(s), or null when the model has no such tensor. */
+  private resolve(name: string): Resolved | null {
+    let r = this.cache.get(name);
+    if (r !== undefined) return r;
+    r = null;
+    for (const rule of rules()) {
+      const m = rule.re.exec(name);
+      if (!m) continue;
+      const bid = m.groups?.bid;
+      if (rule.kind === "copy") {
+        const t = this.reader.tensor(fill(rule.gguf!, bid));
+        if (t) r = { kind: "copy", t, shape: [...t.ne].reverse() };
+      } else if (rule.kind === "stack") {
+        const t = this.reader.tensor(fill(rule.gguf!, bid));
+        const e = Number(m.groups!.xid);
+        if (t) {
+          if (t.ne.length !== 3) throw new DeepcastError(`stacked expert tensor has ${t.ne.length} dims, expected 3`, { file: this.description, tensor: t.name });
+          if (e < t.ne[2]!) r = { kind: "expert", t, e, shape: [t.ne[1]!, t.ne[0]!] };
+        }
+      } else {
+        const legacy = this.reader.tensor(fill(LEGACY_KV_B, bid));
+        const kb = this.reader.tensor(fill(rule.kB!, bid));
+        const vb = this.reader.tensor(fill(rule.vB!, bid));
+        if (legacy) r = { kind: "copy", t: legacy, shape: [...legacy.ne].reverse() };
+        else if (kb && vb) r = this.kvB(kb, vb);
+        else if (kb || vb) throw new DeepcastError(`${(kb ?? vb)!.name} has no ${kb ? "attn_v_b" : "attn_k_b"} partner`, { file: this.description, tensor: (kb ?? vb)!.name });
+      }
+      break;
+    }
+    this.cache.set(name, r);
+    return r;
+  }
+
+  private kvB(kb: GgufTensorInfo, vb: GgufTensorInfo): Resolved {
+    const [nope, kvr, nHead] = kb.ne as [number, number, number];
+    const [kvr2, v, nHead2] = vb.ne as [number, number, number];
+    if (kb.ne.length !== 3 || vb.ne.length !== 3 || kvr !== kvr2 || nHead !== nHead2) {
+      throw new DeepcastError(`attn_k_b ne [${kb.ne.join(", ")}] and attn_v_b ne [${vb.ne.join(", ")}] do not fit together ([nope, kv_lora, heads] and [kv_lora, v, heads])`, { file: this.description, tensor: kb.name });
+    }
+    return { kind: "kv_b", kb, vb, nHead, nope, v, kvr, shape: [nHead * (nope + v), kvr] };
+  }
+
+  private where(name: string): Resolved {
+    const r = this.resolve(name);
+    if (!r) throw new DeepcastError("tensor not found in the GGUF", { file: this.description, tensor: name });
+    return r;
+  }
+
+  has(name: string): boolean {
+    return this.resolve(name) !== null;
+  }
+
+  shape(name: string): readonly number[] {
+    return this.where(name).shape;
+  }
+
+  /** The HF names this GGUF provides (routed experts one by one, kv_b_proj for each attn_k_b/attn_v_b pair). */
+  hfNames(): string[] {
+    const out: string[] = [];
+    const byGguf = new Map<string, NameRule>();
+    for (const rule of rules()) {
+      if (rule.gguf) byGguf.set(rule.gguf, rule);
+      if (rule.kB) byGguf.set(rule.kB, rule);
+      if (rule.kind === "kv_b_split") byGguf.set(LEGACY_KV_B, rule);
+    }
+    const patterns = [...byGguf].map(([g, rule]) => ({ re: compile(g), rule, g }));
+    for (const t of this.reader.tensors) {
+      for (const { re, rule, g } of patterns) {
+        const m = re.exec(t.name);
+        if (!m) continue;
+        const bid = m.groups?.bid;
+        if (rule.kind === "stack") {
+          for (let e = 0; e < (t.ne[2] ?? 0); e++) out.push(fill(rule.hf, bid).replace("{xid}", String(e)));
+        } else if (rule.kind === "kv_b_split") {
+          if (g === LEGACY_KV_B || this.reader.tensor(fill(rule.vB!, bid))) out.push(fill(rule.hf, bid));
+        } else {
+          out.push(fill(rule.hf, bid));
+        }
+        break;
+      }
+    }
+    return out;
+  }
+
+  async read(name: string, start?: number, count?: number): Promise<Float32Array> {
+    const r = this.where(name);
+    const rows = r.shape[0] ?? 1;
+    const r0 = start ?? 0;
+    const n = count ?? rows - r0;
+    if (!Number.isInteger(r0) || !Number.isInteger(n) || r0 < 0 || n < 0 || r0 + n > rows) {
+      throw new DeepcastError(`rows ${r0}..${r0 + n} out of range for shape [${r.shape.join(", ")}]`, { file: this.description, tensor: name });
+    }
+    switch (r.kind) {
+      case "copy": {
+        const t = r.t;
+        if (t.ne.length === 1) {
+          // 1-D (norms, biases): small, read whole.
+          const all = await this.rows(t, 0, 1);
+          return r0 === 0 && n === rows ? all : all.slice(r0, r0 + n);
+        }
+        // HF row = one index of the outermost ggml dim = product(ne[1..-2]) ggml rows of ne0.
+        const per = t.ne.slice(1, -1).reduce((a, b) => a * b, 1);
+        return this.rows(t, r0 * per, n * per);
+      }
+      case "expert":
+        return this.rows(r.t, r.e * r.t.ne[1]! + r0, n);
+      case "kv_b":
+        return this.kvBRows(r, r0, n);
+    }
+  }
+
+  /** Dequantizes ggml rows [row0, row0+n) (rows of ne0 values) of `t`. */
+  private async rows(t: GgufTensorInfo, row0: number, n: number): Promise<Float32Array> {
+    const ne0 = t.ne[0]!;
+    const rb = rowBytes(t.type.id, ne0);
+    const bytes = new Uint8Array(n * rb);
+    await this.reader.read(t, row0 * rb, bytes);
+    return dequantizeRows(t.type.id, bytes, n, ne0, n * ne0 >= PARALLEL_MIN ? this.threads : 1);
+  }
+
+  /** Rows [r0, r0+n) of kv_b_proj [nHead*(nope+v), kvr], from the heads that hold them. */
+  private async kvBRows(r: Extract<Resolved, { kind: "kv_b" }>, r0: number, n: number): Promise<Float32Array> {
+    const { nope, v, kvr } = r;
+    const per = nope + v;
+    const out = new Float32Array(n * kvr);
+    if (n === 0) return out;
+    const h0 = Math.floor(r0 / per);
+    const h1 = Math.floor((r0 + n - 1) / per) + 1;
+    // k_b: per head kvr ggml rows of nope values; v_b: per head v ggml rows of kvr values.
+    const [kb, vb] = await Promise.all([this.rows(r.kb, h0 * kvr, (h1 - h0) * kvr), this.rows(r.vb, h0 * v, (h1 - h0) * v)]);
+    for (let row = r0; row < r0 + n; row++) {
+      const h = Math.floor(row / per) - h0;
+      const d = row % per;
+      const o = (row - r0) * kvr;
+      if (d < nope) {
+        const base = h * kvr * nope + d;
+        for (let c = 0; c < kvr; c++) out[o + c] = kb[base + c * nope]!;
+      } else {
+        const from = (h * v + (d - nope)) * kvr;
+        out.set(vb.subarray(from, from + kvr), o);
+      }
+    }
+    return out;
+  }
+
+  close(): Promise<void> {
+    return this.reader.close();
+  }
+}
+
+/**
+ * The model's hyper-parameters from `deepseek2.*` metadata, as the HF config.json keys
+ * convert_hf_to_gguf.py wrote them from, through parseModelConfig:
+ * head_count_kv is not used (1 under MLA); qk_nope = key_length_mla - rope.dimension_count and
+ * v_head = value_length_mla (legacy files without the *_mla keys: key_length / value_length);
+ * expert_weights_scale = routed_scaling_factor; expert_gating_func 1 softmax / 2 sigmoid (absent:
+ * softmax, as llama.cpp assumes); leading_dense_block_count = first_k_dense_replace (absent: 0 with
+ * experts); yarn_log_multiplier = 0.1 * mscale_all_dim; the vocabulary is token_embd's row count.
+ */
+export function ggufModelConfig(reader: GgufReader): ModelConfig {
+  const file = reader.path;
+  const bad = (msg: string) => new DeepcastError(msg, { file });
+  const arch = reader.value("general.architecture");
+  if (arch !== ARCH) throw bad(`GGUF architecture is ${JSON.stringify(arch)}, expected "${ARCH}" (DeepSeek-V2/V3)`);
+  const get = (key: string): number | undefined => {
+    const v = reader.value(`${ARCH}.${key}`);
+    if (v === undefined) return undefined;
+    if (typeof v === "bigint") return Number(v);
+    if (typeof v !== "number") throw bad(`GGUF metadata ${ARCH}.${key} is ${JSON.stringify(v)}, expected a number`);
+    return v;
+  };
+  const need = (key: string): number => {
+    const v = get(key);
+    if (v === undefined) throw bad(`GGUF metadata has no ${ARCH}.${key}`);
+    return v;
+  };
+  const getF = (key: string) => {
+    const v = get(key);
+    return v === undefined ? undefined : f32Decimal(v);
+  };
+  const embd = reader.tensor("token_embd.weight");
+  if (!embd || embd.ne.length !== 2) throw bad("GGUF has no 2-D token_embd.weight");
+  const rope = need("rope.dimension_count");
+  const keyMla = get("attention.key_length_mla");
+  const valueMla = get("attention.value_length_mla");
+  const nope = keyMla !== undefined ? keyMla - rope : need("attention.key_length") - rope;
+  const vHead = valueMla ?? need("attention.value_length");
+  const nExpert = get("expert_count") ?? 0;
+  const gating = get("expert_gating_func");
+  const scoring = gating === undefined || gating === 1 ? "softmax" : gating === 2 ? "sigmoid" : undefined;
+  if (scoring === undefined) throw bad(`${ARCH}.expert_gating_func ${gating} is not supported (1 softmax, 2 sigmoid)`);
+  const normKv = reader.value(`${ARCH}.expert_weights_norm`);
+  const raw: Record<string, unknown> = {
+    model_type: "deepseek_v3",
+    vocab_size: embd.ne[1],
+    hidden_size: need("embedding_length"),
+    intermediate_size: need("feed_forward_length"),
+    moe_intermediate_size: get("expert_feed_forward_length") ?? need("feed_forward_length"),
+    num_hidden_layers: need("block_count"),
+    first_k_dense_replace: get("leading_dense_block_count") ?? (nExpert > 0 ? 0 : need("block_count")),
+    num_attention_heads: need("attention.head_count"),
+    n_routed_experts: nExpert,
+    n_shared_experts: get("expert_shared_count") ?? 0,
+    num_experts_per_tok: get("expert_used_count") ?? 0,
+    n_group: get("expert_group_count") ?? 1,
+    topk_group: get("expert_group_used_count") ?? 1,
+    scoring_func: scoring,
+    // not stored; the selection bias tensors are what noaux_tc adds
+    topk_method: reader.tensors.some((t) => t.name.endsWith(".exp_probs_b.bias")) ? "noaux_tc" : "greedy",
+    norm_topk_prob: normKv === true,
+    routed_scaling_factor: getF("expert_weights_scale") ?? 1,
+    q_lora_rank: get("attention.q_lora_rank") ?? 0,
+    kv_lora_rank: need("attention.kv_lora_rank"),
+    qk_nope_head_dim: nope,
+    qk_rope_head_dim: rope,
+    v_head_dim: vHead,
+    rope_theta: getF("rope.freq_base") ?? 10000,
+    rms_norm_eps: getF("attention.layer_norm_rms_epsilon") ?? 1e-6,
+    max_position_embeddings: need("context_length"),
+    num_nextn_predict_layers: get("nextn_predict_layers") ?? 0,
+    tie_word_embeddings: reader.tensor("output.weight") === undefined,
+  };
+  const bos = reader.value("tokenizer.ggml.bos_token_id");
+  const eos = reader.value("tokenizer.ggml.eos_token_id");
+  if (typeof bos === "number") raw.bos_token_id = bos;
+  if (typeof eos === "number") raw.eos_token_id = eos;
+  const scaling = reader.value(`${ARCH}.rope.scaling.type`);
+  if (scaling !== undefined && scaling !== "none") {
+    if (scaling !== "yarn") throw bad(`${ARCH}.rope.scaling.type ${JSON.stringify(scaling)} is not supported (DeepSeek-V3 uses yarn)`);
+    const logMul = getF("rope.scaling.yarn_log_multiplier");
+    // llama.cpp divides it by 0.1 again on load; 12 digits drop the binary noise of the division.
+    const mscaleAllDim = logMul === undefined ? 0 : Number((logMul / 0.1).toPrecision(12));
+    const rs: Record<string, unknown> = {
+      type: "yarn",
+      factor: getF("rope.scaling.factor") ?? 1,
+      original_max_position_embeddings: need("rope.scaling.original_context_length"),
+      mscale: mscaleAllDim,
+      mscale_all_dim: mscaleAllDim,
+    };
+    const bf = getF("rope.scaling.yarn_beta_fast");
+    const bs = getF("rope.scaling.yarn_beta_slow");
+    if (bf !== undefined) rs.beta_fast = bf;
+    if (bs !== undefined) rs.beta_slow = bs;
+    raw.rope_scaling = rs;
+  }
+  try {
+    return parseModelConfig(raw);
+  } catch (e) {
+    if (e instanceof DeepcastError) throw bad(`GGUF metadata: ${e.message.replace(/^config\.json: /, "").replace(/ \(file config\.json\)$/, "")}`);
+    throw e;
+  }
+}
