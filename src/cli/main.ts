@@ -4,6 +4,7 @@ import { DeepcastError } from "../errors.js";
 import * as fp8ToBf16 from "./fp8-to-bf16.js";
 import * as toDemo from "./to-demo.js";
 import * as toGguf from "./to-gguf.js";
+import * as validate from "./validate.js";
 
 export async function main(argv: string[]): Promise<void> {
   await yargs(argv)
@@ -12,6 +13,7 @@ export async function main(argv: string[]): Promise<void> {
     .command(fp8ToBf16)
     .command(toDemo)
     .command(toGguf)
+    .command(validate)
     .demandCommand(1, "Choose a command (see --help)")
     .strict()
     .help()
