@@ -121,7 +121,7 @@ function big(v: bigint): number | bigint {
 async function readString(c: Cursor, what: string): Promise<string> {
   await c.need(8, what);
   const n = c.u64();
-  if (n > BigInt(c.size - c.pos)) throw new DeepcastError(`corrupt GGUF header: ${what} claims ${n} bytes at offset ${c.pos - 8}, past the end of the file`, { file: c.path });
+  if (n > BigInt(c.size - c.pos)) throw new DeepcastError(`truncated or corrupt GGUF header: ${what} claims ${n} bytes at offset ${c.pos - 8}, past the end of the file`, { file: c.path });
   await c.need(Number(n), what);
   return c.utf8(Number(n));
 }
@@ -161,7 +161,7 @@ async function readKv(c: Cursor): Promise<GgufKV> {
   await c.need(8, `metadata ${key}`);
   const n = c.u64();
   if (n * BigInt(SCALAR_SIZE[et]) > BigInt(c.size - c.pos)) {
-    throw new DeepcastError(`corrupt GGUF header: metadata ${key} claims ${n} elements, past the end of the file`, { file: c.path });
+    throw new DeepcastError(`truncated or corrupt GGUF header: metadata ${key} claims ${n} elements, past the end of the file`, { file: c.path });
   }
   const count = Number(n);
   const value: GgufScalar[] = new Array(count);

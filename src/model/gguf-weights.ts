@@ -70,6 +70,12 @@ function rules(): NameRule[] {
   return rulesCache;
 }
 
+/** ne as 3 dims (trailing 1-dims dropped by llama-quantize put back); more than 3 is an error. */
+function dims3(t: GgufTensorInfo): [number, number, number] {
+  if (t.ne.length > 3) throw new DeepcastError(`tensor has ${t.ne.length} dims, expected at most 3`, { tensor: t.name });
+  return [t.ne[0]!, t.ne[1] ?? 1, t.ne[2] ?? 1];
+}
+
 const fill = (template: string, bid: string | undefined) => (bid === undefined ? template : template.replace(/\{bid\}/g, bid));
 
 /** The shortest decimal that rounds to the same float32 (a float32 metadata value as it was written). */
@@ -138,8 +144,9 @@ export class GgufWeightSource implements WeightSource {
         const t = this.reader.tensor(fill(rule.gguf!, bid));
         const e = Number(m.groups!.xid);
         if (t) {
-          if (t.ne.length !== 3) throw new DeepcastError(`stacked expert tensor has ${t.ne.length} dims, expected 3`, { file: this.description, tensor: t.name });
-          if (e < t.ne[2]!) r = { kind: "expert", t, e, shape: [t.ne[1]!, t.ne[0]!] };
+          // llama-quantize drops trailing 1-dims: one expert is stored [in, out].
+          const [ne0, ne1, ne2] = dims3(t);
+          if (e < ne2) r = { kind: "expert", t, e, shape: [ne1, ne0] };
         }
       } else {
         const legacy = this.reader.tensor(fill(LEGACY_KV_B, bid));
@@ -156,9 +163,9 @@ export class GgufWeightSource implements WeightSource {
   }
 
   private kvB(kb: GgufTensorInfo, vb: GgufTensorInfo): Resolved {
-    const [nope, kvr, nHead] = kb.ne as [number, number, number];
-    const [kvr2, v, nHead2] = vb.ne as [number, number, number];
-    if (kb.ne.length !== 3 || vb.ne.length !== 3 || kvr !== kvr2 || nHead !== nHead2) {
+    const [nope, kvr, nHead] = dims3(kb);
+    const [kvr2, v, nHead2] = dims3(vb);
+    if (kvr !== kvr2 || nHead !== nHead2) {
       throw new DeepcastError(`attn_k_b ne [${kb.ne.join(", ")}] and attn_v_b ne [${vb.ne.join(", ")}] do not fit together ([nope, kv_lora, heads] and [kv_lora, v, heads])`, { file: this.description, tensor: kb.name });
     }
     return { kind: "kv_b", kb, vb, nHead, nope, v, kvr, shape: [nHead * (nope + v), kvr] };
@@ -172,6 +179,16 @@ export class GgufWeightSource implements WeightSource {
 
   has(name: string): boolean {
     return this.resolve(name) !== null;
+  }
+
+  /**
+   * The GGUF tensor(s) an HF name is read from (with their ggml types): one tensor, the stacked
+   * tensor of a routed expert (and its index), or attn_k_b and attn_v_b for kv_b_proj.
+   */
+  ggufTensors(name: string): { tensors: GgufTensorInfo[]; expert?: number } {
+    const r = this.where(name);
+    if (r.kind === "kv_b") return { tensors: [r.kb, r.vb] };
+    return r.kind === "expert" ? { tensors: [r.t], expert: r.e } : { tensors: [r.t] };
   }
 
   shape(name: string): readonly number[] {
@@ -194,7 +211,7 @@ export class GgufWeightSource implements WeightSource {
         if (!m) continue;
         const bid = m.groups?.bid;
         if (rule.kind === "stack") {
-          for (let e = 0; e < (t.ne[2] ?? 0); e++) out.push(fill(rule.hf, bid).replace("{xid}", String(e)));
+          for (let e = 0; e < dims3(t)[2]; e++) out.push(fill(rule.hf, bid).replace("{xid}", String(e)));
         } else if (rule.kind === "kv_b_split") {
           if (g === LEGACY_KV_B || this.reader.tensor(fill(rule.vB!, bid))) out.push(fill(rule.hf, bid));
         } else {
@@ -227,7 +244,7 @@ export class GgufWeightSource implements WeightSource {
         return this.rows(t, r0 * per, n * per);
       }
       case "expert":
-        return this.rows(r.t, r.e * r.t.ne[1]! + r0, n);
+        return this.rows(r.t, r.e * r.shape[0]! + r0, n);
       case "kv_b":
         return this.kvBRows(r, r0, n);
     }
