@@ -96,6 +96,40 @@ async function track<T extends WeightSource>(p: Promise<T>): Promise<T> {
   return s;
 }
 
+/**
+ * Every forward tensor of a quantized GGUF is ggml's dequantization of the blocks the BF16-rounded
+ * HF values quantize to (its own ggml type, no imatrix; F32 tensors exact). Returns the type of
+ * every GGUF tensor read, by GGUF name.
+ */
+async function expectQuantRoundTrip(g: GgufWeightSource): Promise<Record<string, string>> {
+  const types: Record<string, string> = {};
+  const roundTrip = (type: string, v: Float32Array, ne0: number) => dequantizeRows(type, quantizeRows(type, v, v.length / ne0, ne0), v.length / ne0, ne0);
+  for (const n of names) {
+    const { tensors } = g.ggufTensors(n);
+    for (const t of tensors) types[t.name] = t.type.name;
+    const [got, ref] = await Promise.all([g.read(n), hf.read(n)]);
+    if (tensors.length === 2) {
+      // kv_b_proj: split both the same way; each half is the round trip of the HF half at its ggml row length.
+      const d = { nHead: 4, qkNope: 32, vHead: 32, kvLora: 128 };
+      for (const [part, t] of [["k_b", tensors[0]!], ["v_b", tensors[1]!]] as const) {
+        const want = roundTrip(t.type.name, kvBSplit(ref, part, d), t.ne[0]!);
+        if (!sameBits(kvBSplit(got, part, d), want)) expect.fail(`${n} ${part} (${t.type.name}): differs`);
+      }
+    } else {
+      const t = tensors[0]!;
+      const want = t.type.name === "F32" ? ref : roundTrip(t.type.name, ref, t.ne[0]!);
+      if (!sameBits(got, want)) expect.fail(`${n} (${t.type.name}): differs`);
+    }
+  }
+  return types;
+}
+
+/** Tensor types of llama.cpp's llama-quantize output for the fixture, by name. */
+async function llamaTypes(mix: string): Promise<Record<string, string>> {
+  const l = JSON.parse(await readFile(join(ROOT, "fixtures", "llama-cpp-tiny-dsv3", `tiny-dsv3-${mix}.listing.json`), "utf8")) as { tensors: { name: string; type: string }[] };
+  return Object.fromEntries(l.tensors.map((t) => [t.name, t.type]));
+}
+
 const paths: Record<string, string> = {};
 beforeAll(async () => {
   dir = await tempDir("deepcast-weights-");
@@ -104,6 +138,7 @@ beforeAll(async () => {
   names = forwardTensorNames(hf.config, (n) => hf.has(n));
   paths.bf16 = (await makeGguf(join(dir, "bf16", "tiny.gguf"), "BF16"))[0]!;
   paths.q8 = (await makeGguf(join(dir, "q8", "tiny.gguf"), "Q8_0"))[0]!;
+  paths.q4 = (await makeGguf(join(dir, "q4", "tiny.gguf"), "Q4_K_M"))[0]!;
   const nTensors = (await readGgufHeader(paths.bf16)).tensors.length;
   const files = await makeGguf(join(dir, "split", "tiny.gguf"), "BF16", { maxTensors: Math.ceil(nTensors / 3) });
   expect(files).toHaveLength(3);
@@ -173,29 +208,8 @@ describe("GgufWeightSource", () => {
   it("Q8_0 GGUF: each tensor is ggml's dequantization of its Q8_0 blocks (= quantize then dequantize the BF16 values); F32 ones exact", async () => {
     const g = await track(GgufWeightSource.open(paths.q8!, { threads: THREADS }));
     expect(forwardFields(g.config)).toEqual(forwardFields(hf.config));
-    const seen = new Map<string, number>();
-    const roundTrip = (type: string, v: Float32Array, ne0: number) => dequantizeRows(type, quantizeRows(type, v, v.length / ne0, ne0), v.length / ne0, ne0);
-    for (const n of names) {
-      const { tensors } = g.ggufTensors(n);
-      const type = tensors[0]!.type.name;
-      seen.set(type, (seen.get(type) ?? 0) + 1);
-      const [got, ref] = await Promise.all([g.read(n), hf.read(n)]);
-      if (type === "F32") {
-        if (!sameBits(got, ref)) expect.fail(`${n}: F32 differs`);
-      } else if (tensors.length === 2) {
-        // kv_b_proj: split both the same way; each half is the round trip of the HF half at its ggml row length.
-        const d = { nHead: 4, qkNope: 32, vHead: 32, kvLora: 128 };
-        for (const [part, t] of [["k_b", tensors[0]!], ["v_b", tensors[1]!]] as const) {
-          const want = roundTrip(t.type.name, kvBSplit(ref, part, d), t.ne[0]!);
-          if (!sameBits(kvBSplit(got, part, d), want)) expect.fail(`${n} ${part}: differs`);
-        }
-      } else {
-        const want = roundTrip(type, ref, tensors[0]!.ne[0]!);
-        if (!sameBits(got, want)) expect.fail(`${n}: differs from the ${type} round trip`);
-      }
-    }
-    expect(seen.get("Q8_0")).toBeGreaterThan(150);
-    expect(seen.has("F32")).toBe(true);
+    // every tensor of the file was read, with the types llama-quantize gives them (47 Q8_0, 23 F32)
+    expect(await expectQuantRoundTrip(g)).toEqual(await llamaTypes("Q8_0"));
 
     // Spot checks straight from the file's bytes: expert 5 of a stacked tensor and a row range.
     const reader = await GgufReader.open(paths.q8!);
@@ -212,6 +226,12 @@ describe("GgufWeightSource", () => {
     } finally {
       await reader.close();
     }
+  });
+
+  it("Q4_K_M GGUF (K-quants, with attn_k_b's fallback type): each tensor is the round trip of its ggml type", async () => {
+    const g = await track(GgufWeightSource.open(paths.q4!, { threads: THREADS }));
+    // 26 Q4_K, 5 Q6_K, 16 Q5_0 (attn_k_b/attn_v_b rows of 32/128 are not whole 256-blocks), 23 F32
+    expect(await expectQuantRoundTrip(g)).toEqual(await llamaTypes("Q4_K_M"));
   });
 
   it("a 3-file split GGUF reads the same as the single file (opened from any of its files); a missing part is named", async () => {
