@@ -13,7 +13,7 @@ import { kvBSplit } from "../src/convert/gguf-plan.js";
 import { planToDemo, runToDemo, type DemoDtype } from "../src/convert/to-demo.js";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { loadCheckpoint } from "../src/io/checkpoint.js";
-import { GgufType } from "../src/io/gguf.js";
+import { GgufType, GgufWriter, kv, planGgufLayout } from "../src/io/gguf.js";
 import { GgufReader, readGgufHeader } from "../src/io/gguf-reader.js";
 import { LocalSource } from "../src/io/source.js";
 import type { ModelConfig } from "../src/model/config.js";
@@ -249,6 +249,44 @@ describe("GgufWeightSource", () => {
     await mkdir(lone);
     for (const f of split.reader.files.slice(0, 2)) await copyFile(f.path, join(lone, f.path.split("/").pop()!));
     await expect(GgufWeightSource.open(join(lone, "tiny-00001-of-00003.gguf"))).rejects.toThrow(/GGUF file not found.*tiny-00003-of-00003\.gguf/);
+  });
+
+  it("a legacy GGUF (unsplit attn_kv_b, key_length = nope + rope, no *_mla keys) reads the same", async () => {
+    // Rewrite our BF16 file the way pre-MLA-split converters (llama.cpp b4747) laid it out.
+    const r = await GgufReader.open(paths.bf16!);
+    const path = join(dir, "legacy.gguf");
+    try {
+      const A = "deepseek2.attention.";
+      const kvs = r.kvs
+        .filter((k) => !k.key.endsWith("_mla"))
+        .map((k) => (k.key === `${A}key_length` ? kv.u32(k.key, 48) : k.key === `${A}value_length` ? kv.u32(k.key, 32) : k.key === `${A}head_count_kv` ? kv.u32(k.key, 4) : k));
+      const specs = r.tensors.filter((t) => !t.name.endsWith("attn_v_b.weight"))
+        .map((t) => (t.name.endsWith("attn_k_b.weight") ? { name: t.name.replace("attn_k_b", "attn_kv_b"), ne: [128, 256], type: t.type } : { name: t.name, ne: t.ne, type: t.type }));
+      const w = await GgufWriter.create(planGgufLayout(path, kvs, specs));
+      for (const spec of specs) {
+        const m = /^blk\.(\d+)\.attn_kv_b\.weight$/.exec(spec.name);
+        if (m) {
+          const v = await hf.read(`model.layers.${m[1]}.self_attn.kv_b_proj.weight`);
+          const h = new Uint16Array(v.length);
+          kernels().f32ToBf16(v, h, 1);
+          await w.append(spec.name, new Uint8Array(h.buffer));
+        } else {
+          const t = r.tensor(spec.name)!;
+          const bytes = new Uint8Array(t.nbytes);
+          await r.read(t, 0, bytes);
+          await w.append(spec.name, bytes);
+        }
+      }
+      await w.commit();
+    } finally {
+      await r.close();
+    }
+    const g = await track(GgufWeightSource.open(path, { threads: THREADS }));
+    expect(forwardFields(g.config)).toEqual(forwardFields(hf.config));
+    expect(g.ggufTensors("model.layers.3.self_attn.kv_b_proj.weight").tensors.map((t) => t.name)).toEqual(["blk.3.attn_kv_b.weight"]);
+    expect([...g.hfNames()].sort()).toEqual([...names].sort());
+    await expectSameWeights(g, hf, names);
+    await expectSameRanges(g, hf);
   });
 
   it("rejects what is not a usable GGUF with a clear message", async () => {
