@@ -5,8 +5,8 @@
  * splits, experts out of range), and the demo's ModelArgs config derived from the HF config.json.
  * Planned from the headers alone; nothing is read from the tensor data here.
  */
-import { readFileSync } from "node:fs";
 import { DeepcastError } from "../errors.js";
+import { readFormat } from "../formats.js";
 import { locate, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
@@ -28,11 +28,9 @@ interface DemoNamesFormat {
   modelArgs: { demo: string; hf: string; default?: number | string }[];
 }
 
-let formatCache: DemoNamesFormat | undefined;
 
 export function demoNamesFormat(): DemoNamesFormat {
-  formatCache ??= JSON.parse(readFileSync(new URL("../../formats/demo-names.json", import.meta.url), "utf8")) as DemoNamesFormat;
-  return formatCache;
+  return readFormat<DemoNamesFormat>("demo-names.json");
 }
 
 // ---------------------------------------------------------------------------------------------

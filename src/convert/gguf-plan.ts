@@ -13,8 +13,8 @@
  *  - "stack": expert e of the output is the contiguous slab e (HF tensor `experts[e]`, row-major);
  *  - "kv_b": see `kvBSplit`.
  */
-import { readFileSync } from "node:fs";
 import { DeepcastError } from "../errors.js";
+import { readFormat } from "../formats.js";
 import type { Dtype } from "../io/dtypes.js";
 import { ggmlType, kv, setKvInPlace, setKvLast, type GgmlTypeInfo, type GgufKV } from "../io/gguf.js";
 import type { CheckpointSource } from "../io/source.js";
@@ -129,11 +129,9 @@ interface Deepseek2Format {
   f32: { nameEndsWith: string[]; names: string[]; unlessEndsWith: string[] };
 }
 
-let formatCache: Deepseek2Format | undefined;
 
 export function deepseek2Format(): Deepseek2Format {
-  formatCache ??= JSON.parse(readFileSync(new URL("../../formats/deepseek2-gguf.json", import.meta.url), "utf8")) as Deepseek2Format;
-  return formatCache;
+  return readFormat<Deepseek2Format>("deepseek2-gguf.json");
 }
 
 interface CompiledEntry extends MapEntry {

@@ -9,11 +9,9 @@
  *
  * The type table is formats/ggml-types.json.
  */
-import { existsSync, readFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 
 import { DeepcastError } from "../errors.js";
+import { readFormat } from "../formats.js";
 import { kernels } from "./kernels.js";
 import { loadNative, type NativeAddon } from "./native.js";
 
@@ -41,23 +39,13 @@ interface NativeGgml {
   ggmlDequantize(type: number, src: Uint8Array, rows: number, nPerRow: number, dst: Float32Array, threads: number): number;
 }
 
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, "package.json"))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error("deepcast: package.json not found above " + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-  return dir;
-}
-
 let table: readonly GgmlQuantType[] | undefined;
 
 /** Every type this module quantizes, from formats/ggml-types.json. */
 export function ggmlQuantTypes(): readonly GgmlQuantType[] {
   if (!table) {
-    const json = JSON.parse(readFileSync(join(packageRoot(), "formats", "ggml-types.json"), "utf8")) as { types: GgmlQuantType[] };
-    table = Object.freeze(json.types.map((t) => Object.freeze({ ...t })));
+    const json = readFormat<{ types: (GgmlQuantType & { quantizer: boolean })[] }>("ggml-types.json");
+    table = Object.freeze(json.types.filter((t) => t.quantizer).map(({ quantizer: _, ...t }) => Object.freeze(t)));
   }
   return table;
 }

@@ -8,8 +8,8 @@
  * are not quantizable keep that input type. Decisions depend on processing order (running counters),
  * so tensors are processed — and returned — in llama-quantize's order (see `compareQuantizeOrder`).
  */
-import { readFileSync } from "node:fs";
 import { DeepcastError } from "../errors.js";
+import { readFormat } from "../formats.js";
 import { ggmlNDims, ggmlType, type GgmlTypeInfo } from "../io/gguf.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -44,12 +44,10 @@ interface MixesJson {
   rules: Record<string, RuleSet>;
 }
 
-let mixesCache: MixesJson | undefined;
 
 /** The parsed formats/quant-mixes.json (found next to src/ and dist/ alike). */
 export function quantMixes(): MixesJson {
-  mixesCache ??= JSON.parse(readFileSync(new URL("../../formats/quant-mixes.json", import.meta.url), "utf8")) as MixesJson;
-  return mixesCache;
+  return readFormat<MixesJson>("quant-mixes.json");
 }
 
 // ---------------------------------------------------------------------------------------------

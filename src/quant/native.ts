@@ -5,8 +5,8 @@
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
+import { PACKAGE_ROOT } from "../formats.js";
 
 type View = ArrayBufferView;
 
@@ -23,16 +23,6 @@ export interface NativeAddon {
   [kernel: string]: unknown;
 }
 
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, "package.json"))) {
-    const up = dirname(dir);
-    if (up === dir) throw new Error("deepcast: package.json not found above " + fileURLToPath(import.meta.url));
-    dir = up;
-  }
-  return dir;
-}
-
 let cached: NativeAddon | null | undefined;
 
 /** The addon, or null when it is not built or disabled with DEEPCAST_NATIVE=0. */
@@ -40,7 +30,7 @@ export function loadNative(): NativeAddon | null {
   if (cached !== undefined) return cached;
   cached = null;
   if (process.env.DEEPCAST_NATIVE === "0") return cached;
-  const path = join(packageRoot(), "build", "Release", "deepcast_native.node");
+  const path = join(PACKAGE_ROOT, "build", "Release", "deepcast_native.node");
   if (!existsSync(path)) return cached;
   cached = createRequire(import.meta.url)(path) as NativeAddon;
   return cached;
