@@ -269,6 +269,25 @@ describe("deepcast validate (CLI)", () => {
     expect(again.stderr).toMatch(/exists: use --force.*logits\.bin/);
   });
 
+  it("a GGUF candidate (Q8_0 from to-gguf) against the FP8 original: tokenizer from the reference, small positive KLD", async () => {
+    const d = await tempDir();
+    const gguf = join(d, "tiny-Q8_0.gguf");
+    const c = deepcast("to-gguf", FIXTURE, "-q", "Q8_0", "-o", gguf, "--threads", String(THREADS));
+    expect(c.code, c.stderr).toBe(0);
+    const lone = deepcast("validate", gguf, "--text", EVAL_TEXT);
+    expect(lone.code).toBe(1);
+    expect(lone.stderr).toMatch(/no tokenizer\.json beside the candidate: give --tokenizer DIR.*tiny-Q8_0\.gguf/);
+    const r = deepcast("validate", gguf, "--reference", FIXTURE, "--text", EVAL_TEXT, "--protocol", "windows", "--chunks", "4", "--json", "--threads", String(THREADS));
+    expect(r.code, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    expect(j.tokenizer).toBe(join(FIXTURE, "tokenizer.json"));
+    expect(j.kld.tokens).toBe(1024);
+    expect(j.kld.meanKld.value).toBeGreaterThan(1e-6);
+    expect(j.kld.meanKld.value).toBeLessThan(5e-3);
+    expect(j.kld.sameTopPPercent.value).toBeGreaterThan(95);
+    j.sequenceNllBase.forEach((s: number, i: number) => expect(rel(s, pplGolden.window_nll_sums_modelpy_fp8[i]!)).toBeLessThan(2e-5));
+  });
+
   it("clear errors: no input, unreadable files, no tokenizer beside the candidate, text too short for the protocol", async () => {
     expect(deepcast("validate", FIXTURE).stderr).toMatch(/--text FILE or its token ids with --tokens/);
     expect(deepcast("validate", FIXTURE, "--text", "/nonexistent/eval.txt").stderr).toMatch(/cannot read the text.*\/nonexistent\/eval\.txt/);

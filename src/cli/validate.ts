@@ -4,12 +4,12 @@ import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { freeBytes } from "../convert/run-state.js";
 import { DeepcastError } from "../errors.js";
-import { openSource } from "../io/open-source.js";
 import { findTokenizerDir, hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
 import {
   DEFAULT_CTX, defaultBatchSequences, formatKldSummary, LogitsFileWriter, planProtocol, PROTOCOLS, validate, type Protocol,
 } from "../model/validate.js";
-import { HfWeightSource, type WeightSource } from "../model/weights.js";
+import { openWeights } from "../model/open-weights.js";
+import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
 import { printResult, runFacts, selectKernels, withCommonOptions } from "./common.js";
 
@@ -41,8 +41,8 @@ export const EPILOGUE = [
 export function builder(y: Argv) {
   return withCommonOptions(
     y
-      .positional("candidate", { type: "string", demandOption: true, describe: "The model to evaluate: HF checkpoint folder or repo id (GGUF and demo shards once open-weights lands)" })
-      .option("reference", { type: "string", describe: "The original model to compare with (KL divergence, same top, Δp)" })
+      .positional("candidate", { type: "string", demandOption: true, describe: "The model to evaluate: .gguf file (any split), demo-shard folder, HF checkpoint folder or repo id" })
+      .option("reference", { type: "string", describe: "The original model to compare with (KL divergence, same top, Δp); same forms as the candidate" })
       .option("text", { type: "string", describe: "Evaluation text file (UTF-8), tokenized with the model's tokenizer.json" })
       .option("tokens", { type: "string", describe: "Evaluation token ids instead of --text: JSON array, or object with an \"ids\" array (no BOS)" })
       .option("tokenizer", { type: "string", describe: "Folder with tokenizer.json (+ tokenizer_config.json); default: beside the candidate, else the reference" })
@@ -56,16 +56,6 @@ export function builder(y: Argv) {
 }
 
 type Args = ArgumentsCamelCase<ReturnType<typeof builder> extends Argv<infer T> ? T : never>;
-
-/**
- * Opens a model for the forward pass: an HF checkpoint folder or repo id.
- * TODO: replace with openWeights (src/model/open-weights.ts: HF / GGUF / demo shards) when it lands.
- */
-async function openModel(spec: string, opts: { threads: number; revision: string }): Promise<WeightSource> {
-  const s = await stat(spec).catch(() => null);
-  if (s?.isFile()) throw new DeepcastError("single-file models (GGUF) are not supported yet: give a checkpoint folder", { file: spec });
-  return HfWeightSource.open(await openSource(spec, { revision: opts.revision }), { threads: opts.threads });
-}
 
 async function readText(file: string): Promise<string> {
   try {
@@ -97,9 +87,9 @@ export async function handler(argv: Args): Promise<void> {
     process.exit(130);
   };
   try {
-    const candidate = await openModel(argv.candidate, { threads, revision: argv.revision });
+    const candidate = await openWeights(argv.candidate, { threads, revision: argv.revision });
     opened.push(candidate);
-    const reference = argv.reference ? await openModel(argv.reference, { threads, revision: argv.revision }) : null;
+    const reference = argv.reference ? await openWeights(argv.reference, { threads, revision: argv.revision }) : null;
     if (reference) opened.push(reference);
     const vocab = candidate.config.vocabSize;
     if (reference && reference.config.vocabSize !== vocab) {
