@@ -58,4 +58,6 @@ if ls -A "$work/resumed" | grep -q "\.partial$"; then echo "FAIL: temporary file
 echo "resumed ${resumed} shard(s); output byte-identical to the uninterrupted run"
 echo "== e2e 3: reference forward pass, full eval perplexity vs DeepSeek's model.py"
 npx tsx test/e2e/forward-ppl.ts --threads 2
+echo "== e2e 4: CI validation job: every main GGUF type against the FP8 original, within bands"
+npx tsx test/e2e/validate-quants.ts --threads 2 2>/dev/null
 echo "e2e: all passed"
