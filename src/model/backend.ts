@@ -1,0 +1,115 @@
+/**
+ * Where the forward pass's matmuls run: on the CPU (the native or TypeScript kernels of ops.ts)
+ * or on an NVIDIA GPU through build/cuda/libdeepcast_cuda.so (native/cuda/, built by
+ * `bash native/cuda/build.sh`), which the addon opens with dlopen at run time.
+ *
+ *   const ops = selectBackend("auto");             // CUDA when usable, else the CPU ops
+ *   if (ops.reason) console.warn(`CPU backend: ${ops.reason}`);
+ *   await forward(src, sequences, { ops });
+ *
+ * Only matmul moves to the GPU: x and W are uploaded on every call (the forward streams one
+ * layer's weights at a time and uses each once) and y comes back before the call returns, so the
+ * rest of the pass (attention, SwiGLU, norms, routing) is unchanged and stays on the CPU.
+ */
+import { join } from "node:path";
+import { DeepcastError } from "../errors.js";
+import { PACKAGE_ROOT } from "../formats.js";
+import { loadNative } from "../quant/native.js";
+import { forwardOps, type ForwardOps } from "./ops.js";
+
+type View = ArrayBufferView;
+
+/** The CUDA loader's exports (native/src/cuda_loader.cc). */
+export interface CudaNative {
+  /** null on success, else why CUDA cannot be used ("no CUDA device: ...", "cannot load ..."). */
+  cudaInit(libPath: string, device?: number): string | null;
+  cudaAvailable(): boolean;
+  /** "NVIDIA H200, sm_90, 132 SMs, ..." once cudaInit succeeded, else null. */
+  cudaDeviceInfo(): string | null;
+  /** y[t*ldy + o] = sum_i x[t*in + i] * w[o*in + i], on the GPU, float32 accumulation. */
+  cudaMatmul(x: View, w: View, y: View, tokens: number, inDim: number, outDim: number, ldy?: number): void;
+  /** Upload (x and W), kernel and download times of the last cudaMatmul (CUDA events), or null. */
+  cudaLastTimes(): { uploadMs: number; kernelMs: number; downloadMs: number } | null;
+  /** Frees the GPU buffers kept between calls. */
+  cudaRelease(): void;
+}
+
+export type BackendKind = "cpu" | "cuda" | "auto";
+
+/** ForwardOps with where its matmul runs; pass it as `forward(..., { ops })`. */
+export interface BackendOps extends ForwardOps {
+  /** Where matmul runs. */
+  readonly device: "cpu" | "cuda";
+  /** Why the CPU was chosen although CUDA was asked for ("cuda" or "auto"); null otherwise. */
+  readonly reason: string | null;
+  /** The GPU, when device is "cuda". */
+  readonly deviceInfo: string | null;
+}
+
+export interface SelectBackendOptions {
+  /** The CUDA library (default: $DEEPCAST_CUDA_LIB, else build/cuda/libdeepcast_cuda.so). */
+  libPath?: string;
+  /** CUDA device index (default 0). */
+  device?: number;
+  /** Throw instead of falling back to the CPU when CUDA was asked for and is unusable. */
+  required?: boolean;
+  /** The CPU ops used for everything but CUDA matmuls, and as the fallback (default: forwardOps()). */
+  cpu?: ForwardOps;
+}
+
+/** Where selectBackend looks for libdeepcast_cuda.so. */
+export function cudaLibraryPath(): string {
+  return process.env.DEEPCAST_CUDA_LIB || join(PACKAGE_ROOT, "build", "cuda", "libdeepcast_cuda.so");
+}
+
+/** The addon's CUDA loader, or the reason it is not there. */
+export function cudaNative(): { native: CudaNative } | { reason: string } {
+  const n = loadNative() as unknown as Partial<CudaNative> | null;
+  if (!n) return { reason: "the native addon is not built (or DEEPCAST_NATIVE=0); it holds the CUDA loader" };
+  if (typeof n.cudaInit !== "function" || typeof n.cudaMatmul !== "function") {
+    return { reason: "the native addon predates the CUDA loader: rebuild it (npm run build)" };
+  }
+  return { native: n as CudaNative };
+}
+
+function withDevice(ops: ForwardOps, device: "cpu" | "cuda", reason: string | null, deviceInfo: string | null): BackendOps {
+  return {
+    backend: ops.backend,
+    device,
+    reason,
+    deviceInfo,
+    matmul: (x, w, y, tokens, inDim, outDim, threads, ldy) => ops.matmul(x, w, y, tokens, inDim, outDim, threads, ldy),
+    attention: (q, k, v, out, offsets, heads, dqk, dv, scale, threads) => ops.attention(q, k, v, out, offsets, heads, dqk, dv, scale, threads),
+    siluMul: (g, u, threads) => ops.siluMul(g, u, threads),
+  };
+}
+
+/**
+ * Forward ops for `kind`: "cpu" is forwardOps(); "cuda" and "auto" run matmul on the GPU when the
+ * CUDA library loads and finds a device, and otherwise return the CPU ops with `reason` set (or
+ * throw, with `required`).
+ */
+export function selectBackend(kind: BackendKind = "auto", opts: SelectBackendOptions = {}): BackendOps {
+  const cpu = opts.cpu ?? forwardOps();
+  if (kind === "cpu") return withDevice(cpu, "cpu", null, null);
+  if (kind !== "cuda" && kind !== "auto") throw new DeepcastError(`unknown backend "${String(kind)}": expected cpu, cuda or auto`);
+  const loader = cudaNative();
+  let reason: string | null;
+  if ("reason" in loader) {
+    reason = loader.reason;
+  } else {
+    const n = loader.native;
+    reason = n.cudaInit(opts.libPath ?? cudaLibraryPath(), opts.device ?? 0);
+    if (reason === null) {
+      const gpu: ForwardOps = {
+        backend: cpu.backend,
+        matmul: (x, w, y, tokens, inDim, outDim, _threads, ldy) => n.cudaMatmul(x, w, y, tokens, inDim, outDim, ldy ?? outDim),
+        attention: (q, k, v, out, offsets, heads, dqk, dv, scale, threads) => cpu.attention(q, k, v, out, offsets, heads, dqk, dv, scale, threads),
+        siluMul: (g, u, threads) => cpu.siluMul(g, u, threads),
+      };
+      return withDevice(gpu, "cuda", null, n.cudaDeviceInfo());
+    }
+  }
+  if (opts.required) throw new DeepcastError(`CUDA backend unavailable: ${reason}`);
+  return withDevice(cpu, "cpu", reason, null);
+}
