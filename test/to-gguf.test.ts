@@ -61,3 +61,26 @@ describe("to-gguf interruption and resume", () => {
     expect((await run("x.gguf")).resumedFiles).toBe(3);
   });
 });
+
+describe("to-gguf resume inside a file", () => {
+  it("continues a single-file output from its last checkpoint and ends byte-identical", async () => {
+    const dir = await tempDir();
+    const out = join(dir, "one.gguf");
+    const run = (failAt?: number, seen: string[] = []) =>
+      planToGguf(new LocalSource(FIXTURE), out, { ftype: "Q4_K_M" }).then((plan) =>
+        runToGguf(plan, {
+          kernels: kernels(), threads: 1, force: false, skipSpaceCheck: true, checkpointBytes: 1,
+          onTensor: (e) => { seen.push(e.tensor); if (e.index === failAt) throw new Error("simulated crash"); },
+        }));
+    await expect(run(40)).rejects.toThrow("simulated crash");
+    const { readdir: ls } = await import("node:fs/promises");
+    expect(await ls(dir)).toContain(".one.gguf.partial");
+    const seen: string[] = [];
+    const resumed = await run(undefined, seen);
+    // Tensors 0..39 were checkpointed; tensor 40 was written but not recorded, so it is redone.
+    expect(resumed.resumedTensors).toBe(40);
+    expect(seen.length).toBe(70 - 40);
+    const gold = await listing("Q4_K_M");
+    expect(sha256(await readFile(out))).toBe(gold.file_sha256);
+  });
+});

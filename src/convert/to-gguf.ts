@@ -221,6 +221,8 @@ export interface ToGgufRunOptions {
   skipSpaceCheck?: boolean;
   onProgress?: (inBytes: number, outBytes: number) => void;
   onTensor?: (e: { tensor: string; index: number; count: number; type: string; bytes: number }) => void;
+  /** Output bytes between resumable checkpoints (default CHECKPOINT_BYTES). */
+  checkpointBytes?: number;
 }
 
 export interface ToGgufSummary {
@@ -231,7 +233,12 @@ export interface ToGgufSummary {
   bytesWritten: number;
   /** Split files already complete from an interrupted run, kept as they were. */
   resumedFiles: number;
+  /** Tensors (in all files) kept from an interrupted run, complete files included. */
+  resumedTensors: number;
 }
+
+/** How much output is written between syncs that an interrupted run can resume from. */
+export const CHECKPOINT_BYTES = 2e9;
 
 export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promise<ToGgufSummary> {
   const { ckpt, layout, output } = plan;
@@ -249,7 +256,7 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     inputDir: ckpt.source.description,
     outputs: names,
   });
-  const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0 };
+  const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0, resumedTensors: 0 };
   // Split files completed by an earlier, interrupted run of the same command are kept.
   const skipFiles = new Set<number>();
   for (const [i, n] of names.entries()) if (await state.isDone(n)) skipFiles.add(i);
@@ -271,18 +278,25 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
   };
   const reader = new ShardReader(ckpt.source);
-  const fileOf = new Map(layout.files.flatMap((f) => f.tensors.map((t) => [t.name, t] as const)));
+  const placedAt = new Map(layout.files.flatMap((f) => f.tensors.map((t, k) => [t.name, { placed: t, index: k }] as const)));
+  // Inside the file being written, a synced prefix recorded in the manifest is kept as well.
+  const p = state.manifest.progress;
+  const resumeAt = p && Number.isSafeInteger(p.file) && Number.isSafeInteger(p.tensor) ? { file: p.file!, tensor: p.tensor! } : undefined;
   const writer = await GgufWriter.create(layout, {
     skipFiles,
+    ...(resumeAt ? { resumeAt } : {}),
     onFileDone: async (path) => {
       await state.markDone(basename(path));
       summary.bytesWritten += layout.files.find((f) => f.path === path)!.fileSize;
     },
   });
+  const start = writer.position;
+  summary.resumedTensors = layout.files.slice(0, start.file).reduce((a, f) => a + f.tensors.length, 0) + start.tensor;
+  let sinceCheckpoint = 0;
   try {
     for (const [i, t] of output.tensors.entries()) {
-      const placed = fileOf.get(t.name)!;
-      if (skipFiles.has(placed.file)) continue;
+      const { placed, index } = placedAt.get(t.name)!;
+      if (skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor)) continue;
       ctx.scales.clear();
       for (const src of sourcesOf(t)) {
         if (!src.scaleInv) continue;
@@ -294,6 +308,11 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
         opts.onProgress?.(inB, outB);
       });
       opts.onTensor?.({ tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
+      sinceCheckpoint += placed.nbytes;
+      if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {
+        sinceCheckpoint = 0;
+        await state.setProgress({ ...(await writer.checkpoint()) });
+      }
     }
     await writer.commit();
   } catch (e) {

@@ -480,6 +480,12 @@ const WRITE_BUFFER_BYTES = 8 * 1024 * 1024;
  * `.<name>.partial`, synced, and renamed to its final name as soon as it is complete, so an
  * interrupted multi-file run keeps its finished files (`skipFiles` resumes after them).
  */
+/** A point in a layout: file index and tensor index within that file. */
+export interface GgufPosition {
+  file: number;
+  tensor: number;
+}
+
 export class GgufWriter {
   private fileIndex = -1;
   private tensorIndex = 0;
@@ -490,6 +496,8 @@ export class GgufWriter {
   private bufLen = 0;
   private bufPos = 0;
   private closed = false;
+  /** The current file's temporary holds a synced prefix a rerun can continue from. */
+  private resumable = false;
 
   private constructor(
     readonly layout: GgufLayout,
@@ -500,20 +508,64 @@ export class GgufWriter {
   /**
    * Opens the first file to write and writes its header. Files whose index is in `skipFiles` are
    * already complete (a resumed run): they are neither written nor expected. `onFileDone` runs after
-   * each file is renamed into place.
+   * each file is renamed into place. `resumeAt` continues a file whose temporary holds a synced
+   * prefix (see `checkpoint()`): when that file's header and size check out, writing goes on at that
+   * tensor; otherwise the file starts over. `resumed` tells which happened.
    */
   static async create(
     layout: GgufLayout,
-    opts: { skipFiles?: ReadonlySet<number>; onFileDone?: (path: string) => Promise<void> } = {},
+    opts: { skipFiles?: ReadonlySet<number>; onFileDone?: (path: string) => Promise<void>; resumeAt?: GgufPosition } = {},
   ): Promise<GgufWriter> {
     const w = new GgufWriter(layout, opts.skipFiles ?? new Set(), opts.onFileDone ?? (async () => undefined));
     try {
-      await w.openNextFileWithWork();
+      if (!(opts.resumeAt && (await w.reopen(opts.resumeAt)))) await w.openNextFileWithWork();
     } catch (e) {
       await w.abort();
       throw e;
     }
     return w;
+  }
+
+  /** Where the writer stands: the file being written and its next tensor. */
+  get position(): GgufPosition {
+    return { file: this.fileIndex, tensor: this.tensorIndex };
+  }
+
+  /**
+   * Flushes and syncs what was written so far and returns the position to resume from: every byte
+   * before that tensor's offset is on disk.
+   */
+  async checkpoint(): Promise<GgufPosition> {
+    await this.flush();
+    await this.fh?.sync();
+    this.resumable = true;
+    return this.position;
+  }
+
+  /** Reopens the temporary of file `at.file` and positions at tensor `at.tensor`, if it is intact. */
+  private async reopen(at: GgufPosition): Promise<boolean> {
+    const file = this.layout.files[at.file];
+    const t = file?.tensors[at.tensor];
+    if (!file || !t || this.skip.has(at.file)) return false;
+    const tmp = partialPath(file.path);
+    const fh = await open(tmp, "r+").catch(() => null);
+    if (!fh) return false;
+    const header = encodeFileHeader(file);
+    const onDisk = Buffer.alloc(header.length);
+    const size = (await fh.stat()).size;
+    const { bytesRead } = size >= t.fileOffset ? await fh.read(onDisk, 0, header.length, 0) : { bytesRead: 0 };
+    if (bytesRead !== header.length || !onDisk.equals(header)) {
+      await fh.close();
+      return false;
+    }
+    await fh.truncate(t.fileOffset);
+    this.fh = fh;
+    this.fileIndex = at.file;
+    this.tensorIndex = at.tensor;
+    this.bufLen = 0;
+    this.resumable = true;
+    this.startTensor();
+    return true;
   }
 
   /** Final paths of all files. */
@@ -559,14 +611,17 @@ export class GgufWriter {
     this.closed = true;
   }
 
-  /** Closes and deletes the temporary file being written (after an error). Safe to call more than once. */
+  /**
+   * Closes the file being written after an error and deletes its temporary, unless it holds a
+   * checkpointed prefix a rerun can continue from. Safe to call more than once.
+   */
   async abort(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     await this.fh?.close().catch(() => undefined);
     this.fh = null;
     const file = this.layout.files[this.fileIndex];
-    if (file) await rm(partialPath(file.path), { force: true });
+    if (file && !this.resumable) await rm(partialPath(file.path), { force: true });
   }
 
   private startTensor(): void {
@@ -582,6 +637,7 @@ export class GgufWriter {
       const file = this.layout.files[this.fileIndex];
       if (!file) return;
       if (this.skip.has(this.fileIndex)) continue;
+      this.resumable = false;
       const tmp = partialPath(file.path);
       try {
         this.fh = await open(tmp, "w");
