@@ -31,9 +31,11 @@
  * Q8_K's one scale per 256 activations is the coarsest conversion, the mean KLD drops 10x (7.0e-4 ->
  * 6.8e-5). What is left is chaotic: each conversion is a rounding step that flips on ulp-level input
  * differences (summation order, ggml's expf, RoPE angles), and moving every converted input of our
- * own emulated pass by +-4 ulp moves its output by the same KLD (the "noise floor" lines). The mean
- * is dominated by a few positions where some layer's router has a near-tie (top-k expert or group
- * margin ~1e-4..1e-3 against a median of 1.4e-2), so the two engines pick different experts there.
+ * own emulated pass by +-4 ulp moves its output by the same KLD (the "noise floor" lines). For BF16
+ * and Q8_0 the mean is dominated by 1-3 positions where some layer's router has a near-tie (top-k
+ * expert or group margin 1e-4..7e-4 against a median of 1.4e-2), so the engines pick different
+ * experts there; for Q4_K_M the Q8_K conversion spreads it (19 positions above 1e-3, margins up to
+ * 7e-2), which is the part the emulation removes.
  *
  * A semantic error would not hide in that noise: a softmax scale without the YaRN mscale^2 factor
  * gives a median KLD of 8e-3 (mean 1.8e-2), routed_scaling_factor 1 a median of 7e-2 (checked below).
@@ -364,7 +366,8 @@ afterAll(async () => {
 async function llamaDistributions(path: string, flashAttention: boolean): Promise<Float64Array[]> {
   const model = await llama.loadModel({ modelPath: path });
   try {
-    const ctx = await model.createContext({ contextSize: WINDOW, batchSize: WINDOW, threads: THREADS, sequences: 1, flashAttention });
+    // contextSize above the window: node-llama-cpp keeps one cell free (it pads to 256 anyway)
+    const ctx = await model.createContext({ contextSize: 2 * WINDOW, batchSize: WINDOW, threads: THREADS, sequences: 1, flashAttention });
     const seq = ctx.getSequence();
     const out: Float64Array[] = [];
     for (const w of windows) {
