@@ -3,14 +3,15 @@
  * semantics of DeepSeek's `fp8_cast_bf16.py` (bf16(f32(fp8) * scale_inv), one RNE rounding), shard by
  * shard under the input's file names, the index and config rewritten, small files copied.
  */
-import { copyFile, rename, writeFile } from "node:fs/promises";
+import { copyFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
+import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
 import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
+import { writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import { fingerprint, freeBytes, RunState } from "./run-state.js";
 
@@ -178,9 +179,7 @@ export interface RunSummary {
 
 /** Options that change the output; anything else (threads, chunk size) may differ on resume. */
 export async function planFingerprint(ckpt: Checkpoint, plan: Fp8ToBf16Plan): Promise<string> {
-  const inputs = [];
-  for (const s of ckpt.shards) inputs.push([s, await ckpt.source.fileIdentity(s), ckpt.headers.get(s)!.tensors.map((t) => [t.name, t.dtype, t.shape, t.begin])]);
-  return fingerprint({ command: "fp8-to-bf16", format: 1, inputs, outputs: plan.shards.map((s) => [s.name, s.bytes]) });
+  return fingerprint({ command: "fp8-to-bf16", format: 1, inputs: await checkpointIdentity(ckpt), outputs: plan.shards.map((s) => [s.name, s.bytes]) });
 }
 
 export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: RunOptions): Promise<RunSummary> {
@@ -260,16 +259,10 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
   return summary;
 }
 
-async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.partial`;
-  await writeFile(tmp, text);
-  await rename(tmp, path);
-}
-
 async function writeSmallFiles(ckpt: Checkpoint, plan: Fp8ToBf16Plan, out: string): Promise<void> {
   const totalSize = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + numel(t.shape) * DTYPE_SIZE[t.dtype as Dtype], 0), 0);
-  await writeAtomic(join(out, INDEX_FILE), JSON.stringify({ metadata: { total_size: totalSize }, weight_map: plan.weightMap }, null, 2) + "\n");
-  if (plan.config) await writeAtomic(join(out, "config.json"), JSON.stringify(plan.config, null, 2) + "\n");
+  await writeFileAtomic(join(out, INDEX_FILE), JSON.stringify({ metadata: { total_size: totalSize }, weight_map: plan.weightMap }, null, 2) + "\n");
+  if (plan.config) await writeFileAtomic(join(out, "config.json"), JSON.stringify(plan.config, null, 2) + "\n");
   for (const name of plan.copyFiles) {
     const tmp = join(out, `.${name}.partial`);
     await copyFile(await ckpt.source.localPath(name), tmp);

@@ -12,13 +12,14 @@
  * files and continues after the last recorded shard. Finished files are renamed into place only when
  * every byte is there.
  */
-import { copyFile, rename, writeFile } from "node:fs/promises";
+import { copyFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import type { Checkpoint } from "../io/checkpoint.js";
+import { checkpointIdentity, type Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel } from "../io/dtypes.js";
 import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
+import { writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
 import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
@@ -59,12 +60,10 @@ export interface ToDemoSummary {
 
 /** Options that change the output; threads and chunk size may differ on resume. */
 export async function demoPlanFingerprint(ckpt: Checkpoint, plan: DemoPlan): Promise<string> {
-  const inputs = [];
-  for (const s of ckpt.shards) inputs.push([s, await ckpt.source.fileIdentity(s), ckpt.headers.get(s)!.tensors.map((t) => [t.name, t.dtype, t.shape, t.begin])]);
   return fingerprint({
     command: "to-demo",
     format: 1,
-    inputs,
+    inputs: await checkpointIdentity(ckpt),
     options: { mp: plan.mp, nExperts: plan.nExperts, dtype: plan.dtype },
     outputs: plan.ranks.map((r) => [r.name, r.bytes]),
     modelArgs: plan.modelArgs,
@@ -175,12 +174,6 @@ class RankScatter implements ChunkSink {
 /** Records how many input shards the temporary rank files hold (in the run manifest). */
 async function recordProgress(state: RunState, shardsDone: number): Promise<void> {
   await state.setProgress({ shardsDone });
-}
-
-async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.partial`;
-  await writeFile(tmp, text);
-  await rename(tmp, path);
 }
 
 export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOptions): Promise<ToDemoSummary> {
@@ -323,7 +316,7 @@ async function writeRanks(
 }
 
 async function writeSmallFiles(ckpt: Checkpoint, plan: DemoPlan, out: string): Promise<void> {
-  await writeAtomic(join(out, "config.json"), JSON.stringify(plan.modelArgs, null, 4) + "\n");
+  await writeFileAtomic(join(out, "config.json"), JSON.stringify(plan.modelArgs, null, 4) + "\n");
   for (const name of plan.copyFiles) {
     const tmp = join(out, `.${name}.partial`);
     await copyFile(await ckpt.source.localPath(name), tmp);

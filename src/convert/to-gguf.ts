@@ -6,7 +6,7 @@
  */
 import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
+import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
 import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
@@ -244,12 +244,10 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
   const { ckpt, layout, output } = plan;
   const dir = dirname(layout.files[0]!.path);
   const names = layout.files.map((f) => basename(f.path));
-  const inputs = [];
-  for (const s of ckpt.shards) inputs.push([s, await ckpt.source.fileIdentity(s)]);
   const state = await RunState.open(dir, {
     command: "to-gguf",
     fingerprint: fingerprint({
-      command: "to-gguf", format: 1, inputs, layout: layout.files.map((f) => [basename(f.path), f.fileSize, f.tensors.map((t) => [t.name, t.type.name])]),
+      command: "to-gguf", format: 1, inputs: await checkpointIdentity(ckpt), layout: layout.files.map((f) => [basename(f.path), f.fileSize, f.tensors.map((t) => [t.name, t.type.name])]),
       ...(plan.imatrix ? { imatrix: plan.imatrix.loaded.sha256 } : {}),
     }),
     force: opts.force,

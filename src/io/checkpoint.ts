@@ -103,6 +103,15 @@ export async function loadCheckpoint(source: CheckpointSource): Promise<Checkpoi
   return { source, files, shards, headers, weightMap, index, config };
 }
 
+/** What identifies the input for resume fingerprints: every shard's name, version and tensor layout. */
+export async function checkpointIdentity(ckpt: Checkpoint): Promise<unknown[]> {
+  const inputs = [];
+  for (const s of ckpt.shards) {
+    inputs.push([s, await ckpt.source.fileIdentity(s), ckpt.headers.get(s)!.tensors.map((t) => [t.name, t.dtype, t.shape, t.begin])]);
+  }
+  return inputs;
+}
+
 export function locate(ckpt: Checkpoint, tensor: string): TensorLocation | undefined {
   const file = ckpt.weightMap.get(tensor);
   if (!file) return undefined;

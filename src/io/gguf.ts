@@ -12,6 +12,7 @@
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { readFormat } from "../formats.js";
+import { writeFully } from "./write.js";
 import { DeepcastError } from "../errors.js";
 
 export const GGUF_MAGIC = 0x46554747; // "GGUF" read as a little-endian u32
@@ -696,16 +697,6 @@ export class GgufWriter {
 
   private async rawWrite(data: Uint8Array, position: number): Promise<void> {
     const file = this.layout.files[this.fileIndex]!;
-    let done = 0;
-    try {
-      while (done < data.length) {
-        const { bytesWritten } = await this.fh!.write(data, done, data.length - done, position + done);
-        done += bytesWritten;
-      }
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      const why = code === "ENOSPC" ? "disk full" : code === "EDQUOT" ? "disk quota exceeded" : (e as Error).message;
-      throw new DeepcastError(`cannot write output: ${why}`, { file: partialPath(file.path), tensor: this.current?.name }, { cause: e });
-    }
+    await writeFully(this.fh!, data, position, { file: partialPath(file.path), tensor: this.current?.name });
   }
 }

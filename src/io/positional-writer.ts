@@ -11,6 +11,7 @@ import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
 import { DTYPE_SIZE, numel } from "./dtypes.js";
 import { encodeHeader, partialName, readFully, type TensorSpec } from "./safetensors.js";
+import { writeFully } from "./write.js";
 
 interface Slot {
   spec: TensorSpec;
@@ -114,17 +115,7 @@ export class PositionalSafetensorsWriter {
   }
 
   private async writeAt(data: Uint8Array, position: number, tensor: string | undefined): Promise<void> {
-    let done = 0;
-    try {
-      while (done < data.length) {
-        const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
-        done += bytesWritten;
-      }
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      const why = code === "ENOSPC" ? "disk full" : code === "EDQUOT" ? "disk quota exceeded" : (e as Error).message;
-      throw new DeepcastError(`cannot write output: ${why}`, { file: this.tmpPath, tensor }, { cause: e });
-    }
+    await writeFully(this.fh, data, position, { file: this.tmpPath, tensor });
   }
 
   /** Flushes everything written so far to disk (writes may continue meanwhile). */

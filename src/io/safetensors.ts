@@ -7,6 +7,7 @@ import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { DTYPE_SIZE, isDtype, numel, type Dtype } from "./dtypes.js";
+import { writeFully } from "./write.js";
 
 /** Largest JSON header we accept; the real 4.3 GB DeepSeek shards have headers of about 100 KB. */
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
@@ -242,7 +243,6 @@ export function partialName(path: string): string {
 export class SafetensorsWriter {
   private pos: number;
   private index = 0;
-  private written = 0;
   private readonly dataStart: number;
   private readonly ends: number[];
 
@@ -294,18 +294,7 @@ export class SafetensorsWriter {
   }
 
   private async writeAt(data: Uint8Array, position: number): Promise<void> {
-    let done = 0;
-    try {
-      while (done < data.length) {
-        const { bytesWritten } = await this.fh.write(data, done, data.length - done, position + done);
-        done += bytesWritten;
-      }
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      const why = code === "ENOSPC" ? "disk full" : code === "EDQUOT" ? "disk quota exceeded" : (e as Error).message;
-      throw new DeepcastError(`cannot write output: ${why}`, { file: this.tmpPath, tensor: this.specs[this.index]?.name }, { cause: e });
-    }
-    this.written += data.length;
+    await writeFully(this.fh, data, position, { file: this.tmpPath, tensor: this.specs[this.index]?.name });
   }
 
   /** Checks completeness, flushes to disk and renames the temporary file to its final name. */

@@ -1,0 +1,25 @@
+/** Output writing shared by every writer: full positional writes with clear disk errors, atomic small files. */
+import { rename, writeFile, type FileHandle } from "node:fs/promises";
+import { DeepcastError } from "../errors.js";
+
+/** Writes all of `data` at `position`; a full disk or quota is reported as such, naming the file and tensor. */
+export async function writeFully(fh: FileHandle, data: Uint8Array, position: number, where: { file: string; tensor?: string }): Promise<void> {
+  let done = 0;
+  try {
+    while (done < data.length) {
+      const { bytesWritten } = await fh.write(data, done, data.length - done, position + done);
+      done += bytesWritten;
+    }
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why = code === "ENOSPC" ? "disk full" : code === "EDQUOT" ? "disk quota exceeded" : (e as Error).message;
+    throw new DeepcastError(`cannot write output: ${why}`, where, { cause: e });
+  }
+}
+
+/** Writes a small file under a temporary name and renames it into place. */
+export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const tmp = `${path}.partial`;
+  await writeFile(tmp, data);
+  await rename(tmp, path);
+}
