@@ -1,5 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
+import { gguf } from "@huggingface/gguf";
 import { describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { LocalSource } from "../src/io/source.js";
@@ -32,6 +33,11 @@ describe("to-gguf on the FP8 fixture, against llama.cpp's own convert + llama-qu
       expect(mismatched).toEqual([]);
       expect(bytes.length).toBe(gold.file_size);
       expect(sha256(bytes)).toBe(gold.file_sha256);
+      // And an independent reader (@huggingface/gguf) sees the planned tensors where we put them.
+      const parsed = await gguf(out, { allowLocalFile: true });
+      expect(parsed.metadata["general.architecture"]).toBe("deepseek2");
+      expect(parsed.tensorInfos.map((t) => [t.name, t.shape.map(Number), Number(t.offset) + Number(parsed.tensorDataOffset)])).toEqual(
+        gold.tensors.map((t) => [t.name, t.ne, t.file_offset]));
     });
   }
 });
