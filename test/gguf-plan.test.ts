@@ -5,15 +5,12 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { gguf, ggufAllShards } from "@huggingface/gguf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { idToTitle, modelIdComponents, roundedParamCount, sizeLabel } from "../src/convert/gguf-naming.js";
 import {
-  idToTitle,
   kvBSplit,
   loadHfModelFiles,
-  modelIdComponents,
   planDeepseek2Gguf,
   planGgufOutput,
-  roundedParamCount,
-  sizeLabel,
   type Deepseek2GgufModel,
   type GgufOutputPlan,
   type GgufOutputTensor,

@@ -17,8 +17,12 @@ import { DeepcastError } from "../errors.js";
 import { readFormat } from "../formats.js";
 import type { Dtype } from "../io/dtypes.js";
 import { ggmlType, kv, setKvInPlace, setKvLast, type GgmlTypeInfo, type GgufKV } from "../io/gguf.js";
+import { loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
 import type { CheckpointSource } from "../io/source.js";
 import { parseFtype, planQuantMix, type FtypeInfo, type MixOptions, type MixPlan, type MixTensorOut } from "../quant/mix.js";
+import { idToTitle, modelIdComponents, sizeLabel, type ModelIdComponents } from "./gguf-naming.js";
+import { tokenizerKvs } from "./gguf-tokenizer.js";
+import { compareCodePoints, isObj, isPyInt, pyEq, truthy } from "./python-compat.js";
 
 // ---------------------------------------------------------------------------------------------
 // inputs
@@ -54,54 +58,35 @@ export interface HfModelFiles {
   chatTemplateJson?: unknown;
 }
 
-async function readJsonIfPresent(source: CheckpointSource, names: Set<string>, name: string): Promise<unknown> {
-  if (!names.has(name)) return undefined;
-  const text = (await source.readFile(name)).toString("utf8");
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new DeepcastError(`malformed JSON: ${(e as Error).message}`, { file: name });
-  }
-}
-
-/** Loads config, tokenizer files and every shard header of a checkpoint. */
-export async function loadHfModelFiles(source: CheckpointSource, dirName?: string): Promise<HfModelFiles> {
-  const files = await source.listFiles();
-  const names = new Set(files.map((f) => f.name));
-  const config = await readJsonIfPresent(source, names, "config.json");
-  if (!config || typeof config !== "object" || Array.isArray(config)) throw new DeepcastError("config.json is missing or not a JSON object", { file: "config.json" });
-  const index = await readJsonIfPresent(source, names, "model.safetensors.index.json") as { weight_map?: Record<string, string> } | undefined;
-  let shardNames: string[];
-  if (index) {
-    if (!index.weight_map || typeof index.weight_map !== "object") throw new DeepcastError("index has no weight_map", { file: "model.safetensors.index.json" });
-    shardNames = [...new Set(Object.values(index.weight_map))];
-  } else {
-    shardNames = files.map((f) => f.name).filter((n) => n.startsWith("model") && n.endsWith(".safetensors"));
-  }
-  shardNames.sort(compareCodePoints);
-  if (shardNames.length === 0) throw new DeepcastError("no model*.safetensors files in the checkpoint");
-  const shards: HfShardHeader[] = [];
-  for (const file of shardNames) {
-    const h = await source.readHeader(file);
-    shards.push({ file, tensors: h.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) });
-  }
-  if (index?.weight_map) {
-    const inParts = new Set(shards.flatMap((s) => s.tensors.map((t) => t.name)));
-    const missing = Object.keys(index.weight_map).filter((n) => !inParts.has(n));
-    if (missing.length) throw new DeepcastError(`index names ${missing.length} tensor(s) missing from the shards, e.g. ${missing[0]}`, { file: "model.safetensors.index.json" });
-  }
-  const chatTemplateJinja = names.has("chat_template.jinja") ? (await source.readFile("chat_template.jinja")).toString("utf8") : undefined;
-  const dn = dirName ?? source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
+/** What the plan reads from an already loaded and validated checkpoint (headers, small files). */
+export async function hfModelFiles(ckpt: Checkpoint, dirName?: string): Promise<HfModelFiles> {
+  if (!ckpt.config) throw new DeepcastError("config.json is missing", { file: ckpt.source.description });
+  const names = new Set(ckpt.files.map((f) => f.name));
+  const json = async (name: string) => {
+    if (!names.has(name)) return undefined;
+    try {
+      return JSON.parse((await ckpt.source.readFile(name)).toString("utf8")) as unknown;
+    } catch (e) {
+      throw new DeepcastError(`malformed JSON: ${(e as Error).message}`, { file: `${ckpt.source.description}/${name}` });
+    }
+  };
+  const jinja = names.has("chat_template.jinja") ? (await ckpt.source.readFile("chat_template.jinja")).toString("utf8") : undefined;
+  const dn = dirName ?? ckpt.source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
   return {
     ...(dn ? { dirName: dn } : {}),
-    config: config as Record<string, unknown>,
-    shards,
-    tokenizer: await readJsonIfPresent(source, names, "tokenizer.json"),
-    tokenizerConfig: await readJsonIfPresent(source, names, "tokenizer_config.json"),
-    generationConfig: await readJsonIfPresent(source, names, "generation_config.json"),
-    ...(chatTemplateJinja !== undefined ? { chatTemplateJinja } : {}),
-    chatTemplateJson: await readJsonIfPresent(source, names, "chat_template.json"),
+    config: ckpt.config,
+    shards: ckpt.shards.map((file) => ({ file, tensors: ckpt.headers.get(file)!.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) })),
+    tokenizer: await json("tokenizer.json"),
+    tokenizerConfig: await json("tokenizer_config.json"),
+    generationConfig: await json("generation_config.json"),
+    ...(jinja !== undefined ? { chatTemplateJinja: jinja } : {}),
+    chatTemplateJson: await json("chat_template.json"),
   };
+}
+
+/** Loads (and validates) a checkpoint's headers and small files for planning. */
+export async function loadHfModelFiles(source: CheckpointSource, dirName?: string): Promise<HfModelFiles> {
+  return hfModelFiles(await loadCheckpoint(source), dirName);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -147,47 +132,7 @@ function fill(template: string, bid: string | undefined): string {
   return bid === undefined ? template : template.replace(/\{bid\}/g, bid);
 }
 
-// ---------------------------------------------------------------------------------------------
-// helpers reproducing Python behaviour
-// ---------------------------------------------------------------------------------------------
-
-/** Python's str ordering (code points; UTF-16 order except where surrogate pairs meet U+E000..U+FFFF). */
-function compareCodePoints(a: string, b: string): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) {
-    const x = a.charCodeAt(i);
-    const y = b.charCodeAt(i);
-    if (x !== y) {
-      const xs = x >= 0xd800 && x <= 0xdfff;
-      const ys = y >= 0xd800 && y <= 0xdfff;
-      if (xs !== ys) return xs ? 1 : -1;
-      return x - y;
-    }
-  }
-  return a.length - b.length;
-}
-
-const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === "object" && !Array.isArray(v);
-
-/** Python truthiness for JSON values. */
-function truthy(v: unknown): boolean {
-  if (v === null || v === undefined || v === false || v === 0 || v === "") return false;
-  if (Array.isArray(v)) return v.length > 0;
-  if (isObj(v)) return Object.keys(v).length > 0;
-  return true;
-}
-
-/** Python == for JSON values as they occur here (strings, null, AddedToken dicts). */
-function pyEq(a: unknown, b: unknown): boolean {
-  if ((a === null || a === undefined) && (b === null || b === undefined)) return true;
-  if (isObj(a) || isObj(b)) return JSON.stringify(a) === JSON.stringify(b);
-  return a === b;
-}
-
-function isPyInt(v: unknown): v is number {
-  return typeof v === "number" && Number.isInteger(v);
-}
-
+/** First of `keys` present in the HF config. */
 function findHparam(h: Record<string, unknown>, keys: readonly string[]): unknown {
   for (const k of keys) if (k in h) return h[k];
   return undefined;
@@ -197,157 +142,6 @@ function num(h: Record<string, unknown>, key: string, what = key): number {
   const v = h[key];
   if (typeof v !== "number") throw new DeepcastError(`config.json: ${what} is missing or not a number`, { file: "config.json" });
   return v;
-}
-
-/** str.title() */
-function pyTitle(s: string): string {
-  let out = "";
-  let prevCased = false;
-  for (const ch of s) {
-    const cased = ch.toLowerCase() !== ch.toUpperCase();
-    out += cased ? (prevCased ? ch.toLowerCase() : ch.toUpperCase()) : ch;
-    prevCased = cased;
-  }
-  return out;
-}
-
-/** str.islower() */
-function pyIsLower(s: string): boolean {
-  let cased = false;
-  for (const ch of s) {
-    if (ch.toLowerCase() !== ch.toUpperCase()) {
-      cased = true;
-      if (ch !== ch.toLowerCase()) return false;
-    }
-  }
-  return cased;
-}
-
-/** gguf-py Metadata.id_to_title. */
-export function idToTitle(s: string): string {
-  return s.trim().replace(/-/g, " ").split(/\s+/).filter(Boolean)
-    .map((w) => (pyIsLower(w) && !/^(v\d+(?:\.\d+)*|\d.*)$/.test(w) ? pyTitle(w) : w)).join(" ");
-}
-
-export interface ModelIdComponents {
-  name?: string;
-  organization?: string;
-  basename?: string;
-  finetune?: string;
-  version?: string;
-  sizeLabel?: string;
-}
-
-/** gguf-py Metadata.get_model_id_components (the heuristics behind general.name/basename/version/...). */
-export function modelIdComponents(modelId: string | undefined, totalParams = 0): ModelIdComponents {
-  if (modelId === undefined) return {};
-  if (modelId.includes(" ")) return { name: modelId };
-  let org: string | undefined;
-  let full: string;
-  const slash = modelId.indexOf("/");
-  if (slash >= 0) {
-    org = modelId.slice(0, slash);
-    full = modelId.slice(slash + 1);
-  } else {
-    full = modelId;
-  }
-  if (org !== undefined && org.length > 0 && org[0] === ".") org = undefined;
-  const parts = full.split("-").filter((p) => p.length > 0);
-  const types: Set<string>[] = parts.map(() => new Set());
-  const isDec = (c: string | undefined) => c !== undefined && /^\d$/.test(c);
-  parts.forEach((part0, i) => {
-    let part = part0;
-    if (/^(v|iter)?\d+([.]\d+)*$/i.test(part)) {
-      types[i]!.add("version");
-    } else if (/^(i?q\d(_\w)*|b?fp?(16|32))$/i.test(part)) {
-      types[i]!.add("type");
-      parts[i] = part.toUpperCase();
-    } else if (i > 0 && /^(([A]|\d+[x])?\d+([._]\d+)?[KMBT][\d]?|small|mini|medium|large|x?xl)$/i.test(part)) {
-      part = part.replace(/_/g, ".");
-      if (isDec(part[part.length - 1])) part = part.slice(0, -2) + "." + part[part.length - 1] + part[part.length - 2];
-      if (part.length > 1 && isDec(part[part.length - 2]) && "kmbt".includes(part[part.length - 1]!)) {
-        part = part.slice(0, -1) + part[part.length - 1]!.toUpperCase();
-      }
-      if (totalParams !== 0) {
-        const numStr = part.slice(0, -1);
-        const mult = " KMBT".indexOf(part[part.length - 1]!);
-        if (/^\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*$/.test(numStr)) {
-          const labelParams = Number(numStr) * Math.pow(1000, mult);
-          if ((totalParams < 0 && labelParams < Math.floor(Math.abs(totalParams) / 8)) ||
-              (totalParams > 0 && Math.abs(labelParams - totalParams) > Math.floor((7 * totalParams) / 8))) {
-            types[i]!.add("finetune");
-            part = part.slice(0, -1) + part[part.length - 1]!.toLowerCase();
-          }
-        }
-      }
-      if (types[i]!.size === 0) types[i]!.add("size_label");
-      parts[i] = part;
-    } else if (i > 0 && /^(chat|instruct|vision|lora)$/i.test(part)) {
-      types[i]!.add(totalParams < 0 && part.toLowerCase() === "lora" ? "type" : "finetune");
-    }
-  });
-  if (parts.some((p, i) => types[i]!.has("size_label") && /\d/.test(p))) {
-    parts.forEach((p, i) => {
-      if (types[i]!.has("size_label") && /^\p{L}+$/u.test(p)) types[i]!.delete("size_label");
-    });
-  }
-  let atStart = true;
-  parts.forEach((p, i) => {
-    const t = types[i]!;
-    if (atStart && ((t.size === 0 && /^\p{L}/u.test(p)) || t.has("version"))) {
-      t.add("basename");
-    } else {
-      if (atStart) atStart = false;
-      if (t.size === 0) t.add("finetune");
-    }
-  });
-  for (let i = parts.length - 1; i >= 0; i--) {
-    const t = types[i]!;
-    if (t.has("basename") && t.size > 1) t.delete("basename");
-    else break;
-  }
-  const join = (pred: (t: Set<string>) => boolean, dedupe = false) => {
-    let xs = parts.filter((_, i) => pred(types[i]!));
-    if (dedupe) xs = [...new Set(xs)];
-    return xs.length ? xs.join("-") : undefined;
-  };
-  let basename = join((t) => t.has("basename"));
-  const sizeLabel = join((t) => t.has("size_label"), true);
-  const finetune = join((t) => t.has("finetune"));
-  const version = join((t) => t.has("version") && !t.has("basename"));
-  if (sizeLabel === undefined && finetune === undefined && version === undefined) basename = undefined;
-  const out: ModelIdComponents = { name: full };
-  if (org !== undefined) out.organization = org;
-  if (basename !== undefined) out.basename = basename;
-  if (finetune !== undefined) out.finetune = finetune;
-  if (version !== undefined) out.version = version;
-  if (sizeLabel !== undefined) out.sizeLabel = sizeLabel;
-  return out;
-}
-
-function pyRound(x: number): number {
-  const f = Math.floor(x);
-  const d = x - f;
-  if (d > 0.5) return f + 1;
-  if (d < 0.5) return f;
-  return f % 2 === 0 ? f : f + 1;
-}
-
-/** gguf-py utility.model_weight_count_rounded_notation. */
-export function roundedParamCount(n: number, minDigits = 2): string {
-  let scaled: number;
-  let suffix: string;
-  if (n > 1e12) { scaled = n * 1e-12; suffix = "T"; }
-  else if (n > 1e9) { scaled = n * 1e-9; suffix = "B"; }
-  else if (n > 1e6) { scaled = n * 1e-6; suffix = "M"; }
-  else { scaled = n * 1e-3; suffix = "K"; }
-  const fix = Math.max(minDigits - String(pyRound(scaled)).replace(/^0+/, "").length, 0);
-  return `${scaled.toFixed(fix)}${suffix}`;
-}
-
-/** gguf-py utility.size_label. */
-export function sizeLabel(total: number, shared: number, expert: number, expertCount: number): string {
-  return expertCount > 0 ? `${expertCount}x${roundedParamCount(Math.abs(shared) + Math.abs(expert))}` : roundedParamCount(Math.abs(total));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -779,245 +573,6 @@ function buildKvs(
 
   for (const e of tokenizerKvs(files, opts.tokenizerPre ?? "deepseek-v3", typeof h.vocab_size === "number" ? h.vocab_size : undefined)) add(e);
   return kvs;
-}
-
-/** TextModel._set_vocab_gpt2 + SpecialVocab(load_merges=True).add_to_gguf, from tokenizer.json / tokenizer_config.json / config.json. */
-function tokenizerKvs(files: HfModelFiles, pre: string, vocabSizeCfg: number | undefined): GgufKV[] {
-  const tok = files.tokenizer;
-  if (!isObj(tok) || !isObj(tok.model)) throw new DeepcastError("tokenizer.json is missing or has no model", { file: "tokenizer.json" });
-  const model = tok.model;
-  if (model.type !== undefined && model.type !== "BPE") throw new DeepcastError(`tokenizer model ${JSON.stringify(model.type)} is not BPE`, { file: "tokenizer.json" });
-  const vocab = isObj(model.vocab) ? (model.vocab as Record<string, number>) : {};
-  const added = Array.isArray(tok.added_tokens) ? (tok.added_tokens as Record<string, unknown>[]) : [];
-  // transformers get_vocab(): model vocab + added tokens
-  const full = new Map<string, number>(Object.entries(vocab));
-  const addedByContent = new Map<string, Record<string, unknown>>();
-  const addedById = new Map<number, Record<string, unknown>>();
-  for (const a of added) {
-    if (typeof a.content !== "string" || !isPyInt(a.id)) continue;
-    full.set(a.content, a.id);
-    addedByContent.set(a.content, a);
-    addedById.set(a.id, a);
-  }
-  let maxId = -1;
-  for (const id of full.values()) maxId = Math.max(maxId, id);
-  const vocabSize = vocabSizeCfg ?? full.size;
-  if (maxId >= vocabSize) throw new DeepcastError(`tokenizer has token id ${maxId}, config vocab_size is ${vocabSize}`, { file: "tokenizer.json" });
-  const reverse = new Map<number, string>();
-  for (const [t, id] of full) reverse.set(id, t);
-  const looksSpecial = (t: string) =>
-    ["<pad>", "<mask>", "<2mass>", "[@BOS@]"].includes(t) ||
-    (t.startsWith("<|") && t.endsWith("|>")) || (t.startsWith("<｜") && t.endsWith("｜>")) ||
-    (t.startsWith("<unused") && t.endsWith(">"));
-  const tokens: string[] = [];
-  const types: number[] = [];
-  for (let i = 0; i < vocabSize; i++) {
-    let t = reverse.get(i);
-    if (t === undefined) {
-      tokens.push(`[PAD${i}]`);
-      types.push(5);
-      continue;
-    }
-    if (addedByContent.has(t)) {
-      const dec = addedById.get(i) ?? addedByContent.get(t)!;
-      if (dec.special === true || looksSpecial(t)) {
-        types.push(3);
-      } else {
-        t = t.replace(/\u2581/g, " ");
-        types.push(4);
-      }
-    } else {
-      types.push(1);
-    }
-    tokens.push(t);
-  }
-  const out: GgufKV[] = [
-    kv.str("tokenizer.ggml.model", "gpt2"),
-    kv.str("tokenizer.ggml.pre", pre),
-    kv.arr("tokenizer.ggml.tokens", "STRING", tokens),
-    kv.arr("tokenizer.ggml.token_type", "INT32", types),
-  ];
-
-  // SpecialVocab._try_load_from_tokenizer_json
-  let merges: string[] = [];
-  const rawMerges = model.merges;
-  if (Array.isArray(rawMerges) && rawMerges.length > 0) {
-    if (typeof rawMerges[0] === "string") {
-      merges = rawMerges as string[];
-    } else if (Array.isArray(rawMerges[0]) && rawMerges[0].length === 2 && typeof rawMerges[0][0] === "string") {
-      merges = (rawMerges as string[][]).map((pair) => pair.map((p) => p.replace(/ /g, "\u0120")).join(" "));
-    } else {
-      throw new DeepcastError("unknown tokenizer merges format", { file: "tokenizer.json" });
-    }
-  }
-  const addSpecial = new Map<string, boolean>();
-  const specialIds = new Map<string, number>();
-  let specialTypes = ["bos", "eos", "unk", "sep", "pad", "cls", "mask"];
-  let normalizerLowercase: boolean | undefined;
-  let normalizerStripAccents: boolean | undefined;
-  const parseNormalizer = (n: Record<string, unknown>) => {
-    if (n.type === "Lowercase") normalizerLowercase = true;
-    else if (n.type === "StripAccents") normalizerStripAccents = true;
-    else if (n.type === "BertNormalizer") {
-      if ("lowercase" in n) normalizerLowercase = n.lowercase as boolean;
-      if ("strip_accents" in n) normalizerStripAccents = n.strip_accents as boolean;
-    } else if (n.type === "Sequence" && Array.isArray(n.normalizers)) {
-      for (const x of n.normalizers) if (isObj(x)) parseNormalizer(x);
-    }
-  };
-  if (isObj(tok.normalizer)) parseNormalizer(tok.normalizer);
-  const tc: Record<string, unknown> | undefined = isObj(files.tokenizerConfig) && truthy(files.tokenizerConfig) ? { ...files.tokenizerConfig } : undefined;
-  let specialBos = tc?.bos_token;
-  let specialCls = tc?.cls_token;
-  let specialEos = tc?.eos_token;
-  let specialSep = tc?.sep_token;
-  if (!truthy(specialBos) && truthy(specialCls) && tc) tc.bos_token = specialBos = specialCls;
-  if (!truthy(specialEos) && truthy(specialSep) && tc) tc.eos_token = specialEos = specialSep;
-  const post = tok.post_processor;
-  if (isObj(post)) {
-    const processors = (Array.isArray(post.processors) ? post.processors : [post]).filter(isObj);
-    for (const proc of processors) {
-      if (proc.type === "RobertaProcessing") {
-        addSpecial.set("bos", true);
-        addSpecial.set("eos", true);
-        addSpecial.set("sep", true);
-        if (!truthy(specialCls) && tc) {
-          specialCls = Array.isArray(proc.cls) ? proc.cls[0] : specialBos;
-          tc.cls_token = specialCls;
-        }
-        if (!truthy(specialSep) && tc) {
-          specialSep = Array.isArray(proc.sep) ? proc.sep[0] : specialEos;
-          tc.sep_token = specialSep;
-        }
-        continue;
-      }
-      if (proc.type !== "TemplateProcessing") continue;
-      const single = Array.isArray(proc.single) ? (proc.single as Record<string, unknown>[]) : [];
-      let pair = Array.isArray(proc.pair) ? (proc.pair as Record<string, unknown>[]) : [];
-      const specialId = (x: Record<string, unknown> | undefined): unknown => (isObj(x?.SpecialToken) ? (x.SpecialToken as Record<string, unknown>).id : undefined);
-      const seqId = (x: Record<string, unknown> | undefined): unknown => (isObj(x?.Sequence) ? (x.Sequence as Record<string, unknown>).id : undefined);
-      let specialFirst: unknown;
-      let specialLast: unknown;
-      if (single.length > 1) {
-        specialFirst = specialId(single[0]);
-        if (truthy(specialFirst)) {
-          if (!tc) {
-            specialBos = specialFirst;
-          } else if (!pyEq(specialFirst, specialBos) && !pyEq(specialFirst, specialCls)) {
-            if (!truthy(specialBos)) tc.bos_token = specialBos = specialFirst;
-            if (!truthy(specialCls)) tc.cls_token = specialCls = specialFirst;
-          }
-          addSpecial.set("bos", pyEq(specialFirst, specialBos) || pyEq(specialFirst, specialCls));
-        }
-        specialLast = specialId(single[single.length - 1]);
-        if (truthy(specialLast)) {
-          if (!tc) {
-            specialEos = specialLast;
-          } else if (!pyEq(specialLast, specialEos)) {
-            if (!specialTypes.includes("eot")) {
-              specialTypes = [...specialTypes, "eot"];
-              tc.eot_token = specialEos;
-            } else if (!specialTypes.includes("eom")) {
-              specialTypes = [...specialTypes, "eom"];
-              tc.eom_token = specialEos;
-            }
-            tc.eos_token = specialEos = specialLast;
-          }
-          addSpecial.set("eos", pyEq(specialLast, specialEos));
-        }
-      }
-      if (pair.length > 0) {
-        const seqStart = truthy(specialFirst) && pyEq(specialId(pair[0]), specialFirst) ? 1 : 0;
-        const seqStop = truthy(specialLast) && pyEq(specialId(pair[pair.length - 1]), specialLast) ? pair.length - 1 : pair.length;
-        pair = pair.slice(seqStart, seqStop);
-        if (pair.length > 0) {
-          const a = seqId(pair[0]);
-          const b = seqId(pair[pair.length - 1]);
-          if (a === "A" && b === "B" && pair.length > 2) {
-            const mid = pair.slice(1, -1);
-            let addSep = false;
-            const e1 = specialId(mid[0]);
-            if (truthy(e1) && (pyEq(e1, specialSep) || pyEq(e1, specialEos)) && !truthy(specialLast)) addSep = true;
-            if (mid.length === 2) {
-              const e2 = specialId(mid[1]);
-              if (truthy(e2) && (pyEq(e2, specialSep) || pyEq(e2, specialEos))) addSep = true;
-            }
-            addSpecial.set("sep", addSep);
-            if (addSep && !truthy(specialSep) && tc) tc.sep_token = specialEos;
-          }
-        }
-      }
-    }
-  }
-  const setSpecial = (typ: string, tid: unknown) => {
-    if (!isPyInt(tid)) return;
-    if (tid < 0) throw new DeepcastError(`invalid value for special token type ${typ}: ${tid}`);
-    if (!specialIds.has(typ)) specialIds.set(typ, tid);
-  };
-  let chatTemplate: unknown;
-  if (tc) {
-    let alt: unknown;
-    if (files.chatTemplateJinja !== undefined) alt = files.chatTemplateJinja;
-    else if (isObj(files.chatTemplateJson)) alt = files.chatTemplateJson.chat_template;
-    const ct = "chat_template" in tc ? tc.chat_template : alt;
-    if (ct === null || ct === undefined || typeof ct === "string" || Array.isArray(ct)) chatTemplate = ct;
-    for (const typ of specialTypes) {
-      const addEntry = tc[`add_${typ}_token`];
-      if (typeof addEntry === "boolean") addSpecial.set(typ, addEntry);
-      const entry = tc[`${typ}_token`];
-      let content: string;
-      if (typeof entry === "string") content = entry;
-      else if (isObj(entry) && typeof entry.content === "string") content = entry.content;
-      else continue;
-      const hit = added.find((x) => x.content === content);
-      setSpecial(typ, hit?.id);
-    }
-  }
-  // SpecialVocab._try_load_from_config_json
-  for (const typ of specialTypes) {
-    let id = files.config[`${typ}_token_id`];
-    if ((id === undefined || id === null) && isObj(files.config.text_config)) id = files.config.text_config[`${typ}_token_id`];
-    setSpecial(typ, id);
-  }
-
-  if (merges.length) out.push(kv.arr("tokenizer.ggml.merges", "STRING", merges));
-  const idKeys: Record<string, string> = {
-    bos: "tokenizer.ggml.bos_token_id", eos: "tokenizer.ggml.eos_token_id", unk: "tokenizer.ggml.unknown_token_id",
-    sep: "tokenizer.ggml.seperator_token_id", pad: "tokenizer.ggml.padding_token_id", mask: "tokenizer.ggml.mask_token_id",
-    eot: "tokenizer.ggml.eot_token_id", eom: "tokenizer.ggml.eom_token_id",
-  };
-  for (const [typ, id] of specialIds) {
-    const key = idKeys[typ];
-    if (key) out.push(kv.u32(key, id));
-  }
-  const addKeys: Record<string, string> = { bos: "tokenizer.ggml.add_bos_token", eos: "tokenizer.ggml.add_eos_token", sep: "tokenizer.ggml.add_sep_token" };
-  for (const [typ, v] of addSpecial) {
-    const key = addKeys[typ];
-    if (key) out.push(kv.bool(key, v));
-  }
-  if (typeof chatTemplate === "string") {
-    if (chatTemplate.length > 0) out.push(kv.str("tokenizer.chat_template", chatTemplate));
-  } else if (Array.isArray(chatTemplate)) {
-    let def: string | undefined;
-    const names: string[] = [];
-    for (const choice of chatTemplate) {
-      if (!isObj(choice)) continue;
-      const n = String(choice.name ?? "").replace(/[^A-Za-z0-9]/g, "_");
-      const tmpl = choice.template;
-      if (n && typeof tmpl === "string") {
-        if (n === "default") def = tmpl;
-        else {
-          if (!names.includes(n)) names.push(n);
-          if (tmpl.length > 0) out.push(kv.str(`tokenizer.chat_template.${n}`, tmpl));
-        }
-      }
-    }
-    if (names.length) out.push(kv.arr("tokenizer.chat_templates", "STRING", names));
-    if (def !== undefined && def.length > 0) out.push(kv.str("tokenizer.chat_template", def));
-  }
-  if (normalizerLowercase !== undefined) out.push(kv.bool("tokenizer.ggml.normalizer.lowercase", normalizerLowercase));
-  if (normalizerStripAccents !== undefined) out.push(kv.bool("tokenizer.ggml.normalizer.strip_accents", normalizerStripAccents));
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,13 +13,13 @@ import type { CheckpointSource } from "../io/source.js";
 import { quantizeRows, rowBytes } from "../quant/ggml.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
 import {
+  hfModelFiles,
   kvBSplit,
   planDeepseek2Gguf,
   planGgufOutput,
   type GgufOutputOptions,
   type GgufOutputPlan,
   type GgufOutputTensor,
-  type HfModelFiles,
   type HfSourceRef,
 } from "./gguf-plan.js";
 import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
@@ -32,32 +32,6 @@ export interface ToGgufPlan {
   layout: GgufLayout;
   /** With --imatrix: the file and the weights each quantized tensor gets. */
   imatrix?: { loaded: Imatrix } & ImatrixUse;
-}
-
-/** What the GGUF planner reads, taken from an already validated checkpoint. */
-export async function hfModelFiles(ckpt: Checkpoint): Promise<HfModelFiles> {
-  if (!ckpt.config) throw new DeepcastError("config.json is missing", { file: ckpt.source.description });
-  const names = new Set(ckpt.files.map((f) => f.name));
-  const json = async (name: string) => {
-    if (!names.has(name)) return undefined;
-    try {
-      return JSON.parse((await ckpt.source.readFile(name)).toString("utf8")) as unknown;
-    } catch (e) {
-      throw new DeepcastError(`malformed JSON: ${(e as Error).message}`, { file: `${ckpt.source.description}/${name}` });
-    }
-  };
-  const jinja = names.has("chat_template.jinja") ? (await ckpt.source.readFile("chat_template.jinja")).toString("utf8") : undefined;
-  const dirName = ckpt.source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
-  return {
-    ...(dirName ? { dirName } : {}),
-    config: ckpt.config,
-    shards: ckpt.shards.map((file) => ({ file, tensors: ckpt.headers.get(file)!.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) })),
-    tokenizer: await json("tokenizer.json"),
-    tokenizerConfig: await json("tokenizer_config.json"),
-    generationConfig: await json("generation_config.json"),
-    ...(jinja !== undefined ? { chatTemplateJinja: jinja } : {}),
-    chatTemplateJson: await json("chat_template.json"),
-  };
 }
 
 export async function planToGguf(
