@@ -3,7 +3,6 @@
  * semantics of DeepSeek's `fp8_cast_bf16.py` (bf16(f32(fp8) * scale_inv), one RNE rounding), shard by
  * shard under the input's file names, the index and config rewritten, small files copied.
  */
-import { copyFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
@@ -11,7 +10,7 @@ import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
 import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
-import { writeFileAtomic } from "../io/write.js";
+import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import { fingerprint, freeBytes, RunState } from "./run-state.js";
 
@@ -263,9 +262,5 @@ async function writeSmallFiles(ckpt: Checkpoint, plan: Fp8ToBf16Plan, out: strin
   const totalSize = plan.shards.reduce((a, s) => a + s.tensors.reduce((b, t) => b + numel(t.shape) * DTYPE_SIZE[t.dtype as Dtype], 0), 0);
   await writeFileAtomic(join(out, INDEX_FILE), JSON.stringify({ metadata: { total_size: totalSize }, weight_map: plan.weightMap }, null, 2) + "\n");
   if (plan.config) await writeFileAtomic(join(out, "config.json"), JSON.stringify(plan.config, null, 2) + "\n");
-  for (const name of plan.copyFiles) {
-    const tmp = join(out, `.${name}.partial`);
-    await copyFile(await ckpt.source.localPath(name), tmp);
-    await rename(tmp, join(out, name));
-  }
+  for (const name of plan.copyFiles) await copyFileAtomic(await ckpt.source.localPath(name), join(out, name));
 }

@@ -12,14 +12,13 @@
  * files and continues after the last recorded shard. Finished files are renamed into place only when
  * every byte is there.
  */
-import { copyFile, rename } from "node:fs/promises";
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { checkpointIdentity, type Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel } from "../io/dtypes.js";
 import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
-import { writeFileAtomic } from "../io/write.js";
+import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
 import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
@@ -317,9 +316,5 @@ async function writeRanks(
 
 async function writeSmallFiles(ckpt: Checkpoint, plan: DemoPlan, out: string): Promise<void> {
   await writeFileAtomic(join(out, "config.json"), JSON.stringify(plan.modelArgs, null, 4) + "\n");
-  for (const name of plan.copyFiles) {
-    const tmp = join(out, `.${name}.partial`);
-    await copyFile(await ckpt.source.localPath(name), tmp);
-    await rename(tmp, join(out, name));
-  }
+  for (const name of plan.copyFiles) await copyFileAtomic(await ckpt.source.localPath(name), join(out, name));
 }

@@ -1,5 +1,6 @@
 /** Output writing shared by every writer: full positional writes with clear disk errors, atomic small files. */
-import { rename, writeFile, type FileHandle } from "node:fs/promises";
+import { copyFile, rename, writeFile, type FileHandle } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
 import { DeepcastError } from "../errors.js";
 
 /** Writes all of `data` at `position`; a full disk or quota is reported as such, naming the file and tensor. */
@@ -22,4 +23,11 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
   const tmp = `${path}.partial`;
   await writeFile(tmp, data);
   await rename(tmp, path);
+}
+
+/** Copies a file under a temporary name beside the target and renames it into place. */
+export async function copyFileAtomic(from: string, to: string): Promise<void> {
+  const tmp = join(dirname(to), `.${basename(to)}.partial`);
+  await copyFile(from, tmp);
+  await rename(tmp, to);
 }
