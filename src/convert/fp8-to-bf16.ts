@@ -9,7 +9,7 @@ import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLoc
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
-import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, ShardReader, type Chunk } from "./pipeline.js";
 import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import { fingerprint, freeBytes, RunState } from "./run-state.js";
@@ -133,24 +133,7 @@ function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: num
     return chunks;
   }
   const [rows, cols] = t.shape as [number, number];
-  const scaleCols = Math.ceil(cols / FP8_BLOCK);
-  // Whole 128-row blocks per chunk, so each chunk's scales are a contiguous slice.
-  const blockRows = Math.max(1, Math.floor(chunkBytes / Math.max(1, cols * FP8_BLOCK)));
-  const step = blockRows * FP8_BLOCK;
-  for (let r0 = 0; r0 < rows; r0 += step) {
-    const n = Math.min(step, rows - r0);
-    const sb = r0 / FP8_BLOCK;
-    chunks.push({
-      tensor: t.name,
-      src: { file: t.from.file, tensor: t.name, offset: r0 * cols, length: n * cols },
-      outBytes: n * cols * 2,
-      convert: (input, out) => {
-        const scale = scales.get(t.name)!.subarray(sb * scaleCols, (sb + Math.ceil(n / FP8_BLOCK)) * scaleCols);
-        k.fp8ToBf16(input, n, cols, scale, new Uint16Array(out.buffer, out.byteOffset, n * cols), threads);
-      },
-    });
-  }
-  return chunks;
+  return fp8ToBf16Chunks({ tensor: t.name, file: t.from.file, rows, cols, scale: () => scales.get(t.name)!, kernels: k, threads, chunkBytes });
 }
 
 export interface RunOptions {

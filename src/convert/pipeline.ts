@@ -6,6 +6,7 @@
 import { DeepcastError } from "../errors.js";
 import { SafetensorsFile } from "../io/safetensors.js";
 import type { CheckpointSource } from "../io/source.js";
+import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
 
 /** Default bytes of input per chunk. */
 export const DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024;
@@ -129,4 +130,38 @@ export async function pump(
     await pendingRead?.catch(() => undefined);
     await lastWrite.catch(() => undefined);
   }
+}
+
+/**
+ * Chunks that dequantize an FP8 [rows, cols] tensor to BF16, in whole 128-row blocks so each chunk's
+ * scales are a contiguous slice of `scale()` (read when the chunk converts).
+ */
+export function fp8ToBf16Chunks(a: {
+  tensor: string;
+  file: string;
+  rows: number;
+  cols: number;
+  scale: () => Float32Array;
+  kernels: Kernels;
+  threads: number;
+  chunkBytes: number;
+}): Chunk[] {
+  const { rows, cols } = a;
+  const scaleCols = Math.ceil(cols / FP8_BLOCK);
+  const step = Math.max(1, Math.floor(a.chunkBytes / Math.max(1, cols * FP8_BLOCK))) * FP8_BLOCK;
+  const chunks: Chunk[] = [];
+  for (let r0 = 0; r0 < rows; r0 += step) {
+    const n = Math.min(step, rows - r0);
+    const sb = r0 / FP8_BLOCK;
+    chunks.push({
+      tensor: a.tensor,
+      src: { file: a.file, tensor: a.tensor, offset: r0 * cols, length: n * cols },
+      outBytes: n * cols * 2,
+      convert: (input, out) => {
+        const scale = a.scale().subarray(sb * scaleCols, (sb + Math.ceil(n / FP8_BLOCK)) * scaleCols);
+        a.kernels.fp8ToBf16(input, n, cols, scale, new Uint16Array(out.buffer, out.byteOffset, n * cols), a.threads);
+      },
+    });
+  }
+  return chunks;
 }

@@ -17,11 +17,11 @@ import { DeepcastError } from "../errors.js";
 import { checkpointIdentity, type Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel } from "../io/dtypes.js";
 import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
-import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
+import type { Kernels } from "../quant/kernels.js";
 import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
-import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
 import { fingerprint, freeBytes, RunState } from "./run-state.js";
 
 export * from "./demo-plan.js";
@@ -82,28 +82,12 @@ function targetRanks(t: DemoInput, mp: number): number[] {
 function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>): Chunk[] {
   const size = t.from.entry.end - t.from.entry.begin;
   if (size === 0) return [];
-  const chunks: Chunk[] = [];
-  const src = (offset: number, length: number) => ({ file: t.from.file, tensor: t.hfName, offset, length });
   if (t.op === "fp8") {
     const [rows, cols] = t.from.entry.shape as [number, number];
-    const scaleCols = Math.ceil(cols / FP8_BLOCK);
-    const blockRows = Math.max(1, Math.floor(chunkBytes / Math.max(1, cols * FP8_BLOCK)));
-    const step = blockRows * FP8_BLOCK;
-    for (let r0 = 0; r0 < rows; r0 += step) {
-      const n = Math.min(step, rows - r0);
-      const sb = r0 / FP8_BLOCK;
-      chunks.push({
-        tensor: t.hfName,
-        src: src(r0 * cols, n * cols),
-        outBytes: n * cols * 2,
-        convert: (input, out) => {
-          const scale = scales.get(t.hfName)!.subarray(sb * scaleCols, (sb + Math.ceil(n / FP8_BLOCK)) * scaleCols);
-          k.fp8ToBf16(input, n, cols, scale, new Uint16Array(out.buffer, out.byteOffset, n * cols), threads);
-        },
-      });
-    }
-    return chunks;
+    return fp8ToBf16Chunks({ tensor: t.hfName, file: t.from.file, rows, cols, scale: () => scales.get(t.hfName)!, kernels: k, threads, chunkBytes });
   }
+  const chunks: Chunk[] = [];
+  const src = (offset: number, length: number) => ({ file: t.from.file, tensor: t.hfName, offset, length });
   const step = t.place.kind === "split" && t.place.dim > 0
     ? Math.max(1, Math.floor(chunkBytes / (size / t.shape[0]!))) * (size / t.shape[0]!)
     : chunkBytes;
