@@ -22,6 +22,7 @@ import { forward } from "../src/model/forward.js";
 import { perplexityWindows } from "../src/model/perplexity.js";
 import { HfWeightSource } from "../src/model/weights.js";
 import { kernels } from "../src/quant/kernels.js";
+import { random, relError } from "../test/numeric.js";
 
 // The package root as the library finds it (formats.ts: one level above the module, which holds
 // for src/, dist/ and the bundle in build/).
@@ -65,27 +66,6 @@ function save(): void {
   if (!outPath) return;
   mkdirSync(dirname(outPath), { recursive: true });
   writeFileSync(outPath, JSON.stringify(summary, null, 2) + "\n");
-}
-
-function random(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = s / 2 ** 31 - 1;
-  }
-  return a;
-}
-
-/** max |a - b| / max |b|. */
-function relError(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return m > 0 ? d / m : d;
 }
 
 function check(name: string, value: number, limit: number): boolean {

@@ -18,6 +18,7 @@ import { forward } from "../src/model/forward.js";
 import { forwardOps, tsOps } from "../src/model/ops.js";
 import { HfWeightSource } from "../src/model/weights.js";
 import { FIXTURE, GOLDEN, ROOT, tempDir } from "./helpers.js";
+import { random, relError } from "./numeric.js";
 
 const BUILD = join(ROOT, "native", "cuda", "build.sh");
 const LIB = cudaLibraryPath();
@@ -58,28 +59,6 @@ beforeAll(() => {
   // Builds (or finds up to date) the library before anything loads it.
   if (nvcc) execFileSync("bash", [BUILD], { stdio: "pipe", env: { ...process.env, NVCC: nvcc } });
 }, 180_000);
-
-/** Deterministic uniform values in [-1, 1). */
-function random(n: number, seed: number): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = s / 2 ** 31 - 1;
-  }
-  return a;
-}
-
-/** max |a - b| / max |b|. */
-function relError(a: Float32Array, b: Float32Array): number {
-  let d = 0;
-  let m = 0;
-  for (let i = 0; i < b.length; i++) {
-    d = Math.max(d, Math.abs(a[i]! - b[i]!));
-    m = Math.max(m, Math.abs(b[i]!));
-  }
-  return m > 0 ? d / m : d;
-}
 
 describe("libdeepcast_cuda.so", () => {
   it.skipIf(!nvcc)(`build.sh builds it, and it exports the C ABI the loader expects${NO_NVCC}`, () => {

@@ -143,14 +143,6 @@ DC_AVX2 void f16_to_f32_avx2(const uint16_t* src, float* dst, size_t n) {
 }
 #endif
 
-bool use_avx2() {
-#if defined(__x86_64__)
-  return active_simd() == Simd::Avx2;
-#else
-  return false;
-#endif
-}
-
 // ---- exports ------------------------------------------------------------------------------
 
 struct Fp8Args {

@@ -14,4 +14,13 @@ Simd active_simd();
 // Returns false when the requested level is not supported by this CPU.
 bool set_simd(Simd level);
 
+// Whether kernels should take their AVX2 path now (always false off x86-64).
+inline bool use_avx2() {
+#if defined(__x86_64__)
+  return active_simd() == Simd::Avx2;
+#else
+  return false;
+#endif
+}
+
 }  // namespace deepcast

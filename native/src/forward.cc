@@ -26,14 +26,6 @@
 namespace deepcast {
 namespace {
 
-bool use_avx2() {
-#if defined(__x86_64__)
-  return active_simd() == Simd::Avx2;
-#else
-  return false;
-#endif
-}
-
 // ---- matmul tiles: y[c*ldy + r] = dot(w[r], x[c]) for R weight rows x C tokens -------------
 
 template <int R, int C>

@@ -1,0 +1,23 @@
+/** Numeric helpers shared by tests and benchmarks (no test-runner imports, so bundles can use them). */
+
+/** Deterministic uniform values in [-1, 1). */
+export function random(n: number, seed: number): Float32Array {
+  const a = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    a[i] = s / 2 ** 31 - 1;
+  }
+  return a;
+}
+
+/** max |a - b| / max |b|. */
+export function relError(a: Float32Array, b: Float32Array): number {
+  let d = 0;
+  let m = 0;
+  for (let i = 0; i < b.length; i++) {
+    d = Math.max(d, Math.abs(a[i]! - b[i]!));
+    m = Math.max(m, Math.abs(b[i]!));
+  }
+  return m > 0 ? d / m : d;
+}
