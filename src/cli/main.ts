@@ -27,7 +27,11 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 main(hideBin(process.argv)).catch((e: unknown) => {
-  if (e instanceof DeepcastError) process.stderr.write(`deepcast: error: ${e.message}\n`);
-  else process.stderr.write(`deepcast: unexpected error: ${(e as Error)?.stack ?? String(e)}\n`);
+  if (e instanceof DeepcastError) {
+    process.stderr.write(`deepcast: error: ${e.message} [${e.code}]\n`);
+    process.exitCode = e.exitStatus;
+    return;
+  }
+  process.stderr.write(`deepcast: unexpected error: ${(e as Error)?.stack ?? String(e)}\n`);
   process.exitCode = 1;
 });
