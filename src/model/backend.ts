@@ -13,7 +13,7 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { PACKAGE_ROOT } from "../formats.js";
+import { PACKAGE_ROOT } from "../formats/load.js";
 import { loadNative } from "../quant/native.js";
 import { forwardOps, type ForwardOps } from "./ops.js";
 

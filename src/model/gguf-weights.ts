@@ -18,8 +18,9 @@
  */
 import { DeepcastError } from "../errors.js";
 import { GgufReader, type GgufTensorInfo } from "../io/gguf-reader.js";
-import { deepseek2Format } from "../convert/gguf-plan.js";
-import { dequantizeRows, ggmlQuantTypes, rowBytes } from "../quant/ggml.js";
+import { deepseek2Format } from "../formats/deepseek2-names.js";
+import { ggmlQuantTypes, rowBytes } from "../formats/ggml-types.js";
+import { dequantizeRows } from "../quant/ggml.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { WeightSource } from "./weights.js";
 

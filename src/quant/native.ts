@@ -6,7 +6,7 @@
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join } from "node:path";
-import { PACKAGE_ROOT } from "../formats.js";
+import { PACKAGE_ROOT } from "../formats/load.js";
 
 type View = ArrayBufferView;
 
