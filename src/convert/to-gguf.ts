@@ -52,7 +52,7 @@ export async function planToGguf(
     // as llama-quantize: KVs appended after general.file_type; tensors whose type changes look up their entry
     if (output.style !== "quantize") throw new DeepcastError(`--imatrix applies to quantized outputs, not ${output.ftype.name}`, { file: im.file });
     output.kvs.push(...imatrixKvs(im));
-    const quantized = output.tensors.filter((t) => t.type.id !== t.inputType.id);
+    const quantized = output.tensors.filter((t) => t.type !== t.inputType);
     imatrix = { loaded: im, ...imatrixForTensors(im, quantized.map((t) => ({ name: t.name, ne: t.ne, requiresImatrix: t.mix?.requiresImatrix ?? false })), { dryRun: opts.dryRun ?? false }) };
   }
   const layout = planGgufLayout(

@@ -119,8 +119,7 @@ export class GgufWeightSource implements WeightSource {
 
   /** Fails now, not layers into a pass, when a tensor has a type we cannot dequantize. */
   private checkTypes(): void {
-    const ok = new Set(ggmlQuantTypes().map((t) => t.id));
-    const bad = this.reader.tensors.filter((t) => !ok.has(t.type.id));
+    const bad = this.reader.tensors.filter((t) => !t.type.quantizer);
     if (bad.length) {
       const kinds = [...new Set(bad.map((t) => t.type.name))].join(", ");
       throw new DeepcastError(

@@ -13,26 +13,17 @@
 import { DeepcastError } from "../errors.js";
 import { ggmlQuantType, rowBytes, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
 import { kernels } from "./kernels.js";
-import { loadNative, type NativeAddon } from "./native.js";
-
-interface NativeGgml {
-  ggmlQuantize(type: number, src: Float32Array, rows: number, nPerRow: number, dst: Uint8Array, imatrix: Float32Array | null, threads: number): number;
-  ggmlDequantize(type: number, src: Uint8Array, rows: number, nPerRow: number, dst: Float32Array, threads: number): number;
-}
+import { loadNative, nativeMissingReason, type NativeAddon } from "./native.js";
 
 function checkRows(rows: number): void {
   if (!Number.isSafeInteger(rows) || rows < 0) throw new DeepcastError(`rows must be a non-negative integer, got ${rows}`);
 }
 
-function nativeGgml(t: GgmlType): NativeGgml | null {
-  const n: NativeAddon | null = loadNative();
-  if (n && typeof n["ggmlQuantize"] === "function") return n as unknown as NativeGgml;
-  if (t.blockSize > 1) {
-    throw new DeepcastError(
-      `${t.name} quantization needs the native addon (build/Release/deepcast_native.node), which is not built or is disabled (DEEPCAST_NATIVE=0); run \`npm rebuild deepcast\` or \`node-gyp rebuild\``,
-    );
-  }
-  return null;
+/** The addon, or null for F32/F16/BF16 without it; a block type without it is an error. */
+function nativeGgml(t: GgmlType): NativeAddon | null {
+  const n = loadNative();
+  if (n || !t.quantized) return n;
+  throw new DeepcastError(`${t.name} quantization needs the native addon: ${nativeMissingReason()}`, { code: "NATIVE_UNAVAILABLE" });
 }
 
 /** A 2-byte-aligned Uint16Array over `bytes` (copied only when the view is misaligned). */
@@ -69,12 +60,12 @@ export function quantizeRows(
     return out;
   }
   // F32 / F16 / BF16 without the addon.
-  if (t.id === 0) {
+  if (t.name === "F32") {
     out.set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength));
     return out;
   }
   const h = new Uint16Array(src.length);
-  if (t.id === 1) kernels().f32ToF16(src, h, threads);
+  if (t.name === "F16") kernels().f32ToF16(src, h, threads);
   else kernels().f32ToBf16(src, h, threads);
   out.set(new Uint8Array(h.buffer));
   return out;
@@ -100,11 +91,11 @@ export function dequantizeRows(
     n.ggmlDequantize(t.id, src, rows, nPerRow, out, threads);
     return out;
   }
-  if (t.id === 0) {
+  if (t.name === "F32") {
     new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(src);
     return out;
   }
-  if (t.id === 1) kernels().f16ToF32(u16View(src), out, threads);
+  if (t.name === "F16") kernels().f16ToF32(u16View(src), out, threads);
   else kernels().bf16ToF32(u16View(src), out, threads);
   return out;
 }
