@@ -17,7 +17,9 @@ import {
 } from "../src/convert/gguf-plan.js";
 import { loadHfModelFiles, type HfModelFiles } from "../src/convert/hf-model-files.js";
 import { DeepcastError } from "../src/errors.js";
-import { encodeValueData, GgufWriter, parseSplitSize, planGgufLayout, type GgufKV } from "../src/io/gguf.js";
+import { encodeValueData, type GgufKV } from "../src/io/gguf-kv.js";
+import { GgufWriter } from "../src/io/gguf-writer.js";
+import { parseSplitSize, planGgufLayout } from "../src/io/gguf-layout.js";
 import { SafetensorsFile } from "../src/io/safetensors.js";
 import { LocalSource } from "../src/io/source.js";
 import { tsKernels } from "../src/quant/kernels.js";

@@ -18,7 +18,7 @@ import { deepseek2Format, fillBid, namePattern, type MapEntry } from "../formats
 import { FP8_BLOCK, weightOfScale } from "../formats/fp8.js";
 import type { Dtype } from "../io/dtypes.js";
 import { ggmlType, type GgmlType } from "../formats/ggml-types.js";
-import { kv, setKvInPlace, setKvLast, type GgufKV } from "../io/gguf.js";
+import { kv, setKvInPlace, setKvLast, type GgufKV } from "../io/gguf-kv.js";
 import { parseFtype, planQuantMix, type FtypeInfo, type MixOptions, type MixPlan, type MixTensorOut } from "../quant/mix.js";
 import type { HfModelFiles, HfTensorHeader } from "./hf-model-files.js";
 import { idToTitle, modelIdComponents, sizeLabel, type ModelIdComponents } from "./gguf-naming.js";

@@ -3,7 +3,7 @@
  * tokenizer.json, tokenizer_config.json and config.json.
  */
 import { DeepcastError } from "../errors.js";
-import { kv, type GgufKV } from "../io/gguf.js";
+import { kv, type GgufKV } from "../io/gguf-kv.js";
 import type { HfModelFiles } from "./hf-model-files.js";
 import { isObj, isPyInt, pyEq, truthy } from "./python-compat.js";
 

@@ -7,7 +7,8 @@
 import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
-import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
+import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gguf-layout.js";
+import { GgufWriter } from "../io/gguf-writer.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
 import { rowBytes } from "../formats/ggml-types.js";
