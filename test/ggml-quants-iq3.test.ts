@@ -212,3 +212,23 @@ describe.runIf(run)("IQ3/IQ4/TQ threads", () => {
     }
   });
 });
+
+// IQ4_NL/IQ4_XS run their 16 trial scales in AVX2 lanes when the CPU has AVX2; the scalar level
+// must give the same bytes, and both must be ggml's.
+const canCompareSimd = hasKernels && native!.hasAvx2();
+describe.runIf(canCompareSimd)("IQ3/IQ4/TQ scalar and AVX2", () => {
+  it.each(TYPES)("%s: both levels reproduce every golden case", (name) => {
+    for (const level of ["scalar", "avx2"] as const) {
+      expect(native!.setSimd(level)).toBe(true);
+      try {
+        for (const c of mine.filter((k) => k.type_upper === name)) {
+          const got = quantizeRows(name, input(c), c.rows, c.n_per_row, imatrixOf(c), 1);
+          const want = bytes(join(DIR, c.files.expected));
+          if (!Buffer.from(got).equals(want)) expect.fail(`${c.id} (${level}): ${firstBadRow(got, want, c.row_bytes)}`);
+        }
+      } finally {
+        native!.setSimd("auto");
+      }
+    }
+  });
+});
