@@ -2,12 +2,17 @@
 // dequantizers. Reproduces ggml/src/ggml-quants.c of llama.cpp v0.4.0 (80fb11a):
 // iq3xs_init_impl, iq3_find_best_neighbour, quantize_row_iq3_xxs_impl (grid 256),
 // quantize_row_iq3_s_impl (block 32) and dequantize_row_iq3_{xxs,s}; float rules of ggml_quants.h.
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <mutex>
 #include <string>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
+#include "cpu.h"
 #include "ggml_iq34_tq.h"
 #include "ggml_quants.h"
 #include "napi_util.h"
@@ -123,6 +128,17 @@ void build_lattice(Iq3Lattice& g, int size) {
       for (int j = 0; j < size; j++)
         if (d2[j] == lowest[m]) g.neighbours.push_back(static_cast<uint16_t>(j));
     g.neighbours[offset] = static_cast<uint16_t>(g.neighbours.size() - offset - 1);
+    g.max_record = std::max(g.max_record, static_cast<int>(g.neighbours[offset]));
+  }
+  g.coords.resize(4 * size);
+  for (int k = 0; k < size; k++)
+    for (int i = 0; i < 4; i++) g.coords[4 * k + i] = static_cast<float>((g.grid[k] >> (8 * i)) & 0xff);
+  g.neighbours.insert(g.neighbours.end(), 8, 0);
+  g.neighbour_points.assign(g.neighbours.size(), 0);
+  for (int slot = 0; slot < kSlots; slot++) {
+    if (g.kmap[slot] >= 0) continue;
+    const size_t rec = static_cast<size_t>(-g.kmap[slot] - 1);
+    for (size_t j = 1; j <= g.neighbours[rec]; j++) g.neighbour_points[rec + j] = g.grid[g.neighbours[rec + j]];
   }
 }
 
@@ -131,22 +147,56 @@ inline int point_level(uint32_t p, int i) { return static_cast<int>(((p >> (8 * 
 inline float point_value(uint32_t p, int i) { return static_cast<float>((p >> (8 * i)) & 0xff); }
 
 // iq3_find_best_neighbour: the record's point minimising sum waux*(scale*q - x)^2 (first minimum
-// wins); writes its levels to L and returns its index.
+// wins); writes its levels to L and returns its index. The distances are computed first (8 at a
+// time with AVX2: lane j repeats the scalar sum for neighbour j in the same order), then scanned
+// in record order with ggml's strict comparison.
+void record_d2_scalar(const Iq3Lattice& g, const uint16_t* rec, int count, const float* xval, const float* waux,
+                      float scale, float* d2s) {
+  for (int j = 0; j < count; j++) {
+    const float* q = g.coords.data() + 4 * rec[1 + j];
+    float d2 = 0;
+    for (int i = 0; i < 4; i++) {
+      const float diff = scale * q[i] - xval[i];
+      d2 += waux[i] * diff * diff;
+    }
+    d2s[j] = d2;
+  }
+}
+
+#if defined(__x86_64__)
+#define DC_IQ3_AVX2 __attribute__((target("avx2")))
+DC_IQ3_AVX2 void record_d2_avx2(const Iq3Lattice& g, const uint16_t* rec, int count, const float* xval,
+                                const float* waux, float scale, float* d2s) {
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (int j0 = 0; j0 < count; j0 += 8) {
+    const __m128i i16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 1 + j0));
+    const __m256i idx = _mm256_slli_epi32(_mm256_cvtepu16_epi32(i16), 2);
+    __m256 d2 = _mm256_setzero_ps();
+    for (int i = 0; i < 4; i++) {
+      const __m256 q = _mm256_i32gather_ps(g.coords.data() + i, idx, 4);
+      const __m256 diff = _mm256_sub_ps(_mm256_mul_ps(vscale, q), _mm256_set1_ps(xval[i]));
+      d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(waux[i]), diff), diff));
+    }
+    _mm256_storeu_ps(d2s + j0, d2);
+  }
+}
+#endif
+
 int best_neighbour(const Iq3Lattice& g, int slot, const float* xval, const float* waux, float scale, int8_t* L) {
   const uint16_t* rec = g.neighbours.data() + (-g.kmap[slot] - 1);
   const int count = rec[0];
+  alignas(32) float d2s[64];
+#if defined(__x86_64__)
+  if (count <= 56 && use_avx2()) record_d2_avx2(g, rec, count, xval, waux, scale, d2s);
+  else
+#endif
+    record_d2_scalar(g, rec, count, xval, waux, scale, d2s);
   float best_d2 = FLT_MAX;
   int index = rec[1];  // ggml asserts that some d2 < FLT_MAX; only NaN/Inf input fails that
-  for (int j = 1; j <= count; j++) {
-    const uint32_t p = g.grid[rec[j]];
-    float d2 = 0;
-    for (int i = 0; i < 4; i++) {
-      const float diff = scale * point_value(p, i) - xval[i];
-      d2 += waux[i] * diff * diff;
-    }
-    if (d2 < best_d2) {
-      best_d2 = d2;
-      index = rec[j];
+  for (int j = 0; j < count; j++) {
+    if (d2s[j] < best_d2) {
+      best_d2 = d2s[j];
+      index = rec[1 + j];
     }
   }
   for (int i = 0; i < 4; i++) L[i] = static_cast<int8_t>(point_level(g.grid[index], i));
@@ -185,6 +235,93 @@ inline void weighted_sums(int n, const float* weight, const float* xval, const i
     sumq2 += w * q * q;
   }
 }
+
+#if defined(__x86_64__)
+constexpr int kTrialLanes = 32;  // up to 31 trials (IQ3_XXS), 19 for IQ3_S
+
+DC_IQ3_AVX2 inline __m256i nearest_int_x8(__m256 f) {
+  const __m256i i = _mm256_castps_si256(_mm256_add_ps(f, _mm256_set1_ps(12582912.f)));
+  return _mm256_sub_epi32(_mm256_and_si256(i, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
+}
+
+// The trial loop of ggml's search with trial t in lane t of `nv` vectors: per group, the
+// projection, the kmap look-up and, for the lanes off the lattice, the neighbour search (each lane
+// walks its own record in order, with the scalar distance and strict comparison); then the weighted
+// sums in value order. Writes the levels Lt[i*32 + t], off_t[k*32 + t] (group k of trial t was off
+// the lattice) and the sums.
+DC_IQ3_AVX2 void trials_avx2(const Iq3Lattice& g, int nv, const float* xval, const float* waux, const float* weight,
+                             const float* ids, const float* this_scales, int32_t* Lt, int32_t* off_t, float* sumqx,
+                             float* sumq2) {
+  const __m256i zero = _mm256_setzero_si256(), seven = _mm256_set1_epi32(kMaxQ - 1), low16 = _mm256_set1_epi32(0xffff);
+  const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
+  const int* nb16 = reinterpret_cast<const int*>(g.neighbours.data());  // read as 32-bit at 2-byte steps
+  for (int v = 0; v < nv; v++) {
+    const __m256 id = _mm256_load_ps(ids + 8 * v), scale = _mm256_load_ps(this_scales + 8 * v);
+    for (int k = 0; k < 8; k++) {
+      __m256i l[4], u = zero;
+      for (int i = 0; i < 4; i++) {
+        const __m256 f = _mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(id, _mm256_set1_ps(xval[4 * k + i])), one));
+        l[i] = _mm256_min_epi32(_mm256_max_epi32(nearest_int_x8(f), zero), seven);
+        u = _mm256_or_si256(u, _mm256_sll_epi32(l[i], _mm_cvtsi32_si128(3 * i)));
+      }
+      const __m256i gi = _mm256_i32gather_epi32(g.kmap.data(), u, 4);
+      const __m256i off = _mm256_cmpgt_epi32(zero, gi);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(off_t + k * kTrialLanes + 8 * v), off);
+      if (!_mm256_testz_si256(off, off)) {
+        // Record offsets (lanes on the lattice: 0, masked), counts, first entries (the fallback).
+        const __m256i rec = _mm256_and_si256(_mm256_sub_epi32(_mm256_sub_epi32(zero, gi), _mm256_set1_epi32(1)), off);
+        const __m256i count =
+            _mm256_and_si256(_mm256_and_si256(_mm256_i32gather_epi32(nb16, rec, 2), low16), off);
+        __m256i best_pos = _mm256_add_epi32(rec, _mm256_set1_epi32(1));  // ggml would assert; see best_neighbour
+        __m256 best_d2 = _mm256_set1_ps(FLT_MAX);
+        alignas(32) int32_t counts[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(counts), count);
+        int maxc = 0;
+        for (int t = 0; t < 8; t++) maxc = counts[t] > maxc ? counts[t] : maxc;
+        __m256 xs[4], ws[4];
+        for (int i = 0; i < 4; i++) {
+          xs[i] = _mm256_set1_ps(xval[4 * k + i]);
+          ws[i] = _mm256_set1_ps(waux[4 * k + i]);
+        }
+        const int* points = reinterpret_cast<const int*>(g.neighbour_points.data());
+        for (int j = 0; j < maxc; j++) {
+          const __m256i active = _mm256_cmpgt_epi32(count, _mm256_set1_epi32(j));
+          const __m256i pos = _mm256_add_epi32(rec, _mm256_set1_epi32(1 + j));
+          const __m256i pt = _mm256_mask_i32gather_epi32(zero, points, pos, active, 4);
+          __m256 d2 = _mm256_setzero_ps();
+          for (int i = 0; i < 4; i++) {
+            const __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(pt, 8 * i), _mm256_set1_epi32(0xff)));
+            const __m256 diff = _mm256_sub_ps(_mm256_mul_ps(scale, q), xs[i]);
+            d2 = _mm256_add_ps(d2, _mm256_mul_ps(_mm256_mul_ps(ws[i], diff), diff));
+          }
+          const __m256 better = _mm256_and_ps(_mm256_cmp_ps(d2, best_d2, _CMP_LT_OQ), _mm256_castsi256_ps(active));
+          best_d2 = _mm256_blendv_ps(best_d2, d2, better);
+          best_pos = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(best_pos), _mm256_castsi256_ps(pos), better));
+        }
+        // The chosen point's levels replace the projection in the off lanes.
+        const __m256i p = _mm256_mask_i32gather_epi32(zero, points, best_pos, off, 4);
+        for (int i = 0; i < 4; i++) {
+          const __m256i byte = _mm256_and_si256(_mm256_srli_epi32(p, 8 * i), _mm256_set1_epi32(0xff));
+          const __m256i lv = _mm256_srli_epi32(_mm256_sub_epi32(byte, _mm256_set1_epi32(1)), 1);
+          l[i] = _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(l[i]), _mm256_castsi256_ps(lv), _mm256_castsi256_ps(off)));
+        }
+      }
+      for (int i = 0; i < 4; i++)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(Lt + (4 * k + i) * kTrialLanes + 8 * v), l[i]);
+    }
+    __m256 sx = _mm256_setzero_ps(), s2 = _mm256_setzero_ps();
+    for (int i = 0; i < 32; i++) {
+      const __m256i Li = _mm256_load_si256(reinterpret_cast<const __m256i*>(Lt + i * kTrialLanes + 8 * v));
+      const __m256 q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(Li, Li), _mm256_set1_epi32(1)));
+      const __m256 w = _mm256_set1_ps(weight[i]);
+      sx = _mm256_add_ps(sx, _mm256_mul_ps(_mm256_mul_ps(w, _mm256_set1_ps(xval[i])), q));
+      s2 = _mm256_add_ps(s2, _mm256_mul_ps(_mm256_mul_ps(w, q), q));
+    }
+    _mm256_store_ps(sumqx + 8 * v, sx);
+    _mm256_store_ps(sumq2 + 8 * v, s2);
+  }
+}
+#endif
 
 // The per-32-value search shared by both types (the body of ggml's ib loop from the weights to the
 // final L): false for a zero block (ggml's `continue`, which writes nothing for it); otherwise
@@ -248,6 +385,29 @@ bool search_block(const Iq3Lattice& g, const Iq3Params& p, const float* xb, cons
   float best = 0;
   float scale = max / static_cast<float>(2 * kMaxQ - 1);
   for (int k = 0; k < 8; k++) on_grid[k] = p.start_on_grid;
+#if defined(__x86_64__)
+  if (use_avx2()) {
+    // All trials first (lane t of the vectors = trial t), then ggml's acceptance in trial order.
+    const int nt = 2 * p.nsteps + 1;
+    alignas(32) float ids[kTrialLanes], this_scales[kTrialLanes], sumqx[kTrialLanes], sumq2[kTrialLanes];
+    alignas(32) int32_t Lt[32 * kTrialLanes];
+    alignas(32) int32_t off_t[8 * kTrialLanes];
+    for (int t = 0; t < kTrialLanes; t++) {
+      const int is = -p.nsteps + (t < nt ? t : nt - 1);  // spare lanes repeat the last trial
+      ids[t] = (static_cast<float>(2 * kMaxQ - 1) + static_cast<float>(is) * 0.2f) / max;
+      this_scales[t] = 1 / ids[t];
+    }
+    trials_avx2(g, (nt + 7) / 8, xval, waux, weight, ids, this_scales, Lt, off_t, sumqx, sumq2);
+    for (int t = 0; t < nt; t++) {
+      if (sumq2[t] > 0 && sumqx[t] * sumqx[t] > best * sumq2[t]) {
+        scale = sumqx[t] / sumq2[t];
+        best = scale * sumqx[t];
+        for (int i = 0; i < 32; i++) L[i] = static_cast<int8_t>(Lt[i * kTrialLanes + t]);
+        for (int k = 0; k < 8; k++) on_grid[k] = !off_t[k * kTrialLanes + t];
+      }
+    }
+  } else
+#endif
   for (int is = -p.nsteps; is <= p.nsteps; is++) {
     const float id = (static_cast<float>(2 * kMaxQ - 1) + static_cast<float>(is) * 0.2f) / max;
     const float this_scale = 1 / id;
@@ -462,8 +622,8 @@ Napi::Value GgmlIq3Lattice(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   out.Set("grid", Napi::Uint32Array::New(env, g.grid.size(), copy(g.grid.data(), g.grid.size() * 4), 0));
   out.Set("kmap", Napi::Int32Array::New(env, g.kmap.size(), copy(g.kmap.data(), g.kmap.size() * 4), 0));
-  out.Set("neighbours", Napi::Uint16Array::New(env, g.neighbours.size(),
-                                               copy(g.neighbours.data(), g.neighbours.size() * 2), 0));
+  const size_t nn = g.neighbours.size() - 8;  // without the load padding
+  out.Set("neighbours", Napi::Uint16Array::New(env, nn, copy(g.neighbours.data(), nn * 2), 0));
   return out;
 }
 

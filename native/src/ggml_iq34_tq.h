@@ -46,6 +46,11 @@ struct Iq3Lattice {
   std::vector<uint32_t> grid;    // point k: byte i = 2*l_i + 1, l_i in 0..7
   std::vector<int32_t> kmap;     // 4096 slots (4 x 3-bit levels): point index, or -(record offset + 1)
   std::vector<uint16_t> neighbours;  // records [n, j_1 .. j_n] for every slot off the lattice
+  // Derived, for the searches: point k's values 2l+1 as floats at coords[4k..4k+3]; `neighbours`
+  // carries 8 zeros after the last record so 8 indices can always be loaded at once.
+  std::vector<float> coords;
+  std::vector<uint32_t> neighbour_points;  // grid[neighbours[i]] for every record entry (0 for counts)
+  int max_record = 0;  // the longest record's n
 };
 const Iq3Lattice& iq3_lattice(int size);
 
