@@ -244,19 +244,21 @@ DC_IQ3_AVX2 inline __m256i nearest_int_x8(__m256 f) {
   return _mm256_sub_epi32(_mm256_and_si256(i, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x00400000));
 }
 
-// The trial loop of ggml's search with trial t in lane t of `nv` vectors: per group, the
+// The trial loop of ggml's search with trial t (of nt) in lane t: per group, the
 // projection, the kmap look-up and, for the lanes off the lattice, the neighbour search (each lane
 // walks its own record in order, with the scalar distance and strict comparison); then the weighted
 // sums in value order. Writes the levels Lt[i*32 + t], off_t[k*32 + t] (group k of trial t was off
 // the lattice) and the sums.
-DC_IQ3_AVX2 void trials_avx2(const Iq3Lattice& g, int nv, const float* xval, const float* waux, const float* weight,
+DC_IQ3_AVX2 void trials_avx2(const Iq3Lattice& g, int nt, const float* xval, const float* waux, const float* weight,
                              const float* ids, const float* this_scales, int32_t* Lt, int32_t* off_t, float* sumqx,
                              float* sumq2) {
   const __m256i zero = _mm256_setzero_si256(), seven = _mm256_set1_epi32(kMaxQ - 1), low16 = _mm256_set1_epi32(0xffff);
   const __m256 one = _mm256_set1_ps(1.0f), half = _mm256_set1_ps(0.5f);
   const int* nb16 = reinterpret_cast<const int*>(g.neighbours.data());  // read as 32-bit at 2-byte steps
-  for (int v = 0; v < nv; v++) {
+  for (int v = 0; v < (nt + 7) / 8; v++) {
     const __m256 id = _mm256_load_ps(ids + 8 * v), scale = _mm256_load_ps(this_scales + 8 * v);
+    // Spare lanes past the last trial skip the neighbour search (their results are not read).
+    const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(nt - 8 * v), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int k = 0; k < 8; k++) {
       __m256i l[4], u = zero;
       for (int i = 0; i < 4; i++) {
@@ -265,7 +267,7 @@ DC_IQ3_AVX2 void trials_avx2(const Iq3Lattice& g, int nv, const float* xval, con
         u = _mm256_or_si256(u, _mm256_sll_epi32(l[i], _mm_cvtsi32_si128(3 * i)));
       }
       const __m256i gi = _mm256_i32gather_epi32(g.kmap.data(), u, 4);
-      const __m256i off = _mm256_cmpgt_epi32(zero, gi);
+      const __m256i off = _mm256_and_si256(_mm256_cmpgt_epi32(zero, gi), valid);
       _mm256_store_si256(reinterpret_cast<__m256i*>(off_t + k * kTrialLanes + 8 * v), off);
       if (!_mm256_testz_si256(off, off)) {
         // Record offsets (lanes on the lattice: 0, masked), counts, first entries (the fallback).
@@ -397,7 +399,7 @@ bool search_block(const Iq3Lattice& g, const Iq3Params& p, const float* xb, cons
       ids[t] = (static_cast<float>(2 * kMaxQ - 1) + static_cast<float>(is) * 0.2f) / max;
       this_scales[t] = 1 / ids[t];
     }
-    trials_avx2(g, (nt + 7) / 8, xval, waux, weight, ids, this_scales, Lt, off_t, sumqx, sumq2);
+    trials_avx2(g, nt, xval, waux, weight, ids, this_scales, Lt, off_t, sumqx, sumq2);
     for (int t = 0; t < nt; t++) {
       if (sumq2[t] > 0 && sumqx[t] * sumqx[t] > best * sumq2[t]) {
         scale = sumqx[t] / sumq2[t];
