@@ -128,7 +128,6 @@ void build_lattice(Iq3Lattice& g, int size) {
       for (int j = 0; j < size; j++)
         if (d2[j] == lowest[m]) g.neighbours.push_back(static_cast<uint16_t>(j));
     g.neighbours[offset] = static_cast<uint16_t>(g.neighbours.size() - offset - 1);
-    g.max_record = std::max(g.max_record, static_cast<int>(g.neighbours[offset]));
   }
   g.coords.resize(4 * size);
   for (int k = 0; k < size; k++)
@@ -331,7 +330,7 @@ DC_IQ3_AVX2 void trials_avx2(const Iq3Lattice& g, int nt, const float* xval, con
 // of 8 (7-bit parity-completed for IQ3_XXS, 8-bit for IQ3_S).
 struct Iq3Params {
   bool parity;      // IQ3_XXS: an even number of negatives per 8 (flip the cheapest one)
-  float eps;        // zero test: max < eps (IQ3_XXS) / !max (IQ3_S: eps 0 with <=)
+  float eps;        // IQ3_XXS's zero test is max < eps; IQ3_S's is !max (eps unused)
   int nsteps;       // is = -nsteps..nsteps
   bool start_on_grid;  // IQ3_XXS starts is_on_grid true, IQ3_S false
   bool refine_all;  // IQ3_S recomputes every group in the refinement, IQ3_XXS only the off-grid ones

@@ -50,7 +50,6 @@ struct Iq3Lattice {
   // carries 8 zeros after the last record so 8 indices can always be loaded at once.
   std::vector<float> coords;
   std::vector<uint32_t> neighbour_points;  // grid[neighbours[i]] for every record entry (0 for counts)
-  int max_record = 0;  // the longest record's n
 };
 const Iq3Lattice& iq3_lattice(int size);
 
