@@ -14,7 +14,8 @@ import { createHash } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
-import { ggmlType, quantizeRows } from "../src/quant/ggml.js";
+import { ggmlQuantType } from "../src/formats/ggml-types.js";
+import { quantizeRows } from "../src/quant/ggml.js";
 
 const { values } = parseArgs({
   options: {
@@ -52,8 +53,8 @@ console.log(`${rows} x ${N} float32 = ${((rows * N * 4) / 1e6).toFixed(1)} MB, b
 console.log("| type | imatrix | threads | wall s | MB/s f32 in | cpu s | MB/s per cpu s | sha256 (first 12) |");
 console.log("|---|---|---|---|---|---|---|---|");
 for (const name of values.types.split(",")) {
-  const t = ggmlType(name);
-  for (const imatrix of t.usesImatrix ? [null, im] : [null]) {
+  const t = ggmlQuantType(name);
+  for (const imatrix of t.imatrix !== "ignored" ? [null, im] : [null]) {
     for (const threads of values.threads.split(",").map(Number)) {
       let best = Infinity, bestCpu = Infinity;
       let out: Uint8Array | undefined;

@@ -12,7 +12,8 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 
-import { dequantizeRows, ggmlQuantTypes, ggmlType, quantizeRows, rowBytes } from "../src/quant/ggml.js";
+import { ggmlQuantType, ggmlQuantTypes, rowBytes } from "../src/formats/ggml-types.js";
+import { dequantizeRows, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 import { ROOT } from "./helpers.js";
 
@@ -46,7 +47,7 @@ interface Manifest {
 
 const haveGolden = existsSync(join(DIR, "manifest.json"));
 const native = loadNative();
-const hasKernels = native !== null && typeof native["ggmlIq3Lattice"] === "function";
+const hasKernels = native !== null;
 // Without CI a missing addon / golden set skips; with CI it must fail (the tests below run and throw).
 const run = (CI || (haveGolden && hasKernels)) as boolean;
 
@@ -100,14 +101,14 @@ describe.runIf(run)("IQ3/IQ4/TQ golden fixture", () => {
     }
   });
 
-  it("agrees with formats/ggml-types.json, which lists these types as quantizable", () => {
+  it("agrees with the type table (formats/ggml-types.json), which lists these types as quantizable", () => {
     for (const t of TYPES) {
       const folder = t.toLowerCase();
       const want = manifest.types[folder]!;
-      const got = ggmlType(t);
+      const got = ggmlQuantType(t);
       expect(ggmlQuantTypes()).toContain(got);
       expect([got.ggmlName, got.id, got.blockSize, got.typeSize]).toEqual([want.name, want.id, want.block_size, want.type_size]);
-      expect(got.usesImatrix, t).toBe(!manifest.imatrix_ignored_by.includes(folder));
+      expect(got.imatrix !== "ignored", t).toBe(!manifest.imatrix_ignored_by.includes(folder));
       expect(rowBytes(t, 512)).toBe((512 / want.block_size) * want.type_size);
     }
   });
@@ -133,7 +134,7 @@ describe.runIf(run)("IQ3 lattices", () => {
 
   it.each([256, 512] as const)("grid %i: points, kmap and neighbour lists equal ggml's", (size) => {
     expect(hasKernels, "native addon with ggmlIq3Lattice").toBe(true);
-    const t = (native!["ggmlIq3Lattice"] as (n: number) => { grid: Uint32Array; kmap: Int32Array; neighbours: Uint16Array })(size);
+    const t = native!.ggmlIq3Lattice(size);
     const want = GGML[size];
     expect(t.grid).toHaveLength(size);
     expect(t.kmap).toHaveLength(4096);
@@ -202,8 +203,8 @@ describe.runIf(run)("IQ3/IQ4/TQ threads", () => {
       off += i.rows * 512;
     }
     const im = floats(join(DATA, inputs[0]!.imatrix_file));
-    const t = ggmlType(name);
-    for (const imatrix of t.usesImatrix ? [null, im] : [null]) {
+    const t = ggmlQuantType(name);
+    for (const imatrix of t.imatrix !== "ignored" ? [null, im] : [null]) {
       const one = quantizeRows(t, x, rows, 512, imatrix, 1);
       const three = quantizeRows(t, x, rows, 512, imatrix, 3);
       if (!Buffer.from(three).equals(one)) expect.fail(`${name}${imatrix ? " imatrix" : ""}: ${firstBadRow(three, one, rowBytes(t, 512))}`);
