@@ -3,6 +3,7 @@
 // Reproduces ggml/src/ggml-quants.c of llama.cpp v0.4.0 (80fb11a): quantize_row_q*_ref,
 // quantize_row_q*_impl and dequantize_row_q*; see ggml_quants.h for the float rules.
 #include "ggml_quants.h"
+#include "ggml_iq34_tq.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -26,6 +27,9 @@ const TypeTraits kTypes[] = {
     {kQ3_K, "q3_K", QK_K, kQ3_KBytes, true}, {kQ4_K, "q4_K", QK_K, kQ4_KBytes, true},
     {kQ5_K, "q5_K", QK_K, kQ5_KBytes, true}, {kQ6_K, "q6_K", QK_K, kQ6_KBytes, true},
     {kBF16, "bf16", 1, 2, false},
+    {kIQ3_XXS, "iq3_xxs", QK_K, kIQ3_XXSBytes, false}, {kIQ3_S, "iq3_s", QK_K, kIQ3_SBytes, false},
+    {kIQ4_NL, "iq4_nl", QK, kIQ4_NLBytes, false}, {kIQ4_XS, "iq4_xs", QK_K, kIQ4_XSBytes, false},
+    {kTQ1_0, "tq1_0", QK_K, kTQ1_0Bytes, false}, {kTQ2_0, "tq2_0", QK_K, kTQ2_0Bytes, false},
 };
 
 // Clamp used by the legacy _ref paths: MIN(nmax, (int8_t)(v)) with C's float -> int8 narrowing.
@@ -293,6 +297,12 @@ void quantize_row(int id, const float* x, uint8_t* y, size_t n, const float* qw)
     case kQ4_K: quantize_row_q4_K(x, y, n, qw); break;
     case kQ5_K: quantize_row_q5_K(x, y, n, qw); break;
     case kQ6_K: quantize_row_q6_K(x, y, n, qw); break;
+    case kIQ3_XXS: quantize_row_iq3_xxs(x, y, n, qw); break;
+    case kIQ3_S: quantize_row_iq3_s(x, y, n, qw); break;
+    case kIQ4_NL: quantize_row_iq4_nl(x, y, n, qw); break;
+    case kIQ4_XS: quantize_row_iq4_xs(x, y, n, qw); break;
+    case kTQ1_0: quantize_row_tq1_0(x, y, n); break;  // ggml ignores the imatrix
+    case kTQ2_0: quantize_row_tq2_0(x, y, n); break;
     default: break;
   }
 }
@@ -316,6 +326,12 @@ void dequantize_row(int id, const uint8_t* x, float* y, size_t n) {
     case kQ4_K: dequantize_row_q4_K(x, y, n); break;
     case kQ5_K: dequantize_row_q5_K(x, y, n); break;
     case kQ6_K: dequantize_row_q6_K(x, y, n); break;
+    case kIQ3_XXS: dequantize_row_iq3_xxs(x, y, n); break;
+    case kIQ3_S: dequantize_row_iq3_s(x, y, n); break;
+    case kIQ4_NL: dequantize_row_iq4_nl(x, y, n); break;
+    case kIQ4_XS: dequantize_row_iq4_xs(x, y, n); break;
+    case kTQ1_0: dequantize_row_tq1_0(x, y, n); break;
+    case kTQ2_0: dequantize_row_tq2_0(x, y, n); break;
     default: break;
   }
 }

@@ -41,6 +41,9 @@ export interface AddonTypes {
   causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
   f32SiluMul(g: View, u: View, threads: number): void;
 
+  // ---- ggml_iq3.cc: the IQ3_XXS (256) / IQ3_S (512) lattice tables, for checking against ggml's
+  ggmlIq3Lattice(size: 256 | 512): { grid: Uint32Array; kmap: Int32Array; neighbours: Uint16Array };
+
   // ---- cuda_loader.cc: dlopen of libdeepcast_cuda.so
   /** null on success, else why CUDA cannot be used ("no CUDA device: ...", "cannot load ..."). */
   cudaInit(libPath: string, device?: number): string | null;
@@ -73,6 +76,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   f32Matmul: 0,
   causalAttention: 0,
   f32SiluMul: 0,
+  ggmlIq3Lattice: 0,
   cudaInit: 0,
   cudaAvailable: 0,
   cudaDeviceInfo: 0,

@@ -1,10 +1,12 @@
 /**
  * ggml block quantization, byte-identical to ggml-base of llama.cpp v0.4.0 (what llama-quantize
- * writes on x86-64): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K, plus F32/F16/BF16.
+ * writes on x86-64): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K, IQ3_XXS IQ3_S IQ4_NL IQ4_XS
+ * TQ1_0 TQ2_0, plus F32/F16/BF16.
  *
  * Without an imatrix the K-quants run ggml's `quantize_row_*_ref` (as `ggml_quantize_chunk` does
  * with `quant_weights = NULL`); with one, the weighted `quantize_row_*_impl`. Q8_0/F16/BF16/F32
- * ignore the imatrix, as ggml does. The kernels live in the native addon (native/src/ggml_*.cc);
+ * ignore the imatrix, as ggml does; the IQ types have one quantizer that takes it or not, and
+ * TQ1_0/TQ2_0 ignore it. The kernels live in the native addon (native/src/ggml_*.cc);
  * without it only F32/F16/BF16 work (through the element kernels of ./kernels.ts).
  *
  * The type table is src/formats/ggml-types.ts.
