@@ -3,6 +3,7 @@
 // Reproduces ggml/src/ggml-quants.c of llama.cpp v0.4.0 (80fb11a): quantize_row_q*_ref,
 // quantize_row_q*_impl and dequantize_row_q*; see ggml_quants.h for the float rules.
 #include "ggml_quants.h"
+#include "ggml_iq2.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -26,6 +27,9 @@ const TypeTraits kTypes[] = {
     {kQ3_K, "q3_K", QK_K, kQ3_KBytes, true}, {kQ4_K, "q4_K", QK_K, kQ4_KBytes, true},
     {kQ5_K, "q5_K", QK_K, kQ5_KBytes, true}, {kQ6_K, "q6_K", QK_K, kQ6_KBytes, true},
     {kBF16, "bf16", 1, 2, false},
+    {kIQ2_XXS, "iq2_xxs", QK_K, kIQ2_XXSBytes, false}, {kIQ2_XS, "iq2_xs", QK_K, kIQ2_XSBytes, false},
+    {kIQ2_S, "iq2_s", QK_K, kIQ2_SBytes, false}, {kIQ1_S, "iq1_s", QK_K, kIQ1_SBytes, false},
+    {kIQ1_M, "iq1_m", QK_K, kIQ1_MBytes, false},
 };
 
 // Clamp used by the legacy _ref paths: MIN(nmax, (int8_t)(v)) with C's float -> int8 narrowing.
@@ -293,6 +297,11 @@ void quantize_row(int id, const float* x, uint8_t* y, size_t n, const float* qw)
     case kQ4_K: quantize_row_q4_K(x, y, n, qw); break;
     case kQ5_K: quantize_row_q5_K(x, y, n, qw); break;
     case kQ6_K: quantize_row_q6_K(x, y, n, qw); break;
+    case kIQ2_XXS: quantize_row_iq2_xxs(x, y, n, qw); break;
+    case kIQ2_XS: quantize_row_iq2_xs(x, y, n, qw); break;
+    case kIQ2_S: quantize_row_iq2_s(x, y, n, qw); break;
+    case kIQ1_S: quantize_row_iq1_s(x, y, n, qw); break;
+    case kIQ1_M: quantize_row_iq1_m(x, y, n, qw); break;
     default: break;
   }
 }
@@ -316,6 +325,11 @@ void dequantize_row(int id, const uint8_t* x, float* y, size_t n) {
     case kQ4_K: dequantize_row_q4_K(x, y, n); break;
     case kQ5_K: dequantize_row_q5_K(x, y, n); break;
     case kQ6_K: dequantize_row_q6_K(x, y, n); break;
+    case kIQ2_XXS: dequantize_row_iq2_xxs(x, y, n); break;
+    case kIQ2_XS: dequantize_row_iq2_xs(x, y, n); break;
+    case kIQ2_S: dequantize_row_iq2_s(x, y, n); break;
+    case kIQ1_S: dequantize_row_iq1_s(x, y, n); break;
+    case kIQ1_M: dequantize_row_iq1_m(x, y, n); break;
     default: break;
   }
 }
@@ -364,6 +378,8 @@ Napi::Value GgmlQuantize(const Napi::CallbackInfo& info) {
                "src has " + std::to_string(src.size) + " bytes, expected " + std::to_string(rows * n * 4)) ||
       !require(env, dst.size == rows * row_bytes,
                "dst has " + std::to_string(dst.size) + " bytes, expected " + std::to_string(rows * row_bytes)) ||
+      !require(env, has_imatrix || !ggml::iq2_requires_imatrix(t->id),
+               std::string(t->name) + " needs an importance matrix (ggml asserts one)") ||
       !require(env, !has_imatrix || imat.size == n * 4,
                "imatrix has " + std::to_string(imat.size / 4) + " values, expected nPerRow = " + std::to_string(n)) ||
       !require(env, reinterpret_cast<uintptr_t>(src.data) % 4 == 0 &&
