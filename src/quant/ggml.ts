@@ -1,6 +1,7 @@
 /**
  * ggml block quantization, byte-identical to ggml-base of llama.cpp v0.4.0 (what llama-quantize
- * writes on x86-64): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K, plus F32/F16/BF16.
+ * writes on x86-64): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K, IQ2_XXS IQ2_XS IQ2_S IQ1_S
+ * IQ1_M, plus F32/F16/BF16.
  *
  * Without an imatrix the K-quants run ggml's `quantize_row_*_ref` (as `ggml_quantize_chunk` does
  * with `quant_weights = NULL`); with one, the weighted `quantize_row_*_impl`. Q8_0/F16/BF16/F32
@@ -40,6 +41,14 @@ interface NativeGgml {
 }
 
 let table: readonly GgmlQuantType[] | undefined;
+
+/** ggml_quantize_requires_imatrix: ggml's quantizer asserts quant_weights for these (IQ2_XXS, IQ2_XS, IQ1_S). */
+const IMATRIX_ASSERTED: ReadonlySet<number> = new Set([16, 17, 19]);
+
+/** Whether quantizing to `type` needs an imatrix at all (quantizeRows throws IMATRIX_MISSING without one). */
+export function ggmlRequiresImatrix(type: GgmlTypeRef): boolean {
+  return IMATRIX_ASSERTED.has(ggmlType(type).id);
+}
 
 /** Every type this module quantizes, from formats/ggml-types.json. */
 export function ggmlQuantTypes(): readonly GgmlQuantType[] {
@@ -111,6 +120,9 @@ export function quantizeRows(
   const rb = rowBytes(t, nPerRow);
   if (src.length !== rows * nPerRow) throw new DeepcastError(`src has ${src.length} values, expected ${rows} x ${nPerRow}`);
   if (imatrix && imatrix.length !== nPerRow) throw new DeepcastError(`imatrix has ${imatrix.length} values, expected nPerRow = ${nPerRow}`);
+  if (!imatrix && IMATRIX_ASSERTED.has(t.id)) {
+    throw new DeepcastError(`${t.name} quantization needs an importance matrix (ggml's ${t.name} quantizer requires one); pass one with --imatrix`, { code: "IMATRIX_MISSING" });
+  }
   const out = dst ?? new Uint8Array(rows * rb);
   if (out.length !== rows * rb) throw new DeepcastError(`dst has ${out.length} bytes, expected ${rows * rb}`);
   const n = nativeGgml(t);
