@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 
 import { DeepcastError } from "../src/errors.js";
+import { ggmlQuantType } from "../src/formats/ggml-types.js";
 import { dequantizeRows, ggmlRequiresImatrix, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 import { ROOT, sha256 } from "./helpers.js";
@@ -40,7 +41,7 @@ interface Manifest {
 const CI = !!process.env["CI"];
 const haveData = existsSync(join(DIR, "manifest.json"));
 const native = loadNative();
-const hasKernels = native !== null && typeof native["ggmlIqLattice"] === "function";
+const hasKernels = native !== null;
 
 describe.runIf(CI)("prerequisites (CI)", () => {
   it("the golden data and the native IQ kernels are present", () => {
@@ -155,9 +156,8 @@ describe.skipIf(!hasKernels)("imatrix requirement", () => {
     expect((err as DeepcastError).code).toBe("IMATRIX_MISSING");
     expect((err as DeepcastError).message).toMatch(new RegExp(`^${name} quantization needs an importance matrix`));
     // The addon refuses too (a JS exception, not ggml's abort).
-    const q = native!["ggmlQuantize"] as (...a: unknown[]) => unknown;
-    const id = { IQ2_XXS: 16, IQ2_XS: 17, IQ1_S: 19 }[name]!;
-    expect(() => q(id, x, 2, 256, new Uint8Array(2 * { IQ2_XXS: 66, IQ2_XS: 74, IQ1_S: 50 }[name]!), null, 1)).toThrow(/needs an importance matrix/);
+    const t = ggmlQuantType(name);
+    expect(() => native!.ggmlQuantize(t.id, x, 2, 256, new Uint8Array(2 * t.typeSize), null, 1)).toThrow(/needs an importance matrix/);
   });
 
   it.each(["IQ2_S", "IQ1_M"])("%s quantizes without one, as ggml allows", (name) => {
@@ -201,12 +201,7 @@ const LATTICE_SHA256: Record<string, { neighbours: number; kmap: string; neigh: 
 };
 const LATTICE = { IQ2_XXS: { id: 16, size: 256, nwant: 2 }, IQ2_XS: { id: 17, size: 512, nwant: 2 }, IQ2_S: { id: 22, size: 1024, nwant: 1 }, IQ1_S: { id: 19, size: 2048, nwant: 3 } };
 
-interface LatticeTables {
-  kmap: Uint8Array;
-  neighbours: Uint8Array;
-  codebook: Uint8Array;
-}
-const lattice = (id: number) => (native!["ggmlIqLattice"] as (id: number) => LatticeTables)(id);
+const lattice = (id: number) => native!.ggmlIqLattice(id);
 
 describe.skipIf(!hasKernels)("lattice tables", () => {
   it.each(Object.keys(LATTICE_SHA256))("%s: kmap, neighbour lists and codebook equal ggml's", (name) => {
