@@ -35,22 +35,25 @@ void sort_by_value(const float* xb, int n, int* idx) {
 }
 
 // iq1_find_best_neighbour2: the listed entry minimising sum w*(scale*xg[l] - x)^2 (first minimum).
-// ggml's fallback over the whole lattice only runs when every distance is NaN, and then aborts;
-// here the entry 0 is returned instead.
+// The term of coordinate i only depends on its level l, so the three possible terms are computed
+// once and each entry's sum adds the same floats in ggml's order. ggml's fallback over the whole
+// lattice only runs when every distance is NaN, and then aborts; here the entry 0 is returned.
 int best_neighbour(const IqLattice& g, int u, const float* xval, const float* weight, float scale, const float* xg) {
   const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
   const int count = nb[0];
+  float term[8][3];
+  for (int i = 0; i < 8; i++) {
+    for (int lv = 0; lv < 3; lv++) {
+      const float diff = scale * xg[lv] - xval[i];
+      term[i][lv] = weight[i] * diff * diff;
+    }
+  }
   float best_score = kFltMax;
   int best = -1;
   for (int j = 1; j <= count; j++) {
-    const uint8_t* pg = reinterpret_cast<const uint8_t*>(g.point + nb[j]);
+    const uint64_t p = g.point[nb[j]];
     float d2 = 0;
-    for (int i = 0; i < 8; i++) {
-      const float q = xg[(pg[i] - 1) / 2];
-      const float w = weight[i];
-      const float diff = scale * q - xval[i];
-      d2 += w * diff * diff;
-    }
+    for (int i = 0; i < 8; i++) d2 += term[i][(p >> (8 * i + 1)) & 3];
     if (d2 < best_score) {
       best_score = d2;
       best = nb[j];
@@ -121,19 +124,31 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
       }
       float best_score = -kFltMax, scale = max;
       int besti1 = -1, besti2 = -1, best_shift = 0;
+      // ggml's candidate (i1, i2, shift) is sumqx = (a(i1) + b(i1,i2)) + c(i2) (and sumq2 alike),
+      // each term computed by itself; a and c are hoisted out of the double loop, unchanged.
+      float cx[2][kBlock + 1], cw[2][kBlock + 1];
+      for (int s = 0; s < 2; s++) {
+        const float* xv = s == 0 ? kXp : kXm;
+        for (int i2 = 0; i2 <= kBlock; i2++) {
+          cx[s][i2] = (sumx[kBlock] - sumx[i2]) * xv[2];
+          cw[s][i2] = (sumw[kBlock] - sumw[i2]) * xv[2] * xv[2];
+        }
+      }
       for (int i1 = 0; i1 <= kBlock; i1++) {
+        const float ax[2] = {(sumx[i1] - sumx[0]) * kXp[0], (sumx[i1] - sumx[0]) * kXm[0]};
+        const float aw[2] = {(sumw[i1] - sumw[0]) * kXp[0] * kXp[0], (sumw[i1] - sumw[0]) * kXm[0] * kXm[0]};
         for (int i2 = i1; i2 <= kBlock; i2++) {
-          for (int sh = 1; sh >= -1; sh -= 2) {
-            const float* xv = sh == 1 ? kXp : kXm;
-            const float sumqx = (sumx[i1] - sumx[0]) * xv[0] + (sumx[i2] - sumx[i1]) * xv[1] + (sumx[kBlock] - sumx[i2]) * xv[2];
-            const float sumq2 = (sumw[i1] - sumw[0]) * xv[0] * xv[0] + (sumw[i2] - sumw[i1]) * xv[1] * xv[1] +
-                                (sumw[kBlock] - sumw[i2]) * xv[2] * xv[2];
+          const float dx = sumx[i2] - sumx[i1], dw = sumw[i2] - sumw[i1];
+          for (int s = 0; s < 2; s++) {
+            const float* xv = s == 0 ? kXp : kXm;
+            const float sumqx = ax[s] + dx * xv[1] + cx[s][i2];
+            const float sumq2 = aw[s] + dw * xv[1] * xv[1] + cw[s][i2];
             if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
               scale = sumqx / sumq2;
               best_score = scale * sumqx;
               besti1 = i1;
               besti2 = i2;
-              best_shift = sh;
+              best_shift = s == 0 ? 1 : -1;
             }
           }
         }
@@ -237,17 +252,39 @@ void quantize_row_iq1_m(const float* x, uint8_t* y, size_t n, const float* quant
       sort_by_value(xb, kBlock, idx);
       float best_score = -kFltMax, scale = max;
       int besti1 = -1, besti2 = -1, best_k = -1;
+      // ggml accumulates, for every (i1, i2) and combination k, the terms of sorted positions
+      // j = 0..15 in order from 0: level 0 below i1, 1 below i2, 2 after. The same sums are built
+      // here by reusing the common prefix: the level-0 prefix up to i1, then the level-1 run grown
+      // one position per i2, then the level-2 tail; every addition is one ggml performs, in its order.
+      float tx[3][kBlock][4], tq[3][kBlock][4];  // term of position j at level lev for combination k
+      for (int j = 0; j < kBlock; j++) {
+        const int i = idx[j];
+        const int group = i < kBlock / 2 ? 0 : 1;
+        for (int lev = 0; lev < 3; lev++) {
+          for (int k = 0; k < 4; k++) {
+            const float xv = level_set(k, group)[lev];
+            tx[lev][j][k] = weight[i] * xv * xb[i];
+            tq[lev][j][k] = weight[i] * xv * xv;
+          }
+        }
+      }
+      float p0x[4] = {0, 0, 0, 0}, p0q[4] = {0, 0, 0, 0};  // level-0 prefix over j < i1
       for (int i1 = 0; i1 <= kBlock; i1++) {
+        float rx[4], rq[4];  // prefix plus the level-1 run over i1 <= j < i2
+        for (int k = 0; k < 4; k++) {
+          rx[k] = p0x[k];
+          rq[k] = p0q[k];
+        }
         for (int i2 = i1; i2 <= kBlock; i2++) {
-          float sumqx[4] = {0, 0, 0, 0}, sumq2[4] = {0, 0, 0, 0};
-          for (int j = 0; j < kBlock; j++) {
-            const int lev = j < i1 ? 0 : (j < i2 ? 1 : 2);
-            const int i = idx[j];
-            const int group = i < kBlock / 2 ? 0 : 1;
+          float sumqx[4], sumq2[4];
+          for (int k = 0; k < 4; k++) {
+            sumqx[k] = rx[k];
+            sumq2[k] = rq[k];
+          }
+          for (int j = i2; j < kBlock; j++) {
             for (int k = 0; k < 4; k++) {
-              const float xv = level_set(k, group)[lev];
-              sumqx[k] += weight[i] * xv * xb[i];
-              sumq2[k] += weight[i] * xv * xv;
+              sumqx[k] += tx[2][j][k];
+              sumq2[k] += tq[2][j][k];
             }
           }
           for (int k = 0; k < 4; k++) {
@@ -258,6 +295,18 @@ void quantize_row_iq1_m(const float* x, uint8_t* y, size_t n, const float* quant
               besti2 = i2;
               best_k = k;
             }
+          }
+          if (i2 < kBlock) {
+            for (int k = 0; k < 4; k++) {
+              rx[k] += tx[1][i2][k];
+              rq[k] += tq[1][i2][k];
+            }
+          }
+        }
+        if (i1 < kBlock) {
+          for (int k = 0; k < 4; k++) {
+            p0x[k] += tx[0][i1][k];
+            p0q[k] += tq[0][i1][k];
           }
         }
       }

@@ -20,20 +20,25 @@ inline int clamp_level(int l) { return l < 0 ? 0 : (l > kMaxQ - 1 ? kMaxQ - 1 : 
 inline int project(float id, float x) { return clamp_level(nearest_int(0.5f * (id * x - 1))); }
 
 // iq2_find_best_neighbour: the listed entry nearest to xval at `scale` under weights waux (first
-// minimum wins); sets L to its levels and returns its index.
+// minimum wins); sets L to its levels and returns its index. ggml sums waux[i]*diff*diff over i for
+// every entry; the term of coordinate i only depends on its lattice value 1, 3 or 5, so the three
+// possible terms are computed once and each entry's sum adds the same floats in the same order.
 int best_neighbour(const IqLattice& g, int u, const float* xval, const float* waux, float scale, int8_t* L) {
   const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
   const int count = nb[0];
+  float term[8][3];
+  for (int i = 0; i < 8; i++) {
+    for (int lv = 0; lv < 3; lv++) {
+      const float diff = scale * static_cast<float>(2 * lv + 1) - xval[i];
+      term[i][lv] = waux[i] * diff * diff;
+    }
+  }
   float best_d2 = 3.40282347e+38f;
   int best = -1;
   for (int j = 1; j <= count; j++) {
-    const uint8_t* pg = reinterpret_cast<const uint8_t*>(g.point + nb[j]);
+    const uint64_t p = g.point[nb[j]];
     float d2 = 0;
-    for (int i = 0; i < 8; i++) {
-      const float q = static_cast<float>(pg[i]);
-      const float diff = scale * q - xval[i];
-      d2 += waux[i] * diff * diff;
-    }
+    for (int i = 0; i < 8; i++) d2 += term[i][(p >> (8 * i + 1)) & 3];
     if (d2 < best_d2) {
       best_d2 = d2;
       best = nb[j];
