@@ -167,6 +167,18 @@ describe.skipIf(!hasKernels)("imatrix requirement", () => {
   });
 });
 
+describe.skipIf(!hasKernels)("non-finite input", () => {
+  // ggml aborts (GGML_ASSERT) or reads out of bounds on NaN/inf rows; the port must return bytes.
+  it.each(TYPES.map((t) => t.toUpperCase()))("%s quantizes NaN and infinite values without crashing", (name) => {
+    const x = new Float32Array(1024).map((_, i) => [NaN, Infinity, 0.01 * Math.sin(i), -Infinity, 3e38][i % 5]!);
+    for (const imatrix of [new Float32Array(1024).fill(1), ...(ggmlRequiresImatrix(name) ? [] : [null])]) {
+      const q = quantizeRows(name, x, 1, 1024, imatrix);
+      expect(q.length).toBe(4 * ggmlQuantType(name).typeSize);
+      expect(dequantizeRows(name, q, 1, 1024)).toHaveLength(1024);
+    }
+  });
+});
+
 // The lattice tables iq2xs_init_impl builds: kmap (int32 per slot), neighbour records (uint16) and
 // the dequantization codebook (ggml-common.h's iq2xxs_grid / iq2xs_grid / iq2s_grid / iq1s_grid),
 // as sha256 of their little-endian bytes. Provenance: a throwaway C harness (outside this repo)

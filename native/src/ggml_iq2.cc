@@ -44,6 +44,8 @@ int best_neighbour(const IqLattice& g, int u, const float* xval, const float* wa
       best = nb[j];
     }
   }
+  // Every distance NaN (non-finite input): ggml aborts here; take the first listed entry.
+  if (best < 0) best = nb[1];
   const uint8_t* pg = reinterpret_cast<const uint8_t*>(g.point + best);
   for (int i = 0; i < 8; i++) L[i] = static_cast<int8_t>((pg[i] - 1) / 2);
   return best;
@@ -146,8 +148,11 @@ float search16(const IqLattice& g, const float* xval, const float* weight, const
   return scale;
 }
 
-// Lattice index of levels that must be on the lattice (ggml aborts otherwise; unreachable).
+// Lattice index of levels that must be on the lattice (ggml aborts otherwise: only reachable with
+// non-finite input, where make_qp_quants' levels can be anything; entry 0 then).
 inline int on_lattice(const IqLattice& g, const int8_t* L) {
+  for (int i = 0; i < 8; i++)
+    if (L[i] < 0 || L[i] > kMaxQ - 1) return 0;
   const int j = g.kmap[levels_key(L)];
   return j < 0 ? 0 : j;
 }
