@@ -4,6 +4,7 @@
 // quantize_row_q*_impl and dequantize_row_q*; see ggml_quants.h for the float rules.
 #include "ggml_quants.h"
 #include "ggml_iq34_tq.h"
+#include "ggml_iq2.h"
 
 #include <algorithm>
 #include <cfloat>
@@ -30,6 +31,9 @@ const TypeTraits kTypes[] = {
     {kIQ3_XXS, "iq3_xxs", QK_K, kIQ3_XXSBytes, false}, {kIQ3_S, "iq3_s", QK_K, kIQ3_SBytes, false},
     {kIQ4_NL, "iq4_nl", QK, kIQ4_NLBytes, false}, {kIQ4_XS, "iq4_xs", QK_K, kIQ4_XSBytes, false},
     {kTQ1_0, "tq1_0", QK_K, kTQ1_0Bytes, false}, {kTQ2_0, "tq2_0", QK_K, kTQ2_0Bytes, false},
+    {kIQ2_XXS, "iq2_xxs", QK_K, kIQ2_XXSBytes, false}, {kIQ2_XS, "iq2_xs", QK_K, kIQ2_XSBytes, false},
+    {kIQ2_S, "iq2_s", QK_K, kIQ2_SBytes, false}, {kIQ1_S, "iq1_s", QK_K, kIQ1_SBytes, false},
+    {kIQ1_M, "iq1_m", QK_K, kIQ1_MBytes, false},
 };
 
 // Clamp used by the legacy _ref paths: MIN(nmax, (int8_t)(v)) with C's float -> int8 narrowing.
@@ -303,6 +307,11 @@ void quantize_row(int id, const float* x, uint8_t* y, size_t n, const float* qw)
     case kIQ4_XS: quantize_row_iq4_xs(x, y, n, qw); break;
     case kTQ1_0: quantize_row_tq1_0(x, y, n); break;  // ggml ignores the imatrix
     case kTQ2_0: quantize_row_tq2_0(x, y, n); break;
+    case kIQ2_XXS: quantize_row_iq2_xxs(x, y, n, qw); break;
+    case kIQ2_XS: quantize_row_iq2_xs(x, y, n, qw); break;
+    case kIQ2_S: quantize_row_iq2_s(x, y, n, qw); break;
+    case kIQ1_S: quantize_row_iq1_s(x, y, n, qw); break;
+    case kIQ1_M: quantize_row_iq1_m(x, y, n, qw); break;
     default: break;
   }
 }
@@ -332,6 +341,11 @@ void dequantize_row(int id, const uint8_t* x, float* y, size_t n) {
     case kIQ4_XS: dequantize_row_iq4_xs(x, y, n); break;
     case kTQ1_0: dequantize_row_tq1_0(x, y, n); break;
     case kTQ2_0: dequantize_row_tq2_0(x, y, n); break;
+    case kIQ2_XXS: dequantize_row_iq2_xxs(x, y, n); break;
+    case kIQ2_XS: dequantize_row_iq2_xs(x, y, n); break;
+    case kIQ2_S: dequantize_row_iq2_s(x, y, n); break;
+    case kIQ1_S: dequantize_row_iq1_s(x, y, n); break;
+    case kIQ1_M: dequantize_row_iq1_m(x, y, n); break;
     default: break;
   }
 }
@@ -380,6 +394,8 @@ Napi::Value GgmlQuantize(const Napi::CallbackInfo& info) {
                "src has " + std::to_string(src.size) + " bytes, expected " + std::to_string(rows * n * 4)) ||
       !require(env, dst.size == rows * row_bytes,
                "dst has " + std::to_string(dst.size) + " bytes, expected " + std::to_string(rows * row_bytes)) ||
+      !require(env, has_imatrix || !ggml::iq2_requires_imatrix(t->id),
+               std::string(t->name) + " needs an importance matrix (ggml asserts one)") ||
       !require(env, !has_imatrix || imat.size == n * 4,
                "imatrix has " + std::to_string(imat.size / 4) + " values, expected nPerRow = " + std::to_string(n)) ||
       !require(env, reinterpret_cast<uintptr_t>(src.data) % 4 == 0 &&

@@ -35,6 +35,10 @@ export interface AddonTypes {
   /** Bytes of one row; throws for an unsupported type or a row that is not whole blocks. */
   ggmlRowBytes(type: number, nPerRow: number): number;
 
+  // ---- ggml_iq2_grid.cc: the lattice tables of IQ2_XXS/IQ2_XS/IQ2_S/IQ1_S/IQ1_M (for checking against ggml)
+  /** kmap (int32 per slot), neighbour records (uint16), codebook (8 bytes per entry), little-endian. */
+  ggmlIqLattice(type: number): { kmap: Uint8Array; neighbours: Uint8Array; codebook: Uint8Array };
+
   // ---- forward.cc: the forward pass's CPU kernels
   /** y[t*ldy + o] = sum_i x[t*in + i] * w[o*in + i]. */
   f32Matmul(x: View, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
@@ -73,6 +77,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   ggmlQuantize: 0,
   ggmlDequantize: 0,
   ggmlRowBytes: 0,
+  ggmlIqLattice: 0,
   f32Matmul: 0,
   causalAttention: 0,
   f32SiluMul: 0,

@@ -1,7 +1,7 @@
 /**
  * ggml block quantization, byte-identical to ggml-base of llama.cpp v0.4.0 (what llama-quantize
- * writes on x86-64): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K, IQ3_XXS IQ3_S IQ4_NL IQ4_XS
- * TQ1_0 TQ2_0, plus F32/F16/BF16.
+ * writes on x86-64): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K, IQ1_S IQ1_M IQ2_XXS IQ2_XS
+ * IQ2_S IQ3_XXS IQ3_S IQ4_NL IQ4_XS TQ1_0 TQ2_0, plus F32/F16/BF16.
  *
  * Without an imatrix the K-quants run ggml's `quantize_row_*_ref` (as `ggml_quantize_chunk` does
  * with `quant_weights = NULL`); with one, the weighted `quantize_row_*_impl`. Q8_0/F16/BF16/F32
@@ -16,6 +16,18 @@ import { DeepcastError } from "../errors.js";
 import { ggmlQuantType, rowBytes, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
 import { kernels } from "./kernels.js";
 import { loadNative, nativeMissingReason, type NativeAddon } from "./native.js";
+
+/**
+ * ggml_quantize_requires_imatrix: ggml's quantizer itself asserts quant_weights for these (IQ2_XXS,
+ * IQ2_XS, IQ1_S). Narrower than the type table's imatrix "required" (llama-quantize's rule, which
+ * also covers IQ2_S, IQ1_M and IQ3_XXS that ggml quantizes without one).
+ */
+const IMATRIX_ASSERTED: ReadonlySet<number> = new Set([16, 17, 19]);
+
+/** Whether quantizeRows needs an imatrix for `type` (it throws IMATRIX_MISSING without one). */
+export function ggmlRequiresImatrix(type: GgmlTypeRef): boolean {
+  return IMATRIX_ASSERTED.has(ggmlQuantType(type).id);
+}
 
 function checkRows(rows: number): void {
   if (!Number.isSafeInteger(rows) || rows < 0) throw new DeepcastError(`rows must be a non-negative integer, got ${rows}`);
@@ -54,6 +66,9 @@ export function quantizeRows(
   const rb = rowBytes(t, nPerRow);
   if (src.length !== rows * nPerRow) throw new DeepcastError(`src has ${src.length} values, expected ${rows} x ${nPerRow}`);
   if (imatrix && imatrix.length !== nPerRow) throw new DeepcastError(`imatrix has ${imatrix.length} values, expected nPerRow = ${nPerRow}`);
+  if (!imatrix && IMATRIX_ASSERTED.has(t.id)) {
+    throw new DeepcastError(`${t.name} quantization needs an importance matrix (ggml's ${t.name} quantizer requires one); pass one with --imatrix`, { code: "IMATRIX_MISSING" });
+  }
   const out = dst ?? new Uint8Array(rows * rb);
   if (out.length !== rows * rb) throw new DeepcastError(`dst has ${out.length} bytes, expected ${rows * rb}`);
   const n = nativeGgml(t);

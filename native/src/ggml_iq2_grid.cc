@@ -1,0 +1,172 @@
+// The lattices of the 2-bit/1-bit IQ types, their neighbour lists and dequantization codebooks.
+// Reproduces iq2xs_init_impl of ggml/src/ggml-quants.c (llama.cpp v0.4.0): same kmap, same
+// neighbour records, same record order (slot u ascending), built once per lattice at first use.
+#include <algorithm>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "ggml_iq2.h"
+#include "napi_util.h"
+#include "parallel.h"
+#include "registry.h"
+
+namespace deepcast {
+namespace ggml {
+
+namespace {
+
+#include "ggml_iq2_lattice.inc"
+
+struct LatticeSpec {
+  const uint16_t* levels;
+  int size;
+  int nwant;  // neighbours: every entry within the nwant smallest distinct distances
+  bool iq1;   // codebook: int8 -1/0/+1 (IQ1) instead of the IQ2 magnitudes 8/25/43
+};
+
+// gindex as ggml numbers them: 0 IQ2_XXS, 1 IQ2_XS, 2 IQ1_S/IQ1_M, 3 IQ2_S.
+const LatticeSpec kSpecs[4] = {
+    {kLattice2bit256, 256, 2, false},
+    {kLattice2bit512, 512, 2, false},
+    {kLattice1bit2048, 2048, 3, true},
+    {kLattice2bit1024, 1024, 1, false},
+};
+
+int lattice_index(int id) {
+  switch (id) {
+    case kIQ2_XXS: return 0;
+    case kIQ2_XS: return 1;
+    case kIQ1_S:
+    case kIQ1_M: return 2;
+    default: return 3;
+  }
+}
+
+struct Built {
+  std::vector<uint64_t> point, codebook;
+  std::vector<int32_t> kmap;
+  std::vector<uint16_t> neighbours;
+  IqLattice view{};
+};
+
+// Neighbour record of the off-lattice slot u: the entries j whose integer squared distance to the
+// point of u (coordinates 2*l+1, l in 0..3) is among the nwant smallest distinct distances, ordered
+// by (distance, j) -- what ggml's qsort with iq2_compare_func (a total order) produces.
+void neighbour_record(const LatticeSpec& s, const uint8_t* pts, int u, std::vector<int>& d2,
+                      std::vector<uint16_t>& out) {
+  int pos[8];
+  for (int k = 0; k < 8; k++) pos[k] = 2 * ((u >> (2 * k)) & 3) + 1;
+  int best[3];
+  int nbest = 0;
+  for (int j = 0; j < s.size; j++) {
+    const uint8_t* pg = pts + 8 * j;
+    int d = 0;
+    for (int k = 0; k < 8; k++) d += (pg[k] - pos[k]) * (pg[k] - pos[k]);
+    d2[j] = d;
+    // Keep the nwant smallest distinct distances, ascending.
+    int p = 0;
+    while (p < nbest && best[p] < d) p++;
+    if (p < nbest && best[p] == d) continue;
+    if (p >= s.nwant) continue;
+    for (int q = std::min(nbest, s.nwant - 1); q > p; q--) best[q] = best[q - 1];
+    best[p] = d;
+    if (nbest < s.nwant) nbest++;
+  }
+  const size_t head = out.size();
+  out.push_back(0);
+  for (int b = 0; b < nbest; b++)
+    for (int j = 0; j < s.size; j++)
+      if (d2[j] == best[b]) out.push_back(static_cast<uint16_t>(j));
+  out[head] = static_cast<uint16_t>(out.size() - head - 1);
+}
+
+void build(const LatticeSpec& s, Built& b) {
+  b.point.resize(s.size);
+  b.codebook.resize(s.size);
+  static const uint8_t kIq2Magnitude[3] = {8, 25, 43};
+  for (int j = 0; j < s.size; j++) {
+    uint64_t p = 0, c = 0;
+    for (int k = 0; k < 8; k++) {
+      const int l = (s.levels[j] >> (2 * k)) & 3;
+      p |= static_cast<uint64_t>(2 * l + 1) << (8 * k);
+      const uint8_t v = s.iq1 ? static_cast<uint8_t>(static_cast<int8_t>(l - 1)) : kIq2Magnitude[l];
+      c |= static_cast<uint64_t>(v) << (8 * k);
+    }
+    b.point[j] = p;
+    b.codebook[j] = c;
+  }
+  b.kmap.assign(kIqKmapSize, -1);
+  for (int j = 0; j < s.size; j++) b.kmap[s.levels[j]] = j;
+
+  // Records of the off-lattice slots, in slot order; threads fill contiguous slot ranges.
+  const uint8_t* pts = reinterpret_cast<const uint8_t*>(b.point.data());
+  const int nthreads = static_cast<int>(std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
+  const size_t chunk = (kIqKmapSize + nthreads - 1) / nthreads;
+  std::vector<std::vector<uint16_t>> parts(static_cast<size_t>(nthreads));
+  parallel_for(static_cast<size_t>(nthreads), nthreads, 1, [&](size_t t0, size_t t1) {
+    std::vector<int> d2(static_cast<size_t>(s.size));
+    for (size_t t = t0; t < t1; t++) {
+      const size_t u1 = std::min<size_t>(kIqKmapSize, (t + 1) * chunk);
+      for (size_t u = t * chunk; u < u1; u++)
+        if (b.kmap[u] < 0) neighbour_record(s, pts, static_cast<int>(u), d2, parts[t]);
+    }
+  });
+  size_t total = 0;
+  for (auto& p : parts) total += p.size();
+  b.neighbours.reserve(total);
+  for (auto& p : parts) b.neighbours.insert(b.neighbours.end(), p.begin(), p.end());
+  size_t off = 0;
+  for (int u = 0; u < kIqKmapSize; u++) {
+    if (b.kmap[u] >= 0) continue;
+    b.kmap[u] = -static_cast<int32_t>(off + 1);
+    off += 1 + b.neighbours[off];
+  }
+  b.view = {s.size, b.point.data(), b.kmap.data(), b.neighbours.data(), b.neighbours.size(), b.codebook.data()};
+}
+
+Built g_built[4];
+std::once_flag g_once[4];
+
+}  // namespace
+
+const IqLattice& iq2_lattice(int id) {
+  const int g = lattice_index(id);
+  std::call_once(g_once[g], [g] { build(kSpecs[g], g_built[g]); });
+  return g_built[g].view;
+}
+
+}  // namespace ggml
+
+namespace {
+
+template <typename T>
+Napi::Value copy_out(Napi::Env env, const T* data, size_t count) {
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, count * sizeof(T));
+  std::copy(data, data + count, static_cast<T*>(ab.Data()));
+  return Napi::Uint8Array::New(env, count * sizeof(T), ab, 0);
+}
+
+// ggmlIqLattice(type) -> { kmap, neighbours, codebook } as little-endian bytes (int32, uint16,
+// 8 bytes per entry): what the quantizer searches and dequantization reads, for checking against ggml.
+Napi::Value GgmlIqLattice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int id = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().Int32Value() : -1;
+  if (!require(env, id == ggml::kIQ2_XXS || id == ggml::kIQ2_XS || id == ggml::kIQ2_S || id == ggml::kIQ1_S ||
+                        id == ggml::kIQ1_M,
+               "ggmlIqLattice: ggml type id " + std::to_string(id) + " has no 2-bit lattice"))
+    return env.Undefined();
+  const ggml::IqLattice& l = ggml::iq2_lattice(id);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("kmap", copy_out(env, l.kmap, ggml::kIqKmapSize));
+  o.Set("neighbours", copy_out(env, l.neighbours, l.neighbours_len));
+  o.Set("codebook", copy_out(env, l.codebook, static_cast<size_t>(l.size)));
+  return o;
+}
+
+}  // namespace
+
+DEEPCAST_EXPORT("ggmlIqLattice", GgmlIqLattice);
+
+}  // namespace deepcast
