@@ -10,7 +10,7 @@ import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/check
 import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
-import { quantizeRows, rowBytes } from "../quant/ggml.js";
+import { ggmlQuantTypes, quantizeRows, rowBytes } from "../quant/ggml.js";
 import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
 import {
   hfModelFiles,
@@ -34,6 +34,19 @@ export interface ToGgufPlan {
   imatrix?: { loaded: Imatrix } & ImatrixUse;
 }
 
+/** Before anything is written: every type the plan chose has a quantizer in this build. */
+function requireQuantizers(output: GgufOutputPlan): void {
+  const available = new Set(ggmlQuantTypes().map((t) => t.id));
+  const missing = new Map<string, string>();
+  for (const t of output.tensors) if (t.type.id !== t.inputType.id && !available.has(t.type.id)) missing.set(t.type.name, t.name);
+  if (missing.size === 0) return;
+  const [type, tensor] = [...missing][0]!;
+  throw new DeepcastError(
+    `${output.ftype.name} needs the ${[...missing.keys()].join(", ")} quantizer(s), which this build of deepcast does not have`,
+    { tensor, code: "UNSUPPORTED" },
+  );
+}
+
 export async function planToGguf(
   source: CheckpointSource,
   out: string,
@@ -51,6 +64,7 @@ export async function planToGguf(
     const quantized = output.tensors.filter((t) => t.type.id !== t.inputType.id);
     imatrix = { loaded: im, ...imatrixForTensors(im, quantized.map((t) => ({ name: t.name, ne: t.ne, requiresImatrix: t.mix?.requiresImatrix ?? false })), { dryRun: opts.dryRun ?? false }) };
   }
+  if (!opts.dryRun) requireQuantizers(output);
   const layout = planGgufLayout(
     resolve(out),
     output.kvs,
