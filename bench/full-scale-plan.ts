@@ -20,6 +20,9 @@
  *    i.e. when the published V3-0324 files were made (1025 tensors). Its type is the mix's default:
  *    llama-quantize of that time only counted attn_kv_b as an attn_v tensor, it gave it no rule.
  * The MTP layer (61) is skipped in both, as llama.cpp does.
+ *
+ * Then the IQ/TQ mixes as llama-quantize plans them with an imatrix (the per-tensor choice depends only on
+ * whether an imatrix is given, so none is made up), beside the spec's predicted sizes.
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -101,10 +104,29 @@ try {
         `split at 50G: ${split.files.length} files, ${split.totalBytes - single.totalBytes} bytes more than one file`,
     );
   }
+  // IQ/TQ mixes: as llama-quantize plans them with an imatrix (the choice only depends on whether there
+  // is one; the spec's predictions, llama-cpp-iq.md §4.2, are GiB of tensor data, no metadata).
+  const IQ_PREDICTED: Record<string, number> = {
+    IQ1_S: 124.6, IQ1_M: 138.8, IQ2_XXS: 162.6, IQ2_XS: 181.8, IQ2_S: 183.6, IQ2_M: 202.6,
+    IQ3_XXS: 240.3, IQ3_XS: 254.1, IQ3_S: 269.3, IQ3_M: 272.1, IQ4_XS: 332.6, IQ4_NL: 352.1, TQ1_0: NaN, TQ2_0: NaN,
+  };
+  const gib = (n: number) => (n / 2 ** 30).toFixed(3);
+  const iqRows: string[][] = [];
+  for (const [quant, predicted] of Object.entries(IQ_PREDICTED)) {
+    const out = planGgufOutput(model, { ftype: quant, hasImatrix: true, dryRun: true });
+    const l = planGgufLayout("/nowhere/model.gguf", out.kvs, specs(out));
+    const data = l.files.reduce((s, f) => s + f.tensors.reduce((a, t) => a + t.nbytes, 0), 0);
+    const weights = out.tensors.reduce((s, t) => s + t.ne.reduce((a, b) => a * b, 1), 0);
+    const byType = new Map<string, number>();
+    for (const [i, t] of out.tensors.entries()) byType.set(t.type.name, (byType.get(t.type.name) ?? 0) + l.files[0]!.tensors[i]!.nbytes);
+    iqRows.push([
+      quant, String(l.tensorCount), gib(data), Number.isNaN(predicted) ? "-" : predicted.toFixed(1), (data * 8 / weights).toFixed(3),
+      [...byType].sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k} ${gib(v)}`).join(", "),
+    ]);
+  }
   const ms = performance.now() - t0;
 
   const gb = (n: number) => (n / 1e9).toFixed(3);
-  const gib = (n: number) => (n / 2 ** 30).toFixed(3);
   const mb = (n: number) => (n / 1e6).toFixed(2);
   const head = ["quant", "layout", "tensors", "bytes", "GB", "GiB", "metadata MB", "published GB", "ours - published"];
   const table = rows.map((r) => {
@@ -124,6 +146,14 @@ try {
   for (const r of table) console.log(line(r));
   console.log();
   for (const n of notes) console.log(`  ${n}`);
+  console.log();
+  console.log("IQ/TQ mixes (with an imatrix): GiB of tensor data, against llama-cpp-iq.md §4.2's predictions");
+  const iqHead = ["quant", "tensors", "GiB data", "predicted GiB", "bpw", "GiB per type"];
+  const iqW = iqHead.map((h, i) => Math.max(h.length, ...iqRows.map((r) => r[i]!.length)));
+  const iqLine = (cells: string[]) => "| " + cells.map((c, i) => c.padEnd(iqW[i]!)).join(" | ") + " |";
+  console.log(iqLine(iqHead));
+  console.log("|" + iqW.map((w) => "-".repeat(w + 2)).join("|") + "|");
+  for (const r of iqRows) console.log(iqLine(r));
   const tk = rows[0]!.tokenizerKvBytes;
   // Each published size is rounded to 0.01 GB, so published - legacy plan lies in [p - 5 MB, p + 5 MB) - plan;
   // intersecting over all rows bounds what the published files have that the plan lacks.

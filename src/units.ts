@@ -9,3 +9,8 @@ export function fmtBytes(n: number): string {
   }
   return `${n.toFixed(i === 0 ? 0 : 2)} ${units[i]}`;
 }
+
+/** Up to `max` names, then how many more: for messages that name what is wrong. */
+export function listNames(names: readonly string[], max = 8): string {
+  return names.length <= max ? names.join(", ") : `${names.slice(0, max).join(", ")} and ${names.length - max} more`;
+}

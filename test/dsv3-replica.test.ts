@@ -4,6 +4,7 @@
  * almost no disk, and GGUF plans whose sizes agree with published llama.cpp quantizations.
  */
 import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -24,6 +25,7 @@ import { loadCheckpoint, type Checkpoint } from "../src/io/checkpoint.js";
 import { safetensorsOrder } from "../src/io/dtypes.js";
 import { planGgufLayout } from "../src/io/gguf-layout.js";
 import { LocalSource } from "../src/io/source.js";
+import { ftypeNames, planQuantMix } from "../src/quant/mix.js";
 import { ROOT, tempDir } from "./helpers.js";
 
 const SHARD_RE = /^model-(\d{5})-of-(\d{6})\.safetensors$/;
@@ -214,7 +216,39 @@ describe("replica on disk", () => {
     expect(Math.abs(size("Q4_K_M") / 1e9 - 404.43)).toBeLessThan(0.1);
     expect(Math.abs(size("Q8_0") / 1e9 - 713.29)).toBeLessThan(0.1);
   });
+
+  it("chooses every ftype's per-tensor types as llama.cpp's own snapshot of DeepSeek-V3.1 (tests/snapshots/deepseek-v3.1.schema)", async () => {
+    const model = planDeepseek2Gguf(await loadHfModelFiles(new LocalSource(dir)));
+    const sections = parseQuantSchema(readFileSync(join(ROOT, "fixtures/llama-cpp-quant-schema/deepseek-v3.1.schema"), "utf8"));
+    const input = model.tensors.map((t) => ({ name: t.name, ne: t.ne, type: "F32" }));
+    const known = new Set(ftypeNames());
+    const checked: string[] = [];
+    for (const sec of sections) {
+      if (!known.has(sec.ftype)) continue; // MXFP4_MOE, Q1_0, Q2_0, NVFP4: not written by deepcast
+      const plan = planQuantMix(input, { ftype: sec.ftype, nLayer: 61, nExpert: 256, nHead: 128, nHeadKv: 1, dryRun: true });
+      const upper = (ggmlName: string) => ggmlName.toUpperCase();
+      expect(plan.ftype.defaultType.name, sec.ftype).toBe(upper(sec.defaultType));
+      const differing = plan.tensors.filter((t) => t.quantizable && t.type.name !== upper(sec.defaultType)).map((t) => `${t.name} ${t.type.name}`);
+      expect(differing, sec.ftype).toEqual(sec.tensors.map((l) => upper(l.split(" ")[1]!)).map((ty, i) => `${sec.tensors[i]!.split(" ")[0]} ${ty}`));
+      checked.push(sec.ftype);
+    }
+    expect(checked).toEqual(expect.arrayContaining(["Q4_K_M", "Q2_K_S", "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M",
+      "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]));
+    expect(checked).toHaveLength(ftypeNames().length);
+  });
 });
+
+/** The snapshot format of llama.cpp's test-quant-type-selection: `[FTYPE] default` then `name type` lines that differ. */
+function parseQuantSchema(text: string): { ftype: string; defaultType: string; tensors: string[] }[] {
+  const out: { ftype: string; defaultType: string; tensors: string[] }[] = [];
+  for (const line of text.split("\n")) {
+    if (!line.trim() || line.startsWith("#")) continue;
+    const head = /^\[(\w+)\] (\w+)$/.exec(line);
+    if (head) out.push({ ftype: head[1]!, defaultType: head[2]!, tensors: [] });
+    else out.at(-1)!.tensors.push(line.trim());
+  }
+  return out;
+}
 
 describe("CLI", () => {
   it("npx tsx fixtures/dsv3-replica.ts OUT --layers N", async () => {

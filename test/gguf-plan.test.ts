@@ -362,7 +362,9 @@ describe("mix rules", () => {
     expect(parseFtype(21)).toMatchObject({ name: "Q2_K_S" });
     expect(parseFtype("18").name).toBe("Q6_K");
     expect(parseFtype("bf16").defaultType.name).toBe("BF16");
-    expect(() => parseFtype("IQ2_XXS")).toThrow(DeepcastError);
+    expect(() => parseFtype("Q7_K")).toThrow(DeepcastError);
+    expect(parseFtype("iq2_m")).toMatchObject({ name: "IQ2_M", id: 29, ownRulesOnly: true });
+    expect(parseFtype("IQ3_XS").defaultType.name).toBe("IQ3_S");
   });
 
   it("orders like llama-quantize: layer number, then byte-wise name", () => {

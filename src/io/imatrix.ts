@@ -20,6 +20,7 @@ import { DeepcastError } from "../errors.js";
 import { Keys } from "../formats/gguf-keys.js";
 import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC } from "./gguf-layout.js";
 import { GgufType, kv, type GgufKV } from "./gguf-kv.js";
+import { listNames } from "../units.js";
 
 export interface ImatrixEntry {
   /** The weights llama-quantize hands to ggml (sums divided by counts), nMat matrices one after another. */
@@ -387,10 +388,14 @@ export function imatrixForTensors(im: Imatrix, tensors: readonly ImatrixTensor[]
       use.weights.set(t.name, e.values);
       continue;
     }
-    if (t.requiresImatrix && opts.dryRun) use.missingRequired.push(t.name);
-    else if (t.requiresImatrix) {
-      throw new DeepcastError(`missing importance matrix for tensor ${t.name} in a very low-bit quantization (the result would be garbage)`, { file: im.file, tensor: t.name });
-    }
+    if (t.requiresImatrix) use.missingRequired.push(t.name);
+  }
+  if (use.missingRequired.length > 0 && !opts.dryRun) {
+    const names = use.missingRequired;
+    throw new DeepcastError(
+      `missing importance matrix for tensor ${listNames(names)} in a very low-bit quantization (the result would be garbage)`,
+      { file: im.file, tensor: names[0], code: "IMATRIX_MISSING" },
+    );
   }
   return use;
 }

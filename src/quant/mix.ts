@@ -11,6 +11,7 @@
 import { DeepcastError } from "../errors.js";
 import { ggmlNDims, ggmlType, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
 import { readFormat } from "../formats/load.js";
+import { listNames } from "../units.js";
 
 // ---------------------------------------------------------------------------------------------
 // formats/quant-mixes.json
@@ -26,6 +27,9 @@ interface RuleWhen {
   imatrix?: boolean;
   ne0NotMultipleOfBlock?: boolean;
   currentNot?: string;
+  nExpertAtLeast?: number;
+  layerMiddle?: boolean;
+  counterBelowFraction?: number;
 }
 
 interface Rule {
@@ -36,7 +40,7 @@ interface Rule {
 type RuleSet = Partial<Record<string, Rule[]>>;
 
 interface MixesJson {
-  ftypes: { name: string; id: number; default: string; aliases?: string[]; requiresImatrix?: string[] }[];
+  ftypes: { name: string; id: number; default: string; aliases?: string[]; requiresImatrix?: string[]; ownRulesOnly?: boolean }[];
   imatrixRequired: { exemptNames: string[] };
   quantizable: { minDims: number; nameEndsWith: string; excludeContains: string[]; excludeExact: string[]; leaveOutputTensor: string };
   categories: { exact: Record<string, string>; contains: [string, string][]; attnVLike: string[] };
@@ -62,6 +66,8 @@ export interface FtypeInfo {
   defaultType: GgmlType;
   /** Target types that need an imatrix in this ftype (Q2_K in Q2_K_S), except token_embd/output. */
   requiresImatrix: GgmlType[];
+  /** The IQ1/IQ2 group: its own rules replace the common ones (output and token_embd aside). */
+  ownRulesOnly: boolean;
 }
 
 /** All supported ftypes, canonical names. */
@@ -78,7 +84,13 @@ export function parseFtype(ftype: string | number): FtypeInfo {
   if (!f) {
     throw new DeepcastError(`unsupported output type ${JSON.stringify(ftype)}; supported: ${m.ftypes.map((x) => x.name).join(", ")}`);
   }
-  return { name: f.name, id: f.id, defaultType: ggmlType(f.default), requiresImatrix: (f.requiresImatrix ?? []).map((t) => ggmlType(t)) };
+  return {
+    name: f.name,
+    id: f.id,
+    defaultType: ggmlType(f.default),
+    requiresImatrix: (f.requiresImatrix ?? []).map((t) => ggmlType(t)),
+    ownRulesOnly: f.ownRulesOnly ?? false,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -262,55 +274,75 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
     return [counter, nLayer];
   };
 
-  const holds = (when: RuleWhen | undefined, current: GgmlType, ne0: number, idx: [number, number] | null): boolean => {
+  /** Where a tensor sits for the counter rules: its (layer, n_layer) and the raw running counter. */
+  interface Position {
+    layer: () => [number, number];
+    counter: number;
+  }
+  const holds = (when: RuleWhen | undefined, current: GgmlType, ne0: number, pos: Position | null): boolean => {
     if (!when) return true;
     if (when.nExpert !== undefined && nExpert !== when.nExpert) return false;
     if (when.nExpertNot !== undefined && nExpert === when.nExpertNot) return false;
+    if (when.nExpertAtLeast !== undefined && !(nExpert >= when.nExpertAtLeast)) return false;
     if (when.gqaAtLeast !== undefined && !(nGqa >= when.gqaAtLeast)) return false;
     if (when.imatrix !== undefined && hasImatrix !== when.imatrix) return false;
     if (when.ne0NotMultipleOfBlock && ne0 % current.blockSize === 0) return false;
     if (when.currentNot !== undefined && current === ggmlType(when.currentNot)) return false;
-    if (when.useMoreBits || when.layerBelowFraction !== undefined || when.indexBelow !== undefined) {
-      if (!idx) throw new DeepcastError("internal: quant-mixes.json rule needs a layer/index for this category");
-      const [i, n] = idx;
-      if (when.useMoreBits && !useMoreBits(i, n)) return false;
-      if (when.layerBelowFraction !== undefined && !(i < Math.trunc(n / when.layerBelowFraction))) return false;
-      if (when.indexBelow !== undefined && !(i < when.indexBelow)) return false;
+    const needsPosition = when.useMoreBits || when.layerBelowFraction !== undefined || when.indexBelow !== undefined ||
+      when.layerMiddle || when.counterBelowFraction !== undefined;
+    if (needsPosition) {
+      if (!pos) throw new DeepcastError("internal: quant-mixes.json rule needs a layer/index for this category");
+      if (when.counterBelowFraction !== undefined && !(pos.counter < Math.trunc(nLayer / when.counterBelowFraction))) return false;
+      if (when.useMoreBits || when.layerBelowFraction !== undefined || when.indexBelow !== undefined || when.layerMiddle) {
+        const [i, n] = pos.layer();
+        if (when.useMoreBits && !useMoreBits(i, n)) return false;
+        if (when.layerBelowFraction !== undefined && !(i < Math.trunc(n / when.layerBelowFraction))) return false;
+        if (when.indexBelow !== undefined && !(i < when.indexBelow)) return false;
+        if (when.layerMiddle && !(i >= Math.trunc(n / 8) && i < Math.trunc((7 * n) / 8))) return false;
+      }
     }
     return true;
   };
 
-  const applyRules = (key: string, current: GgmlType, ne0: number, idx: [number, number] | null): GgmlType => {
-    const rules = [...(m.rules.common?.[key] ?? []), ...(m.rules[ftype.name]?.[key] ?? [])];
-    for (const r of rules) if (holds(r.when, current, ne0, idx)) return ggmlType(r.type);
+  const applyRules = (key: string, current: GgmlType, ne0: number, pos: Position | null): GgmlType => {
+    const own = m.rules[ftype.name]?.[key] ?? [];
+    const onlyOwn = ftype.ownRulesOnly && key !== "output" && key !== "token_embd";
+    const rules = onlyOwn ? own : [...(m.rules.common?.[key] ?? []), ...own, ...(m.rules.commonLast?.[key] ?? [])];
+    for (const r of rules) if (holds(r.when, current, ne0, pos)) return ggmlType(r.type);
     return current;
   };
 
-  /** llama_tensor_get_type_impl for the non-IQ ftypes. */
+  /**
+   * The position of an ffn_* tensor. Outside the IQ1/IQ2 group llama.cpp parses the layer from the name
+   * up front (and fails on a name without one); inside it only the raw counter is used.
+   */
+  const ffnPosition = (i: number, name: string): Position => {
+    if (ftype.ownRulesOnly) return { layer: () => layerInfo(i, name), counter: i };
+    const layer = layerInfo(i, name);
+    return { layer: () => layer, counter: i };
+  };
+
+  /** llama_tensor_get_type_impl. */
   const mixture = (name: string, ne0: number, cat: string, current: GgmlType): GgmlType => {
     if (cat === "output" || (st.hasTiedEmbeddings && cat === "token_embd")) {
       return outputTensorType ?? applyRules("output", current, ne0, null);
     }
-    if (cat === "token_embd") return tokenEmbeddingType ?? current;
+    if (cat === "token_embd") return tokenEmbeddingType ?? applyRules("token_embd", current, ne0, null);
     if (attnVLike.has(cat)) {
-      const t = applyRules("attn_v", current, ne0, [st.iAttentionWv, st.nAttentionWv]);
-      st.iAttentionWv++;
-      return t;
+      const i = st.iAttentionWv++;
+      return applyRules("attn_v", current, ne0, { layer: () => [i, st.nAttentionWv], counter: i });
     }
     if (cat === "ffn_down") {
-      const t = applyRules("ffn_down", current, ne0, layerInfo(st.iFfnDown, name));
-      st.iFfnDown++;
-      return t;
+      const i = st.iFfnDown++;
+      return applyRules("ffn_down", current, ne0, ffnPosition(i, name));
     }
     if (cat === "ffn_gate") {
-      const t = applyRules("ffn_gate", current, ne0, layerInfo(st.iFfnGate, name));
-      st.iFfnGate++;
-      return t;
+      const i = st.iFfnGate++;
+      return applyRules("ffn_gate", current, ne0, ffnPosition(i, name));
     }
     if (cat === "ffn_up") {
-      const t = applyRules("ffn_up", current, ne0, layerInfo(st.iFfnUp, name));
-      st.iFfnUp++;
-      return t;
+      const i = st.iFfnUp++;
+      return applyRules("ffn_up", current, ne0, ffnPosition(i, name));
     }
     return applyRules(cat, current, ne0, null);
   };
@@ -375,7 +407,10 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
     });
   }
   if (requiresImatrix.length > 0 && !hasImatrix && !opts.dryRun) {
-    throw new DeepcastError(`this quantization requires an importance matrix (--imatrix): ${requiresImatrix.length} tensor(s) need one`, { tensor: requiresImatrix[0] });
+    throw new DeepcastError(
+      `${ftype.name} requires an importance matrix (--imatrix): ${requiresImatrix.length} tensor(s) need one: ${listNames(requiresImatrix)}`,
+      { code: "IMATRIX_MISSING" },
+    );
   }
   return { ftype, fileType: ftype.id, tensors: out, nFallback: st.nFallback, requiresImatrix };
 }
