@@ -171,74 +171,79 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
     fingerprint: await planFingerprint(ckpt, plan),
     force: opts.force,
     inputDir,
+    files: [...plan.shards.map((s) => s.name), INDEX_FILE, ...(plan.config ? ["config.json"] : []), ...plan.copyFiles],
   });
-  const pending: ShardPlan[] = [];
-  for (const s of plan.shards) if (!(await state.isDone(s.name))) pending.push(s);
-  const needed = pending.reduce((a, s) => a + s.bytes, 0);
-  if (!opts.skipSpaceCheck) {
-    const free = await freeBytes(state.dir);
-    if (needed > free) {
-      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir });
-    }
-  }
-  const reader = new ShardReader(ckpt.source);
-  const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
-  const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
-  // A finished shard is synced, renamed and recorded while the next one is converted: the
-  // fsync of gigabytes of dirty pages would otherwise stall the pipeline at every shard boundary.
-  let committing: Promise<void> = Promise.resolve();
   try {
-    for (const [i, s] of plan.shards.entries()) {
-      const t0 = performance.now();
-      if (!pending.includes(s)) {
-        summary.resumedShards++;
-        opts.onProgress?.(s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), s.bytes);
-        opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
-        continue;
+    const pending: ShardPlan[] = [];
+    for (const s of plan.shards) if (!(await state.isDone(s.name))) pending.push(s);
+    const needed = pending.reduce((a, s) => a + s.bytes, 0);
+    if (!opts.skipSpaceCheck) {
+      const free = await freeBytes(state.dir);
+      if (needed > free) {
+        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir });
       }
-      const scales = new Map<string, Float32Array>();
-      for (const t of s.tensors) {
-        if (t.op !== "fp8") continue;
-        const raw = await reader.readTensor(t.scale.file, t.scale.entry.name);
-        scales.set(t.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
-      }
-      const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales));
-      const writer = await SafetensorsWriter.create(join(state.dir, s.name), s.tensors, s.metadata);
-      try {
-        await pump(chunks, reader, writer, (inB, outB) => {
-          summary.bytesRead += inB;
-          opts.onProgress?.(inB, outB);
-        });
-      } catch (e) {
-        await writer.abort();
-        throw e;
-      }
-      const previous = committing;
-      committing = (async () => {
-        await previous;
+    }
+    const reader = new ShardReader(ckpt.source);
+    const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
+    const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+    // A finished shard is synced, renamed and recorded while the next one is converted: the
+    // fsync of gigabytes of dirty pages would otherwise stall the pipeline at every shard boundary.
+    let committing: Promise<void> = Promise.resolve();
+    try {
+      for (const [i, s] of plan.shards.entries()) {
+        const t0 = performance.now();
+        if (!pending.includes(s)) {
+          summary.resumedShards++;
+          opts.onProgress?.(s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), s.bytes);
+          opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
+          continue;
+        }
+        const scales = new Map<string, Float32Array>();
+        for (const t of s.tensors) {
+          if (t.op !== "fp8") continue;
+          const raw = await reader.readTensor(t.scale.file, t.scale.entry.name);
+          scales.set(t.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+        }
+        const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales));
+        const writer = await SafetensorsWriter.create(join(state.dir, s.name), s.tensors, s.metadata);
         try {
-          await writer.commit();
+          await pump(chunks, reader, writer, (inB, outB) => {
+            summary.bytesRead += inB;
+            opts.onProgress?.(inB, outB);
+          });
         } catch (e) {
           await writer.abort();
           throw e;
         }
-        await state.markDone(s.name);
-        summary.bytesWritten += s.bytes;
-        summary.tensors += s.tensors.length;
-        summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
-        opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
-      })();
-      // Surface a failed commit at the next await rather than as an unhandled rejection.
-      committing.catch(() => undefined);
+        const previous = committing;
+        committing = (async () => {
+          await previous;
+          try {
+            await writer.commit();
+          } catch (e) {
+            await writer.abort();
+            throw e;
+          }
+          await state.markDone(s.name);
+          summary.bytesWritten += s.bytes;
+          summary.tensors += s.tensors.length;
+          summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
+          opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
+        })();
+        // Surface a failed commit at the next await rather than as an unhandled rejection.
+        committing.catch(() => undefined);
+      }
+      await committing;
+    } finally {
+      await committing.catch(() => undefined);
+      await reader.close();
     }
-    await committing;
+    await writeSmallFiles(ckpt, plan, state.dir);
+    await state.markComplete();
+    return summary;
   } finally {
-    await committing.catch(() => undefined);
-    await reader.close();
+    await state.close();
   }
-  await writeSmallFiles(ckpt, plan, state.dir);
-  await state.markComplete();
-  return summary;
 }
 
 async function writeSmallFiles(ckpt: Checkpoint, plan: Fp8ToBf16Plan, out: string): Promise<void> {

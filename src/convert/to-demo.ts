@@ -161,35 +161,42 @@ async function recordProgress(state: RunState, shardsDone: number): Promise<void
 
 export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOptions): Promise<ToDemoSummary> {
   const fp = await demoPlanFingerprint(ckpt, plan);
-  const state = await RunState.open(opts.out, { command: "to-demo", fingerprint: fp, force: opts.force, inputDir: ckpt.source.description });
-  const dir = state.dir;
-  const mp = plan.mp;
-  const summary: ToDemoSummary = {
-    ranks: mp, files: plan.ranks.map((r) => r.name), resumedFiles: 0, resumedShards: 0, tensors: 0,
-    fp8Dequantized: 0, bytesRead: 0, bytesWritten: 0,
-  };
-  const pendingRank: boolean[] = [];
-  for (const r of plan.ranks) {
-    const done = await state.isDone(r.name);
-    pendingRank.push(!done);
-    if (done) summary.resumedFiles++;
-  }
-
-  if (pendingRank.some(Boolean)) {
-    const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0);
-    if (!opts.skipSpaceCheck) {
-      const free = await freeBytes(dir);
-      if (needed > free) {
-        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
-      }
+  const state = await RunState.open(opts.out, {
+    command: "to-demo", fingerprint: fp, force: opts.force, inputDir: ckpt.source.description,
+    files: [...plan.ranks.map((r) => r.name), "config.json", ...plan.copyFiles],
+  });
+  try {
+    const dir = state.dir;
+    const mp = plan.mp;
+    const summary: ToDemoSummary = {
+      ranks: mp, files: plan.ranks.map((r) => r.name), resumedFiles: 0, resumedShards: 0, tensors: 0,
+      fp8Dequantized: 0, bytesRead: 0, bytesWritten: 0,
+    };
+    const pendingRank: boolean[] = [];
+    for (const r of plan.ranks) {
+      const done = await state.isDone(r.name);
+      pendingRank.push(!done);
+      if (done) summary.resumedFiles++;
     }
-    await writeRanks(ckpt, plan, opts, state, fp, pendingRank, summary);
-  } else {
-    opts.onProgress?.(plan.outputBytes);
+
+    if (pendingRank.some(Boolean)) {
+      const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0);
+      if (!opts.skipSpaceCheck) {
+        const free = await freeBytes(dir);
+        if (needed > free) {
+          throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
+        }
+      }
+      await writeRanks(ckpt, plan, opts, state, fp, pendingRank, summary);
+    } else {
+      opts.onProgress?.(plan.outputBytes);
+    }
+    await writeSmallFiles(ckpt, plan, dir);
+    await state.markComplete();
+    return summary;
+  } finally {
+    await state.close();
   }
-  await writeSmallFiles(ckpt, plan, dir);
-  await state.markComplete();
-  return summary;
 }
 
 async function writeRanks(

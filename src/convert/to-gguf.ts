@@ -228,71 +228,75 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     inputDir: ckpt.source.description,
     outputs: names,
   });
-  const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0, resumedTensors: 0 };
-  // Split files completed by an earlier, interrupted run of the same command are kept.
-  const skipFiles = new Set<number>();
-  for (const [i, n] of names.entries()) if (await state.isDone(n)) skipFiles.add(i);
-  summary.resumedFiles = skipFiles.size;
-  const needed = layout.files.filter((f) => !skipFiles.has(f.index)).reduce((a, f) => a + f.fileSize, 0);
-  if (!opts.skipSpaceCheck) {
-    const free = await freeBytes(dir);
-    if (needed > free) {
-      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
-    }
-  }
-  const ctx: Ctx = {
-    k: opts.kernels,
-    threads: opts.threads,
-    chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
-    scratch: new Scratch(),
-    split: new Scratch(),
-    scales: new Map(),
-    ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
-  };
-  const reader = new ShardReader(ckpt.source);
-  const placedAt = new Map(layout.files.flatMap((f) => f.tensors.map((t, k) => [t.name, { placed: t, index: k }] as const)));
-  // Inside the file being written, a synced prefix recorded in the manifest is kept as well.
-  const p = state.manifest.progress;
-  const resumeAt = p && Number.isSafeInteger(p.file) && Number.isSafeInteger(p.tensor) ? { file: p.file!, tensor: p.tensor! } : undefined;
-  const writer = await GgufWriter.create(layout, {
-    skipFiles,
-    ...(resumeAt ? { resumeAt } : {}),
-    onFileDone: async (path) => {
-      await state.markDone(basename(path));
-      summary.bytesWritten += layout.files.find((f) => f.path === path)!.fileSize;
-    },
-  });
-  const start = writer.position;
-  summary.resumedTensors = layout.files.slice(0, start.file).reduce((a, f) => a + f.tensors.length, 0) + start.tensor;
-  let sinceCheckpoint = 0;
   try {
-    for (const [i, t] of output.tensors.entries()) {
-      const { placed, index } = placedAt.get(t.name)!;
-      if (skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor)) continue;
-      ctx.scales.clear();
-      for (const src of sourcesOf(t)) {
-        if (!src.scaleInv) continue;
-        const raw = await reader.readTensor(src.scaleInv.file, src.scaleInv.name);
-        ctx.scales.set(src.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
-      }
-      await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
-        summary.bytesRead += inB;
-        opts.onProgress?.(inB, outB);
-      });
-      opts.onTensor?.({ tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
-      sinceCheckpoint += placed.nbytes;
-      if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {
-        sinceCheckpoint = 0;
-        await state.setProgress({ ...(await writer.checkpoint()) });
+    const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0, resumedTensors: 0 };
+    // Split files completed by an earlier, interrupted run of the same command are kept.
+    const skipFiles = new Set<number>();
+    for (const [i, n] of names.entries()) if (await state.isDone(n)) skipFiles.add(i);
+    summary.resumedFiles = skipFiles.size;
+    const needed = layout.files.filter((f) => !skipFiles.has(f.index)).reduce((a, f) => a + f.fileSize, 0);
+    if (!opts.skipSpaceCheck) {
+      const free = await freeBytes(dir);
+      if (needed > free) {
+        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
       }
     }
-    await writer.commit();
-  } catch (e) {
-    await writer.abort();
-    throw e;
+    const ctx: Ctx = {
+      k: opts.kernels,
+      threads: opts.threads,
+      chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
+      scratch: new Scratch(),
+      split: new Scratch(),
+      scales: new Map(),
+      ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
+    };
+    const reader = new ShardReader(ckpt.source);
+    const placedAt = new Map(layout.files.flatMap((f) => f.tensors.map((t, k) => [t.name, { placed: t, index: k }] as const)));
+    // Inside the file being written, a synced prefix recorded in the manifest is kept as well.
+    const p = state.manifest.progress;
+    const resumeAt = p && Number.isSafeInteger(p.file) && Number.isSafeInteger(p.tensor) ? { file: p.file!, tensor: p.tensor! } : undefined;
+    const writer = await GgufWriter.create(layout, {
+      skipFiles,
+      ...(resumeAt ? { resumeAt } : {}),
+      onFileDone: async (path) => {
+        await state.markDone(basename(path));
+        summary.bytesWritten += layout.files.find((f) => f.path === path)!.fileSize;
+      },
+    });
+    const start = writer.position;
+    summary.resumedTensors = layout.files.slice(0, start.file).reduce((a, f) => a + f.tensors.length, 0) + start.tensor;
+    let sinceCheckpoint = 0;
+    try {
+      for (const [i, t] of output.tensors.entries()) {
+        const { placed, index } = placedAt.get(t.name)!;
+        if (skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor)) continue;
+        ctx.scales.clear();
+        for (const src of sourcesOf(t)) {
+          if (!src.scaleInv) continue;
+          const raw = await reader.readTensor(src.scaleInv.file, src.scaleInv.name);
+          ctx.scales.set(src.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+        }
+        await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
+          summary.bytesRead += inB;
+          opts.onProgress?.(inB, outB);
+        });
+        opts.onTensor?.({ tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
+        sinceCheckpoint += placed.nbytes;
+        if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {
+          sinceCheckpoint = 0;
+          await state.setProgress({ ...(await writer.checkpoint()) });
+        }
+      }
+      await writer.commit();
+    } catch (e) {
+      await writer.abort();
+      throw e;
+    } finally {
+      await reader.close();
+    }
+    await state.markComplete();
+    return summary;
   } finally {
-    await reader.close();
+    await state.close();
   }
-  await state.markComplete();
-  return summary;
 }

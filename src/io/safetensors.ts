@@ -35,51 +35,66 @@ export interface SafetensorsHeader {
 /** Reads the u64 header length from the first 8 bytes and checks it against the file size and the cap. */
 export function parseHeaderLength(prefix: Uint8Array, fileSize: number, file: string): number {
   if (fileSize < 8 || prefix.length < 8) {
-    throw new DeepcastError(`not a safetensors file: ${fileSize} bytes, too short for the 8-byte header length`, { file });
+    throw new DeepcastError(`not a safetensors file: ${fileSize} bytes, too short for the 8-byte header length`, { file, code: "TRUNCATED" });
   }
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER_BYTES)) {
-    throw new DeepcastError(`safetensors header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte cap: corrupt or not a safetensors file`, { file });
+    throw new DeepcastError(`safetensors header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte cap: corrupt or not a safetensors file`, { file, code: "BAD_HEADER" });
   }
   if (Number(n) + 8 > fileSize) {
-    throw new DeepcastError(`truncated safetensors file: header of ${n} bytes does not fit in ${fileSize} bytes`, { file });
+    throw new DeepcastError(`truncated safetensors file: header of ${n} bytes does not fit in ${fileSize} bytes`, { file, code: "TRUNCATED" });
   }
   return Number(n);
 }
 
-/** Parses and validates the JSON header. `fileSize` is the size of the whole file. */
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * Parses and validates the JSON header as strictly as the safetensors Rust crate: strict UTF-8,
+ * tensor data contiguous from offset 0 with no gaps or overlaps, and no bytes after the last tensor.
+ * `fileSize` is the size of the whole file.
+ */
 export function parseHeader(json: Uint8Array, fileSize: number, file: string): SafetensorsHeader {
   const headerLength = json.length;
+  const bad = (why: string, tensor?: string) => new DeepcastError(`malformed safetensors header: ${why}`, { file, tensor, code: "BAD_HEADER" });
+  let text: string;
+  try {
+    text = STRICT_UTF8.decode(json);
+  } catch {
+    throw bad("the header is not valid UTF-8");
+  }
   let raw: unknown;
   try {
-    raw = JSON.parse(Buffer.from(json.buffer, json.byteOffset, json.length).toString("utf8"));
+    raw = JSON.parse(text);
   } catch (e) {
-    throw new DeepcastError(`malformed safetensors header: ${(e as Error).message}`, { file });
+    throw bad((e as Error).message);
   }
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
-    throw new DeepcastError("malformed safetensors header: not a JSON object", { file });
-  }
+  text = "";
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw bad("not a JSON object");
   let metadata: Record<string, string> | null = null;
   const tensors: TensorEntry[] = [];
-  for (const [name, value] of Object.entries(raw as Record<string, unknown>)) {
+  for (const name in raw as Record<string, unknown>) {
+    const value = (raw as Record<string, unknown>)[name];
     if (name === "__metadata__") {
       if (value === null || typeof value !== "object" || Array.isArray(value) ||
           !Object.values(value).every((v) => typeof v === "string")) {
-        throw new DeepcastError("malformed safetensors header: __metadata__ must map strings to strings", { file });
+        throw bad("__metadata__ must map strings to strings");
       }
       metadata = value as Record<string, string>;
       continue;
     }
     tensors.push(parseEntry(name, value, file));
   }
+  raw = null;
   const dataStart = 8 + headerLength;
   const dataSize = fileSize - dataStart;
   tensors.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let prevEnd = 0;
   let prevName = "";
   for (const t of tensors) {
-    if (t.begin < prevEnd) {
-      throw new DeepcastError(`malformed safetensors header: data of ${t.name} overlaps ${prevName}`, { file, tensor: t.name });
+    if (t.begin < prevEnd) throw bad(`data of ${t.name} overlaps ${prevName}`, t.name);
+    if (t.begin > prevEnd) {
+      throw bad(`data of ${t.name} starts at ${t.begin}, leaving a gap after ${prevName ? `${prevName} (ends at ${prevEnd})` : "the header"}: tensor data must be contiguous from offset 0`, t.name);
     }
     prevEnd = t.end;
     prevName = t.name;
@@ -88,14 +103,17 @@ export function parseHeader(json: Uint8Array, fileSize: number, file: string): S
     const last = tensors[tensors.length - 1]!;
     throw new DeepcastError(
       `truncated safetensors file: data section needs ${prevEnd} bytes after the header, the file has ${Math.max(dataSize, 0)}`,
-      { file, tensor: last.name },
+      { file, tensor: last.name, code: "TRUNCATED" },
     );
+  }
+  if (prevEnd < dataSize) {
+    throw bad(`${dataSize - prevEnd} trailing bytes after the last tensor's data (the tensors end at ${prevEnd} of ${dataSize} data bytes)`);
   }
   return { headerLength, dataStart, metadata, tensors, byName: new Map(tensors.map((t) => [t.name, t])) };
 }
 
 function parseEntry(name: string, value: unknown, file: string): TensorEntry {
-  const bad = (why: string) => new DeepcastError(`malformed safetensors header: ${why}`, { file, tensor: name });
+  const bad = (why: string) => new DeepcastError(`malformed safetensors header: ${why}`, { file, tensor: name, code: "BAD_HEADER" });
   if (value === null || typeof value !== "object") throw bad("entry is not an object");
   const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
   if (!isDtype(dtype)) throw bad(`unknown dtype ${JSON.stringify(dtype)}`);
