@@ -3,6 +3,7 @@ import { planFp8ToBf16, runFp8ToBf16 } from "../convert/fp8-to-bf16.js";
 import { fmtBytes } from "../units.js";
 import { freeBytes } from "../convert/run-state.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
+import { checkCheckpointConfig } from "../io/hf-config.js";
 import { openSource } from "../io/open-source.js";
 import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
@@ -28,6 +29,7 @@ export async function handler(argv: Args): Promise<void> {
   const k = selectKernels(argv.simd);
   const source = await openSource(argv.in, { revision: argv.revision });
   const ckpt = await loadCheckpoint(source);
+  checkCheckpointConfig(ckpt, "present");
   const plan = planFp8ToBf16(ckpt);
 
   if (argv.dryRun) {

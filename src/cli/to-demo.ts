@@ -2,6 +2,7 @@ import type { Argv, ArgumentsCamelCase } from "yargs";
 import { planToDemo, runToDemo } from "../convert/to-demo.js";
 import { freeBytes } from "../convert/run-state.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
+import { checkCheckpointConfig } from "../io/hf-config.js";
 import { openSource } from "../io/open-source.js";
 import { fmtBytes } from "../units.js";
 import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
@@ -38,6 +39,7 @@ export async function handler(argv: Args): Promise<void> {
   const k = selectKernels(argv.simd);
   const source = await openSource(argv.in, { revision: argv.revision });
   const ckpt = await loadCheckpoint(source);
+  checkCheckpointConfig(ckpt, "full");
   const plan = planToDemo(ckpt, { modelParallel: argv.modelParallel, nExperts: argv.nExperts, dtype: argv.dtype, maxSeqLen: argv.maxSeqLen });
 
   if (argv.dryRun) {

@@ -7,6 +7,7 @@
 import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
+import { checkCheckpointConfig } from "../io/hf-config.js";
 import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
@@ -40,6 +41,8 @@ export async function planToGguf(
   opts: GgufOutputOptions & { split?: GgufSplitOptions; name?: string; imatrix?: Imatrix },
 ): Promise<ToGgufPlan> {
   const ckpt = await loadCheckpoint(source);
+  // The GGUF metadata takes its dimensions from config.json: they must agree with the tensors.
+  checkCheckpointConfig(ckpt, "full");
   const model = planDeepseek2Gguf(await hfModelFiles(ckpt), opts.name ? { name: opts.name } : {});
   const { imatrix: im, ...outOpts } = opts;
   const output = planGgufOutput(model, im ? { ...outOpts, hasImatrix: true } : outOpts);

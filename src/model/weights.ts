@@ -12,7 +12,8 @@ import { numel } from "../io/dtypes.js";
 import { LocalSource, type CheckpointSource } from "../io/source.js";
 import { ShardReader } from "../convert/pipeline.js";
 import { FP8_BLOCK, kernels } from "../quant/kernels.js";
-import { parseModelConfig, type ModelConfig } from "./config.js";
+import { checkCheckpointConfig } from "../io/hf-config.js";
+import type { ModelConfig } from "./config.js";
 
 /** Tensors smaller than this (elements) are converted on one thread: starting threads costs more. */
 const PARALLEL_MIN = 1 << 22;
@@ -58,8 +59,7 @@ export class HfWeightSource implements WeightSource {
   static async open(source: CheckpointSource | string, opts: HfWeightSourceOptions = {}): Promise<HfWeightSource> {
     const src = typeof source === "string" ? new LocalSource(source) : source;
     const ckpt = await loadCheckpoint(src);
-    if (!ckpt.config) throw new DeepcastError("checkpoint has no config.json", { file: src.description });
-    return new HfWeightSource(ckpt, parseModelConfig(ckpt.config), { threads: opts.threads ?? 1, bf16Round: opts.bf16Round ?? false });
+    return new HfWeightSource(ckpt, checkCheckpointConfig(ckpt, "full"), { threads: opts.threads ?? 1, bf16Round: opts.bf16Round ?? false });
   }
 
   get description(): string {
