@@ -13,6 +13,7 @@ export const describe = "Dequantize an FP8 block-scaled checkpoint (DeepSeek-V3/
 export function builder(y: Argv) {
   return withCommonOptions(
     y
+      .option("allow-non-finite", { type: "boolean", default: false, describe: "Convert FP8 NaN codes (0x7F/0xFF) and NaN/Inf/absurd block scales as they are instead of failing" })
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id (deepseek-ai/DeepSeek-V3)" })
       .positional("out", { type: "string", demandOption: true, describe: "Output folder (created; resumable)" }),
   ).epilogue(
@@ -65,6 +66,7 @@ export async function handler(argv: Args): Promise<void> {
       threads: argv.threads,
       force: argv.force,
       skipSpaceCheck: argv.skipSpaceCheck,
+      allowNonFinite: argv.allowNonFinite,
       onProgress: (_in, out) => progress.add(out),
       onShard: (e) =>
         progress.line(

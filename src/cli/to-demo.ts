@@ -13,6 +13,7 @@ export const describe = "Write the model-parallel shards of DeepSeek's inference
 export function builder(y: Argv) {
   return withCommonOptions(
     y
+      .option("allow-non-finite", { type: "boolean", default: false, describe: "Convert FP8 NaN codes (0x7F/0xFF) and NaN/Inf/absurd block scales as they are instead of failing" })
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id (FP8 or BF16 HF checkpoint)" })
       .positional("out", { type: "string", demandOption: true, describe: "Output folder (created; resumable)" })
       .option("model-parallel", { type: "number", demandOption: true, describe: "Number of ranks N: writes model{i}-mp{N}.safetensors for i = 0..N-1" })
@@ -83,6 +84,7 @@ export async function handler(argv: Args): Promise<void> {
       threads: argv.threads,
       force: argv.force,
       skipSpaceCheck: argv.skipSpaceCheck,
+      allowNonFinite: argv.allowNonFinite,
       onProgress: (n) => progress.add(n),
       onShard: (e) =>
         progress.line(

@@ -5,16 +5,16 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
+import { checkpointIdentity, locate, INDEX_FILE, SCALE_SUFFIX, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
-import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, ShardReader, type Chunk } from "./pipeline.js";
+import type { Kernels } from "../quant/kernels.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readFp8Scale, ShardReader, type Chunk } from "./pipeline.js";
 import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import { fingerprint, freeBytes, RunState } from "./run-state.js";
 
-export const SCALE_SUFFIX = "_scale_inv";
+export { SCALE_SUFFIX };
 
 export type OutTensor = TensorSpec &
   ({ op: "copy"; from: TensorLocation } | { op: "fp8"; from: TensorLocation; scale: TensorLocation });
@@ -42,27 +42,6 @@ export interface Fp8ToBf16Plan {
 
 const isScaleName = (name: string) => name.endsWith(SCALE_SUFFIX);
 
-function checkScale(weight: TensorLocation, scale: TensorLocation | undefined, where: (f: string) => string): TensorLocation {
-  const w = weight.entry;
-  if (!scale) {
-    throw new DeepcastError(`FP8 weight has no ${w.name}${SCALE_SUFFIX} in the checkpoint: cannot dequantize it`, { file: where(weight.file), tensor: w.name });
-  }
-  const s = scale.entry;
-  if (w.shape.length !== 2) {
-    throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(weight.file), tensor: w.name });
-  }
-  const expected = [Math.ceil(w.shape[0]! / FP8_BLOCK), Math.ceil(w.shape[1]! / FP8_BLOCK)];
-  if (s.dtype !== "F32") {
-    throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name });
-  }
-  if (s.shape.length !== 2 || s.shape[0] !== expected[0] || s.shape[1] !== expected[1]) {
-    throw new DeepcastError(
-      `scale shape ${JSON.stringify(s.shape)} does not match weight ${JSON.stringify(w.shape)}: expected ${JSON.stringify(expected)} (ceil(rows/128) x ceil(cols/128))`,
-      { file: where(scale.file), tensor: s.name });
-  }
-  return scale;
-}
-
 export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
   const where = (f: string) => `${ckpt.source.description}/${f}`;
   const shards: ShardPlan[] = [];
@@ -80,7 +59,8 @@ export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
       }
       const from = { file: name, entry };
       if (entry.dtype === "F8_E4M3") {
-        const scale = checkScale(from, locate(ckpt, entry.name + SCALE_SUFFIX), where);
+        // loadCheckpoint checked that the scale is there, F32 and of the right grid.
+        const scale = locate(ckpt, entry.name + SCALE_SUFFIX)!;
         tensors.push({ name: entry.name, dtype: "BF16", shape: entry.shape, op: "fp8", from, scale });
         fp8Tensors++;
       } else if (entry.dtype === "F8_E5M2") {
@@ -119,7 +99,7 @@ export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
 }
 
 /** The chunks that produce one output tensor, bounded by `chunkBytes` of input each. */
-function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>): Chunk[] {
+function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>, where: string, allowNonFinite: boolean): Chunk[] {
   const size = t.from.entry.end - t.from.entry.begin;
   const chunks: Chunk[] = [];
   if (t.op === "copy") {
@@ -133,7 +113,7 @@ function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: num
     return chunks;
   }
   const [rows, cols] = t.shape as [number, number];
-  return fp8ToBf16Chunks({ tensor: t.name, file: t.from.file, rows, cols, scale: () => scales.get(t.name)!, kernels: k, threads, chunkBytes });
+  return fp8ToBf16Chunks({ tensor: t.name, file: t.from.file, where: `${where}/${t.from.file}`, allowNonFinite, rows, cols, scale: () => scales.get(t.name)!, kernels: k, threads, chunkBytes });
 }
 
 export interface RunOptions {
@@ -143,6 +123,8 @@ export interface RunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
+  /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing. */
+  allowNonFinite?: boolean;
   /** Called with input/output bytes as chunks complete. */
   onProgress?: (inBytes: number, outBytes: number) => void;
   onShard?: (event: { shard: string; index: number; count: number; skipped: boolean; bytes: number; seconds: number }) => void;
@@ -180,7 +162,7 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
     if (!opts.skipSpaceCheck) {
       const free = await freeBytes(state.dir);
       if (needed > free) {
-        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir });
+        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir, code: "NO_SPACE" });
       }
     }
     const reader = new ShardReader(ckpt.source);
@@ -201,10 +183,10 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
         const scales = new Map<string, Float32Array>();
         for (const t of s.tensors) {
           if (t.op !== "fp8") continue;
-          const raw = await reader.readTensor(t.scale.file, t.scale.entry.name);
-          scales.set(t.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+          const where = `${ckpt.source.description}/${t.scale.file}`;
+          scales.set(t.name, await readFp8Scale(reader, { file: t.scale.file, name: t.scale.entry.name }, t.shape[1]!, where, opts.allowNonFinite ?? false));
         }
-        const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales));
+        const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
         const writer = await SafetensorsWriter.create(join(state.dir, s.name), s.tensors, s.metadata);
         try {
           await pump(chunks, reader, writer, (inB, outB) => {

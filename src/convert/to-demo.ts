@@ -21,7 +21,7 @@ import type { Kernels } from "../quant/kernels.js";
 import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readFp8Scale, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
 import { fingerprint, freeBytes, RunState } from "./run-state.js";
 
 export * from "./demo-plan.js";
@@ -35,6 +35,8 @@ export interface ToDemoRunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
+  /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing (--dtype bf16). */
+  allowNonFinite?: boolean;
   /** Called with the bytes just written to the rank files (all ranks together). */
   onProgress?: (outBytes: number) => void;
   /** Called once per input shard. */
@@ -79,12 +81,12 @@ function targetRanks(t: DemoInput, mp: number): number[] {
  * 128-row blocks (each chunk's scales are one contiguous slice), tensors split along a dim >= 1 in
  * whole rows (so the columns of every rank can be gathered), anything else in plain byte ranges.
  */
-function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>): Chunk[] {
+function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>, where: string, allowNonFinite: boolean): Chunk[] {
   const size = t.from.entry.end - t.from.entry.begin;
   if (size === 0) return [];
   if (t.op === "fp8") {
     const [rows, cols] = t.from.entry.shape as [number, number];
-    return fp8ToBf16Chunks({ tensor: t.hfName, file: t.from.file, rows, cols, scale: () => scales.get(t.hfName)!, kernels: k, threads, chunkBytes });
+    return fp8ToBf16Chunks({ tensor: t.hfName, file: t.from.file, where: `${where}/${t.from.file}`, allowNonFinite, rows, cols, scale: () => scales.get(t.hfName)!, kernels: k, threads, chunkBytes });
   }
   const chunks: Chunk[] = [];
   const src = (offset: number, length: number) => ({ file: t.from.file, tensor: t.hfName, offset, length });
@@ -184,7 +186,7 @@ export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRu
       if (!opts.skipSpaceCheck) {
         const free = await freeBytes(dir);
         if (needed > free) {
-          throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
+          throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir, code: "NO_SPACE" });
         }
       }
       await writeRanks(ckpt, plan, opts, state, fp, pendingRank, summary);
@@ -263,11 +265,12 @@ async function writeRanks(
       const scales = new Map<string, Float32Array>();
       for (const t of inShard) {
         if (t.op !== "fp8") continue;
-        const raw = await reader.readTensor(t.scale!.file, t.scale!.entry.name);
-        summary.bytesRead += raw.length;
-        scales.set(t.hfName, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+        const values = await readFp8Scale(reader, { file: t.scale!.file, name: t.scale!.entry.name }, t.from.entry.shape[1]!,
+          `${ckpt.source.description}/${t.scale!.file}`, opts.allowNonFinite ?? false);
+        summary.bytesRead += values.byteLength;
+        scales.set(t.hfName, values);
       }
-      const chunks = inShard.flatMap((t) => inputChunks(t, opts.kernels, opts.threads, chunkBytes, scales));
+      const chunks = inShard.flatMap((t) => inputChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
       await pump(chunks, reader, sink, (inB) => { summary.bytesRead += inB; });
       summary.fp8Dequantized += inShard.filter((t) => t.op === "fp8").length;
       summary.tensors += inShard.reduce((a, t) => a + targetRanks(t, mp).filter((r) => writers[r]).length, 0);

@@ -12,7 +12,7 @@ import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } fr
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
 import { quantizeRows, rowBytes } from "../quant/ggml.js";
-import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
+import { FP8_BLOCK, fp8NanError, type Kernels } from "../quant/kernels.js";
 import {
   hfModelFiles,
   kvBSplit,
@@ -23,7 +23,7 @@ import {
   type GgufOutputTensor,
   type HfSourceRef,
 } from "./gguf-plan.js";
-import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
+import { DEFAULT_CHUNK_BYTES, pump, readFp8Scale, ShardReader, type Chunk } from "./pipeline.js";
 import { fingerprint, freeBytes, RunState } from "./run-state.js";
 import { fmtBytes } from "../units.js";
 
@@ -87,6 +87,9 @@ interface Ctx {
   scales: Map<string, Float32Array>;
   /** imatrix weights by tensor name (ne0 per matrix: expert, or head of attn_k_b/attn_v_b). */
   imatrix?: Map<string, Float32Array>;
+  /** The input as messages name it. */
+  where: string;
+  allowNonFinite: boolean;
 }
 
 /**
@@ -102,7 +105,8 @@ function decodeRows(ctx: Ctx, src: HfSourceRef, input: Uint8Array, r0: number, r
       if (!scale) throw new DeepcastError(`FP8 weight has no ${src.name}_scale_inv`, { file: src.file, tensor: src.name });
       const sc = Math.ceil(cols / FP8_BLOCK);
       const s0 = r0 / FP8_BLOCK;
-      k.fp8ToF32(input, rows, cols, scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc), dst, threads, round);
+      const nan = k.fp8ToF32(input, rows, cols, scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc), dst, threads, round);
+      if (nan > 0 && !ctx.allowNonFinite) throw fp8NanError(nan, input, r0, cols, { file: `${ctx.where}/${src.file}`, tensor: src.name });
       return;
     }
     case "BF16":
@@ -196,6 +200,8 @@ export interface ToGgufRunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
+  /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing. */
+  allowNonFinite?: boolean;
   onProgress?: (inBytes: number, outBytes: number) => void;
   onTensor?: (e: { tensor: string; index: number; count: number; type: string; bytes: number }) => void;
   /** Output bytes between resumable checkpoints (default CHECKPOINT_BYTES). */
@@ -241,7 +247,7 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     if (!opts.skipSpaceCheck) {
       const free = await freeBytes(dir);
       if (needed > free) {
-        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
+        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir, code: "NO_SPACE" });
       }
     }
     const ctx: Ctx = {
@@ -251,6 +257,8 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
       scratch: new Scratch(),
       split: new Scratch(),
       scales: new Map(),
+      where: ckpt.source.description,
+      allowNonFinite: opts.allowNonFinite ?? false,
       ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
     };
     const reader = new ShardReader(ckpt.source);
@@ -276,8 +284,7 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
         ctx.scales.clear();
         for (const src of sourcesOf(t)) {
           if (!src.scaleInv) continue;
-          const raw = await reader.readTensor(src.scaleInv.file, src.scaleInv.name);
-          ctx.scales.set(src.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+          ctx.scales.set(src.name, await readFp8Scale(reader, src.scaleInv, src.shape[1]!, `${ckpt.source.description}/${src.scaleInv.file}`, ctx.allowNonFinite));
         }
         await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
           summary.bytesRead += inB;

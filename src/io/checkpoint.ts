@@ -100,7 +100,50 @@ export async function loadCheckpoint(source: CheckpointSource): Promise<Checkpoi
       if (!weightMap.has(t.name)) weightMap.set(t.name, s);
     }
   }
-  return { source, files, shards, headers, weightMap, index, config };
+  const ckpt = { source, files, shards, headers, weightMap, index, config };
+  checkFp8Scales(ckpt);
+  return ckpt;
+}
+
+/** Suffix of an FP8 weight's block scales (DeepSeek: F32 [ceil(rows/128), ceil(cols/128)]). */
+export const SCALE_SUFFIX = "_scale_inv";
+const FP8_SCALE_BLOCK = 128;
+
+/**
+ * Every FP8 weight has an F32 scale of the right grid, and every scale belongs to an FP8 weight:
+ * checked once for every command, so none reads I32 bits as floats or copies a U8 "FP8" weight raw.
+ */
+export function checkFp8Scales(ckpt: Checkpoint): void {
+  const where = (f: string) => `${ckpt.source.description}/${f}`;
+  for (const [name, file] of ckpt.weightMap) {
+    const loc = locate(ckpt, name)!;
+    if (name.endsWith(SCALE_SUFFIX)) {
+      const weight = locate(ckpt, name.slice(0, -SCALE_SUFFIX.length));
+      if (weight && weight.entry.dtype !== "F8_E4M3") {
+        throw new DeepcastError(`${weight.entry.dtype} weight carries a block scale ${name}: only F8_E4M3 weights have one`, { file: where(weight.file), tensor: weight.entry.name, code: "BAD_SCALE" });
+      }
+      continue;
+    }
+    if (loc.entry.dtype !== "F8_E4M3") continue;
+    const w = loc.entry;
+    const scale = locate(ckpt, name + SCALE_SUFFIX);
+    if (!scale) {
+      throw new DeepcastError(`FP8 weight has no ${name}${SCALE_SUFFIX} in the checkpoint: cannot dequantize it`, { file: where(file), tensor: name, code: "BAD_SCALE" });
+    }
+    if (w.shape.length !== 2) {
+      throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(file), tensor: name, code: "UNSUPPORTED" });
+    }
+    const s = scale.entry;
+    if (s.dtype !== "F32") {
+      throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name, code: "BAD_SCALE" });
+    }
+    const expected = [Math.ceil(w.shape[0]! / FP8_SCALE_BLOCK), Math.ceil(w.shape[1]! / FP8_SCALE_BLOCK)];
+    if (s.shape.length !== 2 || s.shape[0] !== expected[0] || s.shape[1] !== expected[1]) {
+      throw new DeepcastError(
+        `scale shape ${JSON.stringify(s.shape)} does not match weight ${JSON.stringify(w.shape)}: expected ${JSON.stringify(expected)} (ceil(rows/128) x ceil(cols/128))`,
+        { file: where(scale.file), tensor: s.name, code: "BAD_SCALE" });
+    }
+  }
 }
 
 /** What identifies the input for resume fingerprints: every shard's name, version and tensor layout. */

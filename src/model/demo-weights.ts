@@ -23,7 +23,7 @@ import { DeepcastError } from "../errors.js";
 import { numel } from "../io/dtypes.js";
 import { SafetensorsFile, type TensorEntry } from "../io/safetensors.js";
 import { demoName, routedExpertIndex } from "../convert/demo-plan.js";
-import { FP8_BLOCK, kernels } from "../quant/kernels.js";
+import { FP8_BLOCK, fp8NanError, kernels } from "../quant/kernels.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { WeightSource } from "./weights.js";
 
@@ -331,7 +331,8 @@ export class DemoWeightSource implements WeightSource {
         const s = new Float32Array(sRows * scaleCols);
         await f.read(scale.name, new Uint8Array(s.buffer), (a / FP8_BLOCK) * scaleCols * 4);
         const out = new Float32Array((b - a) * cols);
-        k.fp8ToF32(codes, b - a, cols, s, out, threads, this.opts.bf16Round);
+        const nan = k.fp8ToF32(codes, b - a, cols, s, out, threads, this.opts.bf16Round);
+        if (nan > 0) throw fp8NanError(nan, codes, a, cols, { file: f.path, tensor: entry.name });
         return a === r0 ? out : out.subarray((r0 - a) * cols);
       }
       default:

@@ -29,10 +29,11 @@
  * percentiles, "RMS Δp", "Same top p", each with llama.cpp's ± uncertainty.
  */
 import { randomBytes } from "node:crypto";
-import { open, rename, unlink, type FileHandle } from "node:fs/promises";
+import { lstat, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { endianness } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { DeepcastError } from "../errors.js";
+import { writeError } from "../io/write.js";
 import { forward, type ForwardOptions } from "./forward.js";
 import { perplexityWindows } from "./perplexity.js";
 import type { WeightSource } from "./weights.js";
@@ -465,7 +466,7 @@ export class LogitsFileWriter implements LogitSink {
     try {
       fh = await open(temp, "wx");
     } catch (e) {
-      throw new DeepcastError(`cannot write the logits file: ${(e as Error).message}`, { file: temp });
+      throw writeError("write the logits file", e, { file: temp });
     }
     return new LogitsFileWriter(file, temp, fh);
   }
@@ -490,7 +491,7 @@ export class LogitsFileWriter implements LogitSink {
         done += bytesWritten;
       }
     } catch (e) {
-      throw new DeepcastError(`cannot write the logits file: ${(e as Error).message}`, { file: this.tempFile });
+      throw writeError("write the logits file", e, { file: this.tempFile });
     }
     this.bytes += bytes.length;
   }
@@ -503,10 +504,15 @@ export class LogitsFileWriter implements LogitSink {
     try {
       await fh.sync();
       await fh.close();
+      // Checked again at the last moment: a rename would replace a device node or FIFO put there meanwhile.
+      const there = await lstat(this.file).catch(() => null);
+      if (there && !there.isFile()) {
+        throw new DeepcastError("the logits file name is taken by something that is not a regular file; it is never replaced", { file: this.file, code: "NOT_A_FILE" });
+      }
       await rename(this.tempFile, this.file);
     } catch (e) {
       await unlink(this.tempFile).catch(() => undefined);
-      throw new DeepcastError(`cannot write the logits file: ${(e as Error).message}`, { file: this.file });
+      throw writeError("write the logits file", e, { file: this.file });
     }
   }
 

@@ -11,7 +11,7 @@ import { loadCheckpoint, locate, type Checkpoint } from "../io/checkpoint.js";
 import { numel } from "../io/dtypes.js";
 import { LocalSource, type CheckpointSource } from "../io/source.js";
 import { ShardReader } from "../convert/pipeline.js";
-import { FP8_BLOCK, kernels } from "../quant/kernels.js";
+import { FP8_BLOCK, fp8NanError, kernels } from "../quant/kernels.js";
 import { checkCheckpointConfig } from "../io/hf-config.js";
 import type { ModelConfig } from "./config.js";
 
@@ -130,7 +130,8 @@ export class HfWeightSource implements WeightSource {
           new Uint8Array(scale.buffer),
         );
         const out = new Float32Array((b - a) * cols);
-        k.fp8ToF32(codes, b - a, cols, scale, out, codes.length >= PARALLEL_MIN ? threads : 1, this.opts.bf16Round);
+        const nan = k.fp8ToF32(codes, b - a, cols, scale, out, codes.length >= PARALLEL_MIN ? threads : 1, this.opts.bf16Round);
+        if (nan > 0) throw fp8NanError(nan, codes, a, cols, { file: `${this.description}/${file}`, tensor: name });
         return a === r0 ? out : out.subarray((r0 - a) * cols);
       }
       default:

@@ -14,8 +14,9 @@ export interface NativeAddon {
   simdLevel(): "scalar" | "avx2";
   setSimd(level: "scalar" | "avx2" | "auto"): boolean;
   hasAvx2(): boolean;
-  fp8ToBf16(src: View, rows: number, cols: number, scale: View, dst: View, threads: number): void;
-  fp8ToF32(src: View, rows: number, cols: number, scale: View, dst: View, threads: number, bf16Round: boolean): void;
+  /** Both return the number of e4m3fn NaN codes (0x7F/0xFF) in src. */
+  fp8ToBf16(src: View, rows: number, cols: number, scale: View, dst: View, threads: number): number;
+  fp8ToF32(src: View, rows: number, cols: number, scale: View, dst: View, threads: number, bf16Round: boolean): number;
   f32ToBf16(src: View, dst: View, threads: number): void;
   bf16ToF32(src: View, dst: View, threads: number): void;
   f32ToF16(src: View, dst: View, threads: number): void;
