@@ -5,16 +5,17 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { checkpointIdentity, locate, INDEX_FILE, SCALE_SUFFIX, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
+import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
+import { scaleNameOf, weightOfScale } from "../formats/fp8.js";
 import type { Kernels } from "../quant/kernels.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readFp8Scale, ShardReader, type Chunk } from "./pipeline.js";
-import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
+import { ShardReader } from "../io/shard-reader.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readFp8Scale, type Chunk } from "./pipeline.js";
+import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
-import { fingerprint, freeBytes, RunState } from "./run-state.js";
+import { fingerprint, RunState } from "./run-state.js";
 
-export { SCALE_SUFFIX };
 
 export type OutTensor = TensorSpec &
   ({ op: "copy"; from: TensorLocation } | { op: "fp8"; from: TensorLocation; scale: TensorLocation });
@@ -40,7 +41,7 @@ export interface Fp8ToBf16Plan {
   outputBytes: number;
 }
 
-const isScaleName = (name: string) => name.endsWith(SCALE_SUFFIX);
+const isScaleName = (name: string) => weightOfScale(name) !== null;
 
 export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
   const where = (f: string) => `${ckpt.source.description}/${f}`;
@@ -60,7 +61,7 @@ export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
       const from = { file: name, entry };
       if (entry.dtype === "F8_E4M3") {
         // loadCheckpoint checked that the scale is there, F32 and of the right grid.
-        const scale = locate(ckpt, entry.name + SCALE_SUFFIX)!;
+        const scale = locate(ckpt, scaleNameOf(entry.name))!;
         tensors.push({ name: entry.name, dtype: "BF16", shape: entry.shape, op: "fp8", from, scale });
         fp8Tensors++;
       } else if (entry.dtype === "F8_E5M2") {

@@ -6,11 +6,11 @@
  */
 import { createHash } from "node:crypto";
 import { unlinkSync } from "node:fs";
-import { lstat, open, readdir, readFile, realpath, rename, stat, statfs, unlink, writeFile } from "node:fs/promises";
+import { lstat, open, readdir, readFile, realpath, stat, unlink } from "node:fs/promises";
 import { hostname } from "node:os";
 import { dirname, join, relative, resolve, sep, isAbsolute } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { guardWrite, mkdirOutput } from "../io/write.js";
+import { mkdirOutput, writeFileAtomic } from "../io/write.js";
 
 export const MANIFEST = ".deepcast-run.json";
 
@@ -153,12 +153,7 @@ export class RunState {
   }
 
   private async save(): Promise<void> {
-    const path = join(this.dir, this.manifestName);
-    const tmp = `${path}.partial`;
-    await guardWrite("write the run record", path, async () => {
-      await writeFile(tmp, JSON.stringify(this.manifest, null, 1) + "\n");
-      await rename(tmp, path);
-    });
+    await writeFileAtomic(join(this.dir, this.manifestName), JSON.stringify(this.manifest, null, 1) + "\n");
   }
 }
 
@@ -272,17 +267,5 @@ function pidAlive(pid: number): boolean {
     return true;
   } catch (e) {
     return (e as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
-/** Free bytes on the file system that holds `path` (or its nearest existing parent). */
-export async function freeBytes(path: string): Promise<number> {
-  let p = resolve(path);
-  for (;;) {
-    const s = await statfs(p).catch(() => null);
-    if (s) return s.bavail * s.bsize;
-    const up = dirname(p);
-    if (up === p) return Number.POSITIVE_INFINITY;
-    p = up;
   }
 }

@@ -4,6 +4,7 @@
  */
 import { posix } from "node:path";
 import { DeepcastError } from "../errors.js";
+import { scaleNameOf, scaleShape, weightOfScale } from "../formats/fp8.js";
 import type { SafetensorsHeader, TensorEntry } from "./safetensors.js";
 import type { CheckpointSource, SourceFile } from "./source.js";
 
@@ -105,10 +106,6 @@ export async function loadCheckpoint(source: CheckpointSource): Promise<Checkpoi
   return ckpt;
 }
 
-/** Suffix of an FP8 weight's block scales (DeepSeek: F32 [ceil(rows/128), ceil(cols/128)]). */
-export const SCALE_SUFFIX = "_scale_inv";
-const FP8_SCALE_BLOCK = 128;
-
 /**
  * Every FP8 weight has an F32 scale of the right grid, and every scale belongs to an FP8 weight:
  * checked once for every command, so none reads I32 bits as floats or copies a U8 "FP8" weight raw.
@@ -117,8 +114,9 @@ export function checkFp8Scales(ckpt: Checkpoint): void {
   const where = (f: string) => `${ckpt.source.description}/${f}`;
   for (const [name, file] of ckpt.weightMap) {
     const loc = locate(ckpt, name)!;
-    if (name.endsWith(SCALE_SUFFIX)) {
-      const weight = locate(ckpt, name.slice(0, -SCALE_SUFFIX.length));
+    const of = weightOfScale(name);
+    if (of !== null) {
+      const weight = locate(ckpt, of);
       if (weight && weight.entry.dtype !== "F8_E4M3") {
         throw new DeepcastError(`${weight.entry.dtype} weight carries a block scale ${name}: only F8_E4M3 weights have one`, { file: where(weight.file), tensor: weight.entry.name, code: "BAD_SCALE" });
       }
@@ -126,9 +124,9 @@ export function checkFp8Scales(ckpt: Checkpoint): void {
     }
     if (loc.entry.dtype !== "F8_E4M3") continue;
     const w = loc.entry;
-    const scale = locate(ckpt, name + SCALE_SUFFIX);
+    const scale = locate(ckpt, scaleNameOf(name));
     if (!scale) {
-      throw new DeepcastError(`FP8 weight has no ${name}${SCALE_SUFFIX} in the checkpoint: cannot dequantize it`, { file: where(file), tensor: name, code: "BAD_SCALE" });
+      throw new DeepcastError(`FP8 weight has no ${scaleNameOf(name)} in the checkpoint: cannot dequantize it`, { file: where(file), tensor: name, code: "BAD_SCALE" });
     }
     if (w.shape.length !== 2) {
       throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(file), tensor: name, code: "UNSUPPORTED" });
@@ -137,7 +135,7 @@ export function checkFp8Scales(ckpt: Checkpoint): void {
     if (s.dtype !== "F32") {
       throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name, code: "BAD_SCALE" });
     }
-    const expected = [Math.ceil(w.shape[0]! / FP8_SCALE_BLOCK), Math.ceil(w.shape[1]! / FP8_SCALE_BLOCK)];
+    const expected = scaleShape(w.shape[0]!, w.shape[1]!);
     if (s.shape.length !== 2 || s.shape[0] !== expected[0] || s.shape[1] !== expected[1]) {
       throw new DeepcastError(
         `scale shape ${JSON.stringify(s.shape)} does not match weight ${JSON.stringify(w.shape)}: expected ${JSON.stringify(expected)} (ceil(rows/128) x ceil(cols/128))`,

@@ -1,6 +1,12 @@
-/** Output writing shared by every writer: full positional writes with clear disk errors, atomic small files. */
-import { copyFile, mkdir, rename, rm, writeFile, type FileHandle } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+/**
+ * Output writing shared by every writer: full positional writes with clear disk errors, and the one
+ * atomic-write scheme. Every output is written as `.<name>.partial` beside its final name and renamed
+ * when complete, so a reader never sees a half-written file under a final name, and a rerun finds
+ * (and may resume or replace) the temporaries of an interrupted one. Every file-system error on an
+ * output becomes a WRITE_FAILED error naming the file.
+ */
+import { copyFile, mkdir, rename, rm, statfs, writeFile, type FileHandle } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
 
 /** What an errno means for an output, in words a user can act on. */
@@ -54,9 +60,14 @@ export async function mkdirOutput(dir: string): Promise<void> {
   await guardWrite("create the output folder", dir, () => mkdir(dir, { recursive: true }));
 }
 
-/** Writes a small file under a temporary name and renames it into place. */
+/** The temporary name `path` is written under until it is complete. */
+export function partialPath(path: string): string {
+  return join(dirname(path), `.${basename(path)}.partial`);
+}
+
+/** Writes a small file under its temporary name and renames it into place. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const tmp = `${path}.partial`;
+  const tmp = partialPath(path);
   try {
     await writeFile(tmp, data);
     await rename(tmp, path);
@@ -68,7 +79,7 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array): 
 
 /** Copies a file under a temporary name beside the target and renames it into place. */
 export async function copyFileAtomic(from: string, to: string): Promise<void> {
-  const tmp = join(dirname(to), `.${basename(to)}.partial`);
+  const tmp = partialPath(to);
   try {
     await copyFile(from, tmp);
     await rename(tmp, to);
@@ -78,5 +89,17 @@ export async function copyFileAtomic(from: string, to: string): Promise<void> {
       throw new DeepcastError(`cannot copy: ${(e as Error).message}`, { file: from }, { cause: e });
     }
     throw writeError("write output", e, { file: to });
+  }
+}
+
+/** Free bytes on the file system that holds `path` (or its nearest existing parent). */
+export async function freeBytes(path: string): Promise<number> {
+  let p = resolve(path);
+  for (;;) {
+    const s = await statfs(p).catch(() => null);
+    if (s) return s.bavail * s.bsize;
+    const up = dirname(p);
+    if (up === p) return Number.POSITIVE_INFINITY;
+    p = up;
   }
 }
