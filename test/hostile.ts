@@ -124,3 +124,43 @@ export async function outputsIn(dir: string): Promise<string[]> {
 export async function exists(path: string): Promise<boolean> {
   return (await stat(path).catch(() => null)) !== null;
 }
+
+export type Command = "fp8-to-bf16" | "to-demo" | "to-gguf" | "validate";
+
+/** Arguments that run `command` from IN to OUT (a folder, or OUT/model.gguf for to-gguf). */
+export function argsFor(command: Command, input: string, out: string, extra: string[] = []): string[] {
+  switch (command) {
+    case "fp8-to-bf16": return ["fp8-to-bf16", input, out, "--threads", "2", ...extra];
+    case "to-demo": return ["to-demo", input, out, "--model-parallel", "1", "--dtype", "bf16", "--threads", "2", ...extra];
+    case "to-gguf": return ["to-gguf", input, "-o", join(out, "model.gguf"), "-q", "Q8_0", "--threads", "2", ...extra];
+    case "validate": return ["validate", input, "--tokens", TOKENS_PLACEHOLDER, "--protocol", "windows", "--ctx", "8", "--chunks", "1", ...extra];
+  }
+}
+export const TOKENS_PLACEHOLDER = "@tokens";
+
+export interface Case {
+  name: string;
+  command: Command;
+  /** Makes the input lie (in a private copy). */
+  build: (input: string) => Promise<void>;
+  code: ErrorCode;
+  mentions?: (string | RegExp)[];
+  extra?: string[];
+}
+
+/** One run of a hostile case with every check. */
+export async function runCase(c: Case): Promise<void> {
+  const input = await fixtureCopy();
+  await c.build(input);
+  const before = await hashDir(input);
+  const out = join(await tempDir("deepcast-hostile-out-"), "out");
+  const tokens = join(await tempDir(), "tokens.json");
+  await writeFile(tokens, JSON.stringify(Array.from({ length: 16 }, (_, i) => 10 + i)));
+  const args = argsFor(c.command, input, out, c.extra).map((a) => (a === TOKENS_PLACEHOLDER ? tokens : a));
+  const r = deepcast(args);
+  expectError(r, c.code, c.mentions ?? []);
+  expect(await outputsIn(out)).toEqual([]);
+  expect((await readdir(out).catch(() => [] as string[])).filter((n) => n.endsWith(".lock"))).toEqual([]);
+  expect(await hashDir(input)).toEqual(before);
+}
+

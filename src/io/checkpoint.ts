@@ -70,7 +70,9 @@ export async function loadCheckpoint(source: CheckpointSource): Promise<Checkpoi
     for (const s of shards) {
       if (!present.has(s)) {
         const tensor = [...weightMap].find(([, f]) => f === s)?.[0];
-        throw new DeepcastError(`index names shard ${s}, which does not exist`, { file: where(INDEX_FILE), tensor });
+        const kind = await source.notAFile?.(s);
+        if (kind) throw new DeepcastError(`shard ${s} named by the index is ${kind}, not a regular file`, { file: where(s), tensor, code: "NOT_A_FILE" });
+        throw new DeepcastError(`index names shard ${s}, which does not exist`, { file: where(INDEX_FILE), tensor, code: "NOT_FOUND" });
       }
     }
   } else {
