@@ -159,7 +159,9 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
   try {
     const pending: ShardPlan[] = [];
     for (const s of plan.shards) if (!(await state.isDone(s.name))) pending.push(s);
-    const needed = pending.reduce((a, s) => a + s.bytes, 0);
+    // Every output counts: the shards still to write, and the index, config and copied files.
+    const small = ckpt.files.filter((f) => plan.copyFiles.includes(f.name) || f.name === INDEX_FILE || f.name === "config.json").reduce((a, f) => a + f.size, 0);
+    const needed = pending.reduce((a, s) => a + s.bytes, 0) + small;
     if (!opts.skipSpaceCheck) {
       const free = await freeBytes(state.dir);
       if (needed > free) {

@@ -183,7 +183,9 @@ export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRu
     }
 
     if (pendingRank.some(Boolean)) {
-      const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0);
+      // Every output counts: the rank files still to write, the config and the copied files.
+      const small = ckpt.files.filter((f) => plan.copyFiles.includes(f.name) || f.name === "config.json").reduce((a, f) => a + f.size, 0);
+      const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0) + small;
       if (!opts.skipSpaceCheck) {
         const free = await freeBytes(dir);
         if (needed > free) {
