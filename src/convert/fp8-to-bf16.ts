@@ -5,6 +5,8 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
+import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
@@ -117,6 +119,25 @@ function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: num
   return fp8ToBf16Chunks({ tensor: t.name, file: t.from.file, where: `${where}/${t.from.file}`, allowNonFinite, rows, cols, scale: () => scales.get(t.name)!, kernels: k, threads, chunkBytes });
 }
 
+/** The --dry-run description of a plan. */
+export function describeFp8ToBf16(plan: Fp8ToBf16Plan, input: string, out: string): PlanDescription {
+  const shards = plan.shards.map((s) => ({ file: s.name, tensors: s.tensors.length, bytes: s.bytes }));
+  const files = [INDEX_FILE, ...(plan.config ? ["config.json"] : []), ...plan.copyFiles];
+  return {
+    command: "fp8-to-bf16",
+    input,
+    output: out,
+    fields: { shards, files, fp8Tensors: plan.fp8Tensors, droppedScales: plan.droppedScales },
+    lines: [
+      ...shards.map((s) => `${s.file}  ${s.tensors} tensors  ${fmtBytes(s.bytes)}`),
+      `files: ${files.join(", ")}`,
+      `${plan.fp8Tensors} FP8 tensors dequantized, ${plan.droppedScales} scales dropped`,
+    ],
+    inputBytes: plan.inputBytes,
+    outputBytes: plan.outputBytes,
+  };
+}
+
 export interface RunOptions {
   out: string;
   kernels: Kernels;
@@ -126,9 +147,8 @@ export interface RunOptions {
   skipSpaceCheck?: boolean;
   /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing. */
   allowNonFinite?: boolean;
-  /** Called with input/output bytes as chunks complete. */
-  onProgress?: (inBytes: number, outBytes: number) => void;
-  onShard?: (event: { shard: string; index: number; count: number; skipped: boolean; bytes: number; seconds: number }) => void;
+  /** Progress: start, bytes (per chunk), shard, done. */
+  onEvent?: OnEvent;
 }
 
 export interface RunSummary {
@@ -157,78 +177,86 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
     files: [...plan.shards.map((s) => s.name), INDEX_FILE, ...(plan.config ? ["config.json"] : []), ...plan.copyFiles],
   });
   try {
-    const pending: ShardPlan[] = [];
-    for (const s of plan.shards) if (!(await state.isDone(s.name))) pending.push(s);
-    // Every output counts: the shards still to write, and the index, config and copied files.
-    const small = ckpt.files.filter((f) => plan.copyFiles.includes(f.name) || f.name === INDEX_FILE || f.name === "config.json").reduce((a, f) => a + f.size, 0);
-    const needed = pending.reduce((a, s) => a + s.bytes, 0) + small;
-    if (!opts.skipSpaceCheck) {
-      const free = await freeBytes(state.dir);
-      if (needed > free) {
-        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir, code: "NO_SPACE" });
-      }
+    return await runOpened(ckpt, plan, opts, state);
+  } finally {
+    await state.close();
+  }
+}
+
+async function runOpened(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: RunOptions, state: RunState): Promise<RunSummary> {
+  const pending: ShardPlan[] = [];
+  for (const s of plan.shards) if (!(await state.isDone(s.name))) pending.push(s);
+  // Every output counts: the shards still to write, and the index, config and copied files.
+  const small = ckpt.files.filter((f) => plan.copyFiles.includes(f.name) || f.name === INDEX_FILE || f.name === "config.json").reduce((a, f) => a + f.size, 0);
+  const needed = pending.reduce((a, s) => a + s.bytes, 0) + small;
+  if (!opts.skipSpaceCheck) {
+    const free = await freeBytes(state.dir);
+    if (needed > free) {
+      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir, code: "NO_SPACE" });
     }
-    const reader = new ShardReader(ckpt.source);
-    const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
-    const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
-    // A finished shard is synced, renamed and recorded while the next one is converted: the
-    // fsync of gigabytes of dirty pages would otherwise stall the pipeline at every shard boundary.
-    let committing: Promise<void> = Promise.resolve();
-    try {
-      for (const [i, s] of plan.shards.entries()) {
-        const t0 = performance.now();
-        if (!pending.includes(s)) {
-          summary.resumedShards++;
-          opts.onProgress?.(s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), s.bytes);
-          opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
-          continue;
-        }
-        const scales = new Map<string, Float32Array>();
-        for (const t of s.tensors) {
-          if (t.op !== "fp8") continue;
-          const where = `${ckpt.source.description}/${t.scale.file}`;
-          scales.set(t.name, await readFp8Scale(reader, { file: t.scale.file, name: t.scale.entry.name }, t.shape[1]!, where, opts.allowNonFinite ?? false));
-        }
-        const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
-        const writer = await SafetensorsWriter.create(join(state.dir, s.name), s.tensors, s.metadata);
+  }
+  const emit: OnEvent = opts.onEvent ?? (() => undefined);
+  const started = performance.now();
+  emit({ kind: "start", command: "fp8-to-bf16", total: plan.outputBytes, unit: "bytes" });
+  const reader = new ShardReader(ckpt.source);
+  const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
+  const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+  // A finished shard is synced, renamed and recorded while the next one is converted: the
+  // fsync of gigabytes of dirty pages would otherwise stall the pipeline at every shard boundary.
+  let committing: Promise<void> = Promise.resolve();
+  try {
+    for (const [i, s] of plan.shards.entries()) {
+      const t0 = performance.now();
+      if (!pending.includes(s)) {
+        summary.resumedShards++;
+        emit({ kind: "bytes", inBytes: s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), outBytes: s.bytes });
+        emit({ kind: "shard", shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
+        continue;
+      }
+      const scales = new Map<string, Float32Array>();
+      for (const t of s.tensors) {
+        if (t.op !== "fp8") continue;
+        const where = `${ckpt.source.description}/${t.scale.file}`;
+        scales.set(t.name, await readFp8Scale(reader, { file: t.scale.file, name: t.scale.entry.name }, t.shape[1]!, where, opts.allowNonFinite ?? false));
+      }
+      const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
+      const writer = await SafetensorsWriter.create(join(state.dir, s.name), s.tensors, s.metadata);
+      try {
+        await pump(chunks, reader, writer, (inB, outB) => {
+          summary.bytesRead += inB;
+          emit({ kind: "bytes", inBytes: inB, outBytes: outB });
+        });
+      } catch (e) {
+        await writer.abort();
+        throw e;
+      }
+      const previous = committing;
+      committing = (async () => {
+        await previous;
         try {
-          await pump(chunks, reader, writer, (inB, outB) => {
-            summary.bytesRead += inB;
-            opts.onProgress?.(inB, outB);
-          });
+          await writer.commit();
         } catch (e) {
           await writer.abort();
           throw e;
         }
-        const previous = committing;
-        committing = (async () => {
-          await previous;
-          try {
-            await writer.commit();
-          } catch (e) {
-            await writer.abort();
-            throw e;
-          }
-          await state.markDone(s.name);
-          summary.bytesWritten += s.bytes;
-          summary.tensors += s.tensors.length;
-          summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
-          opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
-        })();
-        // Surface a failed commit at the next await rather than as an unhandled rejection.
-        committing.catch(() => undefined);
-      }
-      await committing;
-    } finally {
-      await committing.catch(() => undefined);
-      await reader.close();
+        await state.markDone(s.name);
+        summary.bytesWritten += s.bytes;
+        summary.tensors += s.tensors.length;
+        summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
+        emit({ kind: "shard", shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
+      })();
+      // Surface a failed commit at the next await rather than as an unhandled rejection.
+      committing.catch(() => undefined);
     }
-    await writeSmallFiles(ckpt, plan, state.dir);
-    await state.markComplete();
-    return summary;
+    await committing;
   } finally {
-    await state.close();
+    await committing.catch(() => undefined);
+    await reader.close();
   }
+  await writeSmallFiles(ckpt, plan, state.dir);
+  await state.markComplete();
+  emit({ kind: "done", command: "fp8-to-bf16", seconds: (performance.now() - started) / 1000 });
+  return summary;
 }
 
 async function writeSmallFiles(ckpt: Checkpoint, plan: Fp8ToBf16Plan, out: string): Promise<void> {

@@ -6,6 +6,8 @@
  */
 import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
+import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
 import { checkCheckpointConfig } from "../io/hf-config.js";
 import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gguf-layout.js";
@@ -16,15 +18,8 @@ import { rowBytes } from "../formats/ggml-types.js";
 import { quantizeRows } from "../quant/ggml.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
 import { fp8NanError, type Kernels } from "../quant/kernels.js";
-import {
-  kvBSplit,
-  planDeepseek2Gguf,
-  planGgufOutput,
-  type GgufOutputOptions,
-  type GgufOutputPlan,
-  type GgufOutputTensor,
-  type HfSourceRef,
-} from "./gguf-plan.js";
+import { kvBSplit, planDeepseek2Gguf, type HfSourceRef } from "./gguf-plan.js";
+import { planGgufOutput, type GgufOutputOptions, type GgufOutputPlan, type GgufOutputTensor } from "./gguf-output.js";
 import { hfModelFiles } from "./hf-model-files.js";
 import { ShardReader } from "../io/shard-reader.js";
 import { DEFAULT_CHUNK_BYTES, pump, readFp8Scale, type Chunk } from "./pipeline.js";
@@ -199,6 +194,62 @@ function sourcesOf(t: GgufOutputTensor): HfSourceRef[] {
   return s.kind === "stack" ? s.experts : [s.src];
 }
 
+/** What the imatrix of a plan covers, for reports. */
+export function imatrixSummary(plan: ToGgufPlan) {
+  const im = plan.imatrix;
+  return im && {
+    file: im.loaded.file,
+    entries: im.loaded.entries.size,
+    withWeights: im.weights.size,
+    missing: im.missing,
+    sizeMismatch: im.sizeMismatch,
+    missingRequired: im.missingRequired,
+  };
+}
+
+/** The --dry-run description of a plan: files, per-type totals, every tensor. */
+export function describeToGguf(plan: ToGgufPlan, input: string, out: string): PlanDescription {
+  const { layout, output } = plan;
+  const im = imatrixSummary(plan);
+  const perType = new Map<string, { tensors: number; bytes: number }>();
+  const tensors = layout.files.flatMap((f) => f.tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type.name, bytes: t.nbytes, file: basename(f.path) })));
+  for (const t of tensors) {
+    const e = perType.get(t.type) ?? { tensors: 0, bytes: 0 };
+    e.tensors++;
+    e.bytes += t.bytes;
+    perType.set(t.type, e);
+  }
+  const files = layout.files.map((f) => ({ file: f.path, tensors: f.tensors.length, bytes: f.fileSize }));
+  const requiresImatrix = output.mix?.requiresImatrix ?? [];
+  return {
+    command: "to-gguf",
+    input,
+    output: out,
+    fields: {
+      quant: output.ftype.name,
+      fileType: output.mix?.fileType ?? output.ftype.id,
+      tensorCount: layout.tensorCount,
+      totalBytes: layout.totalBytes,
+      files,
+      types: Object.fromEntries(perType),
+      fallbacks: output.mix?.nFallback ?? 0,
+      requiresImatrix,
+      ...(im ? { imatrix: im } : {}),
+      tensors,
+    },
+    lines: [
+      ...tensors.map((t) => `${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(5)} ${fmtBytes(t.bytes)}`),
+      "",
+      ...[...perType].map(([type, e]) => `${type.padEnd(5)} ${String(e.tensors).padStart(6)} tensors  ${fmtBytes(e.bytes)}`),
+      ...files.map((f) => `${f.file}  ${f.tensors} tensors  ${fmtBytes(f.bytes)}`),
+      `${layout.tensorCount} tensors, ${fmtBytes(layout.totalBytes)} (${output.ftype.name})`,
+      ...(im?.missingRequired.length ? [`the importance matrix has no entry for ${im.missingRequired.length} tensor(s) that need one: ${im.missingRequired.join(", ")}`] : []),
+      ...(requiresImatrix.length && !im ? [`needs an importance matrix for ${requiresImatrix.length} tensor(s) (--imatrix)`] : []),
+    ],
+    outputBytes: layout.totalBytes,
+  };
+}
+
 export interface ToGgufRunOptions {
   kernels: Kernels;
   threads: number;
@@ -207,8 +258,8 @@ export interface ToGgufRunOptions {
   skipSpaceCheck?: boolean;
   /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing. */
   allowNonFinite?: boolean;
-  onProgress?: (inBytes: number, outBytes: number) => void;
-  onTensor?: (e: { tensor: string; index: number; count: number; type: string; bytes: number }) => void;
+  /** Progress: start, bytes (per chunk), tensor (each tensor written), done. */
+  onEvent?: OnEvent;
   /** Output bytes between resumable checkpoints (default CHECKPOINT_BYTES). */
   checkpointBytes?: number;
 }
@@ -230,6 +281,8 @@ export const CHECKPOINT_BYTES = 2e9;
 
 export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promise<ToGgufSummary> {
   const { ckpt, layout, output } = plan;
+  const emit: OnEvent = opts.onEvent ?? (() => undefined);
+  const started = performance.now();
   const dir = dirname(layout.files[0]!.path);
   const names = layout.files.map((f) => basename(f.path));
   const state = await RunState.open(dir, {
@@ -243,75 +296,82 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     outputs: names,
   });
   try {
-    const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0, resumedTensors: 0 };
-    // Split files completed by an earlier, interrupted run of the same command are kept.
-    const skipFiles = new Set<number>();
-    for (const [i, n] of names.entries()) if (await state.isDone(n)) skipFiles.add(i);
-    summary.resumedFiles = skipFiles.size;
-    const needed = layout.files.filter((f) => !skipFiles.has(f.index)).reduce((a, f) => a + f.fileSize, 0);
-    if (!opts.skipSpaceCheck) {
-      const free = await freeBytes(dir);
-      if (needed > free) {
-        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir, code: "NO_SPACE" });
-      }
-    }
-    const ctx: Ctx = {
-      k: opts.kernels,
-      threads: opts.threads,
-      chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
-      scratch: new Scratch(),
-      split: new Scratch(),
-      scales: new Map(),
-      where: ckpt.source.description,
-      allowNonFinite: opts.allowNonFinite ?? false,
-      ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
-    };
-    const reader = new ShardReader(ckpt.source);
-    const placedAt = new Map(layout.files.flatMap((f) => f.tensors.map((t, k) => [t.name, { placed: t, index: k }] as const)));
-    // Inside the file being written, a synced prefix recorded in the manifest is kept as well.
-    const p = state.manifest.progress;
-    const resumeAt = p && Number.isSafeInteger(p.file) && Number.isSafeInteger(p.tensor) ? { file: p.file!, tensor: p.tensor! } : undefined;
-    const writer = await GgufWriter.create(layout, {
-      skipFiles,
-      ...(resumeAt ? { resumeAt } : {}),
-      onFileDone: async (path) => {
-        await state.markDone(basename(path));
-        summary.bytesWritten += layout.files.find((f) => f.path === path)!.fileSize;
-      },
-    });
-    const start = writer.position;
-    summary.resumedTensors = layout.files.slice(0, start.file).reduce((a, f) => a + f.tensors.length, 0) + start.tensor;
-    let sinceCheckpoint = 0;
-    try {
-      for (const [i, t] of output.tensors.entries()) {
-        const { placed, index } = placedAt.get(t.name)!;
-        if (skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor)) continue;
-        ctx.scales.clear();
-        for (const src of sourcesOf(t)) {
-          if (!src.scaleInv) continue;
-          ctx.scales.set(src.name, await readFp8Scale(reader, src.scaleInv, src.shape[1]!, `${ckpt.source.description}/${src.scaleInv.file}`, ctx.allowNonFinite));
-        }
-        await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
-          summary.bytesRead += inB;
-          opts.onProgress?.(inB, outB);
-        });
-        opts.onTensor?.({ tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
-        sinceCheckpoint += placed.nbytes;
-        if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {
-          sinceCheckpoint = 0;
-          await state.setProgress({ ...(await writer.checkpoint()) });
-        }
-      }
-      await writer.commit();
-    } catch (e) {
-      await writer.abort();
-      throw e;
-    } finally {
-      await reader.close();
-    }
-    await state.markComplete();
-    return summary;
+    return await runOpened(plan, opts, state, emit, started, dir, names);
   } finally {
     await state.close();
   }
+}
+
+async function runOpened(plan: ToGgufPlan, opts: ToGgufRunOptions, state: RunState, emit: OnEvent, started: number, dir: string, names: string[]): Promise<ToGgufSummary> {
+  const { ckpt, layout, output } = plan;
+  const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0, resumedTensors: 0 };
+  // Split files completed by an earlier, interrupted run of the same command are kept.
+  const skipFiles = new Set<number>();
+  for (const [i, n] of names.entries()) if (await state.isDone(n)) skipFiles.add(i);
+  summary.resumedFiles = skipFiles.size;
+  const needed = layout.files.filter((f) => !skipFiles.has(f.index)).reduce((a, f) => a + f.fileSize, 0);
+  if (!opts.skipSpaceCheck) {
+    const free = await freeBytes(dir);
+    if (needed > free) {
+      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir, code: "NO_SPACE" });
+    }
+  }
+  const ctx: Ctx = {
+    k: opts.kernels,
+    threads: opts.threads,
+    chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
+    scratch: new Scratch(),
+    split: new Scratch(),
+    scales: new Map(),
+    where: ckpt.source.description,
+    allowNonFinite: opts.allowNonFinite ?? false,
+    ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
+  };
+  emit({ kind: "start", command: "to-gguf", total: layout.totalBytes, unit: "bytes" });
+  const reader = new ShardReader(ckpt.source);
+  const placedAt = new Map(layout.files.flatMap((f) => f.tensors.map((t, k) => [t.name, { placed: t, index: k }] as const)));
+  // Inside the file being written, a synced prefix recorded in the manifest is kept as well.
+  const p = state.manifest.progress;
+  const resumeAt = p && Number.isSafeInteger(p.file) && Number.isSafeInteger(p.tensor) ? { file: p.file!, tensor: p.tensor! } : undefined;
+  const writer = await GgufWriter.create(layout, {
+    skipFiles,
+    ...(resumeAt ? { resumeAt } : {}),
+    onFileDone: async (path) => {
+      await state.markDone(basename(path));
+      summary.bytesWritten += layout.files.find((f) => f.path === path)!.fileSize;
+    },
+  });
+  const start = writer.position;
+  summary.resumedTensors = layout.files.slice(0, start.file).reduce((a, f) => a + f.tensors.length, 0) + start.tensor;
+  let sinceCheckpoint = 0;
+  try {
+    for (const [i, t] of output.tensors.entries()) {
+      const { placed, index } = placedAt.get(t.name)!;
+      if (skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor)) continue;
+      ctx.scales.clear();
+      for (const src of sourcesOf(t)) {
+        if (!src.scaleInv) continue;
+        ctx.scales.set(src.name, await readFp8Scale(reader, src.scaleInv, src.shape[1]!, `${ckpt.source.description}/${src.scaleInv.file}`, ctx.allowNonFinite));
+      }
+      await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
+        summary.bytesRead += inB;
+        emit({ kind: "bytes", inBytes: inB, outBytes: outB });
+      });
+      emit({ kind: "tensor", tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
+      sinceCheckpoint += placed.nbytes;
+      if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {
+        sinceCheckpoint = 0;
+        await state.setProgress({ ...(await writer.checkpoint()) });
+      }
+    }
+    await writer.commit();
+  } catch (e) {
+    await writer.abort();
+    throw e;
+  } finally {
+    await reader.close();
+  }
+  await state.markComplete();
+  emit({ kind: "done", command: "to-gguf", seconds: (performance.now() - started) / 1000 });
+  return summary;
 }
