@@ -274,6 +274,37 @@ describe("13. safetensors validation as strict as the Rust crate", () => {
   });
 });
 
+describe("13. validate checks a GGUF's metadata and a demo config against the tensors present", () => {
+  const tokens = async () => {
+    const t = join(await tempDir(), "t.json");
+    await writeFile(t, "[10, 11, 12, 13, 14, 15, 16, 17, 18]");
+    return t;
+  };
+
+  it("a GGUF whose deepseek2.block_count (3) disagrees with its 4 layers: CONFIG_MISMATCH naming the file", async () => {
+    const d = await tempDir();
+    const good = join(d, "m.gguf");
+    expect(deepcast(["to-gguf", await fixtureCopy(), "-o", good, "-q", "Q8_0"]).status).toBe(0);
+    const b = await readFile(good);
+    const at = b.indexOf("deepseek2.block_count") + "deepseek2.block_count".length;
+    expect(b.readUInt32LE(at + 4)).toBe(4);
+    b.writeUInt32LE(3, at + 4);
+    const bad = join(d, "bad.gguf");
+    await writeFile(bad, b);
+    const r = deepcast(["validate", bad, "--tokens", await tokens(), "--protocol", "windows", "--ctx", "8"]);
+    expectError(r, "CONFIG_MISMATCH", [bad, "num_hidden_layers 3", "model.layers.3"]);
+  });
+
+  it("demo shards whose config.json says n_layers 5 for 4 layers: CONFIG_MISMATCH naming the config", async () => {
+    const demo = join(await tempDir(), "demo");
+    expect(deepcast(["to-demo", await fixtureCopy(), demo, "--model-parallel", "1", "--dtype", "bf16"]).status).toBe(0);
+    const cfg = JSON.parse(await readFile(join(demo, "config.json"), "utf8")) as Record<string, unknown>;
+    await writeFile(join(demo, "config.json"), JSON.stringify({ ...cfg, n_layers: 5 }));
+    const r = deepcast(["validate", demo, "--tokens", await tokens(), "--protocol", "windows", "--ctx", "8"]);
+    expectError(r, "CONFIG_MISMATCH", [join(demo, "config.json"), "layer 4"]);
+  });
+});
+
 describe("14. messages that say what happened", () => {
   it.each(["FIFO", "folder"] as const)("a shard that is a %s is NOT_A_FILE, not missing", async (kind) => {
     const input = await fixtureCopy();

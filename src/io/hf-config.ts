@@ -338,3 +338,22 @@ export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full" | "present"
   }
   return checkModelConfig(ckpt.config, { names: () => ckpt.weightMap.keys(), shape: (n) => locate(ckpt, n)?.entry.shape }, file, mode);
 }
+
+/** The HF config.json keys a parsed config came from (for a GGUF or demo config turned back into one). */
+export function hfConfigOf(c: ModelConfig): Record<string, unknown> {
+  return {
+    model_type: "deepseek_v3",
+    vocab_size: c.vocabSize, hidden_size: c.dim, intermediate_size: c.interDim, moe_intermediate_size: c.moeInterDim,
+    num_hidden_layers: c.nLayers, first_k_dense_replace: c.nDenseLayers, moe_layer_freq: c.moeLayerFreq,
+    num_attention_heads: c.nHeads, n_routed_experts: c.nRoutedExperts, n_shared_experts: c.nSharedExperts,
+    num_experts_per_tok: c.nActivatedExperts, n_group: c.nExpertGroups, topk_group: c.nLimitedGroups,
+    scoring_func: c.scoreFunc, topk_method: c.topkMethod, norm_topk_prob: c.normTopkProb, routed_scaling_factor: c.routeScale,
+    q_lora_rank: c.qLoraRank, kv_lora_rank: c.kvLoraRank, qk_nope_head_dim: c.qkNopeHeadDim, qk_rope_head_dim: c.qkRopeHeadDim,
+    v_head_dim: c.vHeadDim, rope_theta: c.ropeTheta, rms_norm_eps: c.rmsNormEps, max_position_embeddings: c.maxPositionEmbeddings,
+    bos_token_id: c.bosTokenId, eos_token_id: c.eosTokenId, num_nextn_predict_layers: c.nMtpLayers, tie_word_embeddings: c.tieWordEmbeddings,
+    ...(c.ropeScaling ? { rope_scaling: {
+      type: "yarn", factor: c.ropeScaling.factor, original_max_position_embeddings: c.ropeScaling.originalMaxPositionEmbeddings,
+      beta_fast: c.ropeScaling.betaFast, beta_slow: c.ropeScaling.betaSlow, mscale: c.ropeScaling.mscale, mscale_all_dim: c.ropeScaling.mscaleAllDim,
+    } } : {}),
+  };
+}
