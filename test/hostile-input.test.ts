@@ -9,7 +9,8 @@ import { mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import type { ErrorCode } from "../src/errors.js";
+import type { DeepcastError, ErrorCode } from "../src/errors.js";
+import { parseHeader } from "../src/io/safetensors.js";
 import { tempDir } from "./helpers.js";
 import {
   argsFor, deepcast, editTensor, encodeShard, exists, expectError, fixtureCopy, hashDir, outputsIn, readShard, replaceFile, runCase, type Case,
@@ -252,6 +253,35 @@ function stFile(header: string, data: Buffer): Buffer {
   pre.writeBigUInt64LE(BigInt(h.length));
   return Buffer.concat([pre, h, data]);
 }
+
+describe("12/13. the safetensors header is parsed member by member, strictly", () => {
+  const parse = (header: string, data = 4) => {
+    const h = Buffer.from(header, "utf8");
+    return parseHeader(h, 8 + h.length + data, "x.safetensors");
+  };
+  const entry = '"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}';
+  it("accepts padding, nesting and braces, commas or quotes inside strings", () => {
+    const h = parse(`{"__metadata__":{"k":"a,{\\"}]b"},${entry}}      `);
+    expect(h.metadata).toEqual({ k: 'a,{"}]b' }); // an escaped quote, a comma and brackets inside a string
+    expect(h.tensors.map((t) => t.name)).toEqual(["a"]);
+    expect(parse("{}", 0).tensors).toEqual([]);
+  });
+  it.each([
+    ["a duplicate name", `{${entry},${entry}}`, /duplicate entry "a"/],
+    ["bytes after the object", `{${entry}}x`, /after the JSON object/],
+    ["a trailing comma", `{${entry},}`, /trailing comma/],
+    ["an unterminated object", `{${entry}`, /unterminated/],
+    ["a bare value", `{${entry},3}`, /malformed safetensors header/],
+  ])("refuses %s (BAD_HEADER)", (_n, header, why) => {
+    try {
+      parse(header);
+      expect.unreachable();
+    } catch (e) {
+      expect((e as DeepcastError).code).toBe("BAD_HEADER");
+      expect((e as Error).message).toMatch(why);
+    }
+  });
+});
 
 describe("13. safetensors validation as strict as the Rust crate", () => {
   it.each([

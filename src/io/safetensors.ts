@@ -62,18 +62,23 @@ export function parseHeader(json: Uint8Array, fileSize: number, file: string): S
   } catch {
     throw bad("the header is not valid UTF-8");
   }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (e) {
-    throw bad((e as Error).message);
-  }
-  text = "";
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) throw bad("not a JSON object");
   let metadata: Record<string, string> | null = null;
   const tensors: TensorEntry[] = [];
-  for (const name in raw as Record<string, unknown>) {
-    const value = (raw as Record<string, unknown>)[name];
+  const seen = new Set<string>();
+  // Member by member: a header of a million entries never becomes one million-key object.
+  for (const member of topLevelMembers(text, bad)) {
+    let one: Record<string, unknown>;
+    try {
+      one = JSON.parse(`{${member}}`) as Record<string, unknown>;
+    } catch (e) {
+      throw bad((e as Error).message);
+    }
+    const keys = Object.keys(one);
+    if (keys.length !== 1) throw bad("malformed member");
+    const name = keys[0]!;
+    if (seen.has(name)) throw bad(`duplicate entry ${JSON.stringify(name)}`, name);
+    seen.add(name);
+    const value = one[name];
     if (name === "__metadata__") {
       if (value === null || typeof value !== "object" || Array.isArray(value) ||
           !Object.values(value).every((v) => typeof v === "string")) {
@@ -84,7 +89,7 @@ export function parseHeader(json: Uint8Array, fileSize: number, file: string): S
     }
     tensors.push(parseEntry(name, value, file));
   }
-  raw = null;
+  text = "";
   const dataStart = 8 + headerLength;
   const dataSize = fileSize - dataStart;
   tensors.sort((a, b) => a.begin - b.begin || a.end - b.end);
@@ -109,6 +114,51 @@ export function parseHeader(json: Uint8Array, fileSize: number, file: string): S
     throw bad(`${dataSize - prevEnd} trailing bytes after the last tensor's data (the tensors end at ${prevEnd} of ${dataSize} data bytes)`);
   }
   return { headerLength, dataStart, metadata, tensors, byName: new Map(tensors.map((t) => [t.name, t])) };
+}
+
+/**
+ * The members (`"key": value`) of the JSON object `text`, as slices, found by tracking strings and
+ * nesting depth. Anything but one top-level object is malformed (each member is parsed by JSON.parse).
+ */
+function* topLevelMembers(text: string, bad: (why: string) => DeepcastError): Generator<string> {
+  let i = 0;
+  const n = text.length;
+  const isWs = (c: number) => c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d;
+  while (i < n && isWs(text.charCodeAt(i))) i++;
+  if (text.charCodeAt(i) !== 0x7b) throw bad("not a JSON object");
+  i++;
+  let start = i;
+  let depth = 0;
+  let inString = false;
+  let members = 0;
+  for (; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+      continue;
+    }
+    if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) depth++;
+    else if (c === 0x7d || c === 0x5d) {
+      if (depth === 0) {
+        if (c !== 0x7d) throw bad("unbalanced brackets");
+        const last = text.slice(start, i);
+        if (last.trim() !== "") yield last;
+        else if (members > 0) throw bad("trailing comma");
+        i++;
+        while (i < n && isWs(text.charCodeAt(i))) i++;
+        if (i !== n) throw bad("bytes after the JSON object");
+        return;
+      }
+      depth--;
+    } else if (c === 0x2c && depth === 0) {
+      yield text.slice(start, i);
+      members++;
+      start = i + 1;
+    }
+  }
+  throw bad("unterminated JSON object");
 }
 
 function parseEntry(name: string, value: unknown, file: string): TensorEntry {
