@@ -6,7 +6,7 @@
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
 import { DTYPE_SIZE, isDtype, numel, type Dtype } from "./dtypes.js";
-import { partialPath, writeFully } from "./write.js";
+import { guardWrite, partialPath, writeFully } from "./write.js";
 
 /** Largest JSON header we accept; the real 4.3 GB DeepSeek shards have headers of about 100 KB. */
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
@@ -324,7 +324,7 @@ export class SafetensorsWriter {
   static async create(path: string, tensors: readonly TensorSpec[], metadata: Record<string, string> | null): Promise<SafetensorsWriter> {
     const { bytes, offsets } = encodeHeader(tensors, metadata);
     const tmp = partialPath(path);
-    const fh = await open(tmp, "w");
+    const fh = await guardWrite("create the output", tmp, () => open(tmp, "w"));
     const w = new SafetensorsWriter(path, tmp, fh, tensors, bytes, offsets);
     await w.writeAt(bytes, 0);
     return w;
@@ -364,13 +364,13 @@ export class SafetensorsWriter {
     if (this.index !== this.specs.length || this.pos !== this.expectedSize) {
       throw new DeepcastError(`internal: output incomplete (${this.pos} of ${this.expectedSize} bytes)`, { file: this.path, tensor: this.current?.name });
     }
-    await this.fh.sync();
+    await guardWrite("sync the output", this.tmpPath, () => this.fh.sync());
     await this.fh.close();
     const size = (await stat(this.tmpPath)).size;
     if (size !== this.expectedSize) {
-      throw new DeepcastError(`output has ${size} bytes, expected ${this.expectedSize}`, { file: this.tmpPath });
+      throw new DeepcastError(`output has ${size} bytes, expected ${this.expectedSize}`, { file: this.tmpPath, code: "WRITE_FAILED" });
     }
-    await rename(this.tmpPath, this.path);
+    await guardWrite("rename the output into place", this.path, () => rename(this.tmpPath, this.path));
   }
 
   /** Closes and deletes the temporary file (after an error). */
