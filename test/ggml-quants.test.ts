@@ -12,7 +12,7 @@ import { DeepcastError } from "../src/errors.js";
 import { ggmlQuantType, ggmlQuantTypes, rowBytes } from "../src/formats/ggml-types.js";
 import { dequantizeRows, ggmlRequiresImatrix, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
-import { ROOT } from "./helpers.js";
+import { lacking, ROOT } from "./helpers.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants");
 
@@ -42,6 +42,7 @@ interface Manifest {
 const manifest = JSON.parse(readFileSync(join(DIR, "manifest.json"), "utf8")) as Manifest;
 const native = loadNative();
 const hasKernels = native !== null && typeof native["ggmlQuantize"] === "function";
+const noKernels = lacking(hasKernels, "the native addon did not load (build/Release/deepcast_native.node), so ggml's quantizers cannot be compared with the golden bytes");
 
 const fileCache = new Map<string, Buffer>();
 function bytes(rel: string): Buffer {
@@ -103,7 +104,7 @@ describe("golden fixture", () => {
 const byType = new Map<string, Case[]>();
 for (const c of manifest.cases) byType.set(c.type_upper, [...(byType.get(c.type_upper) ?? []), c]);
 
-describe.skipIf(!hasKernels).each([...byType.keys()])("%s", (typeName) => {
+describe.skipIf(noKernels).each([...byType.keys()])("%s", (typeName) => {
   const cases = byType.get(typeName)!;
   for (const mode of ["plain", "imatrix"] as const) {
     const modeCases = cases.filter((c) => c.imatrix === (mode === "imatrix"));
@@ -134,7 +135,7 @@ describe.skipIf(!hasKernels).each([...byType.keys()])("%s", (typeName) => {
   }
 });
 
-describe.skipIf(!hasKernels)("threads", () => {
+describe.skipIf(noKernels)("threads", () => {
   // All 512-wide inputs stacked: ~190 rows, enough for every thread to get several rows.
   const inputs = manifest.inputs.filter((i) => i.n_per_row === 512);
   const rows = inputs.reduce((s, i) => s + i.rows, 0);
@@ -212,7 +213,7 @@ function mixedRows(rows: number, n: number, seed: number): Float32Array {
   return x;
 }
 
-describe.skipIf(!canCompareSimd)("scalar and AVX2", () => {
+describe.skipIf(!canCompareSimd)(`scalar and AVX2${canCompareSimd ? "" : " [skipped: no addon or no AVX2 on this CPU]"}`, () => {
   const setSimd = (level: "scalar" | "avx2" | "auto") => expect(native!.setSimd(level)).toBe(true);
 
   it("the scalar level reproduces every golden case too", () => {
@@ -264,7 +265,7 @@ describe("API", () => {
     expect(() => dequantizeRows("Q4_0", new Uint8Array(10), 1, 512)).toThrow(DeepcastError);
   });
 
-  it.skipIf(!hasKernels)("checks sizes in the addon too", () => {
+  it.skipIf(noKernels)("checks sizes in the addon too", () => {
     const q = native!["ggmlQuantize"] as (...a: unknown[]) => unknown;
     expect(() => q(12, new Float32Array(512), 1, 512, new Uint8Array(10), null, 1)).toThrow(/dst has 10 bytes, expected 288/);
     expect(() => q(12, new Float32Array(512), 1, 500, new Uint8Array(288), null, 1)).toThrow(/multiple of 256/);

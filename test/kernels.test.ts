@@ -8,10 +8,10 @@ const native = loadNative();
 /** Native kernels pinned to one SIMD level. */
 function nativeAt(level: "scalar" | "avx2"): Kernels {
   const n = native!;
-  const wrap = <A extends unknown[]>(f: (...a: A) => void) => (...a: A) => {
+  const wrap = <A extends unknown[], R>(f: (...a: A) => R) => (...a: A): R => {
     expect(n.setSimd(level)).toBe(true);
     try {
-      f(...a);
+      return f(...a);
     } finally {
       n.setSimd("auto");
     }
@@ -117,6 +117,22 @@ describe("FP8 e4m3fn decode", () => {
       const f = new Uint32Array(f32s[0]!.buffer, f32s[0]!.byteOffset, rows * cols);
       for (let i = 0; i < bf.length; i++) expect(f[i]).toBe((bf[i]! << 16) >>> 0);
     }
+  });
+
+  it("every implementation counts the NaN codes 0x7F/0xFF it casts, and the counts agree (scalar, AVX2, TS)", () => {
+    for (const [rows, cols] of [[144, 256], [130, 129], [7, 300], [1, 1]] as [number, number][]) {
+      const src = new Uint8Array(rows * cols).map((_, i) => (i * 2654435761) >>> 24);
+      let expected = 0;
+      for (const c of src) if ((c & 0x7f) === 0x7f) expected++;
+      src[src.length - 1] = 0xff; // one in the scalar tail of the last row
+      if ((((src.length - 1) * 2654435761) >>> 24 & 0x7f) !== 0x7f) expected++;
+      const scale = new Float32Array(Math.ceil(rows / 128) * Math.ceil(cols / 128)).fill(0.5);
+      for (const [name, k] of impls) {
+        expect(k.fp8ToBf16(src, rows, cols, scale, new Uint16Array(rows * cols), 3), name).toBe(expected);
+        expect(k.fp8ToF32(src, rows, cols, scale, new Float32Array(rows * cols), 2, false), name).toBe(expected);
+      }
+    }
+    for (const [, k] of impls) expect(k.fp8ToBf16(new Uint8Array(256).fill(0x7e), 1, 256, new Float32Array(2), new Uint16Array(256), 1)).toBe(0);
   });
 
   it("rejects a scale of the wrong size", () => {

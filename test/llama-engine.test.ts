@@ -16,7 +16,21 @@ const WINDOW = 128;
 
 let llama: Llama;
 let ids: number[];
-const ppl = new Map<string, number>();
+/** Each type's GGUF of the fixture, converted and measured once, by whichever test asks first: no test depends on another having run. */
+const measured = new Map<string, Promise<{ ppl: number; maxSumError: number }>>();
+function measure(type: (typeof TYPES)[number]): Promise<{ ppl: number; maxSumError: number }> {
+  let m = measured.get(type);
+  if (!m) {
+    m = (async () => {
+      const out = join(await tempDir(), `tiny-${type}.gguf`);
+      const plan = await planToGguf(new LocalSource(FIXTURE), out, { ftype: type });
+      await runToGguf(plan, { kernels: kernels(), threads: 2, force: false, skipSpaceCheck: true });
+      return perplexity(out);
+    })();
+    measured.set(type, m);
+  }
+  return m;
+}
 
 beforeAll(async () => {
   llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
@@ -55,11 +69,7 @@ async function perplexity(modelPath: string): Promise<{ ppl: number; maxSumError
 describe("llama.cpp loads deepcast's GGUF of the fixture", () => {
   for (const type of TYPES) {
     it(`${type}: loads, gives normalized distributions and a perplexity far below uniform`, async () => {
-      const out = join(await tempDir(), `tiny-${type}.gguf`);
-      const plan = await planToGguf(new LocalSource(FIXTURE), out, { ftype: type });
-      await runToGguf(plan, { kernels: kernels(), threads: 2, force: false, skipSpaceCheck: true });
-      const r = await perplexity(out);
-      ppl.set(type, r.ppl);
+      const r = await measure(type);
       expect(r.maxSumError).toBeLessThan(1e-3);
       // Uniform over the 2048-token vocabulary would be 2048; the fixture's eval perplexity is 42.85.
       expect(r.ppl).toBeLessThan(80);
@@ -73,10 +83,12 @@ describe("llama.cpp loads deepcast's GGUF of the fixture", () => {
       "tiny-Q8_0-00001-of-00003.gguf", "tiny-Q8_0-00002-of-00003.gguf", "tiny-Q8_0-00003-of-00003.gguf"]);
     await runToGguf(plan, { kernels: kernels(), threads: 2, force: false, skipSpaceCheck: true });
     const r = await perplexity(plan.layout.files[0]!.path);
-    expect(r.ppl).toBe(ppl.get("Q8_0"));
+    expect(r.ppl).toBe((await measure("Q8_0")).ppl);
   });
 
-  it("quantization costs little perplexity at 8 bits and more at 2 bits", () => {
+  it("quantization costs little perplexity at 8 bits and more at 2 bits", async () => {
+    const ppl = new Map<string, number>();
+    for (const t of TYPES) ppl.set(t, (await measure(t)).ppl);
     const bf16 = ppl.get("BF16")!;
     expect(Math.abs(ppl.get("Q8_0")! / bf16 - 1)).toBeLessThan(0.01);
     expect(ppl.get("Q4_K_M")! / bf16).toBeLessThan(1.1);

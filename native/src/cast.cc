@@ -3,6 +3,7 @@
 // (no contraction: -ffp-contract=off), and every rounding is done with integer operations.
 #include <immintrin.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -19,15 +20,27 @@ constexpr size_t kBlock = 128;
 
 // ---- scalar rows --------------------------------------------------------------------------
 
-void fp8_row_bf16_scalar(const uint8_t* src, const float* srow, size_t cols, uint16_t* dst) {
-  for (size_t j = 0; j < cols; j++) dst[j] = f32_to_bf16(fp8_e4m3fn_to_f32(src[j]) * srow[j / kBlock]);
+// Each row kernel returns how many of its codes are e4m3fn's NaN (0x7F, 0xFF): counted on the way,
+// so detecting them costs no second pass over the data.
+inline bool fp8_is_nan(uint8_t c) { return (c & 0x7F) == 0x7F; }
+
+size_t fp8_row_bf16_scalar(const uint8_t* src, const float* srow, size_t cols, uint16_t* dst) {
+  size_t nan = 0;
+  for (size_t j = 0; j < cols; j++) {
+    nan += fp8_is_nan(src[j]);
+    dst[j] = f32_to_bf16(fp8_e4m3fn_to_f32(src[j]) * srow[j / kBlock]);
+  }
+  return nan;
 }
 
-void fp8_row_f32_scalar(const uint8_t* src, const float* srow, size_t cols, float* dst, bool bf16_round) {
+size_t fp8_row_f32_scalar(const uint8_t* src, const float* srow, size_t cols, float* dst, bool bf16_round) {
+  size_t nan = 0;
   for (size_t j = 0; j < cols; j++) {
+    nan += fp8_is_nan(src[j]);
     float v = fp8_e4m3fn_to_f32(src[j]) * srow[j / kBlock];
     dst[j] = bf16_round ? bf16_to_f32(f32_to_bf16(v)) : v;
   }
+  return nan;
 }
 
 // ---- AVX2 rows ----------------------------------------------------------------------------
@@ -63,39 +76,55 @@ DC_AVX2 inline void store_bf16x16(uint16_t* dst, __m256i a, __m256i b) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), packed);
 }
 
-DC_AVX2 void fp8_row_bf16_avx2(const uint8_t* src, const float* srow, size_t cols, uint16_t* dst) {
+// Lanes of `codes` (16 bytes) that are e4m3fn NaN codes, as a 16-bit mask.
+DC_AVX2 inline unsigned fp8x16_nan_mask(__m128i codes) {
+  const __m128i m = _mm_set1_epi8(0x7F);
+  return static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(codes, m), m)));
+}
+
+DC_AVX2 size_t fp8_row_bf16_avx2(const uint8_t* src, const float* srow, size_t cols, uint16_t* dst) {
   size_t j = 0;
+  size_t nan = 0;
   for (; j < cols; j = j) {
     const size_t block_end = std::min(cols, (j / kBlock + 1) * kBlock);
     const __m256 s = _mm256_set1_ps(srow[j / kBlock]);
     for (; j + 16 <= block_end; j += 16) {
       __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j));
+      nan += static_cast<size_t>(__builtin_popcount(fp8x16_nan_mask(codes)));
       __m256 lo = _mm256_mul_ps(fp8x8_to_f32(codes), s);
       __m256 hi = _mm256_mul_ps(fp8x8_to_f32(_mm_srli_si128(codes, 8)), s);
       store_bf16x16(dst + j, f32x8_to_bf16_lanes(lo), f32x8_to_bf16_lanes(hi));
     }
-    for (; j < block_end; j++) dst[j] = f32_to_bf16(fp8_e4m3fn_to_f32(src[j]) * srow[j / kBlock]);
+    for (; j < block_end; j++) {
+      nan += fp8_is_nan(src[j]);
+      dst[j] = f32_to_bf16(fp8_e4m3fn_to_f32(src[j]) * srow[j / kBlock]);
+    }
     if (block_end == cols) break;
   }
+  return nan;
 }
 
-DC_AVX2 void fp8_row_f32_avx2(const uint8_t* src, const float* srow, size_t cols, float* dst, bool bf16_round) {
+DC_AVX2 size_t fp8_row_f32_avx2(const uint8_t* src, const float* srow, size_t cols, float* dst, bool bf16_round) {
   size_t j = 0;
+  size_t nan = 0;
   for (;;) {
     if (j >= cols) break;
     const size_t block_end = std::min(cols, (j / kBlock + 1) * kBlock);
     const __m256 s = _mm256_set1_ps(srow[j / kBlock]);
     for (; j + 8 <= block_end; j += 8) {
       __m128i codes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + j));
+      nan += static_cast<size_t>(__builtin_popcount(fp8x16_nan_mask(codes) & 0xFFu));
       __m256 v = _mm256_mul_ps(fp8x8_to_f32(codes), s);
       if (bf16_round) v = _mm256_castsi256_ps(_mm256_slli_epi32(f32x8_to_bf16_lanes(v), 16));
       _mm256_storeu_ps(dst + j, v);
     }
     for (; j < block_end; j++) {
+      nan += fp8_is_nan(src[j]);
       float v = fp8_e4m3fn_to_f32(src[j]) * srow[j / kBlock];
       dst[j] = bf16_round ? bf16_to_f32(f32_to_bf16(v)) : v;
     }
   }
+  return nan;
 }
 
 DC_AVX2 void f32_to_bf16_avx2(const float* src, uint16_t* dst, size_t n) {
@@ -175,19 +204,22 @@ Napi::Value Fp8ToBf16(const Napi::CallbackInfo& info) {
   Fp8Args a;
   if (!parse_fp8_args(info, 2, a)) return info.Env().Undefined();
   const bool avx2 = use_avx2();
+  std::atomic<size_t> nan{0};
   parallel_for(a.rows, a.threads, 64, [&](size_t r0, size_t r1) {
+    size_t local = 0;
     for (size_t r = r0; r < r1; r++) {
       const uint8_t* s = a.src.data + r * a.cols;
       const float* srow = reinterpret_cast<const float*>(a.scale.data) + (r / kBlock) * a.scale_cols;
       uint16_t* d = reinterpret_cast<uint16_t*>(a.dst.data) + r * a.cols;
 #if defined(__x86_64__)
-      if (avx2) { fp8_row_bf16_avx2(s, srow, a.cols, d); continue; }
+      if (avx2) { local += fp8_row_bf16_avx2(s, srow, a.cols, d); continue; }
 #endif
       (void)avx2;
-      fp8_row_bf16_scalar(s, srow, a.cols, d);
+      local += fp8_row_bf16_scalar(s, srow, a.cols, d);
     }
+    nan += local;
   });
-  return info.Env().Undefined();
+  return Napi::Number::New(info.Env(), static_cast<double>(nan.load()));
 }
 
 // Same arguments plus bf16Round (arg 6): when true, values are rounded through BF16, i.e. exactly
@@ -197,19 +229,22 @@ Napi::Value Fp8ToF32(const Napi::CallbackInfo& info) {
   if (!parse_fp8_args(info, 4, a)) return info.Env().Undefined();
   const bool round = info.Length() > 6 && info[6].ToBoolean().Value();
   const bool avx2 = use_avx2();
+  std::atomic<size_t> nan{0};
   parallel_for(a.rows, a.threads, 64, [&](size_t r0, size_t r1) {
+    size_t local = 0;
     for (size_t r = r0; r < r1; r++) {
       const uint8_t* s = a.src.data + r * a.cols;
       const float* srow = reinterpret_cast<const float*>(a.scale.data) + (r / kBlock) * a.scale_cols;
       float* d = reinterpret_cast<float*>(a.dst.data) + r * a.cols;
 #if defined(__x86_64__)
-      if (avx2) { fp8_row_f32_avx2(s, srow, a.cols, d, round); continue; }
+      if (avx2) { local += fp8_row_f32_avx2(s, srow, a.cols, d, round); continue; }
 #endif
       (void)avx2;
-      fp8_row_f32_scalar(s, srow, a.cols, d, round);
+      local += fp8_row_f32_scalar(s, srow, a.cols, d, round);
     }
+    nan += local;
   });
-  return info.Env().Undefined();
+  return Napi::Number::New(info.Env(), static_cast<double>(nan.load()));
 }
 
 // Element-wise casts: (src, dst, threads). Sizes are checked against the element widths.

@@ -2,6 +2,7 @@ import type { Argv, ArgumentsCamelCase } from "yargs";
 import { describeFp8ToBf16, planFp8ToBf16, runFp8ToBf16 } from "../convert/fp8-to-bf16.js";
 import { fmtBytes } from "../units.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
+import { checkCheckpointConfig } from "../io/hf-config.js";
 import { openSource } from "../io/open-source.js";
 import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
@@ -11,6 +12,7 @@ export const describe = "Dequantize an FP8 block-scaled checkpoint (DeepSeek-V3/
 export function builder(y: Argv) {
   return withCommonOptions(
     y
+      .option("allow-non-finite", { type: "boolean", default: false, describe: "Convert FP8 NaN codes (0x7F/0xFF) and NaN/Inf/absurd block scales as they are instead of failing" })
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id (deepseek-ai/DeepSeek-V3)" })
       .positional("out", { type: "string", demandOption: true, describe: "Output folder (created; resumable)" }),
   ).epilogue(
@@ -27,6 +29,7 @@ export async function handler(argv: Args): Promise<void> {
   const k = selectKernels(argv.simd);
   const source = await openSource(argv.in, { revision: argv.revision });
   const ckpt = await loadCheckpoint(source);
+  checkCheckpointConfig(ckpt, "present");
   const plan = planFp8ToBf16(ckpt);
 
   if (argv.dryRun) {
@@ -41,6 +44,7 @@ export async function handler(argv: Args): Promise<void> {
       threads: argv.threads,
       force: argv.force,
       skipSpaceCheck: argv.skipSpaceCheck,
+      allowNonFinite: argv.allowNonFinite,
       onEvent,
     }));
   const facts = runFacts(started, k, argv.threads);

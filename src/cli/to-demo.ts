@@ -1,6 +1,7 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
 import { describeToDemo, planToDemo, runToDemo } from "../convert/to-demo.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
+import { checkCheckpointConfig } from "../io/hf-config.js";
 import { openSource } from "../io/open-source.js";
 import { fmtBytes } from "../units.js";
 import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
@@ -11,6 +12,7 @@ export const describe = "Write the model-parallel shards of DeepSeek's inference
 export function builder(y: Argv) {
   return withCommonOptions(
     y
+      .option("allow-non-finite", { type: "boolean", default: false, describe: "Convert FP8 NaN codes (0x7F/0xFF) and NaN/Inf/absurd block scales as they are instead of failing" })
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id (FP8 or BF16 HF checkpoint)" })
       .positional("out", { type: "string", demandOption: true, describe: "Output folder (created; resumable)" })
       .option("model-parallel", { type: "number", demandOption: true, describe: "Number of ranks N: writes model{i}-mp{N}.safetensors for i = 0..N-1" })
@@ -37,6 +39,7 @@ export async function handler(argv: Args): Promise<void> {
   const k = selectKernels(argv.simd);
   const source = await openSource(argv.in, { revision: argv.revision });
   const ckpt = await loadCheckpoint(source);
+  checkCheckpointConfig(ckpt, "full");
   const plan = planToDemo(ckpt, { modelParallel: argv.modelParallel, nExperts: argv.nExperts, dtype: argv.dtype, maxSeqLen: argv.maxSeqLen });
 
   if (argv.dryRun) {
@@ -51,6 +54,7 @@ export async function handler(argv: Args): Promise<void> {
       threads: argv.threads,
       force: argv.force,
       skipSpaceCheck: argv.skipSpaceCheck,
+      allowNonFinite: argv.allowNonFinite,
       onEvent,
     }));
   const facts = runFacts(started, k, argv.threads);

@@ -14,6 +14,7 @@ export const describe = "Convert an FP8 or BF16 DeepSeek-V3 checkpoint straight 
 export function builder(y: Argv) {
   return withCommonOptions(
     y
+      .option("allow-non-finite", { type: "boolean", default: false, describe: "Convert FP8 NaN codes (0x7F/0xFF) and NaN/Inf/absurd block scales as they are instead of failing" })
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id" })
       .option("quant", { alias: "q", type: "string", demandOption: true, describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive)` })
       .option("output", { alias: "o", type: "string", demandOption: true, describe: "Output .gguf path (splits become NAME-00001-of-0000N.gguf)" })
@@ -74,6 +75,7 @@ export async function handler(argv: Args): Promise<void> {
         threads: argv.threads,
         force: argv.force,
         skipSpaceCheck: argv.skipSpaceCheck,
+        allowNonFinite: argv.allowNonFinite,
         onEvent,
       }),
   );

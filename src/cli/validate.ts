@@ -1,7 +1,8 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
 import { unlinkSync } from "node:fs";
-import { readFile, stat } from "node:fs/promises";
+import { lstat, readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
+import { refuseOutputInInput } from "../convert/run-state.js";
 import { freeBytes } from "../io/write.js";
 import { DeepcastError } from "../errors.js";
 import { findTokenizerDir, hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
@@ -169,9 +170,16 @@ export async function handler(argv: Args): Promise<void> {
     }
 
     if (argv.dumpLogits) {
-      const exists = await stat(argv.dumpLogits).catch(() => null);
-      if (exists && !argv.force) throw new DeepcastError("the logits file exists: use --force to overwrite it", { file: argv.dumpLogits });
-      if (exists?.isDirectory()) throw new DeepcastError("--dump-logits names a folder", { file: argv.dumpLogits });
+      // Never a device node, FIFO, folder or link, even with --force; never inside an input folder.
+      const exists = await lstat(argv.dumpLogits).catch(() => null);
+      if (exists && !exists.isFile()) {
+        throw new DeepcastError("--dump-logits names something that is not a regular file (a folder, link, FIFO or device); it is never replaced, even with --force",
+          { file: argv.dumpLogits, code: "NOT_A_FILE" });
+      }
+      if (exists && !argv.force) throw new DeepcastError("the logits file exists: use --force to overwrite it", { file: argv.dumpLogits, code: "OUTPUT_EXISTS" });
+      for (const input of [argv.candidate, argv.reference]) {
+        if (input && (await stat(input).catch(() => null))?.isDirectory()) await refuseOutputInInput(dirname(resolve(argv.dumpLogits)), input);
+      }
       const free = await freeBytes(dirname(resolve(argv.dumpLogits)));
       if (!argv.skipSpaceCheck && dumpBytes > free) {
         throw new DeepcastError(`the logits file needs ${fmtBytes(dumpBytes)}, ${fmtBytes(free)} free (--skip-space-check to try anyway)`, { file: argv.dumpLogits });
@@ -190,7 +198,13 @@ export async function handler(argv: Args): Promise<void> {
       logits: writer ?? undefined,
       onEvent: validateProgress(unit, reference !== null),
     });
-    if (writer) await writer.commit();
+    // A NaN or Inf figure means the model (or the file) is broken: report it, keep no logits, exit non-zero.
+    const nonFinite = [
+      ["PPL", r.candidate.ppl],
+      ...(r.reference ? [["PPL(base)", r.reference.ppl] as const] : []),
+      ...(r.kld ? [["mean KLD", r.kld.meanKld.value] as const] : []),
+    ].filter(([, v]) => !Number.isFinite(v as number));
+    if (writer && nonFinite.length === 0) await writer.commit();
 
     const facts = runFacts(started, k, threads);
     const result = {
@@ -227,6 +241,11 @@ export async function handler(argv: Args): Promise<void> {
       : `${head}\nFinal estimate: PPL = ${r.candidate.ppl.toFixed(4)} +/- ${r.candidate.uncertainty.toFixed(5)}\ndone in ${facts.seconds.toFixed(1)} s` +
         (writer ? `; logits in ${writer.file} (${fmtBytes(writer.bytes)})` : "");
     printResult(argv.json, result, r.kld && writer ? `${human}; logits in ${writer.file} (${fmtBytes(writer.bytes)})` : human);
+    if (nonFinite.length > 0) {
+      throw new DeepcastError(
+        `${nonFinite.map(([k, v]) => `${k} is ${String(v)}`).join(", ")}: the model produces non-finite values` + (writer ? "; no logits file was written" : ""),
+        { file: candidate.description, code: "NON_FINITE" });
+    }
   } finally {
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);

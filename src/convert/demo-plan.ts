@@ -152,7 +152,7 @@ export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
   const f = demoNamesFormat();
   const where = (file: string) => `${ckpt.source.description}/${file}`;
   const mp = opts.modelParallel;
-  if (!Number.isSafeInteger(mp) || mp < 1) throw new DeepcastError(`--model-parallel must be a positive integer, got ${mp}`);
+  if (!Number.isSafeInteger(mp) || mp < 1) throw new DeepcastError(`--model-parallel must be a positive integer, got ${mp}`, { code: "USAGE" });
   const config = ckpt.config;
   if (!config) {
     throw new DeepcastError("the input has no config.json: it is needed for the layer count (to drop the MTP layers) and the demo's config; copy the model's original config.json next to the shards", { file: ckpt.source.description });
@@ -162,9 +162,14 @@ export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
   if (!num(nLayers)) throw new DeepcastError("config.json has no num_hidden_layers", { file: cfgFile });
   const cfgExperts = num(config.n_routed_experts) ? config.n_routed_experts : undefined;
   const nExperts = opts.nExperts ?? cfgExperts ?? 256;
-  if (!Number.isSafeInteger(nExperts) || nExperts < 1) throw new DeepcastError(`--n-experts must be a positive integer, got ${nExperts}`);
+  if (!Number.isSafeInteger(nExperts) || nExperts < 1) {
+    // Blame what the value came from: the flag only when the user passed it.
+    throw opts.nExperts !== undefined
+      ? new DeepcastError(`--n-experts must be a positive integer, got ${nExperts}`, { code: "USAGE" })
+      : new DeepcastError(`config.json: n_routed_experts must be a positive integer, got ${nExperts}`, { file: cfgFile, code: "CONFIG_MISMATCH" });
+  }
   if (cfgExperts !== undefined && nExperts !== cfgExperts) {
-    throw new DeepcastError(`--n-experts ${nExperts} disagrees with n_routed_experts ${cfgExperts} in config.json: experts would land on the wrong ranks or be lost`, { file: cfgFile });
+    throw new DeepcastError(`--n-experts ${nExperts} disagrees with n_routed_experts ${cfgExperts} in config.json: experts would land on the wrong ranks or be lost`, { file: cfgFile, code: "CONFIG_MISMATCH" });
   }
   if (nExperts % mp !== 0) {
     throw new DeepcastError(`cannot give ${nExperts} routed experts to ${mp} ranks: the expert count must be divisible by --model-parallel`);

@@ -10,10 +10,10 @@ import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
-import { scaleNameOf, scaleShape, weightOfScale } from "../formats/fp8.js";
+import { scaleNameOf, weightOfScale } from "../formats/fp8.js";
 import type { Kernels } from "../quant/kernels.js";
 import { ShardReader } from "../io/shard-reader.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, type Chunk } from "./pipeline.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readFp8Scale, type Chunk } from "./pipeline.js";
 import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import { fingerprint, RunState } from "./run-state.js";
@@ -45,27 +45,6 @@ export interface Fp8ToBf16Plan {
 
 const isScaleName = (name: string) => weightOfScale(name) !== null;
 
-function checkScale(weight: TensorLocation, scale: TensorLocation | undefined, where: (f: string) => string): TensorLocation {
-  const w = weight.entry;
-  if (!scale) {
-    throw new DeepcastError(`FP8 weight has no ${scaleNameOf(w.name)} in the checkpoint: cannot dequantize it`, { file: where(weight.file), tensor: w.name });
-  }
-  const s = scale.entry;
-  if (w.shape.length !== 2) {
-    throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(weight.file), tensor: w.name });
-  }
-  const expected = scaleShape(w.shape[0]!, w.shape[1]!);
-  if (s.dtype !== "F32") {
-    throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name });
-  }
-  if (s.shape.length !== 2 || s.shape[0] !== expected[0] || s.shape[1] !== expected[1]) {
-    throw new DeepcastError(
-      `scale shape ${JSON.stringify(s.shape)} does not match weight ${JSON.stringify(w.shape)}: expected ${JSON.stringify(expected)} (ceil(rows/128) x ceil(cols/128))`,
-      { file: where(scale.file), tensor: s.name });
-  }
-  return scale;
-}
-
 export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
   const where = (f: string) => `${ckpt.source.description}/${f}`;
   const shards: ShardPlan[] = [];
@@ -83,7 +62,8 @@ export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
       }
       const from = { file: name, entry };
       if (entry.dtype === "F8_E4M3") {
-        const scale = checkScale(from, locate(ckpt, scaleNameOf(entry.name)), where);
+        // loadCheckpoint checked that the scale is there, F32 and of the right grid.
+        const scale = locate(ckpt, scaleNameOf(entry.name))!;
         tensors.push({ name: entry.name, dtype: "BF16", shape: entry.shape, op: "fp8", from, scale });
         fp8Tensors++;
       } else if (entry.dtype === "F8_E5M2") {
@@ -122,7 +102,7 @@ export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
 }
 
 /** The chunks that produce one output tensor, bounded by `chunkBytes` of input each. */
-function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>): Chunk[] {
+function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>, where: string, allowNonFinite: boolean): Chunk[] {
   const size = t.from.entry.end - t.from.entry.begin;
   const chunks: Chunk[] = [];
   if (t.op === "copy") {
@@ -136,7 +116,7 @@ function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: num
     return chunks;
   }
   const [rows, cols] = t.shape as [number, number];
-  return fp8ToBf16Chunks({ tensor: t.name, file: t.from.file, rows, cols, scale: () => scales.get(t.name)!, kernels: k, threads, chunkBytes });
+  return fp8ToBf16Chunks({ tensor: t.name, file: t.from.file, where: `${where}/${t.from.file}`, allowNonFinite, rows, cols, scale: () => scales.get(t.name)!, kernels: k, threads, chunkBytes });
 }
 
 /** The --dry-run description of a plan. */
@@ -165,6 +145,8 @@ export interface RunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
+  /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing. */
+  allowNonFinite?: boolean;
   /** Progress: start, bytes (per chunk), shard, done. */
   onEvent?: OnEvent;
 }
@@ -192,14 +174,25 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
     fingerprint: await planFingerprint(ckpt, plan),
     force: opts.force,
     inputDir,
+    files: [...plan.shards.map((s) => s.name), INDEX_FILE, ...(plan.config ? ["config.json"] : []), ...plan.copyFiles],
   });
+  try {
+    return await runOpened(ckpt, plan, opts, state);
+  } finally {
+    await state.close();
+  }
+}
+
+async function runOpened(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: RunOptions, state: RunState): Promise<RunSummary> {
   const pending: ShardPlan[] = [];
   for (const s of plan.shards) if (!(await state.isDone(s.name))) pending.push(s);
-  const needed = pending.reduce((a, s) => a + s.bytes, 0);
+  // Every output counts: the shards still to write, and the index, config and copied files.
+  const small = ckpt.files.filter((f) => plan.copyFiles.includes(f.name) || f.name === INDEX_FILE || f.name === "config.json").reduce((a, f) => a + f.size, 0);
+  const needed = pending.reduce((a, s) => a + s.bytes, 0) + small;
   if (!opts.skipSpaceCheck) {
     const free = await freeBytes(state.dir);
     if (needed > free) {
-      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir });
+      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir, code: "NO_SPACE" });
     }
   }
   const emit: OnEvent = opts.onEvent ?? (() => undefined);
@@ -223,10 +216,10 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
       const scales = new Map<string, Float32Array>();
       for (const t of s.tensors) {
         if (t.op !== "fp8") continue;
-        const raw = await reader.readTensor(t.scale.file, t.scale.entry.name);
-        scales.set(t.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+        const where = `${ckpt.source.description}/${t.scale.file}`;
+        scales.set(t.name, await readFp8Scale(reader, { file: t.scale.file, name: t.scale.entry.name }, t.shape[1]!, where, opts.allowNonFinite ?? false));
       }
-      const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales));
+      const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
       const writer = await SafetensorsWriter.create(join(state.dir, s.name), s.tensors, s.metadata);
       try {
         await pump(chunks, reader, writer, (inB, outB) => {

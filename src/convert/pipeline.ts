@@ -6,7 +6,7 @@
 import { DeepcastError } from "../errors.js";
 import { FP8_BLOCK } from "../formats/fp8.js";
 import type { ShardReader, TensorRange } from "../io/shard-reader.js";
-import type { Kernels } from "../quant/kernels.js";
+import { checkFp8ScaleValues, fp8NanError, type Kernels } from "../quant/kernels.js";
 
 /** Default bytes of input per chunk. */
 export const DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024;
@@ -90,12 +90,29 @@ export async function pump(
 }
 
 /**
+ * Reads an FP8 weight's block scales (F32, checked by loadCheckpoint) and checks their values:
+ * finite, non-negative, not absurd, unless `allowNonFinite`.
+ */
+export async function readFp8Scale(
+  reader: ShardReader, scale: { file: string; name: string }, weightCols: number, where: string, allowNonFinite: boolean,
+): Promise<Float32Array> {
+  const raw = await reader.readTensor(scale.file, scale.name);
+  const values = new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4);
+  if (!allowNonFinite) checkFp8ScaleValues(values, Math.ceil(weightCols / FP8_BLOCK), { file: where, tensor: scale.name });
+  return values;
+}
+
+/**
  * Chunks that dequantize an FP8 [rows, cols] tensor to BF16, in whole 128-row blocks so each chunk's
  * scales are a contiguous slice of `scale()` (read when the chunk converts).
  */
 export function fp8ToBf16Chunks(a: {
   tensor: string;
   file: string;
+  /** The file as messages name it (source description + shard). */
+  where: string;
+  /** Keep FP8 NaN codes as NaN instead of failing (--allow-non-finite). */
+  allowNonFinite: boolean;
   rows: number;
   cols: number;
   scale: () => Float32Array;
@@ -116,7 +133,8 @@ export function fp8ToBf16Chunks(a: {
       outBytes: n * cols * 2,
       convert: (input, out) => {
         const scale = a.scale().subarray(sb * scaleCols, (sb + Math.ceil(n / FP8_BLOCK)) * scaleCols);
-        a.kernels.fp8ToBf16(input, n, cols, scale, new Uint16Array(out.buffer, out.byteOffset, n * cols), a.threads);
+        const nan = a.kernels.fp8ToBf16(input, n, cols, scale, new Uint16Array(out.buffer, out.byteOffset, n * cols), a.threads);
+        if (nan > 0 && !a.allowNonFinite) throw fp8NanError(nan, input, r0, cols, { file: a.where, tensor: a.tensor });
       },
     });
   }

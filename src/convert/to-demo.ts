@@ -24,7 +24,7 @@ import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
 import { ShardReader } from "../io/shard-reader.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, type Chunk, type ChunkSink } from "./pipeline.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readFp8Scale, type Chunk, type ChunkSink } from "./pipeline.js";
 import { fingerprint, RunState } from "./run-state.js";
 
 export * from "./demo-plan.js";
@@ -70,6 +70,8 @@ export interface ToDemoRunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
+  /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing (--dtype bf16). */
+  allowNonFinite?: boolean;
   /** Progress: start, bytes (written to the rank files, all ranks together), shard (once per input shard), done. */
   onEvent?: OnEvent;
 }
@@ -112,12 +114,12 @@ function targetRanks(t: DemoInput, mp: number): number[] {
  * 128-row blocks (each chunk's scales are one contiguous slice), tensors split along a dim >= 1 in
  * whole rows (so the columns of every rank can be gathered), anything else in plain byte ranges.
  */
-function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>): Chunk[] {
+function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>, where: string, allowNonFinite: boolean): Chunk[] {
   const size = t.from.entry.end - t.from.entry.begin;
   if (size === 0) return [];
   if (t.op === "fp8") {
     const [rows, cols] = t.from.entry.shape as [number, number];
-    return fp8ToBf16Chunks({ tensor: t.hfName, file: t.from.file, rows, cols, scale: () => scales.get(t.hfName)!, kernels: k, threads, chunkBytes });
+    return fp8ToBf16Chunks({ tensor: t.hfName, file: t.from.file, where: `${where}/${t.from.file}`, allowNonFinite, rows, cols, scale: () => scales.get(t.hfName)!, kernels: k, threads, chunkBytes });
   }
   const chunks: Chunk[] = [];
   const src = (offset: number, length: number) => ({ file: t.from.file, tensor: t.hfName, offset, length });
@@ -196,7 +198,18 @@ export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRu
   const emit: OnEvent = opts.onEvent ?? (() => undefined);
   const started = performance.now();
   const fp = await demoPlanFingerprint(ckpt, plan);
-  const state = await RunState.open(opts.out, { command: "to-demo", fingerprint: fp, force: opts.force, inputDir: ckpt.source.description });
+  const state = await RunState.open(opts.out, {
+    command: "to-demo", fingerprint: fp, force: opts.force, inputDir: ckpt.source.description,
+    files: [...plan.ranks.map((r) => r.name), "config.json", ...plan.copyFiles],
+  });
+  try {
+    return await runOpened(ckpt, plan, opts, state, fp, emit, started);
+  } finally {
+    await state.close();
+  }
+}
+
+async function runOpened(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOptions, state: RunState, fp: string, emit: OnEvent, started: number): Promise<ToDemoSummary> {
   const dir = state.dir;
   const mp = plan.mp;
   const summary: ToDemoSummary = {
@@ -211,11 +224,13 @@ export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRu
   }
 
   if (pendingRank.some(Boolean)) {
-    const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0);
+    // Every output counts: the rank files still to write, the config and the copied files.
+    const small = ckpt.files.filter((f) => plan.copyFiles.includes(f.name) || f.name === "config.json").reduce((a, f) => a + f.size, 0);
+    const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0) + small;
     if (!opts.skipSpaceCheck) {
       const free = await freeBytes(dir);
       if (needed > free) {
-        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
+        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir, code: "NO_SPACE" });
       }
     }
     emit({ kind: "start", command: "to-demo", total: plan.outputBytes, unit: "bytes" });
@@ -294,11 +309,12 @@ async function writeRanks(
       const scales = new Map<string, Float32Array>();
       for (const t of inShard) {
         if (t.op !== "fp8") continue;
-        const raw = await reader.readTensor(t.scale!.file, t.scale!.entry.name);
-        summary.bytesRead += raw.length;
-        scales.set(t.hfName, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+        const values = await readFp8Scale(reader, { file: t.scale!.file, name: t.scale!.entry.name }, t.from.entry.shape[1]!,
+          `${ckpt.source.description}/${t.scale!.file}`, opts.allowNonFinite ?? false);
+        summary.bytesRead += values.byteLength;
+        scales.set(t.hfName, values);
       }
-      const chunks = inShard.flatMap((t) => inputChunks(t, opts.kernels, opts.threads, chunkBytes, scales));
+      const chunks = inShard.flatMap((t) => inputChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
       await pump(chunks, reader, sink, (inB) => { summary.bytesRead += inB; });
       summary.fp8Dequantized += inShard.filter((t) => t.op === "fp8").length;
       summary.tensors += inShard.reduce((a, t) => a + targetRanks(t, mp).filter((r) => writers[r]).length, 0);

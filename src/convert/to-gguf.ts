@@ -9,6 +9,7 @@ import { DeepcastError } from "../errors.js";
 import type { OnEvent } from "../events.js";
 import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
+import { checkCheckpointConfig } from "../io/hf-config.js";
 import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gguf-layout.js";
 import { GgufWriter } from "../io/gguf-writer.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
@@ -16,12 +17,12 @@ import type { CheckpointSource } from "../io/source.js";
 import { rowBytes } from "../formats/ggml-types.js";
 import { quantizeRows } from "../quant/ggml.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
-import type { Kernels } from "../quant/kernels.js";
+import { fp8NanError, type Kernels } from "../quant/kernels.js";
 import { kvBSplit, planDeepseek2Gguf, type HfSourceRef } from "./gguf-plan.js";
 import { planGgufOutput, type GgufOutputOptions, type GgufOutputPlan, type GgufOutputTensor } from "./gguf-output.js";
 import { hfModelFiles } from "./hf-model-files.js";
 import { ShardReader } from "../io/shard-reader.js";
-import { DEFAULT_CHUNK_BYTES, pump, type Chunk } from "./pipeline.js";
+import { DEFAULT_CHUNK_BYTES, pump, readFp8Scale, type Chunk } from "./pipeline.js";
 import { fingerprint, RunState } from "./run-state.js";
 import { freeBytes } from "../io/write.js";
 import { fmtBytes } from "../units.js";
@@ -40,6 +41,8 @@ export async function planToGguf(
   opts: GgufOutputOptions & { split?: GgufSplitOptions; name?: string; imatrix?: Imatrix },
 ): Promise<ToGgufPlan> {
   const ckpt = await loadCheckpoint(source);
+  // The GGUF metadata takes its dimensions from config.json: they must agree with the tensors.
+  checkCheckpointConfig(ckpt, "full");
   const model = planDeepseek2Gguf(await hfModelFiles(ckpt), opts.name ? { name: opts.name } : {});
   const { imatrix: im, ...outOpts } = opts;
   const output = planGgufOutput(model, im ? { ...outOpts, hasImatrix: true } : outOpts);
@@ -84,6 +87,9 @@ interface Ctx {
   scales: Map<string, Float32Array>;
   /** imatrix weights by tensor name (ne0 per matrix: expert, or head of attn_k_b/attn_v_b). */
   imatrix?: Map<string, Float32Array>;
+  /** The input as messages name it. */
+  where: string;
+  allowNonFinite: boolean;
 }
 
 /**
@@ -99,7 +105,8 @@ function decodeRows(ctx: Ctx, src: HfSourceRef, input: Uint8Array, r0: number, r
       if (!scale) throw new DeepcastError(`FP8 weight has no ${scaleNameOf(src.name)}`, { file: src.file, tensor: src.name });
       const sc = Math.ceil(cols / FP8_BLOCK);
       const s0 = r0 / FP8_BLOCK;
-      k.fp8ToF32(input, rows, cols, scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc), dst, threads, round);
+      const nan = k.fp8ToF32(input, rows, cols, scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc), dst, threads, round);
+      if (nan > 0 && !ctx.allowNonFinite) throw fp8NanError(nan, input, r0, cols, { file: `${ctx.where}/${src.file}`, tensor: src.name });
       return;
     }
     case "BF16":
@@ -249,6 +256,8 @@ export interface ToGgufRunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
+  /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing. */
+  allowNonFinite?: boolean;
   /** Progress: start, bytes (per chunk), tensor (each tensor written), done. */
   onEvent?: OnEvent;
   /** Output bytes between resumable checkpoints (default CHECKPOINT_BYTES). */
@@ -286,6 +295,15 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     inputDir: ckpt.source.description,
     outputs: names,
   });
+  try {
+    return await runOpened(plan, opts, state, emit, started, dir, names);
+  } finally {
+    await state.close();
+  }
+}
+
+async function runOpened(plan: ToGgufPlan, opts: ToGgufRunOptions, state: RunState, emit: OnEvent, started: number, dir: string, names: string[]): Promise<ToGgufSummary> {
+  const { ckpt, layout, output } = plan;
   const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0, resumedTensors: 0 };
   // Split files completed by an earlier, interrupted run of the same command are kept.
   const skipFiles = new Set<number>();
@@ -295,7 +313,7 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
   if (!opts.skipSpaceCheck) {
     const free = await freeBytes(dir);
     if (needed > free) {
-      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
+      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir, code: "NO_SPACE" });
     }
   }
   const ctx: Ctx = {
@@ -305,6 +323,8 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     scratch: new Scratch(),
     split: new Scratch(),
     scales: new Map(),
+    where: ckpt.source.description,
+    allowNonFinite: opts.allowNonFinite ?? false,
     ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
   };
   emit({ kind: "start", command: "to-gguf", total: layout.totalBytes, unit: "bytes" });
@@ -331,8 +351,7 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
       ctx.scales.clear();
       for (const src of sourcesOf(t)) {
         if (!src.scaleInv) continue;
-        const raw = await reader.readTensor(src.scaleInv.file, src.scaleInv.name);
-        ctx.scales.set(src.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+        ctx.scales.set(src.name, await readFp8Scale(reader, src.scaleInv, src.shape[1]!, `${ckpt.source.description}/${src.scaleInv.file}`, ctx.allowNonFinite));
       }
       await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
         summary.bytesRead += inB;

@@ -4,6 +4,7 @@
  */
 import { posix } from "node:path";
 import { DeepcastError } from "../errors.js";
+import { scaleNameOf, scaleShape, weightOfScale } from "../formats/fp8.js";
 import type { SafetensorsHeader, TensorEntry } from "./safetensors.js";
 import type { CheckpointSource, SourceFile } from "./source.js";
 
@@ -69,7 +70,9 @@ export async function loadCheckpoint(source: CheckpointSource): Promise<Checkpoi
     for (const s of shards) {
       if (!present.has(s)) {
         const tensor = [...weightMap].find(([, f]) => f === s)?.[0];
-        throw new DeepcastError(`index names shard ${s}, which does not exist`, { file: where(INDEX_FILE), tensor });
+        const kind = await source.notAFile?.(s);
+        if (kind) throw new DeepcastError(`shard ${s} named by the index is ${kind}, not a regular file`, { file: where(s), tensor, code: "NOT_A_FILE" });
+        throw new DeepcastError(`index names shard ${s}, which does not exist`, { file: where(INDEX_FILE), tensor, code: "NOT_FOUND" });
       }
     }
   } else {
@@ -100,7 +103,47 @@ export async function loadCheckpoint(source: CheckpointSource): Promise<Checkpoi
       if (!weightMap.has(t.name)) weightMap.set(t.name, s);
     }
   }
-  return { source, files, shards, headers, weightMap, index, config };
+  const ckpt = { source, files, shards, headers, weightMap, index, config };
+  checkFp8Scales(ckpt);
+  return ckpt;
+}
+
+/**
+ * Every FP8 weight has an F32 scale of the right grid, and every scale belongs to an FP8 weight:
+ * checked once for every command, so none reads I32 bits as floats or copies a U8 "FP8" weight raw.
+ */
+export function checkFp8Scales(ckpt: Checkpoint): void {
+  const where = (f: string) => `${ckpt.source.description}/${f}`;
+  for (const [name, file] of ckpt.weightMap) {
+    const loc = locate(ckpt, name)!;
+    const of = weightOfScale(name);
+    if (of !== null) {
+      const weight = locate(ckpt, of);
+      if (weight && weight.entry.dtype !== "F8_E4M3") {
+        throw new DeepcastError(`${weight.entry.dtype} weight carries a block scale ${name}: only F8_E4M3 weights have one`, { file: where(weight.file), tensor: weight.entry.name, code: "BAD_SCALE" });
+      }
+      continue;
+    }
+    if (loc.entry.dtype !== "F8_E4M3") continue;
+    const w = loc.entry;
+    const scale = locate(ckpt, scaleNameOf(name));
+    if (!scale) {
+      throw new DeepcastError(`FP8 weight has no ${scaleNameOf(name)} in the checkpoint: cannot dequantize it`, { file: where(file), tensor: name, code: "BAD_SCALE" });
+    }
+    if (w.shape.length !== 2) {
+      throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(file), tensor: name, code: "UNSUPPORTED" });
+    }
+    const s = scale.entry;
+    if (s.dtype !== "F32") {
+      throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name, code: "BAD_SCALE" });
+    }
+    const expected = scaleShape(w.shape[0]!, w.shape[1]!);
+    if (s.shape.length !== 2 || s.shape[0] !== expected[0] || s.shape[1] !== expected[1]) {
+      throw new DeepcastError(
+        `scale shape ${JSON.stringify(s.shape)} does not match weight ${JSON.stringify(w.shape)}: expected ${JSON.stringify(expected)} (ceil(rows/128) x ceil(cols/128))`,
+        { file: where(scale.file), tensor: s.name, code: "BAD_SCALE" });
+    }
+  }
 }
 
 /** What identifies the input for resume fingerprints: every shard's name, version and tensor layout. */

@@ -172,7 +172,13 @@ export function planGgufLayout(
       throw new DeepcastError(`invalid tensor dims ${JSON.stringify(spec.ne)}: 1 to 4 non-negative integers`, { tensor: spec.name });
     }
     const type = ggmlType(spec.type);
-    const nbytes = ggmlNbytes(type, spec.ne, spec.name);
+    let nbytes: number;
+    try {
+      nbytes = ggmlNbytes(type, spec.ne, spec.name);
+    } catch (e) {
+      // Name the file it would go to: the GGUF being planned.
+      throw new DeepcastError((e as Error).message.replace(/ \(tensor [^)]*\)$/, ""), { file: path, tensor: spec.name, code: "UNSUPPORTED" });
+    }
     const counted = style === "gguf-py" ? nbytes : padTo(nbytes, alignment);
     let cur = groups[groups.length - 1]!;
     if (cur.length > 0 &&

@@ -236,18 +236,23 @@ async function parseHeader(fh: FileHandle, path: string, fileIndex: number): Pro
   const names = new Set<string>();
   for (const t of infos) {
     const where = { file: path, tensor: t.name };
-    if (names.has(t.name)) throw new DeepcastError("duplicate tensor name", where);
+    if (names.has(t.name)) throw new DeepcastError("duplicate tensor name", { ...where, code: "BAD_HEADER" });
     names.add(t.name);
     let type: GgmlType;
     try {
       type = ggmlType(t.typeId);
     } catch {
-      throw new DeepcastError(`unknown ggml type ${t.typeId}`, where);
+      throw new DeepcastError(`unknown ggml type ${t.typeId}`, { ...where, code: "UNSUPPORTED" });
     }
-    const nbytes = ggmlNbytes(type, t.ne, t.name);
-    if (t.offset % BigInt(alignment) !== 0n) throw new DeepcastError(`tensor data offset ${t.offset} is not a multiple of the alignment ${alignment}`, where);
+    let nbytes: number;
+    try {
+      nbytes = ggmlNbytes(type, t.ne, t.name);
+    } catch (e) {
+      throw new DeepcastError((e as Error).message.replace(/ \(tensor [^)]*\)$/, ""), { ...where, code: "BAD_HEADER" });
+    }
+    if (t.offset % BigInt(alignment) !== 0n) throw new DeepcastError(`tensor data offset ${t.offset} is not a multiple of the alignment ${alignment}`, { ...where, code: "BAD_HEADER" });
     if (t.offset + BigInt(dataStart) + BigInt(nbytes) > BigInt(size)) {
-      throw new DeepcastError(`tensor data (${nbytes} bytes at offset ${t.offset} of the data section) runs past the end of the file (${size} bytes): truncated file?`, where);
+      throw new DeepcastError(`tensor data (${nbytes} bytes at offset ${t.offset} of the data section) runs past the end of the file (${size} bytes): truncated file?`, { ...where, code: "TRUNCATED" });
     }
     const offset = Number(t.offset);
     tensors.push({ name: t.name, ne: t.ne, type, offset, fileOffset: dataStart + offset, nbytes, file: fileIndex });

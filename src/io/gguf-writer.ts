@@ -5,7 +5,7 @@
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
 import { encodeFileHeader, padTo, type GgufLayout, type GgufTensorPlacement } from "./gguf-layout.js";
-import { partialPath, writeFully } from "./write.js";
+import { guardWrite, partialPath, writeFully } from "./write.js";
 
 const WRITE_BUFFER_BYTES = 8 * 1024 * 1024;
 
@@ -93,7 +93,7 @@ export class GgufWriter {
       await fh.close();
       return false;
     }
-    await fh.truncate(t.fileOffset);
+    await guardWrite("truncate the output", tmp, () => fh.truncate(t.fileOffset));
     this.fh = fh;
     this.fileIndex = at.file;
     this.tensorIndex = at.tensor;
@@ -175,7 +175,7 @@ export class GgufWriter {
       this.resumable = false;
       const tmp = partialPath(file.path);
       try {
-        this.fh = await open(tmp, "w");
+        this.fh = await guardWrite("create the output", tmp, () => open(tmp, "w"));
       } catch (e) {
         throw new DeepcastError(`cannot create output: ${(e as Error).message}`, { file: tmp }, { cause: e });
       }
@@ -197,15 +197,15 @@ export class GgufWriter {
     await this.flush();
     const fh = this.fh!;
     try {
-      await fh.sync();
+      await guardWrite("sync the output", partialPath(file.path), () => fh.sync());
     } finally {
       await fh.close();
       this.fh = null;
     }
     const tmp = partialPath(file.path);
     const size = (await stat(tmp)).size;
-    if (size !== file.fileSize) throw new DeepcastError(`output has ${size} bytes, expected ${file.fileSize}`, { file: tmp });
-    await rename(tmp, file.path);
+    if (size !== file.fileSize) throw new DeepcastError(`output has ${size} bytes, expected ${file.fileSize}`, { file: tmp, code: "WRITE_FAILED" });
+    await guardWrite("rename the output into place", file.path, () => rename(tmp, file.path));
     await this.onFileDone(file.path);
   }
 

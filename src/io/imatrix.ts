@@ -15,7 +15,7 @@
  * weights [m*ne0, (m+1)*ne0) for its ne1 rows.
  */
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { open } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
 import { Keys } from "../formats/gguf-keys.js";
 import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC } from "./gguf-layout.js";
@@ -47,11 +47,31 @@ export interface Imatrix {
 
 /** Reads a GGUF or legacy .dat imatrix (told apart by the GGUF magic). */
 export async function readImatrix(path: string): Promise<Imatrix> {
+  // Only a regular file, read up to the size it had when opened: a device or FIFO (/dev/zero) never ends.
+  let fh;
+  try {
+    fh = await open(path, "r");
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new DeepcastError(`cannot read the importance matrix: ${(e as Error).message}`, { file: path, code: code === "ENOENT" ? "NOT_FOUND" : "INVALID_INPUT" }, { cause: e });
+  }
   let bytes: Buffer;
   try {
-    bytes = await readFile(path);
+    const st = await fh.stat();
+    if (!st.isFile()) throw new DeepcastError("the importance matrix is not a regular file (a folder, FIFO or device)", { file: path, code: "NOT_A_FILE" });
+    bytes = Buffer.alloc(st.size);
+    let done = 0;
+    while (done < bytes.length) {
+      const { bytesRead } = await fh.read(bytes, done, bytes.length - done, done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+    if (done !== bytes.length) throw new DeepcastError(`the importance matrix shrank while being read (${done} of ${bytes.length} bytes)`, { file: path, code: "TRUNCATED" });
   } catch (e) {
+    if (e instanceof DeepcastError) throw e;
     throw new DeepcastError(`cannot read the importance matrix: ${(e as Error).message}`, { file: path }, { cause: e });
+  } finally {
+    await fh.close();
   }
   return parseImatrix(bytes, path);
 }

@@ -1,8 +1,8 @@
 /** The --dump-logits file: float32 logits, little-endian, row after row. */
-import { open, rename, unlink, type FileHandle } from "node:fs/promises";
+import { lstat, open, rename, unlink, type FileHandle } from "node:fs/promises";
 import { endianness } from "node:os";
 import { DeepcastError } from "../errors.js";
-import { partialPath } from "./write.js";
+import { partialPath, writeError } from "./write.js";
 
 /**
  * Writes float32 logits little-endian to a temporary file beside `file`, renamed to `file` by
@@ -24,7 +24,7 @@ export class LogitsFileWriter {
     try {
       fh = await open(temp, "w");
     } catch (e) {
-      throw new DeepcastError(`cannot write the logits file: ${(e as Error).message}`, { file: temp });
+      throw writeError("write the logits file", e, { file: temp });
     }
     return new LogitsFileWriter(file, temp, fh);
   }
@@ -49,7 +49,7 @@ export class LogitsFileWriter {
         done += bytesWritten;
       }
     } catch (e) {
-      throw new DeepcastError(`cannot write the logits file: ${(e as Error).message}`, { file: this.tempFile });
+      throw writeError("write the logits file", e, { file: this.tempFile });
     }
     this.bytes += bytes.length;
   }
@@ -62,10 +62,15 @@ export class LogitsFileWriter {
     try {
       await fh.sync();
       await fh.close();
+      // Checked again at the last moment: a rename would replace a device node or FIFO put there meanwhile.
+      const there = await lstat(this.file).catch(() => null);
+      if (there && !there.isFile()) {
+        throw new DeepcastError("the logits file name is taken by something that is not a regular file; it is never replaced", { file: this.file, code: "NOT_A_FILE" });
+      }
       await rename(this.tempFile, this.file);
     } catch (e) {
       await unlink(this.tempFile).catch(() => undefined);
-      throw new DeepcastError(`cannot write the logits file: ${(e as Error).message}`, { file: this.file });
+      throw writeError("write the logits file", e, { file: this.file });
     }
   }
 

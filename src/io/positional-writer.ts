@@ -11,7 +11,7 @@ import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
 import { DTYPE_SIZE, numel } from "./dtypes.js";
 import { encodeHeader, readFully, type TensorSpec } from "./safetensors.js";
-import { partialPath, writeFully } from "./write.js";
+import { guardWrite, partialPath, writeError, writeFully } from "./write.js";
 
 interface Slot {
   spec: TensorSpec;
@@ -52,12 +52,12 @@ export class PositionalSafetensorsWriter {
     const { bytes, offsets, expectedSize } = PositionalSafetensorsWriter.layout(tensors, metadata);
     const tmp = partialPath(path);
     const fh = await open(tmp, "w").catch((e: NodeJS.ErrnoException) => {
-      throw new DeepcastError(`cannot create output: ${e.message}`, { file: tmp }, { cause: e });
+      throw writeError("create the output", e, { file: tmp });
     });
     const w = new PositionalSafetensorsWriter(path, tmp, fh, tensors, offsets, bytes.length, expectedSize);
     try {
       await w.writeAt(bytes, 0, undefined);
-      await fh.truncate(expectedSize);
+      await guardWrite("size the output", tmp, () => fh.truncate(expectedSize));
     } catch (e) {
       await w.abort();
       throw e;
@@ -120,7 +120,7 @@ export class PositionalSafetensorsWriter {
 
   /** Flushes everything written so far to disk (writes may continue meanwhile). */
   async sync(): Promise<void> {
-    await this.fh.sync();
+    await guardWrite("sync the output", this.tmpPath, () => this.fh.sync());
   }
 
   /** Checks that every tensor is complete, flushes, and renames the file to its final name. */
@@ -130,13 +130,13 @@ export class PositionalSafetensorsWriter {
         throw new DeepcastError(`internal: output incomplete, ${s.written} of ${s.size} bytes written`, { file: this.path, tensor: s.spec.name });
       }
     }
-    await this.fh.sync();
+    await guardWrite("sync the output", this.tmpPath, () => this.fh.sync());
     await this.close();
     const size = (await stat(this.tmpPath)).size;
     if (size !== this.expectedSize) {
-      throw new DeepcastError(`output has ${size} bytes, expected ${this.expectedSize}`, { file: this.tmpPath });
+      throw new DeepcastError(`output has ${size} bytes, expected ${this.expectedSize}`, { file: this.tmpPath, code: "WRITE_FAILED" });
     }
-    await rename(this.tmpPath, this.path);
+    await guardWrite("rename the output into place", this.path, () => rename(this.tmpPath, this.path));
   }
 
   /** Closes the file and keeps the temporary file (for a later `reopen`). */

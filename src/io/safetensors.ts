@@ -6,7 +6,7 @@
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
 import { DTYPE_SIZE, isDtype, numel, type Dtype } from "./dtypes.js";
-import { partialPath, writeFully } from "./write.js";
+import { guardWrite, partialPath, writeFully } from "./write.js";
 
 /** Largest JSON header we accept; the real 4.3 GB DeepSeek shards have headers of about 100 KB. */
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
@@ -34,51 +34,71 @@ export interface SafetensorsHeader {
 /** Reads the u64 header length from the first 8 bytes and checks it against the file size and the cap. */
 export function parseHeaderLength(prefix: Uint8Array, fileSize: number, file: string): number {
   if (fileSize < 8 || prefix.length < 8) {
-    throw new DeepcastError(`not a safetensors file: ${fileSize} bytes, too short for the 8-byte header length`, { file });
+    throw new DeepcastError(`not a safetensors file: ${fileSize} bytes, too short for the 8-byte header length`, { file, code: "TRUNCATED" });
   }
   const n = new DataView(prefix.buffer, prefix.byteOffset, 8).getBigUint64(0, true);
   if (n > BigInt(MAX_HEADER_BYTES)) {
-    throw new DeepcastError(`safetensors header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte cap: corrupt or not a safetensors file`, { file });
+    throw new DeepcastError(`safetensors header length ${n} exceeds the ${MAX_HEADER_BYTES}-byte cap: corrupt or not a safetensors file`, { file, code: "BAD_HEADER" });
   }
   if (Number(n) + 8 > fileSize) {
-    throw new DeepcastError(`truncated safetensors file: header of ${n} bytes does not fit in ${fileSize} bytes`, { file });
+    throw new DeepcastError(`truncated safetensors file: header of ${n} bytes does not fit in ${fileSize} bytes`, { file, code: "TRUNCATED" });
   }
   return Number(n);
 }
 
-/** Parses and validates the JSON header. `fileSize` is the size of the whole file. */
+const STRICT_UTF8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * Parses and validates the JSON header as strictly as the safetensors Rust crate: strict UTF-8,
+ * tensor data contiguous from offset 0 with no gaps or overlaps, and no bytes after the last tensor.
+ * `fileSize` is the size of the whole file.
+ */
 export function parseHeader(json: Uint8Array, fileSize: number, file: string): SafetensorsHeader {
   const headerLength = json.length;
-  let raw: unknown;
+  const bad = (why: string, tensor?: string) => new DeepcastError(`malformed safetensors header: ${why}`, { file, tensor, code: "BAD_HEADER" });
+  let text: string;
   try {
-    raw = JSON.parse(Buffer.from(json.buffer, json.byteOffset, json.length).toString("utf8"));
-  } catch (e) {
-    throw new DeepcastError(`malformed safetensors header: ${(e as Error).message}`, { file });
-  }
-  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
-    throw new DeepcastError("malformed safetensors header: not a JSON object", { file });
+    text = STRICT_UTF8.decode(json);
+  } catch {
+    throw bad("the header is not valid UTF-8");
   }
   let metadata: Record<string, string> | null = null;
   const tensors: TensorEntry[] = [];
-  for (const [name, value] of Object.entries(raw as Record<string, unknown>)) {
+  const seen = new Set<string>();
+  // Member by member: a header of a million entries never becomes one million-key object.
+  for (const member of topLevelMembers(text, bad)) {
+    let one: Record<string, unknown>;
+    try {
+      one = JSON.parse(`{${member}}`) as Record<string, unknown>;
+    } catch (e) {
+      throw bad((e as Error).message);
+    }
+    const keys = Object.keys(one);
+    if (keys.length !== 1) throw bad("malformed member");
+    const name = keys[0]!;
+    if (seen.has(name)) throw bad(`duplicate entry ${JSON.stringify(name)}`, name);
+    seen.add(name);
+    const value = one[name];
     if (name === "__metadata__") {
       if (value === null || typeof value !== "object" || Array.isArray(value) ||
           !Object.values(value).every((v) => typeof v === "string")) {
-        throw new DeepcastError("malformed safetensors header: __metadata__ must map strings to strings", { file });
+        throw bad("__metadata__ must map strings to strings");
       }
       metadata = value as Record<string, string>;
       continue;
     }
     tensors.push(parseEntry(name, value, file));
   }
+  text = "";
   const dataStart = 8 + headerLength;
   const dataSize = fileSize - dataStart;
   tensors.sort((a, b) => a.begin - b.begin || a.end - b.end);
   let prevEnd = 0;
   let prevName = "";
   for (const t of tensors) {
-    if (t.begin < prevEnd) {
-      throw new DeepcastError(`malformed safetensors header: data of ${t.name} overlaps ${prevName}`, { file, tensor: t.name });
+    if (t.begin < prevEnd) throw bad(`data of ${t.name} overlaps ${prevName}`, t.name);
+    if (t.begin > prevEnd) {
+      throw bad(`data of ${t.name} starts at ${t.begin}, leaving a gap after ${prevName ? `${prevName} (ends at ${prevEnd})` : "the header"}: tensor data must be contiguous from offset 0`, t.name);
     }
     prevEnd = t.end;
     prevName = t.name;
@@ -87,14 +107,62 @@ export function parseHeader(json: Uint8Array, fileSize: number, file: string): S
     const last = tensors[tensors.length - 1]!;
     throw new DeepcastError(
       `truncated safetensors file: data section needs ${prevEnd} bytes after the header, the file has ${Math.max(dataSize, 0)}`,
-      { file, tensor: last.name },
+      { file, tensor: last.name, code: "TRUNCATED" },
     );
+  }
+  if (prevEnd < dataSize) {
+    throw bad(`${dataSize - prevEnd} trailing bytes after the last tensor's data (the tensors end at ${prevEnd} of ${dataSize} data bytes)`);
   }
   return { headerLength, dataStart, metadata, tensors, byName: new Map(tensors.map((t) => [t.name, t])) };
 }
 
+/**
+ * The members (`"key": value`) of the JSON object `text`, as slices, found by tracking strings and
+ * nesting depth. Anything but one top-level object is malformed (each member is parsed by JSON.parse).
+ */
+function* topLevelMembers(text: string, bad: (why: string) => DeepcastError): Generator<string> {
+  let i = 0;
+  const n = text.length;
+  const isWs = (c: number) => c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d;
+  while (i < n && isWs(text.charCodeAt(i))) i++;
+  if (text.charCodeAt(i) !== 0x7b) throw bad("not a JSON object");
+  i++;
+  let start = i;
+  let depth = 0;
+  let inString = false;
+  let members = 0;
+  for (; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+      continue;
+    }
+    if (c === 0x22) inString = true;
+    else if (c === 0x7b || c === 0x5b) depth++;
+    else if (c === 0x7d || c === 0x5d) {
+      if (depth === 0) {
+        if (c !== 0x7d) throw bad("unbalanced brackets");
+        const last = text.slice(start, i);
+        if (last.trim() !== "") yield last;
+        else if (members > 0) throw bad("trailing comma");
+        i++;
+        while (i < n && isWs(text.charCodeAt(i))) i++;
+        if (i !== n) throw bad("bytes after the JSON object");
+        return;
+      }
+      depth--;
+    } else if (c === 0x2c && depth === 0) {
+      yield text.slice(start, i);
+      members++;
+      start = i + 1;
+    }
+  }
+  throw bad("unterminated JSON object");
+}
+
 function parseEntry(name: string, value: unknown, file: string): TensorEntry {
-  const bad = (why: string) => new DeepcastError(`malformed safetensors header: ${why}`, { file, tensor: name });
+  const bad = (why: string) => new DeepcastError(`malformed safetensors header: ${why}`, { file, tensor: name, code: "BAD_HEADER" });
   if (value === null || typeof value !== "object") throw bad("entry is not an object");
   const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
   if (!isDtype(dtype)) throw bad(`unknown dtype ${JSON.stringify(dtype)}`);
@@ -256,7 +324,7 @@ export class SafetensorsWriter {
   static async create(path: string, tensors: readonly TensorSpec[], metadata: Record<string, string> | null): Promise<SafetensorsWriter> {
     const { bytes, offsets } = encodeHeader(tensors, metadata);
     const tmp = partialPath(path);
-    const fh = await open(tmp, "w");
+    const fh = await guardWrite("create the output", tmp, () => open(tmp, "w"));
     const w = new SafetensorsWriter(path, tmp, fh, tensors, bytes, offsets);
     await w.writeAt(bytes, 0);
     return w;
@@ -296,13 +364,13 @@ export class SafetensorsWriter {
     if (this.index !== this.specs.length || this.pos !== this.expectedSize) {
       throw new DeepcastError(`internal: output incomplete (${this.pos} of ${this.expectedSize} bytes)`, { file: this.path, tensor: this.current?.name });
     }
-    await this.fh.sync();
+    await guardWrite("sync the output", this.tmpPath, () => this.fh.sync());
     await this.fh.close();
     const size = (await stat(this.tmpPath)).size;
     if (size !== this.expectedSize) {
-      throw new DeepcastError(`output has ${size} bytes, expected ${this.expectedSize}`, { file: this.tmpPath });
+      throw new DeepcastError(`output has ${size} bytes, expected ${this.expectedSize}`, { file: this.tmpPath, code: "WRITE_FAILED" });
     }
-    await rename(this.tmpPath, this.path);
+    await guardWrite("rename the output into place", this.path, () => rename(this.tmpPath, this.path));
   }
 
   /** Closes and deletes the temporary file (after an error). */

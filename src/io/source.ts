@@ -26,6 +26,8 @@ export interface CheckpointSource {
   localPath(name: string): Promise<string>;
   /** Identity of a file for resume fingerprints: size plus whatever the source knows (etag, mtime). */
   fileIdentity(name: string): Promise<string>;
+  /** What `name` is when it is there but not a regular file ("a folder", "a FIFO", ...); null otherwise. */
+  notAFile?(name: string): Promise<string | null>;
 }
 
 export class LocalSource implements CheckpointSource {
@@ -64,6 +66,12 @@ export class LocalSource implements CheckpointSource {
 
   async localPath(name: string): Promise<string> {
     return join(this.dir, name);
+  }
+
+  async notAFile(name: string): Promise<string | null> {
+    const s = await stat(join(this.dir, name)).catch(() => null);
+    if (!s || s.isFile()) return null;
+    return s.isDirectory() ? "a folder" : s.isFIFO() ? "a FIFO" : s.isSocket() ? "a socket" : s.isCharacterDevice() || s.isBlockDevice() ? "a device" : "not a regular file";
   }
 
   async fileIdentity(name: string): Promise<string> {

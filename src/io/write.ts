@@ -2,11 +2,45 @@
  * Output writing shared by every writer: full positional writes with clear disk errors, and the one
  * atomic-write scheme. Every output is written as `.<name>.partial` beside its final name and renamed
  * when complete, so a reader never sees a half-written file under a final name, and a rerun finds
- * (and may resume or replace) the temporaries of an interrupted one.
+ * (and may resume or replace) the temporaries of an interrupted one. Every file-system error on an
+ * output becomes a WRITE_FAILED error naming the file.
  */
-import { copyFile, rename, statfs, writeFile, type FileHandle } from "node:fs/promises";
+import { copyFile, mkdir, rename, rm, statfs, writeFile, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
+
+/** What an errno means for an output, in words a user can act on. */
+function writeReason(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  switch (code) {
+    case "ENOSPC": return "disk full";
+    case "EDQUOT": return "disk quota exceeded";
+    case "EROFS": return "read-only file system";
+    case "EFBIG": return "file too large (file system or process file-size limit)";
+    case "EACCES":
+    case "EPERM": return "permission denied";
+    case "ENOTDIR": return "a part of the path is not a folder";
+    case "EISDIR": return "a folder is in the way";
+    case "EEXIST": return "something else is in the way";
+    case "ENAMETOOLONG": return "name too long";
+    default: return (e as Error)?.message ?? String(e);
+  }
+}
+
+/** A failed write, mkdir, sync, truncate or rename of an output as a coded error naming the file (and tensor). */
+export function writeError(action: string, e: unknown, where: { file: string; tensor?: string }): DeepcastError {
+  if (e instanceof DeepcastError) return e;
+  return new DeepcastError(`cannot ${action}: ${writeReason(e)}`, { ...where, code: "WRITE_FAILED" }, { cause: e });
+}
+
+/** Runs an output operation, turning a file-system error into a WRITE_FAILED error naming `file`. */
+export async function guardWrite<T>(action: string, file: string, op: () => Promise<T>): Promise<T> {
+  try {
+    return await op();
+  } catch (e) {
+    throw writeError(action, e, { file });
+  }
+}
 
 /** Writes all of `data` at `position`; a full disk or quota is reported as such, naming the file and tensor. */
 export async function writeFully(fh: FileHandle, data: Uint8Array, position: number, where: { file: string; tensor?: string }): Promise<void> {
@@ -17,10 +51,13 @@ export async function writeFully(fh: FileHandle, data: Uint8Array, position: num
       done += bytesWritten;
     }
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    const why = code === "ENOSPC" ? "disk full" : code === "EDQUOT" ? "disk quota exceeded" : (e as Error).message;
-    throw new DeepcastError(`cannot write output: ${why}`, where, { cause: e });
+    throw writeError("write output", e, where);
   }
+}
+
+/** Creates a folder (and its parents) for outputs. */
+export async function mkdirOutput(dir: string): Promise<void> {
+  await guardWrite("create the output folder", dir, () => mkdir(dir, { recursive: true }));
 }
 
 /** The temporary name `path` is written under until it is complete. */
@@ -31,15 +68,28 @@ export function partialPath(path: string): string {
 /** Writes a small file under its temporary name and renames it into place. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
   const tmp = partialPath(path);
-  await writeFile(tmp, data);
-  await rename(tmp, path);
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true }).catch(() => undefined);
+    throw writeError("write output", e, { file: path });
+  }
 }
 
 /** Copies a file under a temporary name beside the target and renames it into place. */
 export async function copyFileAtomic(from: string, to: string): Promise<void> {
   const tmp = partialPath(to);
-  await copyFile(from, tmp);
-  await rename(tmp, to);
+  try {
+    await copyFile(from, tmp);
+    await rename(tmp, to);
+  } catch (e) {
+    await rm(tmp, { force: true }).catch(() => undefined);
+    if ((e as NodeJS.ErrnoException).path === from || (e as NodeJS.ErrnoException).code === "ENOENT") {
+      throw new DeepcastError(`cannot copy: ${(e as Error).message}`, { file: from }, { cause: e });
+    }
+    throw writeError("write output", e, { file: to });
+  }
 }
 
 /** Free bytes on the file system that holds `path` (or its nearest existing parent). */

@@ -24,7 +24,7 @@ import { numel } from "../io/dtypes.js";
 import { SafetensorsFile, type TensorEntry } from "../io/safetensors.js";
 import { demoName, routedExpertIndex } from "../formats/demo-names.js";
 import { FP8_BLOCK, scaleNameOf, scaleShape } from "../formats/fp8.js";
-import { kernels } from "../quant/kernels.js";
+import { fp8NanError, kernels } from "../quant/kernels.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { WeightSource } from "./weights.js";
 
@@ -332,7 +332,8 @@ export class DemoWeightSource implements WeightSource {
         const s = new Float32Array(sRows * scaleCols);
         await f.read(scale.name, new Uint8Array(s.buffer), (a / FP8_BLOCK) * scaleCols * 4);
         const out = new Float32Array((b - a) * cols);
-        k.fp8ToF32(codes, b - a, cols, s, out, threads, this.opts.bf16Round);
+        const nan = k.fp8ToF32(codes, b - a, cols, s, out, threads, this.opts.bf16Round);
+        if (nan > 0) throw fp8NanError(nan, codes, a, cols, { file: f.path, tensor: entry.name });
         return a === r0 ? out : out.subarray((r0 - a) * cols);
       }
       default:

@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { GGUF_MAGIC } from "../io/gguf-layout.js";
 import { parseSplitPath } from "../io/gguf-reader.js";
+import { checkModelConfig, hfConfigOf } from "../io/hf-config.js";
 import { openSource } from "../io/open-source.js";
 import { isMoeLayer, type ModelConfig } from "./config.js";
 import { DemoWeightSource } from "./demo-weights.js";
@@ -83,9 +84,9 @@ export async function openWeights(spec: string, opts: OpenWeightsOptions = {}): 
   const threads = opts.threads ?? 1;
   switch (kind) {
     case "gguf":
-      return GgufWeightSource.open(path, { threads });
+      return checkedSource(await GgufWeightSource.open(path, { threads }), path, "GGUF metadata (deepseek2.*)");
     case "demo":
-      return DemoWeightSource.open(path, { threads, bf16Round: opts.bf16Round ?? false });
+      return checkedSource(await DemoWeightSource.open(path, { threads, bf16Round: opts.bf16Round ?? false }), join(path, "config.json"), "demo config (ModelArgs)");
     case "hf": {
       const hub = {
         ...(opts.revision !== undefined ? { revision: opts.revision } : {}),
@@ -94,6 +95,39 @@ export async function openWeights(spec: string, opts: OpenWeightsOptions = {}): 
       };
       return HfWeightSource.open(await openSource(spec, hub), { threads, bf16Round: opts.bf16Round ?? false });
     }
+  }
+}
+
+/**
+ * A GGUF's metadata or a demo config must agree with the tensors present, as an HF config.json must
+ * (checkModelConfig): the layer count, the dimensions, the experts. Closes the source when not.
+ */
+async function checkedSource(src: WeightSource, file: string, what: string): Promise<WeightSource> {
+  try {
+    const c = src.config;
+    const has = (n: string) => src.has(n);
+    const names = forwardTensorNames(c, has).filter(has);
+    // Layers beyond the configured count, which the forward pass would never read.
+    for (let l = c.nLayers; l < c.nLayers + 4; l++) if (has(`model.layers.${l}.input_layernorm.weight`)) names.push(`model.layers.${l}.input_layernorm.weight`);
+    const shape = (n: string) => {
+      try {
+        return src.has(n) ? src.shape(n) : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    try {
+      checkModelConfig(hfConfigOf(c), { names: () => names, shape }, file, "full");
+    } catch (e) {
+      if (e instanceof DeepcastError) {
+        throw new DeepcastError(`${what} disagrees with the tensors: ${e.message.replace(/^config\.json: /, "").replace(/ \(file [^)]*\)$/, "")}`, { file, code: e.code });
+      }
+      throw e;
+    }
+    return src;
+  } catch (e) {
+    await src.close();
+    throw e;
   }
 }
 

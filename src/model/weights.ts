@@ -12,8 +12,9 @@ import { numel } from "../io/dtypes.js";
 import { LocalSource, type CheckpointSource } from "../io/source.js";
 import { ShardReader } from "../io/shard-reader.js";
 import { FP8_BLOCK, scaleNameOf, scaleShape } from "../formats/fp8.js";
-import { kernels } from "../quant/kernels.js";
-import { parseModelConfig, type ModelConfig } from "./config.js";
+import { fp8NanError, kernels } from "../quant/kernels.js";
+import { checkCheckpointConfig } from "../io/hf-config.js";
+import type { ModelConfig } from "./config.js";
 
 /** Tensors smaller than this (elements) are converted on one thread: starting threads costs more. */
 const PARALLEL_MIN = 1 << 22;
@@ -59,8 +60,7 @@ export class HfWeightSource implements WeightSource {
   static async open(source: CheckpointSource | string, opts: HfWeightSourceOptions = {}): Promise<HfWeightSource> {
     const src = typeof source === "string" ? new LocalSource(source) : source;
     const ckpt = await loadCheckpoint(src);
-    if (!ckpt.config) throw new DeepcastError("checkpoint has no config.json", { file: src.description });
-    return new HfWeightSource(ckpt, parseModelConfig(ckpt.config), { threads: opts.threads ?? 1, bf16Round: opts.bf16Round ?? false });
+    return new HfWeightSource(ckpt, checkCheckpointConfig(ckpt, "full"), { threads: opts.threads ?? 1, bf16Round: opts.bf16Round ?? false });
   }
 
   get description(): string {
@@ -131,7 +131,8 @@ export class HfWeightSource implements WeightSource {
           new Uint8Array(scale.buffer),
         );
         const out = new Float32Array((b - a) * cols);
-        k.fp8ToF32(codes, b - a, cols, scale, out, codes.length >= PARALLEL_MIN ? threads : 1, this.opts.bf16Round);
+        const nan = k.fp8ToF32(codes, b - a, cols, scale, out, codes.length >= PARALLEL_MIN ? threads : 1, this.opts.bf16Round);
+        if (nan > 0) throw fp8NanError(nan, codes, a, cols, { file: `${this.description}/${file}`, tensor: name });
         return a === r0 ? out : out.subarray((r0 - a) * cols);
       }
       default:

@@ -21,8 +21,9 @@ export interface AddonTypes {
   hasAvx2(): boolean;
 
   // ---- cast.cc: element kernels. FP8 scales are one float32 per 128x128 block.
-  fp8ToBf16(src: View, rows: number, cols: number, scale: View, dst: View, threads: number): void;
-  fp8ToF32(src: View, rows: number, cols: number, scale: View, dst: View, threads: number, bf16Round: boolean): void;
+  /** Both return the number of e4m3fn NaN codes (0x7F/0xFF) in src, counted during the cast. */
+  fp8ToBf16(src: View, rows: number, cols: number, scale: View, dst: View, threads: number): number;
+  fp8ToF32(src: View, rows: number, cols: number, scale: View, dst: View, threads: number, bf16Round: boolean): number;
   f32ToBf16(src: View, dst: View, threads: number): void;
   bf16ToF32(src: View, dst: View, threads: number): void;
   f32ToF16(src: View, dst: View, threads: number): void;

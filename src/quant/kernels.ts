@@ -2,6 +2,7 @@
  * The element kernels every command uses, from the native addon when it is built, else from the
  * pure-TypeScript twins below (same bytes, slower). Buffers are caller-owned and reused.
  */
+import { DeepcastError } from "../errors.js";
 import { FP8_BLOCK } from "../formats/fp8.js";
 import { loadNative } from "./native.js";
 import { bf16FromF32Bits, f16ToF32, f32ToF16, FP8_E4M3_TABLE } from "./floats.js";
@@ -10,10 +11,13 @@ export interface Kernels {
   readonly backend: "native" | "ts";
   /** "avx2" or "scalar" for the native backend, "ts" otherwise. */
   simd(): string;
-  /** FP8 e4m3fn [rows, cols] x F32 scale [ceil(rows/128), ceil(cols/128)] -> BF16 (one f32 multiply, RNE). */
-  fp8ToBf16(src: Uint8Array, rows: number, cols: number, scale: Float32Array, dst: Uint16Array, threads: number): void;
-  /** Same product as f32; with `bf16Round`, the value a BF16 intermediate would hold. */
-  fp8ToF32(src: Uint8Array, rows: number, cols: number, scale: Float32Array, dst: Float32Array, threads: number, bf16Round: boolean): void;
+  /**
+   * FP8 e4m3fn [rows, cols] x F32 scale [ceil(rows/128), ceil(cols/128)] -> BF16 (one f32 multiply, RNE).
+   * Returns how many codes were e4m3fn NaN (0x7F/0xFF), counted during the cast.
+   */
+  fp8ToBf16(src: Uint8Array, rows: number, cols: number, scale: Float32Array, dst: Uint16Array, threads: number): number;
+  /** Same product as f32; with `bf16Round`, the value a BF16 intermediate would hold. Returns the NaN-code count. */
+  fp8ToF32(src: Uint8Array, rows: number, cols: number, scale: Float32Array, dst: Float32Array, threads: number, bf16Round: boolean): number;
   f32ToBf16(src: Float32Array, dst: Uint16Array, threads: number): void;
   bf16ToF32(src: Uint16Array, dst: Float32Array, threads: number): void;
   f32ToF16(src: Float32Array, dst: Uint16Array, threads: number): void;
@@ -38,24 +42,30 @@ export const tsKernels: Kernels = {
     const scaleCols = checkFp8(src, rows, cols, scale, dst.length);
     const prod = new Float32Array(1);
     const bits = new Uint32Array(prod.buffer);
+    let nan = 0;
     for (let r = 0; r < rows; r++) {
       const sBase = Math.floor(r / FP8_BLOCK) * scaleCols;
       for (let c = 0, i = r * cols; c < cols; c++, i++) {
+        if ((src[i]! & 0x7f) === 0x7f) nan++;
         prod[0] = FP8_E4M3_TABLE[src[i]!]! * scale[sBase + Math.floor(c / FP8_BLOCK)]!;
         dst[i] = bf16FromF32Bits(bits[0]!);
       }
     }
+    return nan;
   },
   fp8ToF32(src, rows, cols, scale, dst, _threads, bf16Round) {
     const scaleCols = checkFp8(src, rows, cols, scale, dst.length);
     const out = new Uint32Array(dst.buffer, dst.byteOffset, dst.length);
+    let nan = 0;
     for (let r = 0; r < rows; r++) {
       const sBase = Math.floor(r / FP8_BLOCK) * scaleCols;
       for (let c = 0, i = r * cols; c < cols; c++, i++) {
+        if ((src[i]! & 0x7f) === 0x7f) nan++;
         dst[i] = FP8_E4M3_TABLE[src[i]!]! * scale[sBase + Math.floor(c / FP8_BLOCK)]!;
         if (bf16Round) out[i] = bf16FromF32Bits(out[i]!) << 16;
       }
     }
+    return nan;
   },
   f32ToBf16(src, dst) {
     if (dst.length !== src.length) throw new RangeError("src/dst sizes do not match");
@@ -98,4 +108,37 @@ let chosen: Kernels | undefined;
 export function kernels(): Kernels {
   chosen ??= nativeKernels() ?? tsKernels;
   return chosen;
+}
+
+/**
+ * The error for FP8 NaN codes (0x7F/0xFF) a cast counted in `codes` ([rows, cols] starting at row
+ * `row0` of the tensor): names the tensor and the first element. Only runs when the count is non-zero.
+ */
+export function fp8NanError(count: number, codes: Uint8Array, row0: number, cols: number, where: { file: string; tensor: string }): DeepcastError {
+  const i = codes.findIndex((c) => (c & 0x7f) === 0x7f);
+  const at = i >= 0 ? ` (the first at row ${row0 + Math.floor(i / cols)}, column ${i % cols})` : "";
+  return new DeepcastError(
+    `${count} FP8 NaN code(s) 0x7F/0xFF in the weight${at}: the checkpoint is corrupt; pass --allow-non-finite to keep them as NaN`,
+    { ...where, code: "NON_FINITE" });
+}
+
+/** Largest |scale| whose product with the largest e4m3fn value (448) still fits a BF16/F32. */
+const MAX_FP8_SCALE = 3.3895313892515355e38 / 448;
+
+/**
+ * FP8 block scales must be finite, non-negative and small enough that scale * 448 stays finite:
+ * anything else turns whole 128x128 blocks into NaN or Inf. Scales are a 16384th of the weight,
+ * so this check costs nothing next to the cast.
+ */
+export function checkFp8ScaleValues(scale: Float32Array, scaleCols: number, where: { file: string; tensor: string }): void {
+  for (let i = 0; i < scale.length; i++) {
+    const s = scale[i]!;
+    if (s >= 0 && s <= MAX_FP8_SCALE) continue;
+    const block = `block [${Math.floor(i / scaleCols)}, ${i % scaleCols}]`;
+    throw new DeepcastError(
+      Number.isFinite(s)
+        ? `FP8 block scale ${s} at ${block} is ${s < 0 ? "negative" : "absurdly large (x448 overflows)"}; pass --allow-non-finite to use it anyway`
+        : `FP8 block scale ${s} at ${block} is not finite; pass --allow-non-finite to keep the NaN/Inf values it makes`,
+      { ...where, code: Number.isFinite(s) ? "BAD_SCALE" : "NON_FINITE" });
+  }
 }
