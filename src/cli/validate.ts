@@ -4,7 +4,8 @@ import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { freeBytes } from "../convert/run-state.js";
 import { DeepcastError } from "../errors.js";
-import { findTokenizerDir, hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
+import { findTokenizer } from "../model/open-tokenizer.js";
+import { hasTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
 import {
   DEFAULT_CTX, defaultBatchSequences, formatKldSummary, LogitsFileWriter, planProtocol, PROTOCOLS, validate, type Protocol,
 } from "../model/validate.js";
@@ -43,9 +44,9 @@ export function builder(y: Argv) {
     y
       .positional("candidate", { type: "string", demandOption: true, describe: "The model to evaluate: .gguf file (any split), demo-shard folder, HF checkpoint folder or repo id" })
       .option("reference", { type: "string", describe: "The original model to compare with (KL divergence, same top, Δp); same forms as the candidate" })
-      .option("text", { type: "string", describe: "Evaluation text file (UTF-8), tokenized with the model's tokenizer.json" })
+      .option("text", { type: "string", describe: "Evaluation text file (UTF-8), tokenized with the model's tokenizer.json (or a GGUF's own tokenizer metadata)" })
       .option("tokens", { type: "string", describe: "Evaluation token ids instead of --text: JSON array, or object with an \"ids\" array (no BOS)" })
-      .option("tokenizer", { type: "string", describe: "Folder with tokenizer.json (+ tokenizer_config.json); default: beside the candidate, else the reference" })
+      .option("tokenizer", { type: "string", describe: "Folder with tokenizer.json (+ tokenizer_config.json); default: beside the candidate, else the reference, else a GGUF candidate's own metadata" })
       .option("protocol", { choices: PROTOCOLS, default: "llama" as Protocol, describe: "llama: llama-perplexity's chunks (second half scored); windows: the fixture's windows (all scored)" })
       .option("ctx", { type: "number", describe: "Chunk / window length in tokens (default 512 for llama, 256 for windows)" })
       .option("chunks", { type: "number", describe: "Evaluate at most this many chunks / windows" })
@@ -98,21 +99,23 @@ export async function handler(argv: Args): Promise<void> {
 
     // Token ids of the text (no BOS) and the model's BOS convention.
     if (argv.tokenizer && !(await hasTokenizer(argv.tokenizer))) throw new DeepcastError("--tokenizer: no tokenizer.json in this folder", { file: argv.tokenizer });
-    const tokDir = await findTokenizerDir([argv.tokenizer, argv.candidate, argv.reference]);
-    let tokenizer: TextTokenizer | null = null;
+    const places = [argv.tokenizer, argv.candidate, argv.reference];
+    const tokenizerOpts = { fallbackBos: candidate.config.bosTokenId };
+    // With --tokens the tokenizer only gives BOS; a GGUF whose tokenizer cannot be rebuilt falls back to the config's BOS.
+    const tokenizer: TextTokenizer | null = argv.tokens
+      ? await findTokenizer(places, tokenizerOpts).catch((e: unknown) => { if (e instanceof DeepcastError) return null; throw e; })
+      : await findTokenizer(places, tokenizerOpts);
     let ids: number[];
     if (argv.tokens) {
       ids = await readTokenIds(argv.tokens);
-      if (tokDir) tokenizer = await loadTokenizer(tokDir, { fallbackBos: candidate.config.bosTokenId });
     } else {
-      if (!tokDir) {
+      if (!tokenizer) {
         throw new DeepcastError(
           "no tokenizer.json beside the candidate" + (argv.reference ? " or the reference" : "") +
             ": give --tokenizer DIR (the original checkpoint folder), --reference DIR, or token ids with --tokens FILE.json",
           { file: argv.candidate },
         );
       }
-      tokenizer = await loadTokenizer(tokDir, { fallbackBos: candidate.config.bosTokenId });
       ids = tokenizer.encode(await readText(argv.text!));
     }
     const inputFile = argv.tokens ?? argv.text!;
