@@ -3,6 +3,7 @@ import { availableParallelism } from "node:os";
 import type { Argv } from "yargs";
 import { kernels, type Kernels } from "../quant/kernels.js";
 import { loadNative } from "../quant/native.js";
+import { VERSION } from "../version.js";
 import { createProgress, type Progress } from "./progress.js";
 
 export function withCommonOptions<T>(y: Argv<T>) {
@@ -52,9 +53,14 @@ export async function withProgress<T>(
   }
 }
 
+/** Writes a --json summary on stdout, with the deepcast version that made it. */
+export function printJson(result: object): void {
+  process.stdout.write(JSON.stringify({ version: VERSION, ...result }, null, 2) + "\n");
+}
+
 /** Prints a command's result: JSON on stdout with --json, else one human line on stderr. */
 export function printResult(json: boolean, result: object, human: string): void {
-  if (json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+  if (json) printJson(result);
   else process.stderr.write(human + "\n");
 }
 

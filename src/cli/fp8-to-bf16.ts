@@ -4,7 +4,7 @@ import { fmtBytes } from "../units.js";
 import { freeBytes } from "../convert/run-state.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";
-import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
+import { printJson, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
 export const command = "fp8-to-bf16 <in> <out>";
 export const describe = "Dequantize an FP8 block-scaled checkpoint (DeepSeek-V3/R1/V3.1, Kimi-K2) to BF16 safetensors";
@@ -46,7 +46,7 @@ export async function handler(argv: Args): Promise<void> {
       fits: plan.outputBytes <= free,
     };
     if (argv.json) {
-      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
+      printJson(report);
       return;
     }
     for (const s of report.shards) console.log(`${s.file}  ${s.tensors} tensors  ${fmtBytes(s.bytes)}`);

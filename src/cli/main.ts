@@ -1,6 +1,7 @@
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { DeepcastError } from "../errors.js";
+import { VERSION } from "../version.js";
 import * as fp8ToBf16 from "./fp8-to-bf16.js";
 import * as toDemo from "./to-demo.js";
 import * as toGguf from "./to-gguf.js";
@@ -17,7 +18,7 @@ export async function main(argv: string[]): Promise<void> {
     .demandCommand(1, "Choose a command (see --help)")
     .strict()
     .help()
-    .version(false)
+    .version("version", "Show the deepcast version", VERSION)
     .fail((msg, err, y) => {
       if (err) throw err;
       process.stderr.write(`${y.help()}\n\n${msg}\n`);

@@ -4,7 +4,7 @@ import { freeBytes } from "../convert/run-state.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";
 import { fmtBytes } from "../units.js";
-import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
+import { printJson, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
 export const command = "to-demo <in> <out>";
 export const describe = "Write the model-parallel shards of DeepSeek's inference demo (convert.py + generate.py --ckpt-path), streamed";
@@ -62,7 +62,7 @@ export async function handler(argv: Args): Promise<void> {
       fits: plan.outputBytes <= free,
     };
     if (argv.json) {
-      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
+      printJson(report);
       return;
     }
     for (const r of report.ranks) console.log(`${r.file}  ${r.tensors} tensors  ${fmtBytes(r.bytes)}`);

@@ -7,7 +7,7 @@ import { readImatrix } from "../io/imatrix.js";
 import { openSource } from "../io/open-source.js";
 import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
-import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
+import { printJson, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 import { DeepcastError } from "../errors.js";
 
 export const command = "to-gguf <in>";
@@ -17,8 +17,8 @@ export function builder(y: Argv) {
   return withCommonOptions(
     y
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id" })
-      .option("quant", { alias: "q", type: "string", demandOption: true, describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive)` })
-      .option("output", { alias: "o", type: "string", demandOption: true, describe: "Output .gguf path (splits become NAME-00001-of-0000N.gguf)" })
+      .option("quant", { alias: ["q", "outtype"], type: "string", demandOption: true, describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive)` })
+      .option("output", { alias: ["o", "outfile"], type: "string", demandOption: true, describe: "Output .gguf path (splits become NAME-00001-of-0000N.gguf)" })
       .option("split-max-size", { type: "string", describe: "Start a new file before this size (e.g. 50G, 500M)" })
       .option("split-max-tensors", { type: "number", describe: "At most this many tensors per file" })
       .option("tensor-type", { type: "string", array: true, default: [] as string[], describe: "Override a tensor's type: REGEX=TYPE (as llama-quantize; repeatable)" })
@@ -97,7 +97,7 @@ export async function handler(argv: Args): Promise<void> {
       tensors,
     };
     if (argv.json) {
-      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
+      printJson(report);
       return;
     }
     for (const t of tensors) console.log(`${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(5)} ${fmtBytes(t.bytes)}`);

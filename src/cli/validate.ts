@@ -3,7 +3,7 @@ import { unlinkSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { freeBytes } from "../convert/run-state.js";
-import { DeepcastError } from "../errors.js";
+import { DeepcastError, usageError } from "../errors.js";
 import { findTokenizer } from "../model/open-tokenizer.js";
 import { hasTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
 import {
@@ -14,7 +14,7 @@ import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
 import { printResult, runFacts, selectKernels, withCommonOptions } from "./common.js";
 
-export const command = "validate <candidate>";
+export const command = "validate [candidate]";
 export const describe = "Perplexity of a converted model on a text, and with --reference, llama.cpp's KL-divergence statistics against the original";
 
 export const EPILOGUE = [
@@ -42,13 +42,13 @@ export const EPILOGUE = [
 export function builder(y: Argv) {
   return withCommonOptions(
     y
-      .positional("candidate", { type: "string", demandOption: true, describe: "The model to evaluate: .gguf file (any split), demo-shard folder, HF checkpoint folder or repo id" })
+      .positional("candidate", { alias: "m", type: "string", describe: "The model to evaluate: .gguf file (any split), demo-shard folder, HF checkpoint folder or repo id (also -m, as llama-perplexity)" })
       .option("reference", { type: "string", describe: "The original model to compare with (KL divergence, same top, Δp); same forms as the candidate" })
-      .option("text", { type: "string", describe: "Evaluation text file (UTF-8), tokenized with the model's tokenizer.json (or a GGUF's own tokenizer metadata)" })
+      .option("text", { alias: "f", type: "string", describe: "Evaluation text file (UTF-8), tokenized with the model's tokenizer.json (or a GGUF's own tokenizer metadata)" })
       .option("tokens", { type: "string", describe: "Evaluation token ids instead of --text: JSON array, or object with an \"ids\" array (no BOS)" })
       .option("tokenizer", { type: "string", describe: "Folder with tokenizer.json (+ tokenizer_config.json); default: beside the candidate, else the reference, else a GGUF candidate's own metadata" })
       .option("protocol", { choices: PROTOCOLS, default: "llama" as Protocol, describe: "llama: llama-perplexity's chunks (second half scored); windows: the fixture's windows (all scored)" })
-      .option("ctx", { type: "number", describe: "Chunk / window length in tokens (default 512 for llama, 256 for windows)" })
+      .option("ctx", { alias: "c", type: "number", describe: "Chunk / window length in tokens (default 512 for llama, 256 for windows)" })
       .option("chunks", { type: "number", describe: "Evaluate at most this many chunks / windows" })
       .option("batch-windows", { type: "number", describe: "Chunks / windows per forward pass (default: logits of a batch within ~2 GiB, at most 64)" })
       .option("dump-logits", { type: "string", describe: "Write the candidate's float32 logits (every position, little-endian, [sequence, position, vocab]) to this file" })
@@ -70,6 +70,8 @@ export async function handler(argv: Args): Promise<void> {
   const started = performance.now();
   const k = selectKernels(argv.simd);
   const threads = Math.max(1, Math.floor(argv.threads));
+  if (argv.candidate === undefined) throw usageError("give the model to evaluate: deepcast validate MODEL (or -m MODEL, as llama-perplexity)");
+  if (typeof argv.candidate !== "string") throw usageError("the model to evaluate is given twice (MODEL and -m MODEL): give it once");
   if (!argv.text && !argv.tokens) throw new DeepcastError("give the evaluation text with --text FILE or its token ids with --tokens FILE.json");
   const protocol = argv.protocol;
   const ctx = argv.ctx ?? DEFAULT_CTX[protocol];
