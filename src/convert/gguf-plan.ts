@@ -18,6 +18,7 @@ import { readFormat } from "../formats.js";
 import type { Dtype } from "../io/dtypes.js";
 import { ggmlType, kv, setKvInPlace, setKvLast, type GgmlTypeInfo, type GgufKV } from "../io/gguf.js";
 import { loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
+import { hubCacheModelName } from "../io/hub-cache.js";
 import type { CheckpointSource } from "../io/source.js";
 import { parseFtype, planQuantMix, type FtypeInfo, type MixOptions, type MixPlan, type MixTensorOut } from "../quant/mix.js";
 import { idToTitle, modelIdComponents, sizeLabel, type ModelIdComponents } from "./gguf-naming.js";
@@ -71,7 +72,8 @@ export async function hfModelFiles(ckpt: Checkpoint, dirName?: string): Promise<
     }
   };
   const jinja = names.has("chat_template.jinja") ? (await ckpt.source.readFile("chat_template.jinja")).toString("utf8") : undefined;
-  const dn = dirName ?? ckpt.source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
+  // A snapshot in the HF cache is named by its commit: the model name is the repo's.
+  const dn = dirName ?? hubCacheModelName(ckpt.source.description) ?? ckpt.source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
   return {
     ...(dn ? { dirName: dn } : {}),
     config: ckpt.config,
