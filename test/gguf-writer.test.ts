@@ -10,9 +10,6 @@ import {
   GGUF_DEFAULT_ALIGNMENT,
   GgufType,
   GgufWriter,
-  ggmlNbytes,
-  ggmlNDims,
-  ggmlType,
   kv,
   padTo,
   parseSplitSize,
@@ -25,6 +22,7 @@ import {
   type GgufLayout,
   type GgufTensorSpec,
 } from "../src/io/gguf.js";
+import { ggmlNbytes, ggmlNDims, ggmlType } from "../src/formats/ggml-types.js";
 import { DeepcastError } from "../src/errors.js";
 
 const dirs: string[] = [];

@@ -2,7 +2,7 @@ import type { Argv, ArgumentsCamelCase } from "yargs";
 import { unlinkSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import { freeBytes } from "../convert/run-state.js";
+import { freeBytes } from "../io/write.js";
 import { DeepcastError, usageError } from "../errors.js";
 import { findTokenizer } from "../model/open-tokenizer.js";
 import { hasTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";

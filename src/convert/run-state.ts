@@ -5,8 +5,8 @@
  * with different inputs or options.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readdir, readFile, realpath, rename, stat, statfs, writeFile } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { mkdir, readdir, readFile, realpath, rename, stat, writeFile } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
 
 export const MANIFEST = ".deepcast-run.json";
@@ -147,16 +147,4 @@ async function sameDir(a: string, b: string): Promise<boolean> {
   const ra = await realpath(a).catch(() => resolve(a));
   const rb = await realpath(b).catch(() => resolve(b));
   return ra === rb;
-}
-
-/** Free bytes on the file system that holds `path` (or its nearest existing parent). */
-export async function freeBytes(path: string): Promise<number> {
-  let p = resolve(path);
-  for (;;) {
-    const s = await statfs(p).catch(() => null);
-    if (s) return s.bavail * s.bsize;
-    const up = dirname(p);
-    if (up === p) return Number.POSITIVE_INFINITY;
-    p = up;
-  }
 }

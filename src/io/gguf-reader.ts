@@ -21,15 +21,13 @@ import {
   KV_SPLIT_COUNT,
   KV_SPLIT_NO,
   KV_SPLIT_TENSORS_COUNT,
-  ggmlNbytes,
-  ggmlType,
   padTo,
   splitPath,
-  type GgmlTypeInfo,
   type GgufKV,
   type GgufScalar,
   type GgufScalarType,
 } from "./gguf.js";
+import { ggmlNbytes, ggmlType, type GgmlType } from "../formats/ggml-types.js";
 import { readFully } from "./safetensors.js";
 
 /** ggml's GGML_MAX_DIMS. */
@@ -40,7 +38,7 @@ export interface GgufTensorInfo {
   name: string;
   /** ggml order: ne[0] is the contiguous (innermost) dimension. */
   ne: number[];
-  type: GgmlTypeInfo;
+  type: GgmlType;
   /** Offset relative to the data section of its file, as stored. */
   offset: number;
   /** Absolute offset in its file. */
@@ -253,7 +251,7 @@ async function parseHeader(fh: FileHandle, path: string, fileIndex: number): Pro
     const where = { file: path, tensor: t.name };
     if (names.has(t.name)) throw new DeepcastError("duplicate tensor name", where);
     names.add(t.name);
-    let type: GgmlTypeInfo;
+    let type: GgmlType;
     try {
       type = ggmlType(t.typeId);
     } catch {

@@ -11,7 +11,7 @@
  */
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { readFormat } from "../formats.js";
+import { ggmlNbytes, ggmlType, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
 import { writeFully } from "./write.js";
 import { DeepcastError } from "../errors.js";
 
@@ -209,55 +209,6 @@ export function encodeValueData(entry: GgufKV): Buffer {
   return Buffer.from(sink.toBuffer());
 }
 
-// ---------------------------------------------------------------------------------------------
-// ggml tensor types
-// ---------------------------------------------------------------------------------------------
-
-export interface GgmlTypeInfo {
-  /** Canonical upper-case name ("Q4_K", "BF16"); parsing is case-insensitive. */
-  name: string;
-  id: number;
-  /** Elements per block. */
-  blockSize: number;
-  /** Bytes per block. */
-  typeSize: number;
-  /** ggml_is_quantized. */
-  quantized: boolean;
-}
-
-/** Every ggml type, from formats/ggml-types.json (the one table of ids and block sizes). */
-export const GGML_TYPES: readonly GgmlTypeInfo[] = readFormat<{ types: { name: string; id: number; blockSize: number; typeSize: number }[] }>("ggml-types.json")
-  .types.map(({ name, id, blockSize, typeSize }) => ({ name, id, blockSize, typeSize, quantized: blockSize > 1 }));
-
-const TYPE_BY_NAME = new Map(GGML_TYPES.map((t) => [t.name.toLowerCase(), t]));
-const TYPE_BY_ID = new Map(GGML_TYPES.map((t) => [t.id, t]));
-
-/** Looks up a ggml type by name (case-insensitive) or id; throws a DeepcastError when unknown. */
-export function ggmlType(t: string | number | GgmlTypeInfo): GgmlTypeInfo {
-  if (typeof t === "object") return t;
-  const info = typeof t === "number" ? TYPE_BY_ID.get(t) : TYPE_BY_NAME.get(t.toLowerCase());
-  if (!info) throw new DeepcastError(`unknown ggml type ${JSON.stringify(t)}`);
-  return info;
-}
-
-/** ggml_n_dims: number of dimensions up to the last one that is not 1 (at least 1). */
-export function ggmlNDims(ne: readonly number[]): number {
-  for (let i = ne.length - 1; i >= 1; i--) if (ne[i] !== 1) return i + 1;
-  return 1;
-}
-
-/** ggml_nbytes for a contiguous tensor: (ne0 / block) * type_size * ne1 * ne2 * ... */
-export function ggmlNbytes(type: string | number | GgmlTypeInfo, ne: readonly number[], name = ""): number {
-  const t = ggmlType(type);
-  const ne0 = ne[0] ?? 1;
-  if (ne0 % t.blockSize !== 0) {
-    throw new DeepcastError(`row length ${ne0} is not a multiple of the ${t.name} block size ${t.blockSize}`, { tensor: name || undefined });
-  }
-  let n = (ne0 / t.blockSize) * t.typeSize;
-  for (let i = 1; i < ne.length; i++) n *= ne[i]!;
-  return n;
-}
-
 export function padTo(n: number, align: number): number {
   return Math.ceil(n / align) * align;
 }
@@ -270,13 +221,13 @@ export interface GgufTensorSpec {
   name: string;
   /** ggml order: ne[0] is the contiguous (innermost) dimension = reversed PyTorch shape. Written as given. */
   ne: readonly number[];
-  type: string | number | GgmlTypeInfo;
+  type: GgmlTypeRef;
 }
 
 export interface GgufTensorPlacement {
   name: string;
   ne: number[];
-  type: GgmlTypeInfo;
+  type: GgmlType;
   /** Unpadded data size. */
   nbytes: number;
   /** Offset relative to the data section of its file (as stored in the tensor info). */

@@ -1,6 +1,6 @@
 /** Output writing shared by every writer: full positional writes with clear disk errors, atomic small files. */
-import { copyFile, rename, writeFile, type FileHandle } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { copyFile, rename, statfs, writeFile, type FileHandle } from "node:fs/promises";
+import { basename, dirname, join, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
 
 /** Writes all of `data` at `position`; a full disk or quota is reported as such, naming the file and tensor. */
@@ -30,4 +30,16 @@ export async function copyFileAtomic(from: string, to: string): Promise<void> {
   const tmp = join(dirname(to), `.${basename(to)}.partial`);
   await copyFile(from, tmp);
   await rename(tmp, to);
+}
+
+/** Free bytes on the file system that holds `path` (or its nearest existing parent). */
+export async function freeBytes(path: string): Promise<number> {
+  let p = resolve(path);
+  for (;;) {
+    const s = await statfs(p).catch(() => null);
+    if (s) return s.bavail * s.bsize;
+    const up = dirname(p);
+    if (up === p) return Number.POSITIVE_INFINITY;
+    p = up;
+  }
 }
