@@ -13,6 +13,7 @@ import { DeepcastError } from "../src/errors.js";
 import { planToGguf } from "../src/convert/to-gguf.js";
 import { hfHubOffline, hfToken, hubCacheModelName } from "../src/io/hub-cache.js";
 import { hfHubCacheDir, HubSource, isHubRepoId } from "../src/io/hub.js";
+import { inspect } from "../src/io/inspect.js";
 import { openSource } from "../src/io/open-source.js";
 import { readHeader } from "../src/io/safetensors.js";
 import { LocalSource, type SourceFile } from "../src/io/source.js";
@@ -299,6 +300,18 @@ describe("HubSource", () => {
     await expect(source.readFile("config.json")).rejects.toThrow(
       /cannot reach the Hugging Face Hub at https:\/\/hub\.test: fetch failed: getaddrinfo ENOTFOUND.*deepseek-ai\/DeepSeek-V3@main/,
     );
+  });
+});
+
+describe("inspect a repo id", () => {
+  it("reads every shard's header with Range requests, downloads nothing, and reports what the folder would", async () => {
+    const hub = fakeHub();
+    const remote = await inspect(REPO, { revision: "main", fetch: hub.fetch, cacheDir });
+    const local = await inspect(FIXTURE);
+    expect(remote.path).toBe(`${REPO}@main`);
+    expect({ ...remote, path: local.path }).toEqual(local);
+    expect(fullDownloads(hub.log).map((r) => r.url).filter((u) => u.endsWith(".safetensors"))).toEqual([]);
+    await expect(readdir(cacheDir)).resolves.toEqual([]);
   });
 });
 
