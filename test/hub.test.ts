@@ -3,7 +3,9 @@
  * way huggingface.co does (model info, tree listing, resolve with Range), so this runs offline.
  */
 import { createHash } from "node:crypto";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, rm, stat, symlink, unlink, writeFile } from "node:fs/promises";
 import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -19,6 +21,7 @@ import { readHeader } from "../src/io/safetensors.js";
 import { LocalSource, type SourceFile } from "../src/io/source.js";
 
 const FIXTURE = fileURLToPath(new URL("../fixtures/tiny-dsv3", import.meta.url));
+const ROOT_DIR = fileURLToPath(new URL("..", import.meta.url));
 const REPO = "deepseek-ai/DeepSeek-V3";
 const SHA = "0123456789abcdef0123456789abcdef01234567";
 const ENDPOINT = "https://hub.test";
@@ -301,6 +304,58 @@ describe("HubSource", () => {
       /cannot reach the Hugging Face Hub at https:\/\/hub\.test: fetch failed: getaddrinfo ENOTFOUND.*deepseek-ai\/DeepSeek-V3@main/,
     );
   });
+});
+
+describe("two processes, one cache", () => {
+  it("download the same shard once: the second waits for the first's lock, then links the same blob", async () => {
+    const shard = SHARDS[1]!;
+    const hub = fakeHub();
+    // The fake Hub over real HTTP, sending file bodies slowly so that the two downloads overlap.
+    const server = createServer(async (req, res) => {
+      const headers: Record<string, string> = {};
+      for (const [k, v] of Object.entries(req.headers)) if (typeof v === "string") headers[k] = v;
+      const r = await hub.fetch(`${ENDPOINT}${req.url}`, { headers });
+      res.writeHead(r.status, Object.fromEntries(r.headers));
+      const body = Buffer.from(await r.arrayBuffer());
+      for (let at = 0; at < body.length; at += 1 << 20) {
+        res.write(body.subarray(at, at + (1 << 20)));
+        await new Promise((ok) => setTimeout(ok, 300));
+      }
+      res.end();
+    });
+    await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const script = join(cacheDir, "child.mts");
+    await writeFile(script, [
+      `import { HubSource } from ${JSON.stringify(join(ROOT_DIR, "src", "io", "hub.ts"))};`,
+      `const s = new HubSource(${JSON.stringify(REPO)}, { hubUrl: ${JSON.stringify(url)}, cacheDir: ${JSON.stringify(cacheDir)} });`,
+      `console.log(await s.localPath(${JSON.stringify(shard)}));`,
+    ].join("\n"));
+    const run = () => new Promise<{ code: number | null; out: string; err: string }>((ok) => {
+      const child = spawn(process.execPath, [join(ROOT_DIR, "node_modules", "tsx", "dist", "cli.mjs"), script], {
+        env: { ...process.env, HF_TOKEN: "", HF_HUB_OFFLINE: "", HF_TOKEN_PATH: "/nonexistent/token" },
+      });
+      let out = "";
+      let err = "";
+      child.stdout.on("data", (d: Buffer) => (out += d));
+      child.stderr.on("data", (d: Buffer) => (err += d));
+      child.on("close", (code) => ok({ code, out, err }));
+    });
+    try {
+      const [a, b] = await Promise.all([run(), run()]);
+      expect(a.code, a.err).toBe(0);
+      expect(b.code, b.err).toBe(0);
+      const path = join(repoDir(), "snapshots", SHA, shard);
+      expect([a.out.trim(), b.out.trim()]).toEqual([path, path]);
+      expect((await readFile(path)).equals(files.get(shard)!.content)).toBe(true);
+      const bodies = hub.log.filter((r) => r.url.endsWith(`/resolve/${SHA}/${shard}`) && r.range !== "bytes=0-0");
+      expect(bodies).toHaveLength(1);
+      expect(a.err + b.err).toMatch(/waiting for process \d+ on .*, which is downloading/);
+      expect(await readdir(join(repoDir(), "blobs"))).toEqual([files.get(shard)!.sha256]);
+    } finally {
+      server.close();
+    }
+  }, 120_000);
 });
 
 describe("inspect a repo id", () => {
