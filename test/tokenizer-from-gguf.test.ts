@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { GgufReader } from "../src/io/gguf-reader.js";
-import type { GgufKV } from "../src/io/gguf.js";
+import type { GgufKV } from "../src/io/gguf-kv.js";
 import { LocalSource } from "../src/io/source.js";
 import { findTokenizer, openTokenizer } from "../src/model/open-tokenizer.js";
 import { loadTokenizer } from "../src/model/tokenize.js";

@@ -7,22 +7,16 @@
 import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
-import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
+import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gguf-layout.js";
+import { GgufWriter } from "../io/gguf-writer.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
 import { rowBytes } from "../formats/ggml-types.js";
 import { quantizeRows } from "../quant/ggml.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
 import type { Kernels } from "../quant/kernels.js";
-import {
-  kvBSplit,
-  planDeepseek2Gguf,
-  planGgufOutput,
-  type GgufOutputOptions,
-  type GgufOutputPlan,
-  type GgufOutputTensor,
-  type HfSourceRef,
-} from "./gguf-plan.js";
+import { kvBSplit, planDeepseek2Gguf, type HfSourceRef } from "./gguf-plan.js";
+import { planGgufOutput, type GgufOutputOptions, type GgufOutputPlan, type GgufOutputTensor } from "./gguf-output.js";
 import { hfModelFiles } from "./hf-model-files.js";
 import { ShardReader } from "../io/shard-reader.js";
 import { DEFAULT_CHUNK_BYTES, pump, type Chunk } from "./pipeline.js";

@@ -16,7 +16,7 @@
  */
 import { DeepcastError } from "../errors.js";
 import { GgufReader } from "../io/gguf-reader.js";
-import type { GgufKV } from "../io/gguf.js";
+import type { GgufKV } from "../io/gguf-kv.js";
 import { tokenizerFromJson, type TextTokenizer } from "./tokenize.js";
 
 /** llama.cpp's llama_token_type values (tokenizer.ggml.token_type). */
