@@ -4,7 +4,9 @@ import type { Argv } from "yargs";
 import { kernels, type Kernels } from "../quant/kernels.js";
 import { loadNative } from "../quant/native.js";
 import { VERSION } from "../version.js";
-import { createProgress, type Progress } from "./progress.js";
+import type { OnEvent } from "../events.js";
+import { describePlan, type PlanDescription } from "../io/dry-run.js";
+import { byteProgress } from "./progress.js";
 
 export function withCommonOptions<T>(y: Argv<T>) {
   return y
@@ -29,14 +31,14 @@ export function peakRssBytes(): number {
 }
 
 /**
- * Runs `body` with a progress display on stderr. Ctrl-C or SIGTERM stops at once (exit 130) with a
- * word on how to resume: outputs are only ever complete under their final names.
+ * Runs `body` with its event stream shown on stderr. Ctrl-C or SIGTERM stops at once (exit 130) with
+ * a word on how to resume: outputs are only ever complete under their final names.
  */
 export async function withProgress<T>(
-  opts: { total: number; label: string; resumeHint: string },
-  body: (progress: Progress) => Promise<T>,
+  opts: { label: string; resumeHint: string; ranks?: number },
+  body: (onEvent: OnEvent) => Promise<T>,
 ): Promise<T> {
-  const progress = createProgress({ total: opts.total, label: opts.label });
+  const progress = byteProgress(opts.label, opts.ranks !== undefined ? { ranks: opts.ranks } : {});
   const onSignal = () => {
     progress.stop();
     process.stderr.write(`\ninterrupted: ${opts.resumeHint}\n`);
@@ -45,7 +47,7 @@ export async function withProgress<T>(
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
-    return await body(progress);
+    return await body(progress.onEvent);
   } finally {
     progress.stop();
     process.off("SIGINT", onSignal);
@@ -53,15 +55,15 @@ export async function withProgress<T>(
   }
 }
 
-/** Writes a --json summary on stdout, with the deepcast version that made it. */
-export function printJson(result: object): void {
-  process.stdout.write(JSON.stringify({ version: VERSION, ...result }, null, 2) + "\n");
-}
-
 /** Prints a command's result: JSON on stdout with --json, else one human line on stderr. */
 export function printResult(json: boolean, result: object, human: string): void {
   if (json) printJson(result);
   else process.stderr.write(human + "\n");
+}
+
+/** Writes a --json summary on stdout, with the deepcast version that made it. */
+export function printJson(result: object): void {
+  process.stdout.write(JSON.stringify({ version: VERSION, ...result }, null, 2) + "\n");
 }
 
 /** Fields every run summary carries: timing, memory, and which kernels ran. */
@@ -73,4 +75,11 @@ export function runFacts(started: number, k: Kernels, threads: number) {
     simd: k.simd(),
     threads,
   };
+}
+
+/** --dry-run: the plan's report as JSON on stdout with --json, else as text on stdout. */
+export async function printDryRun(json: boolean, plan: PlanDescription): Promise<void> {
+  const report = await describePlan(plan);
+  if (json) printJson(report.json);
+  else process.stdout.write(report.text + "\n");
 }
