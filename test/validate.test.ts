@@ -213,7 +213,7 @@ describe("deepcast validate (CLI)", () => {
   beforeAll(() => {
     // The CLI runs from dist/: rebuild it when this command's sources are newer.
     const out = join(ROOT, "dist", "cli", "validate.js");
-    const srcs = ["src/cli/validate.ts", "src/model/validate.ts", "src/model/tokenize.ts", "src/cli/main.ts"].map((p) => statSync(join(ROOT, p)).mtimeMs);
+    const srcs = ["src/cli/validate.ts", "src/model/validate.ts", "src/model/tokenize.ts", "src/model/open-tokenizer.ts", "src/model/tokenizer-from-gguf.ts", "src/cli/main.ts"].map((p) => statSync(join(ROOT, p)).mtimeMs);
     if (!existsSync(out) || statSync(out).mtimeMs < Math.max(...srcs)) {
       const b = spawnSync(process.execPath, [join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", join(ROOT, "tsconfig.build.json")], { encoding: "utf8" });
       if (b.status !== 0) throw new Error(`build failed: ${b.stdout}${b.stderr}`);
@@ -272,14 +272,11 @@ describe("deepcast validate (CLI)", () => {
     expect(again.stderr).toMatch(/exists: use --force.*logits\.bin/);
   });
 
-  it("a GGUF candidate (Q8_0 from to-gguf) against the FP8 original: tokenizer from the reference, small positive KLD", async () => {
+  it("a GGUF candidate (Q8_0 from to-gguf) against the FP8 original: tokenizer from the reference, small positive KLD; alone, its own tokenizer", async () => {
     const d = await tempDir();
     const gguf = join(d, "tiny-Q8_0.gguf");
     const c = deepcast("to-gguf", FIXTURE, "-q", "Q8_0", "-o", gguf, "--threads", String(THREADS));
     expect(c.code, c.stderr).toBe(0);
-    const lone = deepcast("validate", gguf, "--text", EVAL_TEXT);
-    expect(lone.code).toBe(1);
-    expect(lone.stderr).toMatch(/no tokenizer\.json beside the candidate: give --tokenizer DIR.*tiny-Q8_0\.gguf/);
     const r = deepcast("validate", gguf, "--reference", FIXTURE, "--text", EVAL_TEXT, "--protocol", "windows", "--chunks", "4", "--json", "--threads", String(THREADS));
     expect(r.code, r.stderr).toBe(0);
     const j = JSON.parse(r.stdout);
@@ -289,6 +286,15 @@ describe("deepcast validate (CLI)", () => {
     expect(j.kld.meanKld.value).toBeLessThan(5e-3);
     expect(j.kld.sameTopPPercent.value).toBeGreaterThan(95);
     j.sequenceNllBase.forEach((s: number, i: number) => expect(rel(s, pplGolden.window_nll_sums_modelpy_fp8[i]!)).toBeLessThan(2e-5));
+    // The GGUF alone: its tokenizer.ggml.* metadata tokenizes the text as tokenizer.json does, so the same PPL.
+    const lone = deepcast("validate", gguf, "--text", EVAL_TEXT, "--protocol", "windows", "--chunks", "4", "--json", "--threads", String(THREADS));
+    expect(lone.code, lone.stderr).toBe(0);
+    const l = JSON.parse(lone.stdout);
+    expect(l.tokenizer).toBe(`${gguf} (tokenizer.ggml.* metadata)`);
+    expect(l.textTokens).toBe(evalIds.length);
+    expect(l.scoredTokens).toBe(1024);
+    expect(l.sequenceNll).toEqual(j.sequenceNll);
+    expect(l.ppl).toBe(j.ppl);
   });
 
   it("clear errors: no input, unreadable files, no tokenizer beside the candidate, text too short for the protocol", async () => {

@@ -3,6 +3,7 @@ import { availableParallelism } from "node:os";
 import type { Argv } from "yargs";
 import { kernels, type Kernels } from "../quant/kernels.js";
 import { loadNative } from "../quant/native.js";
+import { VERSION } from "../version.js";
 import type { OnEvent } from "../events.js";
 import { describePlan, type PlanDescription } from "../io/dry-run.js";
 import { byteProgress } from "./progress.js";
@@ -56,8 +57,13 @@ export async function withProgress<T>(
 
 /** Prints a command's result: JSON on stdout with --json, else one human line on stderr. */
 export function printResult(json: boolean, result: object, human: string): void {
-  if (json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+  if (json) printJson(result);
   else process.stderr.write(human + "\n");
+}
+
+/** Writes a --json summary on stdout, with the deepcast version that made it. */
+export function printJson(result: object): void {
+  process.stdout.write(JSON.stringify({ version: VERSION, ...result }, null, 2) + "\n");
 }
 
 /** Fields every run summary carries: timing, memory, and which kernels ran. */
@@ -74,5 +80,6 @@ export function runFacts(started: number, k: Kernels, threads: number) {
 /** --dry-run: the plan's report as JSON on stdout with --json, else as text on stdout. */
 export async function printDryRun(json: boolean, plan: PlanDescription): Promise<void> {
   const report = await describePlan(plan);
-  process.stdout.write((json ? JSON.stringify(report.json, null, 2) : report.text) + "\n");
+  if (json) printJson(report.json);
+  else process.stdout.write(report.text + "\n");
 }

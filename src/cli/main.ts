@@ -1,7 +1,9 @@
 import yargs from "yargs";
 import { hideBin } from "yargs/helpers";
 import { DeepcastError, usageError } from "../errors.js";
+import { VERSION } from "../version.js";
 import * as fp8ToBf16 from "./fp8-to-bf16.js";
+import * as inspect from "./inspect.js";
 import * as toDemo from "./to-demo.js";
 import * as toGguf from "./to-gguf.js";
 import * as validate from "./validate.js";
@@ -30,6 +32,11 @@ function fsErrorAsDeepcast(e: unknown): DeepcastError | null {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  // Output piped into `head` and closed early: stop quietly, as other Unix tools do.
+  process.stdout.on("error", (e: NodeJS.ErrnoException) => {
+    if (e.code === "EPIPE") process.exit(0);
+    throw e;
+  });
   await yargs(argv)
     .scriptName("deepcast")
     .usage("$0 <command> [options]\n\nConvert and quantize DeepSeek-V3-class FP8 checkpoints.")
@@ -37,11 +44,12 @@ export async function main(argv: string[]): Promise<void> {
     .command(toDemo)
     .command(toGguf)
     .command(validate)
+    .command(inspect)
     .middleware((a) => refuseRepeatedOptions(a as Record<string, unknown>), true)
     .demandCommand(1, "Choose a command (see --help)")
     .strict()
     .help()
-    .version(false)
+    .version("version", "Show the deepcast version", VERSION)
     .fail((msg, err, y) => {
       if (err) throw err;
       process.stderr.write(`${y.help()}\n\n${msg}\n`);

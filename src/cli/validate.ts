@@ -4,8 +4,9 @@ import { lstat, readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { refuseOutputInInput } from "../convert/run-state.js";
 import { freeBytes } from "../io/write.js";
-import { DeepcastError } from "../errors.js";
-import { findTokenizerDir, hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
+import { DeepcastError, usageError } from "../errors.js";
+import { findTokenizer } from "../model/open-tokenizer.js";
+import { hasTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
 import { LogitsFileWriter } from "../io/logits-file.js";
 import { DEFAULT_CTX, planProtocol, PROTOCOLS, type Protocol } from "../model/eval-protocol.js";
 import { defaultBatchSequences, validate } from "../model/validate.js";
@@ -16,7 +17,7 @@ import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions } 
 import { formatKldSummary } from "./kld-format.js";
 import { validateProgress } from "./progress.js";
 
-export const command = "validate <candidate>";
+export const command = "validate [candidate]";
 export const describe = "Perplexity of a converted model on a text, and with --reference, llama.cpp's KL-divergence statistics against the original";
 
 export const EPILOGUE = [
@@ -44,13 +45,13 @@ export const EPILOGUE = [
 export function builder(y: Argv) {
   return withCommonOptions(
     y
-      .positional("candidate", { type: "string", demandOption: true, describe: "The model to evaluate: .gguf file (any split), demo-shard folder, HF checkpoint folder or repo id" })
+      .positional("candidate", { alias: "m", type: "string", describe: "The model to evaluate: .gguf file (any split), demo-shard folder, HF checkpoint folder or repo id (also -m, as llama-perplexity)" })
       .option("reference", { type: "string", describe: "The original model to compare with (KL divergence, same top, Δp); same forms as the candidate" })
-      .option("text", { type: "string", describe: "Evaluation text file (UTF-8), tokenized with the model's tokenizer.json" })
+      .option("text", { alias: "f", type: "string", describe: "Evaluation text file (UTF-8), tokenized with the model's tokenizer.json (or a GGUF's own tokenizer metadata)" })
       .option("tokens", { type: "string", describe: "Evaluation token ids instead of --text: JSON array, or object with an \"ids\" array (no BOS)" })
-      .option("tokenizer", { type: "string", describe: "Folder with tokenizer.json (+ tokenizer_config.json); default: beside the candidate, else the reference" })
+      .option("tokenizer", { type: "string", describe: "Folder with tokenizer.json (+ tokenizer_config.json); default: beside the candidate, else the reference, else a GGUF candidate's own metadata" })
       .option("protocol", { choices: PROTOCOLS, default: "llama" as Protocol, describe: "llama: llama-perplexity's chunks (second half scored); windows: the fixture's windows (all scored)" })
-      .option("ctx", { type: "number", describe: "Chunk / window length in tokens (default 512 for llama, 256 for windows)" })
+      .option("ctx", { alias: "c", type: "number", describe: "Chunk / window length in tokens (default 512 for llama, 256 for windows)" })
       .option("chunks", { type: "number", describe: "Evaluate at most this many chunks / windows" })
       .option("batch-windows", { type: "number", describe: "Chunks / windows per forward pass (default: logits of a batch within ~2 GiB, at most 64)" })
       .option("dump-logits", { type: "string", describe: "Write the candidate's float32 logits (every position, little-endian, [sequence, position, vocab]) to this file" })
@@ -72,6 +73,8 @@ export async function handler(argv: Args): Promise<void> {
   const started = performance.now();
   const k = selectKernels(argv.simd);
   const threads = Math.max(1, Math.floor(argv.threads));
+  if (argv.candidate === undefined) throw usageError("give the model to evaluate: deepcast validate MODEL (or -m MODEL, as llama-perplexity)");
+  if (typeof argv.candidate !== "string") throw usageError("the model to evaluate is given twice (MODEL and -m MODEL): give it once");
   if (!argv.text && !argv.tokens) throw new DeepcastError("give the evaluation text with --text FILE or its token ids with --tokens FILE.json");
   const protocol = argv.protocol;
   const ctx = argv.ctx ?? DEFAULT_CTX[protocol];
@@ -101,21 +104,23 @@ export async function handler(argv: Args): Promise<void> {
 
     // Token ids of the text (no BOS) and the model's BOS convention.
     if (argv.tokenizer && !(await hasTokenizer(argv.tokenizer))) throw new DeepcastError("--tokenizer: no tokenizer.json in this folder", { file: argv.tokenizer });
-    const tokDir = await findTokenizerDir([argv.tokenizer, argv.candidate, argv.reference]);
-    let tokenizer: TextTokenizer | null = null;
+    const places = [argv.tokenizer, argv.candidate, argv.reference];
+    const tokenizerOpts = { fallbackBos: candidate.config.bosTokenId };
+    // With --tokens the tokenizer only gives BOS; a GGUF whose tokenizer cannot be rebuilt falls back to the config's BOS.
+    const tokenizer: TextTokenizer | null = argv.tokens
+      ? await findTokenizer(places, tokenizerOpts).catch((e: unknown) => { if (e instanceof DeepcastError) return null; throw e; })
+      : await findTokenizer(places, tokenizerOpts);
     let ids: number[];
     if (argv.tokens) {
       ids = await readTokenIds(argv.tokens);
-      if (tokDir) tokenizer = await loadTokenizer(tokDir, { fallbackBos: candidate.config.bosTokenId });
     } else {
-      if (!tokDir) {
+      if (!tokenizer) {
         throw new DeepcastError(
           "no tokenizer.json beside the candidate" + (argv.reference ? " or the reference" : "") +
             ": give --tokenizer DIR (the original checkpoint folder), --reference DIR, or token ids with --tokens FILE.json",
           { file: argv.candidate },
         );
       }
-      tokenizer = await loadTokenizer(tokDir, { fallbackBos: candidate.config.bosTokenId });
       ids = tokenizer.encode(await readText(argv.text!));
     }
     const inputFile = argv.tokens ?? argv.text!;

@@ -5,6 +5,7 @@
 import { DeepcastError } from "../errors.js";
 import { loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
 import type { Dtype } from "../io/dtypes.js";
+import { hubCacheModelName } from "../io/hub-cache.js";
 import type { CheckpointSource } from "../io/source.js";
 
 
@@ -51,7 +52,8 @@ export async function hfModelFiles(ckpt: Checkpoint, dirName?: string): Promise<
     }
   };
   const jinja = names.has("chat_template.jinja") ? (await ckpt.source.readFile("chat_template.jinja")).toString("utf8") : undefined;
-  const dn = dirName ?? ckpt.source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
+  // A snapshot in the HF cache is named by its commit: the model name is the repo's.
+  const dn = dirName ?? hubCacheModelName(ckpt.source.description) ?? ckpt.source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
   return {
     ...(dn ? { dirName: dn } : {}),
     config: ckpt.config,

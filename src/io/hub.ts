@@ -6,12 +6,19 @@
  *
  * Every request is pinned to the commit sha the revision resolves to when first used, so a branch
  * that moves during a long conversion cannot mix shards of two versions.
+ *
+ * huggingface_hub's habits (./hub-cache.ts): the token saved by `hf auth login` when HF_TOKEN is
+ * unset; with HF_HUB_OFFLINE=1, or when the Hub cannot be reached, the cached snapshot of the
+ * revision is used if it holds the whole checkpoint (and a notice says so); an interrupted download
+ * keeps its `.incomplete` file and the next run resumes it with a Range request; a lock per blob
+ * keeps two processes from writing the same file, and links are made under unique names and
+ * renamed into place.
  */
-import { createWriteStream } from "node:fs";
+import { createHash } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
 import { copyFile, mkdir, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
-import { homedir } from "node:os";
 import { dirname, join, relative } from "node:path";
-import { Readable } from "node:stream";
+import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as NodeReadableStream } from "node:stream/web";
 import {
@@ -23,8 +30,11 @@ import {
   type ListFileEntry,
 } from "@huggingface/hub";
 import { DeepcastError } from "../errors.js";
+import { cachedSnapshot, hfHubCacheDir, hfHubOffline, hfToken, lockBlob, repoCacheDir, snapshotBlobName, type CachedSnapshot } from "./hub-cache.js";
 import type { SafetensorsHeader } from "./safetensors.js";
-import { readHeaderByRanges, type CheckpointSource, type SourceFile } from "./source.js";
+import { LocalSource, readHeaderByRanges, type CheckpointSource, type SourceFile } from "./source.js";
+
+export { hfHubCacheDir } from "./hub-cache.js";
 
 export const DEFAULT_HUB_URL = "https://huggingface.co";
 
@@ -36,33 +46,37 @@ export function isHubRepoId(spec: string): boolean {
   return REPO_ID.test(spec) && !spec.includes("--") && !spec.includes("..") && !/[.-]$/.test(spec);
 }
 
-/** The hub cache folder, resolved the way @huggingface/hub and huggingface_hub do. */
-export function hfHubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  return (
-    env["HF_HUB_CACHE"] ??
-    env["HUGGINGFACE_HUB_CACHE"] ??
-    join(env["HF_HOME"] ?? join(env["XDG_CACHE_HOME"] ?? join(homedir(), ".cache"), "huggingface"), "hub")
-  );
-}
-
 export interface HubSourceOptions {
   /** Branch, tag or commit sha; default `main`. */
   revision?: string;
-  /** Default `$HF_TOKEN` (the library does not read it). */
+  /** Default `$HF_TOKEN`, else the token file `hf auth login` saved (`$HF_TOKEN_PATH`, `$HF_HOME/token`). */
   accessToken?: string;
   /** Default `$HF_ENDPOINT`, else https://huggingface.co (the library does not read it). */
   hubUrl?: string;
   /** Default {@link hfHubCacheDir}. */
   cacheDir?: string;
   fetch?: typeof fetch;
+  /** Use only the cached snapshot, no request (default: `$HF_HUB_OFFLINE`). */
+  offline?: boolean;
+  /** Where notices go (cached snapshot used, waiting for another download); default stderr. */
+  notice?: (message: string) => void;
 }
+
+/** Errors of a Hub call that never reached the Hub (DNS, refused, timeout), as opposed to its answers. */
+const unreachable = new WeakSet<DeepcastError>();
 
 export class HubSource implements CheckpointSource {
   readonly revision: string;
   readonly hubUrl: string;
   readonly cacheDir: string;
   private readonly accessToken: string | undefined;
+  /** Where the token came from, for messages: "HF_TOKEN" or the token file. */
+  private readonly tokenFrom: string | undefined;
   private readonly fetchFn: typeof fetch | undefined;
+  private readonly offline: boolean;
+  private readonly notice: (message: string) => void;
+  /** Resolves to the cached snapshot when it stands in for the Hub, else to null. */
+  private mode?: Promise<LocalSource | null>;
   private commitSha?: Promise<string>;
   private listing?: Promise<Map<string, ListFileEntry>>;
   private readonly downloads = new Map<string, Promise<string>>();
@@ -74,12 +88,60 @@ export class HubSource implements CheckpointSource {
     this.revision = opts.revision ?? "main";
     this.hubUrl = (opts.hubUrl ?? (process.env["HF_ENDPOINT"] || DEFAULT_HUB_URL)).replace(/\/+$/, "");
     this.cacheDir = opts.cacheDir ?? hfHubCacheDir();
-    this.accessToken = opts.accessToken ?? (process.env["HF_TOKEN"] || undefined);
+    const token = opts.accessToken !== undefined ? { token: opts.accessToken, from: "HF_TOKEN" } : hfToken();
+    this.accessToken = token?.token;
+    this.tokenFrom = token?.from;
     this.fetchFn = opts.fetch;
+    this.offline = opts.offline ?? hfHubOffline();
+    this.notice = opts.notice ?? ((m) => process.stderr.write(`deepcast: ${m}\n`));
     // The library rejects other tokens with a bare TypeError deep inside the first request.
     if (this.accessToken !== undefined && !this.accessToken.startsWith("hf_")) {
-      throw new DeepcastError("HF_TOKEN must be a Hugging Face access token starting with hf_", { file: this.description });
+      const where = this.tokenFrom === "HF_TOKEN" ? "HF_TOKEN" : `the token file ${this.tokenFrom}`;
+      throw new DeepcastError(`${where} must hold a Hugging Face access token starting with hf_`, { file: this.description, code: "USAGE" });
     }
+  }
+
+  /**
+   * The cached snapshot when it stands in for the Hub (HF_HUB_OFFLINE, or the Hub unreachable), else
+   * null. Decided once, on the first call: offline at once, online by the first listing.
+   */
+  private source(): Promise<LocalSource | null> {
+    if (this.mode) return this.mode;
+    this.mode = this.offline
+      ? this.fromCache("HF_HUB_OFFLINE is set", undefined)
+      : this.entries().then(
+          () => null,
+          (e: unknown) => {
+            if (e instanceof DeepcastError && unreachable.has(e)) return this.fromCache(e.message.replace(/ \(check the network.*$/, ""), e);
+            throw e;
+          },
+        );
+    this.mode.catch(() => (this.mode = undefined));
+    return this.mode;
+  }
+
+  private async fromCache(why: string, cause: DeepcastError | undefined): Promise<LocalSource> {
+    const snap: CachedSnapshot | null = await cachedSnapshot(this.cacheDir, this.repo, this.revision);
+    const where = repoCacheDir(this.cacheDir, this.repo);
+    if (!snap) {
+      throw new DeepcastError(
+        `${why}, and the Hugging Face cache has no snapshot of ${this.description} (looked in ${where}): ` +
+          (cause ? "check the network, or HF_ENDPOINT for a mirror" : "unset HF_HUB_OFFLINE to download it, or give a local folder"),
+        { file: this.description, code: "NETWORK" },
+        { cause },
+      );
+    }
+    if (snap.missing.length > 0) {
+      const list = snap.missing.length > 5 ? `${snap.missing.slice(0, 5).join(", ")} and ${snap.missing.length - 5} more` : snap.missing.join(", ");
+      throw new DeepcastError(
+        `${why}, and the cached snapshot ${snap.dir} is incomplete: it lacks ${list}` +
+          (cause ? "" : "; unset HF_HUB_OFFLINE to download the rest"),
+        { file: this.description, code: "NETWORK" },
+        { cause },
+      );
+    }
+    this.notice(`${why}: using the cached snapshot ${snap.sha} of ${this.description} (${snap.dir})`);
+    return new CachedSnapshotSource(snap.dir);
   }
 
   get description(): string {
@@ -87,16 +149,22 @@ export class HubSource implements CheckpointSource {
   }
 
   async listFiles(): Promise<SourceFile[]> {
+    const cached = await this.source();
+    if (cached) return cached.listFiles();
     const entries = await this.entries();
     return [...entries.values()].map((e) => ({ name: e.path, size: e.size }));
   }
 
   async readFile(name: string): Promise<Buffer> {
+    const cached = await this.source();
+    if (cached) return cached.readFile(name);
     const blob = await this.blob(name);
     return Buffer.from(await this.hub(() => blob.arrayBuffer(), name));
   }
 
   async readHeader(name: string): Promise<SafetensorsHeader> {
+    const cached = await this.source();
+    if (cached) return cached.readHeader(name);
     const blob = await this.blob(name);
     return readHeaderByRanges(this.label(name), blob.size, async (start, end) => {
       const bytes = new Uint8Array(await this.hub(() => blob.slice(start, end).arrayBuffer(), name));
@@ -114,7 +182,7 @@ export class HubSource implements CheckpointSource {
   localPath(name: string): Promise<string> {
     let pending = this.downloads.get(name);
     if (!pending) {
-      pending = this.download(name);
+      pending = this.source().then((cached) => (cached ? cached.localPath(name) : this.download(name)));
       this.downloads.set(name, pending);
       pending.catch(() => this.downloads.delete(name));
     }
@@ -122,6 +190,8 @@ export class HubSource implements CheckpointSource {
   }
 
   async fileIdentity(name: string): Promise<string> {
+    const cached = await this.source();
+    if (cached) return cached.fileIdentity(name);
     const entry = await this.entry(name);
     return `${entry.size}:${etagOf(entry, this.label(name))}`;
   }
@@ -130,43 +200,101 @@ export class HubSource implements CheckpointSource {
   private async download(name: string): Promise<string> {
     const entry = await this.entry(name);
     const sha = await this.commit();
-    const repoDir = join(this.cacheDir, `models--${this.repo.replace("/", "--")}`);
+    const repoDir = repoCacheDir(this.cacheDir, this.repo);
     const pointer = join(repoDir, "snapshots", sha, name);
     const file = this.label(name);
-    const blobPath = join(repoDir, "blobs", etagOf(entry, file));
+    const etag = etagOf(entry, file);
+    const blobPath = join(repoDir, "blobs", etag);
     try {
       if (this.revision !== sha) {
         const ref = join(repoDir, "refs", this.revision);
         await mkdir(dirname(ref), { recursive: true });
-        await writeFile(ref, sha);
+        await renameIntoPlace(ref, (tmp) => writeFile(tmp, sha));
       }
       if ((await sizeOf(pointer)) === entry.size) return pointer;
       if ((await sizeOf(blobPath)) !== entry.size) {
-        const blob = await this.blob(name);
-        const incomplete = `${blobPath}.incomplete`;
         await mkdir(dirname(blobPath), { recursive: true });
+        const release = await lockBlob(this.cacheDir, this.repo, etag, {
+          onWait: (holder, lock) => this.notice(`waiting for ${holder}, which is downloading ${file} into the same cache (lock ${lock})`),
+        });
         try {
-          const body = Readable.fromWeb(blob.stream() as NodeReadableStream<Uint8Array>);
-          await pipeline(body, createWriteStream(incomplete));
-        } catch (e) {
-          await rm(incomplete, { force: true });
-          throw new DeepcastError(`download failed: ${messageOf(e)}`, { file }, { cause: e });
+          // Another process may have finished it while we waited.
+          if ((await sizeOf(blobPath)) !== entry.size) await this.fetchBlob(name, sha, entry, blobPath);
+        } finally {
+          await release();
         }
-        const got = await sizeOf(incomplete);
-        if (got !== entry.size) {
-          await rm(incomplete, { force: true });
-          throw new DeepcastError(`download incomplete: got ${got} of ${entry.size} bytes`, { file });
-        }
-        await rename(incomplete, blobPath);
       }
       await mkdir(dirname(pointer), { recursive: true });
-      await rm(pointer, { force: true });
-      await symlink(relative(dirname(pointer), blobPath), pointer).catch(() => copyFile(blobPath, pointer));
+      const target = relative(dirname(pointer), blobPath);
+      await renameIntoPlace(pointer, (tmp) => symlink(target, tmp).catch(() => copyFile(blobPath, tmp)));
       return pointer;
     } catch (e) {
       if (e instanceof DeepcastError) throw e;
-      throw new DeepcastError(`cannot write the Hugging Face cache at ${this.cacheDir}: ${messageOf(e)}`, { file }, { cause: e });
+      throw new DeepcastError(`cannot write the Hugging Face cache at ${this.cacheDir}: ${messageOf(e)}`, { file, code: "WRITE_FAILED" }, { cause: e });
     }
+  }
+
+  /**
+   * Fetches a file into `<blob>.incomplete` and renames it to the blob once whole (and, for LFS
+   * files, once its sha256 matches). A `.incomplete` left by an interrupted run is resumed with a
+   * Range request; a server that answers with the whole file instead restarts it.
+   */
+  private async fetchBlob(name: string, sha: string, entry: ListFileEntry, blobPath: string): Promise<void> {
+    const file = this.label(name);
+    const incomplete = `${blobPath}.incomplete`;
+    let have = (await sizeOf(incomplete)) ?? 0;
+    if (have >= entry.size) {
+      await rm(incomplete, { force: true });
+      have = 0;
+    }
+    const url = `${this.hubUrl}/${this.repo}/resolve/${sha}/${encodeURIComponent(name)}`;
+    const headers: Record<string, string> = {};
+    if (this.accessToken) headers["Authorization"] = `Bearer ${this.accessToken}`;
+    if (have > 0) headers["Range"] = `bytes=${have}-`;
+    const res = await this.hub(async () => {
+      const r = await (this.fetchFn ?? fetch)(url, { headers });
+      if (!r.ok) throw new HubApiError(url, r.status, r.headers.get("x-request-id") ?? undefined, (await r.text().catch(() => "")) || r.statusText);
+      return r;
+    }, name);
+    let start = 0;
+    if (have > 0 && res.status === 206) {
+      const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(res.headers.get("content-range") ?? "");
+      if (!range || Number(range[1]) !== have || Number(range[3]) !== entry.size) {
+        await res.body?.cancel();
+        await rm(incomplete, { force: true });
+        throw new DeepcastError(`the Hub answered a resume request for bytes ${have}- with ${res.headers.get("content-range") ?? "no Content-Range"}: the partial download was removed, run again`, { file, code: "NETWORK" });
+      }
+      start = have;
+    }
+    const expected = entry.lfs?.oid && /^[0-9a-f]{64}$/.test(entry.lfs.oid) ? entry.lfs.oid : undefined;
+    const hash = expected ? createHash("sha256") : undefined;
+    if (hash && start > 0) for await (const chunk of createReadStream(incomplete, { end: start - 1 })) hash.update(chunk as Buffer);
+    try {
+      if (!res.body) throw new Error("empty response body");
+      const tap = new Transform({
+        transform(chunk: Buffer, _enc, done) {
+          hash?.update(chunk);
+          done(null, chunk);
+        },
+      });
+      await pipeline(Readable.fromWeb(res.body as NodeReadableStream<Uint8Array>), tap, createWriteStream(incomplete, { flags: start > 0 ? "a" : "w" }));
+    } catch (e) {
+      const got = (await sizeOf(incomplete)) ?? 0;
+      throw new DeepcastError(`download interrupted at ${got} of ${entry.size} bytes (${messageOf(e)}): run again to resume it`, { file, code: "NETWORK" }, { cause: e });
+    }
+    const got = (await sizeOf(incomplete)) ?? 0;
+    if (got < entry.size) {
+      throw new DeepcastError(`download incomplete: got ${got} of ${entry.size} bytes; the part is kept in ${incomplete}: run again to resume it`, { file, code: "NETWORK" });
+    }
+    if (got > entry.size) {
+      await rm(incomplete, { force: true });
+      throw new DeepcastError(`download too long: got ${got} of ${entry.size} bytes; removed, run again`, { file, code: "NETWORK" });
+    }
+    if (hash && hash.digest("hex") !== expected) {
+      await rm(incomplete, { force: true });
+      throw new DeepcastError(`downloaded file does not match its sha256 ${expected}; removed, run again`, { file, code: "NETWORK" });
+    }
+    await rename(incomplete, blobPath);
   }
 
   /** A lazy blob of the file: `slice().arrayBuffer()` issues Range requests, `stream()` the full GET. */
@@ -235,8 +363,8 @@ export class HubSource implements CheckpointSource {
     if (e instanceof HubApiError) {
       if (e.statusCode === 401 || e.statusCode === 403) {
         const hint = this.accessToken
-          ? "the token in HF_TOKEN has no access to it: check the token, and for a gated model accept its terms on the model page"
-          : "it may be private or gated: set HF_TOKEN to a Hugging Face access token with read access";
+          ? `the token in ${this.tokenFrom === "HF_TOKEN" ? "HF_TOKEN" : this.tokenFrom} has no access to it: check the token, and for a gated model accept its terms on the model page`
+          : "it may be private or gated: set HF_TOKEN to a Hugging Face access token with read access, or log in with `hf auth login`";
         return new DeepcastError(`the Hugging Face Hub refused access (HTTP ${e.statusCode}) to ${this.repo}; ${hint}`, { file }, { cause: e });
       }
       if (e.statusCode === 404) {
@@ -250,11 +378,13 @@ export class HubSource implements CheckpointSource {
     if (e instanceof InvalidApiResponseFormatError) {
       return new DeepcastError(`unexpected response from the Hugging Face Hub at ${this.hubUrl}: ${e.message}`, { file }, { cause: e });
     }
-    return new DeepcastError(
+    const err = new DeepcastError(
       `cannot reach the Hugging Face Hub at ${this.hubUrl}: ${messageOf(e)} (check the network, or HF_ENDPOINT for a mirror)`,
-      { file },
+      { file, code: "NETWORK" },
       { cause: e },
     );
+    unreachable.add(err);
+    return err;
   }
 }
 
@@ -274,4 +404,27 @@ async function sizeOf(path: string): Promise<number | undefined> {
 function messageOf(e: unknown): string {
   const cause = e instanceof Error && e.cause instanceof Error ? `: ${e.cause.message}` : "";
   return e instanceof Error ? e.message + cause : String(e);
+}
+
+/** Writes `path` under a unique temporary name beside it, then renames it into place (atomic for readers and other writers). */
+async function renameIntoPlace(path: string, make: (tmp: string) => Promise<unknown>): Promise<void> {
+  const tmp = join(dirname(path), `.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`);
+  try {
+    await make(tmp);
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
+
+/** A complete cached snapshot standing in for the Hub: file identities are the blob names, as online. */
+class CachedSnapshotSource extends LocalSource {
+  override async fileIdentity(name: string): Promise<string> {
+    const path = join(this.dir, name);
+    const blob = await snapshotBlobName(path);
+    const s = await stat(path).catch(() => null);
+    if (blob === null || !s) return super.fileIdentity(name);
+    return `${s.size}:${blob}`;
+  }
 }
