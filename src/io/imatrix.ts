@@ -24,6 +24,8 @@ export interface ImatrixEntry {
   values: Float32Array;
   /** Matrices in the entry: the length of `.counts` in a GGUF imatrix (experts, or 1); 1 for legacy .dat. */
   nMat: number;
+  /** GGUF only: the stored `.in_sum2` and `.counts`, as they are in the file. */
+  raw?: { sums: Float32Array; counts: Float32Array };
 }
 
 export interface Imatrix {
@@ -295,6 +297,7 @@ function parseGguf(r: Reader): Parsed {
     }
     const sums = data(p.sums, nval);
     const counts = data(p.counts, ncounts);
+    const raw = { sums: sums.slice(), counts: counts.slice() };
     const ne0 = nval / ncounts;
     for (let m = 0; m < ncounts; m++) {
       const c = counts[m]!;
@@ -303,7 +306,7 @@ function parseGguf(r: Reader): Parsed {
       const count = Math.fround(Math.sign(c) * Math.floor(Math.abs(c) + 0.5));
       for (let i = m * ne0; i < (m + 1) * ne0; i++) sums[i] = count > 0 ? sums[i]! / count : 1;
     }
-    entries.set(name, { values: sums, nMat: ncounts });
+    entries.set(name, { values: sums, nMat: ncounts, raw });
   }
   return {
     format: "gguf",
