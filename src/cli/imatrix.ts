@@ -149,6 +149,8 @@ export async function handler(argv: Args): Promise<void> {
       chunksPerBatch: mem.chunksPerBatch,
       batches: mem.batches,
       estimatedPeakBytes: mem.estimatedPeakBytes,
+      fixedBytes: mem.fixedBytes,
+      perChunkBytes: mem.perChunkBytes,
     };
     const err = process.stderr;
     const batchLine = `${plan.sequences.length} chunks of ${argv.ctx} (${plan.available} in the text) in ${mem.batches} pass(es) of up to ${mem.chunksPerBatch} chunks ` +

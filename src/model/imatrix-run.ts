@@ -191,7 +191,9 @@ export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, o
     const batchTokens = batch.reduce((n, s) => n + s.input.length, 0);
     const fwd: ForwardOptions = {
       threads, ops, observer: collector, output: "hidden",
-      onLayer: (l) => progress(b, l + 1, batchTokens, b * per),
+      onLayer: (l) => {
+        if (l < cfg.nLayers) progress(b, l + 1, batchTokens, b * per);
+      },
     };
     const r = await forward(src, batch.map((s) => s.input), fwd);
     if (wantPpl) {

@@ -60,4 +60,6 @@ echo "== e2e 3: reference forward pass, full eval perplexity vs DeepSeek's model
 npx tsx test/e2e/forward-ppl.ts --threads 2
 echo "== e2e 4: CI validation job: every main GGUF type against the FP8 original, within bands"
 npx tsx test/e2e/validate-quants.ts --threads 2 2>/dev/null
+echo "== e2e 5: deepcast imatrix in bounded memory on a DeepSeek-V3 replica (a layer of 11 GB)"
+bash test/e2e/imatrix-memory.sh
 echo "e2e: all passed"
