@@ -11,7 +11,10 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { perplexityWindows } from "../src/model/perplexity.js";
 import { findTokenizerDir, loadTokenizer, readTokenIds, tokenizerFromJson } from "../src/model/tokenize.js";
-import { formatKldSummary, llamaScoredTokens, LogitsFileWriter, planProtocol, validate } from "../src/model/validate.js";
+import { formatKldSummary } from "../src/cli/kld-format.js";
+import { LogitsFileWriter } from "../src/io/logits-file.js";
+import { llamaScoredTokens, planProtocol } from "../src/model/eval-protocol.js";
+import { validate } from "../src/model/validate.js";
 import { HfWeightSource } from "../src/model/weights.js";
 import { FIXTURE, GOLDEN, ROOT, tempDir } from "./helpers.js";
 
@@ -178,7 +181,7 @@ describe("validate", () => {
     await validate(fp8, null, plan.sequences, {
       threads: THREADS,
       batchSequences: 3,
-      logits: { write: async (l) => { await w.write(l); seenTemp ||= (await readdir(d)).some((n) => n.endsWith(".tmp")) && !existsSync(file); } },
+      logits: { write: async (l) => { await w.write(l); seenTemp ||= (await readdir(d)).some((n) => n.endsWith(".partial")) && !existsSync(file); } },
     });
     expect(seenTemp).toBe(true);
     await w.commit();

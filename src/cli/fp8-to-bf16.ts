@@ -1,7 +1,7 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
 import { planFp8ToBf16, runFp8ToBf16 } from "../convert/fp8-to-bf16.js";
 import { fmtBytes } from "../units.js";
-import { freeBytes } from "../convert/run-state.js";
+import { freeBytes } from "../io/write.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";
 import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";

@@ -1,6 +1,6 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
 import { planToDemo, runToDemo } from "../convert/to-demo.js";
-import { freeBytes } from "../convert/run-state.js";
+import { freeBytes } from "../io/write.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";
 import { fmtBytes } from "../units.js";

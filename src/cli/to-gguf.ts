@@ -1,8 +1,8 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
 import { basename } from "node:path";
 import { planToGguf, runToGguf } from "../convert/to-gguf.js";
-import { freeBytes } from "../convert/run-state.js";
-import { parseSplitSize } from "../io/gguf.js";
+import { freeBytes } from "../io/write.js";
+import { parseSplitSize } from "../io/gguf-layout.js";
 import { readImatrix } from "../io/imatrix.js";
 import { openSource } from "../io/open-source.js";
 import { ftypeNames } from "../quant/mix.js";

@@ -2,16 +2,17 @@ import type { Argv, ArgumentsCamelCase } from "yargs";
 import { unlinkSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import { freeBytes } from "../convert/run-state.js";
+import { freeBytes } from "../io/write.js";
 import { DeepcastError } from "../errors.js";
 import { findTokenizerDir, hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
-import {
-  DEFAULT_CTX, defaultBatchSequences, formatKldSummary, LogitsFileWriter, planProtocol, PROTOCOLS, validate, type Protocol,
-} from "../model/validate.js";
+import { LogitsFileWriter } from "../io/logits-file.js";
+import { DEFAULT_CTX, planProtocol, PROTOCOLS, type Protocol } from "../model/eval-protocol.js";
+import { defaultBatchSequences, validate } from "../model/validate.js";
 import { openWeights } from "../model/open-weights.js";
 import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
 import { printResult, runFacts, selectKernels, withCommonOptions } from "./common.js";
+import { formatKldSummary } from "./kld-format.js";
 
 export const command = "validate <candidate>";
 export const describe = "Perplexity of a converted model on a text, and with --reference, llama.cpp's KL-divergence statistics against the original";

@@ -8,13 +8,14 @@ import { DeepcastError } from "../errors.js";
 import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
-import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, ShardReader, type Chunk } from "./pipeline.js";
-import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
+import { scaleNameOf, scaleShape, weightOfScale } from "../formats/fp8.js";
+import type { Kernels } from "../quant/kernels.js";
+import { ShardReader } from "../io/shard-reader.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, type Chunk } from "./pipeline.js";
+import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
-import { fingerprint, freeBytes, RunState } from "./run-state.js";
+import { fingerprint, RunState } from "./run-state.js";
 
-export const SCALE_SUFFIX = "_scale_inv";
 
 export type OutTensor = TensorSpec &
   ({ op: "copy"; from: TensorLocation } | { op: "fp8"; from: TensorLocation; scale: TensorLocation });
@@ -40,18 +41,18 @@ export interface Fp8ToBf16Plan {
   outputBytes: number;
 }
 
-const isScaleName = (name: string) => name.endsWith(SCALE_SUFFIX);
+const isScaleName = (name: string) => weightOfScale(name) !== null;
 
 function checkScale(weight: TensorLocation, scale: TensorLocation | undefined, where: (f: string) => string): TensorLocation {
   const w = weight.entry;
   if (!scale) {
-    throw new DeepcastError(`FP8 weight has no ${w.name}${SCALE_SUFFIX} in the checkpoint: cannot dequantize it`, { file: where(weight.file), tensor: w.name });
+    throw new DeepcastError(`FP8 weight has no ${scaleNameOf(w.name)} in the checkpoint: cannot dequantize it`, { file: where(weight.file), tensor: w.name });
   }
   const s = scale.entry;
   if (w.shape.length !== 2) {
     throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(weight.file), tensor: w.name });
   }
-  const expected = [Math.ceil(w.shape[0]! / FP8_BLOCK), Math.ceil(w.shape[1]! / FP8_BLOCK)];
+  const expected = scaleShape(w.shape[0]!, w.shape[1]!);
   if (s.dtype !== "F32") {
     throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name });
   }
@@ -80,7 +81,7 @@ export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
       }
       const from = { file: name, entry };
       if (entry.dtype === "F8_E4M3") {
-        const scale = checkScale(from, locate(ckpt, entry.name + SCALE_SUFFIX), where);
+        const scale = checkScale(from, locate(ckpt, scaleNameOf(entry.name)), where);
         tensors.push({ name: entry.name, dtype: "BF16", shape: entry.shape, op: "fp8", from, scale });
         fp8Tensors++;
       } else if (entry.dtype === "F8_E5M2") {

@@ -14,122 +14,19 @@
  *  - "kv_b": see `kvBSplit`.
  */
 import { DeepcastError } from "../errors.js";
-import { readFormat } from "../formats.js";
+import { deepseek2Format, fillBid, namePattern, type MapEntry } from "../formats/deepseek2-names.js";
+import { FP8_BLOCK, weightOfScale } from "../formats/fp8.js";
 import type { Dtype } from "../io/dtypes.js";
-import { ggmlType, kv, setKvInPlace, setKvLast, type GgmlTypeInfo, type GgufKV } from "../io/gguf.js";
-import { loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
-import type { CheckpointSource } from "../io/source.js";
+import { ggmlType, type GgmlType } from "../formats/ggml-types.js";
+import { kv, setKvInPlace, setKvLast, type GgufKV } from "../io/gguf-kv.js";
 import { parseFtype, planQuantMix, type FtypeInfo, type MixOptions, type MixPlan, type MixTensorOut } from "../quant/mix.js";
+import type { HfModelFiles, HfTensorHeader } from "./hf-model-files.js";
 import { idToTitle, modelIdComponents, sizeLabel, type ModelIdComponents } from "./gguf-naming.js";
 import { tokenizerKvs } from "./gguf-tokenizer.js";
 import { compareCodePoints, isObj, isPyInt, pyEq, truthy } from "./python-compat.js";
 
-// ---------------------------------------------------------------------------------------------
-// inputs
-// ---------------------------------------------------------------------------------------------
-
-export interface HfTensorHeader {
-  name: string;
-  dtype: Dtype;
-  shape: readonly number[];
-}
-
-export interface HfShardHeader {
-  /** Shard file name, e.g. "model-00001-of-000163.safetensors". */
-  file: string;
-  tensors: readonly HfTensorHeader[];
-}
-
-/** Everything the plan reads from a checkpoint (small files parsed, headers only). */
-export interface HfModelFiles {
-  /** Name of the model folder ("DeepSeek-V3"): llama.cpp derives general.name and friends from it. */
-  dirName?: string;
-  config: Record<string, unknown>;
-  shards: readonly HfShardHeader[];
-  /** tokenizer.json, parsed. */
-  tokenizer?: unknown;
-  /** tokenizer_config.json, parsed. */
-  tokenizerConfig?: unknown;
-  /** generation_config.json, parsed (general.sampling.*). */
-  generationConfig?: unknown;
-  /** chat_template.jinja, when present (used if tokenizer_config.json has no chat_template). */
-  chatTemplateJinja?: string;
-  /** chat_template.json, parsed, when present. */
-  chatTemplateJson?: unknown;
-}
-
-/** What the plan reads from an already loaded and validated checkpoint (headers, small files). */
-export async function hfModelFiles(ckpt: Checkpoint, dirName?: string): Promise<HfModelFiles> {
-  if (!ckpt.config) throw new DeepcastError("config.json is missing", { file: ckpt.source.description });
-  const names = new Set(ckpt.files.map((f) => f.name));
-  const json = async (name: string) => {
-    if (!names.has(name)) return undefined;
-    try {
-      return JSON.parse((await ckpt.source.readFile(name)).toString("utf8")) as unknown;
-    } catch (e) {
-      throw new DeepcastError(`malformed JSON: ${(e as Error).message}`, { file: `${ckpt.source.description}/${name}` });
-    }
-  };
-  const jinja = names.has("chat_template.jinja") ? (await ckpt.source.readFile("chat_template.jinja")).toString("utf8") : undefined;
-  const dn = dirName ?? ckpt.source.description.replace(/@[^/]*$/, "").replace(/[\\/]+$/, "").split(/[\\/]/).pop();
-  return {
-    ...(dn ? { dirName: dn } : {}),
-    config: ckpt.config,
-    shards: ckpt.shards.map((file) => ({ file, tensors: ckpt.headers.get(file)!.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) })),
-    tokenizer: await json("tokenizer.json"),
-    tokenizerConfig: await json("tokenizer_config.json"),
-    generationConfig: await json("generation_config.json"),
-    ...(jinja !== undefined ? { chatTemplateJinja: jinja } : {}),
-    chatTemplateJson: await json("chat_template.json"),
-  };
-}
-
-/** Loads (and validates) a checkpoint's headers and small files for planning. */
-export async function loadHfModelFiles(source: CheckpointSource, dirName?: string): Promise<HfModelFiles> {
-  return hfModelFiles(await loadCheckpoint(source), dirName);
-}
-
-// ---------------------------------------------------------------------------------------------
-// formats/deepseek2-gguf.json
-// ---------------------------------------------------------------------------------------------
-
-interface MapEntry {
-  hf: string;
-  kind: "copy" | "stack" | "kv_b_split";
-  gguf?: string;
-  k_b?: string;
-  v_b?: string;
-  proj?: string;
-  skipIfTiedEmbeddings?: boolean;
-}
-
-interface Deepseek2Format {
-  architecture: string;
-  hfArchitectures: string[];
-  tensors: MapEntry[];
-  stackOrder: string[];
-  ignoreSuffixes: string[];
-  dropSuffixes: string[];
-  scaleSuffix: string;
-  f32: { nameEndsWith: string[]; names: string[]; unlessEndsWith: string[] };
-}
-
-
-export function deepseek2Format(): Deepseek2Format {
-  return readFormat<Deepseek2Format>("deepseek2-gguf.json");
-}
-
 interface CompiledEntry extends MapEntry {
   re: RegExp;
-}
-
-function compilePattern(p: string): RegExp {
-  const esc = p.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\{bid\}/g, "(?<bid>\\d+)").replace(/\{xid\}/g, "(?<xid>\\d+)");
-  return new RegExp(`^${esc}$`);
-}
-
-function fill(template: string, bid: string | undefined): string {
-  return bid === undefined ? template : template.replace(/\{bid\}/g, bid);
 }
 
 /** First of `keys` present in the HF config. */
@@ -143,10 +40,6 @@ function num(h: Record<string, unknown>, key: string, what = key): number {
   if (typeof v !== "number") throw new DeepcastError(`config.json: ${what} is missing or not a number`, { file: "config.json" });
   return v;
 }
-
-// ---------------------------------------------------------------------------------------------
-// the model plan
-// ---------------------------------------------------------------------------------------------
 
 export interface HfSourceRef {
   file: string;
@@ -257,8 +150,8 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2PlanOption
   const scales = new Map<string, { file: string; t: HfTensorHeader }>();
   const order: string[] = [];
   for (const [name, v] of all) {
-    if (quantMethod === "fp8" && name.endsWith(fmt.scaleSuffix)) {
-      const w = name.slice(0, -fmt.scaleSuffix.length);
+    const w = quantMethod === "fp8" ? weightOfScale(name) : null;
+    if (w !== null) {
       if (!all.has(w)) throw new DeepcastError(`scale ${name} has no weight ${w}`, { tensor: name, file: v.file });
       scales.set(w, v);
       continue;
@@ -266,7 +159,7 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2PlanOption
     if (quantMethod === "fp8" && fmt.dropSuffixes.some((s) => name.endsWith(s))) continue;
     order.push(name);
   }
-  const blockSize = Array.isArray(quant?.weight_block_size) ? (quant!.weight_block_size as number[]) : [128, 128];
+  const blockSize = Array.isArray(quant?.weight_block_size) ? (quant!.weight_block_size as number[]) : [FP8_BLOCK, FP8_BLOCK];
   const ref = (name: string): HfSourceRef => {
     const v = all.get(name)!;
     const r: HfSourceRef = { file: v.file, name, dtype: v.t.dtype, shape: [...v.t.shape] };
@@ -282,8 +175,8 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2PlanOption
   };
 
   // --- prepare_tensors / modify_tensors
-  const entries: CompiledEntry[] = fmt.tensors.map((e) => ({ ...e, re: compilePattern(e.hf) }));
-  const f32Names = fmt.f32.names.map(compilePattern);
+  const entries: CompiledEntry[] = fmt.tensors.map((e) => ({ ...e, re: namePattern(e.hf) }));
+  const f32Names = fmt.f32.names.map(namePattern);
   const tensors: GgufModelTensor[] = [];
   const skipped: string[] = [];
   const experts = new Map<string, Map<string, HfSourceRef>>(); // bid -> HF name -> ref
@@ -338,7 +231,7 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2PlanOption
           if (!list.every((r) => r.shape.length === first.shape.length && r.shape.every((d, i) => d === first.shape[i]))) {
             throw new DeepcastError("experts of one layer have different shapes", { tensor: `model.layers.${bidPart}.mlp.experts.*.${proj}.weight` });
           }
-          emit(fill(stackEntry.gguf, bidPart), [nExpert, ...first.shape], { kind: "stack", experts: list }, list.some((r) => r.scaleInv !== undefined));
+          emit(fillBid(stackEntry.gguf, bidPart), [nExpert, ...first.shape], { kind: "stack", experts: list }, list.some((r) => r.scaleInv !== undefined));
         }
       }
       continue;
@@ -352,12 +245,12 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2PlanOption
       }
       const cols = r.shape[1]!;
       const base = { src: r, nHead: nKvHeadHf, qkNope, vHead, kvLora: cols };
-      emit(fill(entry.k_b!, bid), [nKvHeadHf, cols, qkNope], { kind: "kv_b", part: "k_b", ...base }, r.scaleInv !== undefined);
-      emit(fill(entry.v_b!, bid), [nKvHeadHf, vHead, cols], { kind: "kv_b", part: "v_b", ...base }, r.scaleInv !== undefined);
+      emit(fillBid(entry.k_b!, bid), [nKvHeadHf, cols, qkNope], { kind: "kv_b", part: "k_b", ...base }, r.scaleInv !== undefined);
+      emit(fillBid(entry.v_b!, bid), [nKvHeadHf, vHead, cols], { kind: "kv_b", part: "v_b", ...base }, r.scaleInv !== undefined);
       continue;
     }
     if (entry.kind !== "copy" || !entry.gguf) throw new DeepcastError("cannot map this tensor to a GGUF name", { tensor: name });
-    emit(fill(entry.gguf, bid), r.shape, { kind: "tensor", src: r }, r.scaleInv !== undefined);
+    emit(fillBid(entry.gguf, bid), r.shape, { kind: "tensor", src: r }, r.scaleInv !== undefined);
   }
   const leftover = [...experts.values()].flatMap((b) => [...b.keys()]);
   if (leftover.length) throw new DeepcastError(`unprocessed expert tensors (incomplete layer): ${leftover.slice(0, 3).join(", ")}`, { tensor: leftover[0] });
@@ -630,9 +523,9 @@ export interface GgufOutputTensor {
   /** Dims as written (ggml order). */
   ne: number[];
   /** Output type. */
-  type: GgmlTypeInfo;
+  type: GgmlType;
   /** Type of this tensor in llama.cpp's BF16 conversion (F32 or BF16): the values the output is made from. */
-  inputType: GgmlTypeInfo;
+  inputType: GgmlType;
   source: GgufTensorSource;
   /** PyTorch order of the full tensor. */
   shape: number[];

@@ -3,8 +3,8 @@
  * tokenizer.json, tokenizer_config.json and config.json.
  */
 import { DeepcastError } from "../errors.js";
-import { kv, type GgufKV } from "../io/gguf.js";
-import type { HfModelFiles } from "./gguf-plan.js";
+import { kv, type GgufKV } from "../io/gguf-kv.js";
+import type { HfModelFiles } from "./hf-model-files.js";
 import { isObj, isPyInt, pyEq, truthy } from "./python-compat.js";
 
 /** TextModel._set_vocab_gpt2 + SpecialVocab(load_merges=True).add_to_gguf, from tokenizer.json / tokenizer_config.json / config.json. */

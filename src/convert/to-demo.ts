@@ -18,11 +18,12 @@ import { checkpointIdentity, type Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel } from "../io/dtypes.js";
 import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
 import type { Kernels } from "../quant/kernels.js";
-import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
+import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
-import { fingerprint, freeBytes, RunState } from "./run-state.js";
+import { ShardReader } from "../io/shard-reader.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, type Chunk, type ChunkSink } from "./pipeline.js";
+import { fingerprint, RunState } from "./run-state.js";
 
 export * from "./demo-plan.js";
 

@@ -7,13 +7,15 @@
 import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
-import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
+import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gguf-layout.js";
+import { GgufWriter } from "../io/gguf-writer.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
-import { quantizeRows, rowBytes } from "../quant/ggml.js";
-import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
+import { rowBytes } from "../formats/ggml-types.js";
+import { quantizeRows } from "../quant/ggml.js";
+import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
+import type { Kernels } from "../quant/kernels.js";
 import {
-  hfModelFiles,
   kvBSplit,
   planDeepseek2Gguf,
   planGgufOutput,
@@ -22,8 +24,11 @@ import {
   type GgufOutputTensor,
   type HfSourceRef,
 } from "./gguf-plan.js";
-import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
-import { fingerprint, freeBytes, RunState } from "./run-state.js";
+import { hfModelFiles } from "./hf-model-files.js";
+import { ShardReader } from "../io/shard-reader.js";
+import { DEFAULT_CHUNK_BYTES, pump, type Chunk } from "./pipeline.js";
+import { fingerprint, RunState } from "./run-state.js";
+import { freeBytes } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 
 export interface ToGgufPlan {
@@ -48,7 +53,7 @@ export async function planToGguf(
     // as llama-quantize: KVs appended after general.file_type; tensors whose type changes look up their entry
     if (output.style !== "quantize") throw new DeepcastError(`--imatrix applies to quantized outputs, not ${output.ftype.name}`, { file: im.file });
     output.kvs.push(...imatrixKvs(im));
-    const quantized = output.tensors.filter((t) => t.type.id !== t.inputType.id);
+    const quantized = output.tensors.filter((t) => t.type !== t.inputType);
     imatrix = { loaded: im, ...imatrixForTensors(im, quantized.map((t) => ({ name: t.name, ne: t.ne, requiresImatrix: t.mix?.requiresImatrix ?? false })), { dryRun: opts.dryRun ?? false }) };
   }
   const layout = planGgufLayout(
@@ -96,7 +101,7 @@ function decodeRows(ctx: Ctx, src: HfSourceRef, input: Uint8Array, r0: number, r
   switch (src.dtype) {
     case "F8_E4M3": {
       const scale = ctx.scales.get(src.name);
-      if (!scale) throw new DeepcastError(`FP8 weight has no ${src.name}_scale_inv`, { file: src.file, tensor: src.name });
+      if (!scale) throw new DeepcastError(`FP8 weight has no ${scaleNameOf(src.name)}`, { file: src.file, tensor: src.name });
       const sc = Math.ceil(cols / FP8_BLOCK);
       const s0 = r0 / FP8_BLOCK;
       k.fp8ToF32(input, rows, cols, scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc), dst, threads, round);

@@ -17,7 +17,8 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
-import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufType, kv, type GgufKV } from "./gguf.js";
+import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC } from "./gguf-layout.js";
+import { GgufType, kv, type GgufKV } from "./gguf-kv.js";
 
 export interface ImatrixEntry {
   /** The weights llama-quantize hands to ggml (sums divided by counts), nMat matrices one after another. */

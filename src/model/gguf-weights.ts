@@ -18,8 +18,9 @@
  */
 import { DeepcastError } from "../errors.js";
 import { GgufReader, type GgufTensorInfo } from "../io/gguf-reader.js";
-import { deepseek2Format } from "../convert/gguf-plan.js";
-import { dequantizeRows, ggmlQuantTypes, rowBytes } from "../quant/ggml.js";
+import { deepseek2Format } from "../formats/deepseek2-names.js";
+import { ggmlQuantTypes, rowBytes } from "../formats/ggml-types.js";
+import { dequantizeRows } from "../quant/ggml.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { WeightSource } from "./weights.js";
 
@@ -118,8 +119,7 @@ export class GgufWeightSource implements WeightSource {
 
   /** Fails now, not layers into a pass, when a tensor has a type we cannot dequantize. */
   private checkTypes(): void {
-    const ok = new Set(ggmlQuantTypes().map((t) => t.id));
-    const bad = this.reader.tensors.filter((t) => !ok.has(t.type.id));
+    const bad = this.reader.tensors.filter((t) => !t.type.quantizer);
     if (bad.length) {
       const kinds = [...new Set(bad.map((t) => t.type.name))].join(", ");
       throw new DeepcastError(
