@@ -25,9 +25,11 @@ export function compareImatrix(ref: Imatrix, ours: Imatrix): ImatrixAgreement {
   let zeroMismatches = 0;
   for (const [name, re] of ref.entries) {
     const oe = ours.entries.get(name);
-    if (!oe || !re.raw || !oe.raw || oe.values.length !== re.values.length || oe.nMat !== re.nMat) continue;
-    const rc = re.raw.counts;
-    const oc = oe.raw.counts;
+    const rr = ref.raw?.get(name);
+    const or = ours.raw?.get(name);
+    if (!oe || !rr || !or || oe.values.length !== re.values.length || oe.nMat !== re.nMat) continue;
+    const rc = rr.counts;
+    const oc = or.counts;
     const cols = re.values.length / rc.length;
     let d = 0;
     let s = 0;

@@ -30,7 +30,7 @@ describe("imatrix writer", () => {
     const gguf = await readFile(`${GOLD}.gguf`);
     const im = parseImatrix(gguf, "text.txt");
     const data = {
-      entries: new Map([...im.entries].map(([n, e]) => [n, { sums: e.raw!.sums, counts: e.raw!.counts }])),
+      entries: im.raw!,
       datasets: im.datasets, chunkCount: im.chunkCount, chunkSize: im.chunkSize,
     };
     expect(im.datasets).toEqual(["text.txt"]);
@@ -66,16 +66,16 @@ describe("deepcast imatrix on the FP8 fixture vs llama-imatrix on llama.cpp's BF
     expect(a.expertCountRelDiff).toBeLessThan(0.02);
     // every token reaches every dense weight, and topk experts per MoE layer
     const bytes = await readFile(out);
-    const raw = parseImatrix(bytes, out).entries;
-    expect(Array.from(raw.get("blk.0.attn_k_b.weight")!.raw!.counts)).toEqual([29 * 256]);
-    expect(raw.get("blk.0.attn_k_b.weight")!.values).toHaveLength(128); // 32 q_nope columns x 4 heads
-    expect(raw.get("blk.0.attn_v_b.weight")!.values).toHaveLength(512); // 128 latent columns x 4 heads
+    const raw = parseImatrix(bytes, out).raw!;
+    expect(Array.from(raw.get("blk.0.attn_k_b.weight")!.counts)).toEqual([29 * 256]);
+    expect(raw.get("blk.0.attn_k_b.weight")!.sums).toHaveLength(128); // 32 q_nope columns x 4 heads
+    expect(raw.get("blk.0.attn_v_b.weight")!.sums).toHaveLength(512); // 128 latent columns x 4 heads
     const cfg = parseModelConfig(JSON.parse(await readFile(join(FIXTURE, "config.json"), "utf8")));
     for (const l of [1, 2, 3]) {
-      const c = raw.get(`blk.${l}.ffn_down_exps.weight`)!.raw!.counts;
+      const c = raw.get(`blk.${l}.ffn_down_exps.weight`)!.counts;
       expect(c).toHaveLength(cfg.nRoutedExperts);
       expect(Array.from(c).reduce((s, x) => s + x, 0)).toBe(29 * 256 * cfg.nActivatedExperts);
-      expect(Array.from(raw.get(`blk.${l}.ffn_gate_inp.weight`)!.raw!.counts)).toEqual([29 * 256]);
+      expect(Array.from(raw.get(`blk.${l}.ffn_gate_inp.weight`)!.counts)).toEqual([29 * 256]);
     }
     expect(raw.has("output.weight")).toBe(false);
 

@@ -108,32 +108,57 @@ export async function imatrixTokens(model: WeightSource, opts: { text?: string; 
   return { ids, bos, addBos, tokenizer, input };
 }
 
-export async function handler(argv: Args): Promise<void> {
+/** One importance-matrix computation, as `deepcast imatrix` and `to-gguf --calibration` run it. */
+export interface ImatrixJob {
+  model: string;
+  text?: string;
+  tokens?: string;
+  tokenizer?: string;
+  output: string;
+  format: ImatrixFormat;
+  ctx: number;
+  chunks?: number;
+  processOutput: boolean;
+  ppl: boolean;
+  /** Memory budget in bytes. */
+  budget: number;
+  threads: number;
+  revision?: string;
+  force: boolean;
+  dryRun: boolean;
+}
+
+export interface ImatrixJobResult {
+  /** The plan (what --dry-run prints), and after a run the figures too. */
+  report: Record<string, unknown>;
+  /** One human line. */
+  summary: string;
+}
+
+/** Opens the model, tokenizes, plans the passes, runs them and writes the file (progress on stderr). */
+export async function makeImatrix(job: ImatrixJob): Promise<ImatrixJobResult> {
   const started = performance.now();
-  const k = selectKernels(argv.simd);
-  const threads = Math.max(1, Math.floor(argv.threads));
-  if (!argv.text && !argv.tokens) throw new DeepcastError("give the calibration text with -f/--text FILE or its token ids with --tokens FILE.json", { code: "USAGE" });
-  if (argv.chunks !== undefined && (!Number.isInteger(argv.chunks) || argv.chunks < 1)) throw new DeepcastError(`--chunks must be a positive integer, got ${argv.chunks}`, { code: "USAGE" });
-  const budget = argv.memory !== undefined ? parseMemory(argv.memory) : Math.floor(0.75 * totalmem());
-  const format = argv.outputFormat as ImatrixFormat;
-  const out = argv.output;
+  const { threads, format, budget } = job;
+  if (!job.text && !job.tokens) throw new DeepcastError("give the calibration text with -f/--text FILE or its token ids with --tokens FILE.json", { code: "USAGE" });
+  if (job.chunks !== undefined && (!Number.isInteger(job.chunks) || job.chunks < 1)) throw new DeepcastError(`--chunks must be a positive integer, got ${job.chunks}`, { code: "USAGE" });
+  const out = job.output;
   const exists = await stat(out).catch(() => null);
   if (exists?.isDirectory()) throw new DeepcastError("-o names a folder", { file: out, code: "NOT_A_FILE" });
-  if (exists && !argv.force && !argv.dryRun) throw new DeepcastError("the output exists: use --force to overwrite it", { file: out, code: "OUTPUT_EXISTS" });
+  if (exists && !job.force && !job.dryRun) throw new DeepcastError("the output exists: use --force to overwrite it", { file: out, code: "OUTPUT_EXISTS" });
 
   let model: WeightSource;
   try {
-    model = await openWeights(argv.model, { threads, revision: argv.revision });
+    model = await openWeights(job.model, { threads, revision: job.revision });
   } catch (e) {
     if (e instanceof DeepcastError) throw e;
-    throw new DeepcastError(`cannot open the model: ${(e as Error).message}`, { file: argv.model }, { cause: e });
+    throw new DeepcastError(`cannot open the model: ${(e as Error).message}`, { file: job.model }, { cause: e });
   }
   try {
     const cfg = model.config;
-    const tok = await imatrixTokens(model, { text: argv.text, tokens: argv.tokens, tokenizer: argv.tokenizer, modelPath: argv.model });
-    if (argv.ctx > cfg.maxPositionEmbeddings) throw new DeepcastError(`--ctx ${argv.ctx} is longer than the model's max_position_embeddings ${cfg.maxPositionEmbeddings}`, { file: model.description, code: "USAGE" });
-    const plan = planImatrixChunks(tok.ids, { ctx: argv.ctx, chunks: argv.chunks, bos: tok.bos, addBos: tok.addBos, file: tok.input });
-    const mem = planImatrixMemory(cfg, argv.ctx, plan.sequences.length, budget, { processOutput: argv.processOutput, ppl: argv.ppl });
+    const tok = await imatrixTokens(model, { text: job.text, tokens: job.tokens, tokenizer: job.tokenizer, modelPath: job.model });
+    if (job.ctx > cfg.maxPositionEmbeddings) throw new DeepcastError(`--ctx ${job.ctx} is longer than the model's max_position_embeddings ${cfg.maxPositionEmbeddings}`, { file: model.description, code: "USAGE" });
+    const plan = planImatrixChunks(tok.ids, { ctx: job.ctx, chunks: job.chunks, bos: tok.bos, addBos: tok.addBos, file: tok.input });
+    const mem = planImatrixMemory(cfg, job.ctx, plan.sequences.length, budget, { processOutput: job.processOutput, ppl: job.ppl });
     const planInfo = {
       command: "imatrix",
       model: model.description,
@@ -141,7 +166,7 @@ export async function handler(argv: Args): Promise<void> {
       tokenizer: tok.tokenizer?.description ?? null,
       output: out,
       outputFormat: format,
-      ctx: argv.ctx,
+      ctx: job.ctx,
       chunks: plan.sequences.length,
       available: plan.available,
       textTokens: plan.tokens,
@@ -153,12 +178,9 @@ export async function handler(argv: Args): Promise<void> {
       perChunkBytes: mem.perChunkBytes,
     };
     const err = process.stderr;
-    const batchLine = `${plan.sequences.length} chunks of ${argv.ctx} (${plan.available} in the text) in ${mem.batches} pass(es) of up to ${mem.chunksPerBatch} chunks ` +
+    const batchLine = `${plan.sequences.length} chunks of ${job.ctx} (${plan.available} in the text) in ${mem.batches} pass(es) of up to ${mem.chunksPerBatch} chunks ` +
       `(memory budget ${fmtBytes(budget)}, estimated peak ${fmtBytes(mem.estimatedPeakBytes)})`;
-    if (argv.dryRun) {
-      printResult(argv.json, planInfo, `would compute the importance matrix over ${batchLine}; output ${out} (${format})`);
-      return;
-    }
+    if (job.dryRun) return { report: planInfo, summary: `would compute the importance matrix over ${batchLine}; output ${out} (${format})` };
     if (mem.estimatedPeakBytes > budget) err.write(`imatrix: warning: one chunk per pass already needs about ${fmtBytes(mem.estimatedPeakBytes)}, over the --memory budget\n`);
     err.write(`imatrix: ${batchLine}\n`);
     const live = err.isTTY === true;
@@ -166,8 +188,8 @@ export async function handler(argv: Args): Promise<void> {
     const r = await runImatrix(model, plan, {
       chunksPerBatch: mem.chunksPerBatch,
       threads,
-      processOutput: argv.processOutput,
-      ppl: argv.ppl,
+      processOutput: job.processOutput,
+      ppl: job.ppl,
       onProgress: (p) => {
         const end = p.layer === p.layers;
         if (live) err.write(`\r\x1b[K${formatProgress(p)}${end ? "\n" : ""}`);
@@ -186,8 +208,7 @@ export async function handler(argv: Args): Promise<void> {
     const bytes = await writeImatrix(out, data, format);
     let unrouted = 0;
     for (const e of r.collector.stats.values()) for (const c of e.counts) if (c === 0) unrouted++;
-    const facts = runFacts(started, k, threads);
-    const result = {
+    const report = {
       ...planInfo,
       entries: data.entries.size,
       chunkCount: r.chunkCount,
@@ -199,13 +220,30 @@ export async function handler(argv: Args): Promise<void> {
       forwardSeconds: r.seconds,
       tokensPerSecond: r.tokens / Math.max(r.seconds, 1e-9),
       weightReads: r.weightReads,
-      ...facts,
     };
-    printResult(argv.json, result,
-      `imatrix: ${data.entries.size} entries over ${r.chunkCount} chunks of ${r.chunkSize} written to ${out} (${format}, ${fmtBytes(bytes)})` +
-        (r.ppl !== null ? `; Final estimate: PPL = ${r.ppl.toFixed(4)}` : "") +
-        (unrouted ? `; ${unrouted} expert matrices got no tokens (kept at zero)` : "") + `; done in ${facts.seconds.toFixed(1)} s`);
+    const seconds = (performance.now() - started) / 1000;
+    const summary = `imatrix: ${data.entries.size} entries over ${r.chunkCount} chunks of ${r.chunkSize} written to ${out} (${format}, ${fmtBytes(bytes)})` +
+      (r.ppl !== null ? `; Final estimate: PPL = ${r.ppl.toFixed(4)}` : "") +
+      (unrouted ? `; ${unrouted} expert matrices got no tokens (kept at zero)` : "") + `; done in ${seconds.toFixed(1)} s`;
+    return { report, summary };
   } finally {
     await model.close();
   }
+}
+
+/** The memory budget of --memory, or 75% of RAM. */
+export function memoryBudget(memory: string | undefined): number {
+  return memory !== undefined ? parseMemory(memory) : Math.floor(0.75 * totalmem());
+}
+
+export async function handler(argv: Args): Promise<void> {
+  const started = performance.now();
+  const k = selectKernels(argv.simd);
+  const threads = Math.max(1, Math.floor(argv.threads));
+  const { report, summary } = await makeImatrix({
+    model: argv.model, text: argv.text, tokens: argv.tokens, tokenizer: argv.tokenizer, output: argv.output,
+    format: argv.outputFormat as ImatrixFormat, ctx: argv.ctx, chunks: argv.chunks, processOutput: argv.processOutput, ppl: argv.ppl,
+    budget: memoryBudget(argv.memory), threads, revision: argv.revision, force: argv.force, dryRun: argv.dryRun,
+  });
+  printResult(argv.json, argv.dryRun ? report : { ...report, ...runFacts(started, k, threads) }, summary);
 }

@@ -14,7 +14,8 @@
  * Files are written under a temporary name and renamed when complete.
  */
 import { DeepcastError } from "../errors.js";
-import { GGUF_DEFAULT_ALIGNMENT, encodeFileHeader, kv, planGgufLayout, type GgufTensorSpec } from "./gguf.js";
+import { kv } from "./gguf-kv.js";
+import { GGUF_DEFAULT_ALIGNMENT, encodeFileHeader, planGgufLayout, type GgufTensorSpec } from "./gguf-layout.js";
 import { writeFileAtomic } from "./write.js";
 
 export interface ImatrixEntryData {

@@ -17,7 +17,7 @@
  * and are written as float32.
  */
 import { DeepcastError } from "../errors.js";
-import { deepseek2Format } from "../convert/gguf-plan.js";
+import { deepseek2Format, fillBid, namePattern } from "../formats/deepseek2-names.js";
 import type { ModelConfig } from "./config.js";
 import type { MatmulObserver } from "./forward.js";
 
@@ -50,7 +50,7 @@ function rules(): Rule[] {
   rulesCache ??= deepseek2Format().tensors
     .filter((e) => (e.kind === "copy" || e.kind === "stack") && e.gguf !== undefined)
     .map((e) => ({
-      re: new RegExp(`^${e.hf.replace(/[.*+?^$()|[\]\\]/g, "\\$&").replace(/\{bid\}/g, "(?<bid>\\d+)").replace(/\{xid\}/g, "(?<xid>\\d+)")}$`),
+      re: namePattern(e.hf),
       gguf: e.gguf!,
       stack: e.kind === "stack",
     }));
@@ -80,7 +80,7 @@ export class ImatrixCollector implements MatmulObserver {
         const m = r.re.exec(weight);
         if (!m) continue;
         const bid = m.groups?.bid;
-        const gguf = bid === undefined ? r.gguf : r.gguf.replace(/\{bid\}/g, bid);
+        const gguf = fillBid(r.gguf, bid);
         if (!gguf.startsWith("blk.")) break;
         t = r.stack
           ? { gguf, mat: Number(m.groups!.xid), nMat: this.config.nRoutedExperts, perMatrixCount: true }

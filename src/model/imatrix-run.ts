@@ -15,7 +15,7 @@ import { forwardBytesPerToken, forwardWeightBytes } from "./forward-memory.js";
 import { ImatrixCollector } from "./imatrix-collect.js";
 import { isMoeLayer, type ModelConfig } from "./config.js";
 import { forwardOps, type ForwardOps } from "./ops.js";
-import { planProtocol, type EvalSequence } from "./validate.js";
+import { planProtocol, type EvalSequence } from "./eval-protocol.js";
 import type { WeightSource } from "./weights.js";
 
 export interface ImatrixChunkPlan {
