@@ -132,6 +132,32 @@ describe("deepcast imatrix on the FP8 fixture vs llama-imatrix on llama.cpp's BF
   }, 60_000);
 });
 
+describe("to-gguf --calibration: imatrix first pass, quantize second, resumable", () => {
+  it("gives the same file as deepcast imatrix + to-gguf --imatrix, keeps the imatrix beside the output and reuses it", async () => {
+    const dir = await tempDir();
+    await writeFile(join(dir, "text.txt"), await readFile(TEXT));
+    const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", cwd: dir });
+    const cal = ["--calibration", "text.txt", "--calibration-ctx", "64", "--calibration-chunks", "4", "--threads", "2", "--json"];
+    const one = run("to-gguf", FIXTURE, "-q", "Q2_K_S", "-o", "one.gguf", ...cal);
+    expect(one.status, one.stderr).toBe(0);
+    expect(JSON.parse(one.stdout).calibration).toMatchObject({ file: "one.imatrix.gguf", reused: false, chunks: 4 });
+    const im = await readImatrix(join(dir, "one.imatrix.gguf"));
+    expect(im).toMatchObject({ chunkCount: 4, chunkSize: 64, datasets: ["text.txt"] });
+    // the two-command way, with the kept imatrix under the same relative name (quantize.imatrix.file records it)
+    const mk = run("imatrix", FIXTURE, "-f", "text.txt", "-c", "64", "--chunks", "4", "-o", "two.imatrix.gguf", "--threads", "2");
+    expect(mk.status, mk.stderr).toBe(0);
+    expect((await readFile(join(dir, "two.imatrix.gguf"))).equals(await readFile(join(dir, "one.imatrix.gguf")))).toBe(true);
+    const two = run("to-gguf", FIXTURE, "-q", "Q2_K_S", "-o", "one-b.gguf", "--imatrix", "one.imatrix.gguf", "--threads", "2");
+    expect(two.status, two.stderr).toBe(0);
+    expect((await readFile(join(dir, "one-b.gguf"))).equals(await readFile(join(dir, "one.gguf")))).toBe(true);
+    // rerun: the imatrix is reused, the quantized output is already complete
+    const again = run("to-gguf", FIXTURE, "-q", "Q2_K_S", "-o", "one.gguf", ...cal);
+    expect(again.status, again.stderr).toBe(0);
+    expect(again.stderr).toMatch(/calibration: reusing one\.imatrix\.gguf/);
+    expect(JSON.parse(again.stdout).calibration).toEqual({ file: "one.imatrix.gguf", reused: true });
+  }, 120_000);
+});
+
 describe("imatrix memory plan", () => {
   it("all chunks in one pass when they fit, fewer per pass under a smaller budget, never below one", async () => {
     const cfg = parseModelConfig(JSON.parse(await readFile(join(FIXTURE, "config.json"), "utf8")));
