@@ -6,15 +6,8 @@ import { join, resolve } from "node:path";
 import { gguf, ggufAllShards } from "@huggingface/gguf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { idToTitle, modelIdComponents, roundedParamCount, sizeLabel } from "../src/convert/gguf-naming.js";
-import {
-  kvBSplit,
-  planDeepseek2Gguf,
-  planGgufOutput,
-  type Deepseek2GgufModel,
-  type GgufOutputPlan,
-  type GgufOutputTensor,
-  type HfSourceRef,
-} from "../src/convert/gguf-plan.js";
+import { kvBSplit, planDeepseek2Gguf, type Deepseek2GgufModel, type HfSourceRef } from "../src/convert/gguf-plan.js";
+import { planGgufOutput, type GgufOutputPlan, type GgufOutputTensor } from "../src/convert/gguf-output.js";
 import { loadHfModelFiles, type HfModelFiles } from "../src/convert/hf-model-files.js";
 import { DeepcastError } from "../src/errors.js";
 import { encodeValueData, type GgufKV } from "../src/io/gguf-kv.js";

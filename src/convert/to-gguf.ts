@@ -15,15 +15,8 @@ import { rowBytes } from "../formats/ggml-types.js";
 import { quantizeRows } from "../quant/ggml.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
 import type { Kernels } from "../quant/kernels.js";
-import {
-  kvBSplit,
-  planDeepseek2Gguf,
-  planGgufOutput,
-  type GgufOutputOptions,
-  type GgufOutputPlan,
-  type GgufOutputTensor,
-  type HfSourceRef,
-} from "./gguf-plan.js";
+import { kvBSplit, planDeepseek2Gguf, type HfSourceRef } from "./gguf-plan.js";
+import { planGgufOutput, type GgufOutputOptions, type GgufOutputPlan, type GgufOutputTensor } from "./gguf-output.js";
 import { hfModelFiles } from "./hf-model-files.js";
 import { ShardReader } from "../io/shard-reader.js";
 import { DEFAULT_CHUNK_BYTES, pump, type Chunk } from "./pipeline.js";

@@ -9,6 +9,7 @@
  * (the last one too). Offsets are consecutive in tensor-info order, as ggml's reader requires.
  */
 import { DeepcastError } from "../errors.js";
+import { Keys } from "../formats/gguf-keys.js";
 import { ggmlNbytes, ggmlType, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
 import { ByteSink, kv, writeKv, type GgufKV } from "./gguf-kv.js";
 
@@ -18,10 +19,10 @@ export const GGUF_DEFAULT_ALIGNMENT = 32;
 /** ggml's GGML_MAX_NAME: a tensor name must be shorter than this many bytes. */
 export const GGML_MAX_NAME = 64;
 
-export const KV_ALIGNMENT = "general.alignment";
-export const KV_SPLIT_NO = "split.no";
-export const KV_SPLIT_COUNT = "split.count";
-export const KV_SPLIT_TENSORS_COUNT = "split.tensors.count";
+export const KV_ALIGNMENT = Keys.General.ALIGNMENT;
+export const KV_SPLIT_NO = Keys.Split.LLM_KV_SPLIT_NO;
+export const KV_SPLIT_COUNT = Keys.Split.LLM_KV_SPLIT_COUNT;
+export const KV_SPLIT_TENSORS_COUNT = Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT;
 
 export function padTo(n: number, align: number): number {
   return Math.ceil(n / align) * align;

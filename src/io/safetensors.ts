@@ -4,7 +4,6 @@
  * temporary name and renamed into place only when complete.
  */
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { DTYPE_SIZE, isDtype, numel, type Dtype } from "./dtypes.js";
 import { partialPath, writeFully } from "./write.js";
