@@ -65,4 +65,6 @@ bash test/e2e/imatrix-memory.sh
 echo "== e2e 6: KLD of low-bit quants made with our imatrix vs llama-imatrix's (IQ2_XXS skips until to-gguf supports it)"
 npx tsx test/e2e/imatrix-kld.ts --threads 2
 npx tsx test/e2e/imatrix-kld.ts --type Q2_K_S --threads 2
+echo "== e2e 7: our imatrix files in llama.cpp's llama-quantize (skipped without a llama.cpp build)"
+bash test/e2e/imatrix-llama.sh
 echo "e2e: all passed"
