@@ -150,7 +150,7 @@ describe("validate", () => {
   it("llama protocol: a model against itself has KLD 0, same top 100 %, Δp 0, and the formula's scored count", async () => {
     const plan = planProtocol(evalIds, { protocol: "llama", ctx: 512, chunks: 2, bos: 0, addBos: true });
     const progress: number[] = [];
-    const r = await validate(fp8, fp8, plan.sequences, { threads: THREADS, batchSequences: 1, onProgress: (p) => progress.push(p.done) });
+    const r = await validate(fp8, fp8, plan.sequences, { threads: THREADS, batchSequences: 1, onEvent: (e) => { if (e.kind === "batch") progress.push(e.done); } });
     expect(progress).toEqual([1, 2]);
     expect(r.forwardPasses).toBe(2);
     expect(r.scoredTokens).toBe(llamaScoredTokens(evalIds.length + 1, 512, 2));

@@ -6,6 +6,7 @@
  * batch's logits of each model are ever held. The statistics are ./kld-stats.ts.
  */
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
 import type { EvalSequence } from "./eval-protocol.js";
 import { forward, type ForwardOptions } from "./forward.js";
 import { Scores, type KldSummary, type PerplexityStats } from "./kld-stats.js";
@@ -26,26 +27,11 @@ export interface LogitSink {
   write(logits: Float32Array): Promise<void>;
 }
 
-export interface ValidateProgress {
-  /** Sequences (chunks / windows) done and their total. */
-  done: number;
-  total: number;
-  /** Tokens run through the candidate so far, and seconds since the start. */
-  tokens: number;
-  seconds: number;
-  /** Running perplexity of the candidate and, with a reference, of the reference and the mean KLD. */
-  ppl: number;
-  pplBase?: number;
-  meanKld?: number;
-}
-
 export interface ValidateOptions extends Omit<ForwardOptions, "onLayer"> {
+  /** Progress: start, layer (each layer of each forward pass), batch (each batch scored), done. */
+  onEvent?: OnEvent;
   /** Sequences per forward pass (default 8). */
   batchSequences?: number;
-  /** Called after each batch. */
-  onProgress?: (p: ValidateProgress) => void;
-  /** Called after each layer of each forward pass, with which model runs. */
-  onLayer?: (model: "reference" | "candidate", layer: number, batch: number, batches: number) => void;
   /** Gets the candidate's logits (every position of every sequence, in order). */
   logits?: LogitSink;
 }
@@ -84,9 +70,13 @@ export async function validate(candidate: WeightSource, reference: WeightSource 
     threads: opts.threads,
     ops: opts.ops,
     onRouting: opts.onRouting,
-    onLayer: opts.onLayer ? (l) => opts.onLayer!(model, l, batch, batches) : undefined,
+    onLayer: opts.onEvent
+      ? (layer) => emit({ kind: "layer", model, layer, layers: (model === "candidate" ? candidate : reference!).config.nLayers, batch, batches })
+      : undefined,
   });
+  const emit: OnEvent = opts.onEvent ?? (() => undefined);
   const started = performance.now();
+  emit({ kind: "start", command: "validate", total: sequences.length, unit: "sequences" });
   const total = sequences.reduce((n, q) => n + q.targets.length, 0);
   const scores = new Scores(total, reference !== null);
   let candidateSeconds = 0;
@@ -116,7 +106,8 @@ export async function validate(candidate: WeightSource, reference: WeightSource 
     }
     ref = null;
     if (opts.logits) await opts.logits.write(cand.logits);
-    opts.onProgress?.({
+    emit({
+      kind: "batch",
       done: Math.min((bi + 1) * per, sequences.length),
       total: sequences.length,
       tokens: forwardTokens,
@@ -124,6 +115,7 @@ export async function validate(candidate: WeightSource, reference: WeightSource 
       ...scores.running(),
     });
   }
+  emit({ kind: "done", command: "validate", seconds: (performance.now() - started) / 1000 });
   return {
     sequences: sequences.length,
     scoredTokens: scores.count,
