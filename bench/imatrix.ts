@@ -119,7 +119,9 @@ try {
     const readH = (58 * (cfg.nRoutedExperts - 8) * expertParams) / rate / 3600;
     console.log(`extrapolation to DeepSeek-V3 (61 layers: 3 dense + 58 MoE; 200 chunks of 512 = ${tokens} tokens, all in one pass):`);
     console.log(`  compute ${computeH.toFixed(1)} h (${(perTokDense * 1e3).toFixed(2)} ms/token/dense layer, ${(perTokMoe * 1e3).toFixed(2)} ms/token/MoE layer at ctx ${replicaCtx})`);
-    console.log(`  + reading the other 248 experts of each MoE layer once: at most ${readH.toFixed(2)} h (FP8->f32 rate >= ${(rate / 1e9).toFixed(2)} Gparams/s from the dense layers)`);
+    console.log(`  + reading the other 248 experts of each MoE layer once: at most ${readH.toFixed(2)} h (a loose bound: FP8->f32 rate taken as >= ${(rate / 1e6).toFixed(1)} Mparams/s, the dense layers' whole time)`);
+    const flops = 2 * denseParams * replicaCtx;
+    console.log(`  (matmul rate seen on the dense layers: ${(flops / denseS / 1e9).toFixed(1)} GFLOP/s)`);
     console.log(`  = about ${(computeH + readH).toFixed(1)} h on this CPU (${threads} threads); memory: weights of one layer at a time + activations of the pass`);
   }
 } finally {
