@@ -125,6 +125,18 @@ describe("deepseek2 plan for tiny-dsv3 vs llama.cpp's own conversion (BF16)", ()
 });
 
 describe("per-tensor types vs llama-quantize listings", () => {
+  it("a type the table knows but deepcast does not quantize is refused at plan time, naming the tensor", () => {
+    let err: unknown;
+    try {
+      planGgufOutput(model, { ftype: "Q4_K_M", tensorTypes: ["ffn_down_exps=MXFP4"] });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(DeepcastError);
+    expect((err as DeepcastError).code).toBe("UNSUPPORTED");
+    expect((err as DeepcastError).tensor).toMatch(/^blk\.\d+\.ffn_down_exps\.weight$/);
+  });
+
   for (const mix of MIXES) {
     it(`${mix}: every tensor's name, type, dims; KV order; layout`, () => {
       const g = listing(mix);

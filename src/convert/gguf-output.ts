@@ -5,7 +5,7 @@
  */
 import { DeepcastError } from "../errors.js";
 import { Keys } from "../formats/gguf-keys.js";
-import { ggmlType, type GgmlType } from "../formats/ggml-types.js";
+import { ggmlQuantTypes, ggmlType, type GgmlType } from "../formats/ggml-types.js";
 import { kv, setKvLast, type GgufKV } from "../io/gguf-kv.js";
 import { parseFtype, planQuantMix, type FtypeInfo, type MixOptions, type MixPlan, type MixTensorOut } from "../quant/mix.js";
 import type { Deepseek2GgufModel, GgufTensorSource } from "./gguf-plan.js";
@@ -79,6 +79,12 @@ export function planGgufOutput(model: Deepseek2GgufModel, opts: GgufOutputOption
     const t = byName.get(m.name)!;
     return { name: m.name, ne: m.ne, type: m.type, inputType: m.inputType, source: t.source, shape: t.shape, fp8: t.fp8, mix: m };
   });
+  const unsupported = tensors.find((t) => t.type !== t.inputType && !t.type.quantizer);
+  if (unsupported) {
+    throw new DeepcastError(
+      `deepcast does not quantize to ${unsupported.type.name} (it quantizes ${ggmlQuantTypes().map((t) => t.name).join(", ")})`,
+      { tensor: unsupported.name, code: "UNSUPPORTED" });
+  }
   const kvs = [...model.kvs];
   setKvLast(kvs, kv.u32(Keys.General.QUANTIZATION_VERSION, 2));
   setKvLast(kvs, kv.u32(Keys.General.FILE_TYPE, ftype.id));
