@@ -4,6 +4,7 @@ import { DeepcastError, usageError } from "../errors.js";
 import { VERSION } from "../version.js";
 import * as fp8ToBf16 from "./fp8-to-bf16.js";
 import * as inspect from "./inspect.js";
+import * as imatrix from "./imatrix.js";
 import * as toDemo from "./to-demo.js";
 import * as toGguf from "./to-gguf.js";
 import * as validate from "./validate.js";
@@ -41,6 +42,7 @@ export async function main(argv: string[]): Promise<void> {
     .scriptName("deepcast")
     .usage("$0 <command> [options]\n\nConvert and quantize DeepSeek-V3-class FP8 checkpoints.")
     .command(fp8ToBf16)
+    .command(imatrix)
     .command(toDemo)
     .command(toGguf)
     .command(validate)

@@ -7,6 +7,8 @@ import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
 import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 import { DeepcastError } from "../errors.js";
+import { calibrationImatrix } from "./calibration.js";
+import { memoryBudget } from "./imatrix.js";
 
 export const command = "to-gguf <in>";
 export const describe = "Convert an FP8 or BF16 DeepSeek-V3 checkpoint straight to GGUF (llama.cpp), quantized in one pass";
@@ -24,6 +26,11 @@ export function builder(y: Argv) {
       .option("output-tensor-type", { type: "string", describe: "Type of output.weight" })
       .option("token-embedding-type", { type: "string", describe: "Type of token_embd.weight" })
       .option("imatrix", { type: "string", describe: "Importance matrix from llama-imatrix (GGUF or legacy .dat), used as llama-quantize --imatrix uses it (required by Q2_K_S)" })
+      .option("calibration", { type: "string", describe: "Calibration text: compute the importance matrix first (deepcast imatrix, kept as <output>.imatrix.gguf) and quantize with it" })
+      .option("calibration-ctx", { type: "number", default: 512, describe: "Chunk length of the --calibration pass" })
+      .option("calibration-chunks", { type: "number", describe: "At most this many chunks in the --calibration pass" })
+      .option("memory", { type: "string", describe: "Memory budget of the --calibration pass (e.g. 64G; default 75% of RAM)" })
+      .conflicts("calibration", "imatrix")
       .option("name", { type: "string", describe: "general.name (default: derived from the input folder name, like llama.cpp)" })
   ).epilogue(
     "Tensor data and metadata are those of llama.cpp v0.4.0's convert_hf_to_gguf.py (--outtype bf16) followed by " +
@@ -43,6 +50,11 @@ export async function handler(argv: Args): Promise<void> {
     ...(argv.splitMaxTensors !== undefined ? { maxTensors: argv.splitMaxTensors } : {}),
   };
   if (!argv.output.endsWith(".gguf")) throw new DeepcastError("the output name must end in .gguf", { file: argv.output });
+  const calibration = argv.calibration === undefined ? null : await calibrationImatrix({
+    model: argv.in, text: argv.calibration, output: argv.output, ctx: argv.calibrationCtx, chunks: argv.calibrationChunks,
+    budget: memoryBudget(argv.memory), threads: Math.max(1, Math.floor(argv.threads)), revision: argv.revision, dryRun: argv.dryRun,
+  });
+  const imatrixFile = calibration?.path ?? argv.imatrix;
   const plan = await planToGguf(source, argv.output, {
     ftype: argv.quant,
     split,
@@ -50,7 +62,7 @@ export async function handler(argv: Args): Promise<void> {
     ...(argv.outputTensorType !== undefined ? { outputTensorType: argv.outputTensorType } : {}),
     ...(argv.tokenEmbeddingType !== undefined ? { tokenEmbeddingType: argv.tokenEmbeddingType } : {}),
     ...(argv.name !== undefined ? { name: argv.name } : {}),
-    ...(argv.imatrix !== undefined ? { imatrix: await readImatrix(argv.imatrix) } : {}),
+    ...(imatrixFile !== undefined ? { imatrix: await readImatrix(imatrixFile) } : {}),
     dryRun: argv.dryRun,
   });
   const { output } = plan;
@@ -85,6 +97,7 @@ export async function handler(argv: Args): Promise<void> {
     input: source.description,
     quant: output.ftype.name,
     ...(im ? { imatrix: im } : {}),
+    ...(calibration ? { calibration: { file: calibration.path, reused: calibration.reused, ...(calibration.made ? { chunks: calibration.made.chunks, ppl: calibration.made.ppl, seconds: calibration.made.forwardSeconds } : {}) } } : {}),
     ...summary,
     ...facts,
     gbPerSecondIn: summary.bytesRead / 1e9 / facts.seconds,

@@ -29,6 +29,12 @@ export interface ImatrixEntry {
   nMat: number;
 }
 
+/** An entry's `.in_sum2` and `.counts` as a GGUF imatrix stores them. */
+export interface ImatrixRawEntry {
+  sums: Float32Array;
+  counts: Float32Array;
+}
+
 export interface Imatrix {
   /** The path as given; llama-quantize records it (first 127 bytes) as quantize.imatrix.file. */
   file: string;
@@ -43,6 +49,8 @@ export interface Imatrix {
   chunkSize: number;
   /** SHA-256 of the file's bytes. */
   sha256: string;
+  /** GGUF only: the stored sums and counts by entry name (statistics, comparisons, merging). */
+  raw?: Map<string, ImatrixRawEntry>;
 }
 
 /** Reads a GGUF or legacy .dat imatrix (told apart by the GGUF magic). */
@@ -308,6 +316,7 @@ function parseGguf(r: Reader): Parsed {
     return new Float32Array(r.bytes.buffer.slice(r.bytes.byteOffset + start, r.bytes.byteOffset + start + n * 4));
   };
   const entries = new Map<string, ImatrixEntry>();
+  const raw = new Map<string, ImatrixRawEntry>();
   for (const [name, p] of [...pairs].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))) {
     if (!p.sums || !p.counts) throw new DeepcastError(`mismatched sums and counts for ${name}: ${p.sums ? ".counts" : ".in_sum2"} is missing`, { file });
     if (p.sums.type !== 0 || p.counts.type !== 0) throw new DeepcastError(`sums and counts for ${name} must be F32`, { file });
@@ -318,6 +327,7 @@ function parseGguf(r: Reader): Parsed {
     }
     const sums = data(p.sums, nval);
     const counts = data(p.counts, ncounts);
+    raw.set(name, { sums: sums.slice(), counts: counts.slice() });
     const ne0 = nval / ncounts;
     for (let m = 0; m < ncounts; m++) {
       const c = counts[m]!;
@@ -334,6 +344,7 @@ function parseGguf(r: Reader): Parsed {
     datasets: datasetsKv.arrayType === GgufType.STRING ? datasetsKv.strings! : [],
     chunkCount: chunkCountKv.u32! | 0,
     chunkSize: chunkSizeKv.u32! | 0,
+    raw,
   };
 }
 

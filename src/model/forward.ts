@@ -42,6 +42,22 @@ export interface RoutingInfo {
   groupMargin: Float32Array;
 }
 
+/**
+ * Sees the input rows of every weight matrix the pass multiplies (importance statistics: imatrix).
+ * Called synchronously; the arrays are only valid during the call.
+ */
+export interface MatmulObserver {
+  /** x [rows, cols] multiplied by the HF weight `weight` (a routed expert's: only the rows routed to it). */
+  input(weight: string, x: Float32Array, rows: number, cols: number): void;
+  /**
+   * MLA as llama.cpp runs it (kv_b_proj absorbed, GGUF attn_k_b / attn_v_b): per token and head, the
+   * no-RoPE query part qNope [rows, heads * qk_nope] and the attention output in the latent space
+   * latent [rows, heads * kv_lora_rank] (softmax weights times the normed c_kv). May be called several
+   * times per layer (rows in sequence order); computed only when this method exists.
+   */
+  absorbedMla?(layer: number, qNope: Float32Array, latent: Float32Array, rows: number): void;
+}
+
 export interface ForwardOptions {
   /** Worker threads for the native kernels (default: all cores). */
   threads?: number;
@@ -51,6 +67,10 @@ export interface ForwardOptions {
   onLayer?: (layer: number) => void;
   /** Kernel backend (default: native when built, else TypeScript). */
   ops?: ForwardOps;
+  /** Gets the input of every weight matrix, the head's included. */
+  observer?: MatmulObserver;
+  /** "hidden": skip the head and return the final normed hidden states (for callers that stream the head). */
+  output?: "logits" | "hidden";
 }
 
 export interface ForwardResult {
@@ -59,6 +79,8 @@ export interface ForwardResult {
   /** [B+1] start of each sequence's rows in `logits`; sequence b is rows offsets[b]..offsets[b+1]-1. */
   offsets: Int32Array;
   vocab: number;
+  /** With output "hidden": [totalTokens, dim] after the final norm (logits is then empty). */
+  hidden?: Float32Array;
 }
 
 class Ctx {
@@ -67,10 +89,12 @@ class Ctx {
     readonly cfg: ModelConfig,
     readonly ops: ForwardOps,
     readonly threads: number,
+    readonly observer: MatmulObserver | undefined,
   ) {}
 
-  /** y = x W^T for a weight [out, in] already read. */
-  mm(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number): Float32Array {
+  /** y = x W^T for a weight [out, in] already read; `name` (HF) is told to the observer. */
+  mm(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number, name?: string): Float32Array {
+    if (name && this.observer) this.observer.input(name, x, tokens, inDim);
     if (w.length !== outDim * inDim) throw new DeepcastError(`internal: weight of ${w.length} values, expected ${outDim} x ${inDim}`);
     const y = new Float32Array(tokens * outDim);
     this.ops.matmul(x, w, y, tokens, inDim, outDim, this.threads);
@@ -141,7 +165,7 @@ function ffnNames(cfg: ModelConfig, l: number): string[] {
 /** Runs the model over `sequences` (each starting at position 0) and returns logits at every position. */
 export async function forward(src: WeightSource, sequences: readonly ArrayLike<number>[], opts: ForwardOptions = {}): Promise<ForwardResult> {
   const cfg = src.config;
-  const ctx = new Ctx(src, cfg, opts.ops ?? forwardOps(), Math.max(1, opts.threads ?? availableParallelism()));
+  const ctx = new Ctx(src, cfg, opts.ops ?? forwardOps(), Math.max(1, opts.threads ?? availableParallelism()), opts.observer);
   const B = sequences.length;
   const offsets = new Int32Array(B + 1);
   let maxLen = 0;
@@ -187,6 +211,11 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
       opts.onLayer?.(l);
     }
     rmsNorm(h, N, cfg.dim, await ctx.vector("model.norm.weight", cfg.dim), cfg.rmsNormEps);
+    if (opts.output === "hidden") {
+      ctx.observer?.input(headName(cfg, src), h, N, cfg.dim);
+      opts.onLayer?.(cfg.nLayers);
+      return { logits: new Float32Array(0), offsets, vocab: cfg.vocabSize, hidden: h };
+    }
     const logits = await head(ctx, h, N);
     opts.onLayer?.(cfg.nLayers);
     return { logits, offsets, vocab: cfg.vocabSize };
@@ -255,10 +284,10 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
       ctx.vector(p + "q_a_layernorm.weight", cfg.qLoraRank),
       ctx.weight(p + "q_b_proj.weight", H * dqk, cfg.qLoraRank),
     ]);
-    const qa = rmsNorm(ctx.mm(x, wqa, N, dim, cfg.qLoraRank), N, cfg.qLoraRank, qNorm, cfg.rmsNormEps);
-    q = ctx.mm(qa, wqb, N, cfg.qLoraRank, H * dqk);
+    const qa = rmsNorm(ctx.mm(x, wqa, N, dim, cfg.qLoraRank, p + "q_a_proj.weight"), N, cfg.qLoraRank, qNorm, cfg.rmsNormEps);
+    q = ctx.mm(qa, wqb, N, cfg.qLoraRank, H * dqk, p + "q_b_proj.weight");
   } else {
-    q = ctx.mm(x, await ctx.weight(p + "q_proj.weight", H * dqk, dim), N, dim, H * dqk);
+    q = ctx.mm(x, await ctx.weight(p + "q_proj.weight", H * dqk, dim), N, dim, H * dqk, p + "q_proj.weight");
   }
   applyRope(q, N, H * dqk, dn, H, dqk, dr, pos, rope);
 
@@ -268,10 +297,10 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
     ctx.weight(p + "kv_b_proj.weight", H * (dn + dv), kvr),
     ctx.weight(p + "o_proj.weight", dim, H * dv),
   ]);
-  const kva = ctx.mm(x, wkva, N, dim, kvr + dr);
+  const kva = ctx.mm(x, wkva, N, dim, kvr + dr, p + "kv_a_proj_with_mqa.weight");
   applyRope(kva, N, kvr + dr, kvr, 1, 0, dr, pos, rope);
   const ckv = rmsNorm(kva, N, kvr, kvNorm, cfg.rmsNormEps, new Float32Array(N * kvr), kvr + dr, kvr);
-  const kvb = ctx.mm(ckv, wkvb, N, kvr, H * (dn + dv));
+  const kvb = ctx.mm(ckv, wkvb, N, kvr, H * (dn + dv), p + "kv_b_proj.weight");
 
   // K = [k_nope(h), k_pe] per head, V = v(h).
   const k = new Float32Array(N * H * dqk);
@@ -288,7 +317,8 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
   }
   const o = new Float32Array(N * H * dv);
   ctx.ops.attention(q, k, v, o, offsets, H, dqk, dv, softmaxScale(cfg), ctx.threads);
-  return ctx.mm(o, wo, N, H * dv, dim);
+  if (ctx.observer?.absorbedMla) observeAbsorbedMla(ctx, ctx.observer, l, q, k, ckv, N, offsets);
+  return ctx.mm(o, wo, N, H * dv, dim, p + "o_proj.weight");
 }
 
 async function mlp(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: number): Promise<Float32Array> {
@@ -298,14 +328,48 @@ async function mlp(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: 
     ctx.weight(prefix + "up_proj.weight", inter, dim),
     ctx.weight(prefix + "down_proj.weight", dim, inter),
   ]);
-  return mlpWith(ctx, x, N, inter, w1, w3, w2);
+  return mlpWith(ctx, prefix, x, N, inter, w1, w3, w2);
 }
 
-function mlpWith(ctx: Ctx, x: Float32Array, N: number, inter: number, w1: Float32Array, w3: Float32Array, w2: Float32Array): Float32Array {
+function mlpWith(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: number, w1: Float32Array, w3: Float32Array, w2: Float32Array): Float32Array {
   const dim = ctx.cfg.dim;
-  const g = ctx.mm(x, w1, N, dim, inter);
-  ctx.ops.siluMul(g, ctx.mm(x, w3, N, dim, inter), ctx.threads);
-  return ctx.mm(g, w2, N, inter, dim);
+  const g = ctx.mm(x, w1, N, dim, inter, prefix + "gate_proj.weight");
+  ctx.ops.siluMul(g, ctx.mm(x, w3, N, dim, inter, prefix + "up_proj.weight"), ctx.threads);
+  return ctx.mm(g, w2, N, inter, dim, prefix + "down_proj.weight");
+}
+
+/**
+ * The observer's absorbedMla inputs: q_nope per head, and the latent attention output, computed one
+ * sequence at a time (with c_kv as every head's value vector, so the softmax weights are the pass's).
+ */
+function observeAbsorbedMla(ctx: Ctx, obs: MatmulObserver, l: number, q: Float32Array, k: Float32Array, ckv: Float32Array,
+                            N: number, offsets: Int32Array): void {
+  const { cfg } = ctx;
+  const H = cfg.nHeads;
+  const dn = cfg.qkNopeHeadDim;
+  const dqk = qkHeadDim(cfg);
+  const kvr = cfg.kvLoraRank;
+  for (let b = 0; b + 1 < offsets.length; b++) {
+    const t0 = offsets[b]!;
+    const n = offsets[b + 1]! - t0;
+    if (n === 0) continue;
+    const qNope = new Float32Array(n * H * dn);
+    for (let i = 0; i < n; i++) {
+      for (let hh = 0; hh < H; hh++) {
+        const src = ((t0 + i) * H + hh) * dqk;
+        qNope.set(q.subarray(src, src + dn), (i * H + hh) * dn);
+      }
+    }
+    const vLat = new Float32Array(n * H * kvr);
+    for (let i = 0; i < n; i++) {
+      const c = ckv.subarray((t0 + i) * kvr, (t0 + i + 1) * kvr);
+      for (let hh = 0; hh < H; hh++) vLat.set(c, (i * H + hh) * kvr);
+    }
+    const latent = new Float32Array(n * H * kvr);
+    ctx.ops.attention(q.subarray(t0 * H * dqk, (t0 + n) * H * dqk), k.subarray(t0 * H * dqk, (t0 + n) * H * dqk), vLat, latent,
+      Int32Array.of(0, n), H, dqk, kvr, softmaxScale(cfg), ctx.threads);
+    obs.absorbedMla!(l, qNope, latent, n);
+  }
 }
 
 /** model.py's Gate: returns expert ids and combine weights for every token. */
@@ -382,7 +446,7 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
   const gate = await ctx.weight(p + "gate.weight", E, dim);
   const biasName = p + "gate.e_score_correction_bias";
   const bias = src.has(biasName) ? await ctx.vector(biasName, E) : null;
-  const r = route(cfg, ctx.mm(x, gate, N, dim, E), N, bias, l);
+  const r = route(cfg, ctx.mm(x, gate, N, dim, E, p + "gate.weight"), N, bias, l);
   onRouting?.(r);
 
   // Tokens (and their slot k) per expert, in token order.
@@ -410,7 +474,7 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
       const t = Math.floor(slots[j]! / K);
       xe.set(x.subarray(t * dim, (t + 1) * dim), j * dim);
     }
-    const out = mlpWith(ctx, xe, slots.length, inter, w1, w3, w2);
+    const out = mlpWith(ctx, `${p}experts.${e}.`, xe, slots.length, inter, w1, w3, w2);
     for (let j = 0; j < slots.length; j++) {
       const t = Math.floor(slots[j]! / K);
       const w = r.weights[slots[j]!]!;
@@ -426,10 +490,16 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
   return y;
 }
 
+/** The HF name of the head's weight (the embedding under tied embeddings without an lm_head). */
+export function headName(cfg: ModelConfig, src: WeightSource): string {
+  return cfg.tieWordEmbeddings && !src.has("lm_head.weight") ? "model.embed_tokens.weight" : "lm_head.weight";
+}
+
 /** Final head, read and applied in row chunks so a 129k x 7168 head is never whole in float32. */
 async function head(ctx: Ctx, h: Float32Array, N: number): Promise<Float32Array> {
   const { cfg, src } = ctx;
-  const name = cfg.tieWordEmbeddings && !src.has("lm_head.weight") ? "model.embed_tokens.weight" : "lm_head.weight";
+  const name = headName(cfg, src);
+  ctx.observer?.input(name, h, N, cfg.dim);
   const shape = src.shape(name);
   const V = cfg.vocabSize;
   if (shape.length !== 2 || shape[0] !== V || shape[1] !== cfg.dim) {

@@ -1,0 +1,263 @@
+/**
+ * `deepcast imatrix`: llama-imatrix's importance matrix from the layer-streamed forward pass.
+ *
+ * The text is cut as llama-imatrix (and llama-perplexity) cut it: tokens = [BOS] + text ids (when
+ * the tokenizer adds BOS), at least 2·ctx of them, chunk k = tokens[k·ctx, (k+1)·ctx) with its first
+ * token replaced by BOS, min(--chunks, floor(tokens/ctx)) chunks. Chunks go through the forward pass
+ * in batches: each batch reads every weight once (all chunks in one batch when they fit the memory
+ * budget), and an ImatrixCollector adds up the inputs of every weight matrix. Like llama-imatrix,
+ * the perplexity of positions ctx/2 … ctx−2 of each chunk is computed on the way (the head is
+ * streamed in row blocks, so no batch's logits are ever whole), unless `ppl` is false.
+ */
+import { DeepcastError } from "../errors.js";
+import { forward, headName, type ForwardOptions } from "./forward.js";
+import { forwardBytesPerToken, forwardWeightBytes } from "./forward-memory.js";
+import { ImatrixCollector } from "./imatrix-collect.js";
+import { isMoeLayer, type ModelConfig } from "./config.js";
+import { forwardOps, type ForwardOps } from "./ops.js";
+import { planProtocol, type EvalSequence } from "./eval-protocol.js";
+import type { WeightSource } from "./weights.js";
+
+export interface ImatrixChunkPlan {
+  ctx: number;
+  sequences: EvalSequence[];
+  /** Chunks the text holds before --chunks. */
+  available: number;
+  /** Tokens after tokenization (with BOS when added). */
+  tokens: number;
+}
+
+/** Cuts the text's ids (no BOS) into llama-imatrix's chunks. */
+export function planImatrixChunks(textIds: readonly number[], opts: { ctx: number; chunks?: number; bos: number | null; addBos: boolean; file?: string }): ImatrixChunkPlan {
+  const { ctx } = opts;
+  if (!Number.isInteger(ctx) || ctx < 4) throw new DeepcastError(`--ctx must be an integer of at least 4, got ${ctx}`, { code: "USAGE" });
+  const tokens = textIds.length + (opts.addBos && opts.bos !== null ? 1 : 0);
+  if (tokens < 2 * ctx) {
+    throw new DeepcastError(`the text tokenizes to only ${tokens} tokens; llama-imatrix needs at least ${2 * ctx} (2 chunks) for a context of ${ctx}: use a longer text or a smaller --ctx`,
+      { file: opts.file, code: "INVALID_INPUT" });
+  }
+  const plan = planProtocol(textIds, { protocol: "llama", ctx, chunks: opts.chunks, bos: opts.bos, addBos: opts.addBos });
+  return { ctx, sequences: plan.sequences, available: plan.available, tokens: plan.tokens };
+}
+
+/** Bytes of the collected statistics (float64 sums and counts), from the config. */
+export function imatrixStatsBytes(cfg: ModelConfig, processOutput = false): number {
+  const H = cfg.nHeads;
+  let values = processOutput ? cfg.dim : 0;
+  for (let l = 0; l < cfg.nLayers; l++) {
+    values += 2 * cfg.dim + cfg.qLoraRank + H * cfg.qkNopeHeadDim + H * cfg.kvLoraRank + H * cfg.vHeadDim;
+    values += isMoeLayer(cfg, l)
+      ? cfg.dim + cfg.nRoutedExperts * (2 * cfg.dim + cfg.moeInterDim + 1) + 2 * cfg.dim + cfg.nSharedExperts * cfg.moeInterDim
+      : 2 * cfg.dim + cfg.interDim;
+  }
+  return 8 * values;
+}
+
+/** Node, the native kernels, tokenizer and buffers: what the process holds before any batch. */
+export const BASE_BYTES = 256 * 2 ** 20;
+
+export interface ImatrixMemoryPlan {
+  budgetBytes: number;
+  /** Weights held at once + statistics + base + per-sequence MLA scratch. */
+  fixedBytes: number;
+  /** Activations of one chunk. */
+  perChunkBytes: number;
+  chunksPerBatch: number;
+  batches: number;
+  /** fixed + chunksPerBatch · perChunk. */
+  estimatedPeakBytes: number;
+}
+
+/** How many chunks one forward pass carries under `budgetBytes` (at least 1: then the budget is too small and says so). */
+export function planImatrixMemory(cfg: ModelConfig, ctx: number, chunks: number, budgetBytes: number, opts: { processOutput?: boolean; ppl?: boolean } = {}): ImatrixMemoryPlan {
+  const mlaScratch = 3 * 4 * ctx * cfg.nHeads * cfg.kvLoraRank;
+  const headBlock = 4 * 128 * cfg.dim * 2;
+  const fixedBytes = BASE_BYTES + forwardWeightBytes(cfg) + imatrixStatsBytes(cfg, opts.processOutput) + mlaScratch + headBlock;
+  // the PPL gathers the scored rows' hidden states and a block of their logits
+  const perToken = forwardBytesPerToken(cfg) + (opts.ppl === false ? 0 : 4 * (cfg.dim + 128));
+  const perChunkBytes = ctx * perToken;
+  const fit = Math.floor((budgetBytes - fixedBytes) / perChunkBytes);
+  const chunksPerBatch = Math.max(1, Math.min(chunks, fit));
+  const batches = Math.ceil(chunks / chunksPerBatch);
+  return { budgetBytes, fixedBytes, perChunkBytes, chunksPerBatch, batches, estimatedPeakBytes: fixedBytes + chunksPerBatch * perChunkBytes };
+}
+
+/** A WeightSource that counts how much of each tensor was read (in whole tensors). */
+export class ReadCounter implements WeightSource {
+  readonly reads = new Map<string, number>();
+  constructor(readonly inner: WeightSource) {}
+  get description(): string {
+    return this.inner.description;
+  }
+  get config(): ModelConfig {
+    return this.inner.config;
+  }
+  has(name: string): boolean {
+    return this.inner.has(name);
+  }
+  shape(name: string): readonly number[] {
+    return this.inner.shape(name);
+  }
+  async read(name: string, start?: number, count?: number): Promise<Float32Array> {
+    const v = await this.inner.read(name, start, count);
+    const numel = this.inner.shape(name).reduce((a, b) => a * b, 1);
+    this.reads.set(name, (this.reads.get(name) ?? 0) + v.length / numel);
+    return v;
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+  /** The most times any tensor was read whole. */
+  maxReads(): number {
+    let m = 0;
+    for (const r of this.reads.values()) m = Math.max(m, r);
+    return m;
+  }
+}
+
+export interface ImatrixProgress {
+  batch: number;
+  batches: number;
+  /** Layers done in this batch (the head counts as one) and per batch. */
+  layer: number;
+  layers: number;
+  chunksDone: number;
+  chunks: number;
+  /** Tokens through the model so far (fraction of the batch included) and seconds since the start. */
+  tokens: number;
+  seconds: number;
+  tokensPerSecond: number;
+  etaSeconds: number;
+  /** Running perplexity after a batch (positions ctx/2 … ctx−2, as llama-imatrix prints it). */
+  ppl?: number;
+}
+
+export interface ImatrixRunOptions {
+  chunksPerBatch: number;
+  threads?: number;
+  ops?: ForwardOps;
+  processOutput?: boolean;
+  /** Compute the perplexity on the way, as llama-imatrix does (default true). */
+  ppl?: boolean;
+  /** After every layer of every batch, and (with ppl) after each batch. */
+  onProgress?: (p: ImatrixProgress) => void;
+}
+
+export interface ImatrixRunResult {
+  collector: ImatrixCollector;
+  chunks: number;
+  chunkSize: number;
+  /** llama-imatrix's chunk count (largest count / chunk size). */
+  chunkCount: number;
+  batches: number;
+  tokens: number;
+  ppl: number | null;
+  seconds: number;
+  /** The most times any weight was read whole (= batches). */
+  weightReads: number;
+}
+
+export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, opts: ImatrixRunOptions): Promise<ImatrixRunResult> {
+  const src = new ReadCounter(source);
+  const cfg = src.config;
+  const collector = new ImatrixCollector(cfg, { processOutput: opts.processOutput });
+  const ops = opts.ops ?? forwardOps();
+  const threads = Math.max(1, opts.threads ?? 1);
+  const per = Math.max(1, Math.floor(opts.chunksPerBatch));
+  const seqs = plan.sequences;
+  const batches = Math.ceil(seqs.length / per);
+  const layers = cfg.nLayers + 1;
+  const totalTokens = seqs.reduce((n, s) => n + s.input.length, 0);
+  const started = performance.now();
+  const wantPpl = opts.ppl !== false;
+  let nll = 0;
+  let scored = 0;
+  let tokensDone = 0;
+
+  const progress = (b: number, layer: number, batchTokens: number, chunksDone: number, ppl?: number) => {
+    const seconds = (performance.now() - started) / 1000;
+    const tokens = tokensDone + (batchTokens * layer) / layers;
+    const frac = tokens / totalTokens;
+    opts.onProgress?.({
+      batch: b, batches, layer, layers, chunksDone, chunks: seqs.length, tokens, seconds,
+      tokensPerSecond: tokens / Math.max(seconds, 1e-9),
+      etaSeconds: frac > 0 ? (seconds * (1 - frac)) / frac : NaN,
+      ...(ppl !== undefined ? { ppl } : {}),
+    });
+  };
+
+  for (let b = 0; b < batches; b++) {
+    const batch = seqs.slice(b * per, (b + 1) * per);
+    const batchTokens = batch.reduce((n, s) => n + s.input.length, 0);
+    const fwd: ForwardOptions = {
+      threads, ops, observer: collector, output: "hidden",
+      onLayer: (l) => {
+        if (l < cfg.nLayers) progress(b, l + 1, batchTokens, b * per);
+      },
+    };
+    const r = await forward(src, batch.map((s) => s.input), fwd);
+    if (wantPpl) {
+      const rows: number[] = [];
+      const targets: number[] = [];
+      batch.forEach((s, k) => s.targets.forEach((t, i) => {
+        rows.push(r.offsets[k]! + s.first + i);
+        targets.push(t);
+      }));
+      nll += await streamedNll(src, ops, threads, r.hidden!, rows, targets);
+      scored += rows.length;
+    }
+    tokensDone += batchTokens;
+    progress(b, layers, 0, Math.min(seqs.length, (b + 1) * per), wantPpl ? Math.exp(nll / scored) : undefined);
+  }
+  const chunkSize = plan.ctx;
+  return {
+    collector,
+    chunks: seqs.length,
+    chunkSize,
+    chunkCount: collector.chunkCount(chunkSize),
+    batches,
+    tokens: totalTokens,
+    ppl: wantPpl ? Math.exp(nll / scored) : null,
+    seconds: (performance.now() - started) / 1000,
+    weightReads: src.maxReads(),
+  };
+}
+
+/**
+ * Σ −log softmax(h W_head^T)[target] over `rows` of `hidden`, with the head read once in row blocks:
+ * a running max and Σ exp per row (float64), so only [rows × block] logits are ever held.
+ */
+async function streamedNll(src: WeightSource, ops: ForwardOps, threads: number, hidden: Float32Array, rows: readonly number[], targets: readonly number[]): Promise<number> {
+  const cfg = src.config;
+  const dim = cfg.dim;
+  const V = cfg.vocabSize;
+  const name = headName(cfg, src);
+  const M = rows.length;
+  if (M === 0) return 0;
+  const h = new Float32Array(M * dim);
+  rows.forEach((r, i) => h.set(hidden.subarray(r * dim, (r + 1) * dim), i * dim));
+  const block = 128;
+  const max = new Float64Array(M).fill(-Infinity);
+  const sum = new Float64Array(M);
+  const tgt = new Float64Array(M);
+  const logits = new Float32Array(M * block);
+  for (let r0 = 0; r0 < V; r0 += block) {
+    const n = Math.min(block, V - r0);
+    const w = await src.read(name, r0, n);
+    ops.matmul(h, w, logits, M, dim, n, threads, block);
+    for (let i = 0; i < M; i++) {
+      const o = i * block;
+      let m = max[i]!;
+      for (let j = 0; j < n; j++) m = Math.max(m, logits[o + j]!);
+      let s = sum[i]! * Math.exp(max[i]! - m);
+      for (let j = 0; j < n; j++) s += Math.exp(logits[o + j]! - m);
+      max[i] = m;
+      sum[i] = s;
+      const t = targets[i]! - r0;
+      if (t >= 0 && t < n) tgt[i] = logits[o + t]!;
+    }
+  }
+  let nll = 0;
+  for (let i = 0; i < M; i++) nll += max[i]! + Math.log(sum[i]!) - tgt[i]!;
+  return nll;
+}
