@@ -1,7 +1,10 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
 import { basename } from "node:path";
-import { planToGguf, runToGguf } from "../convert/to-gguf.js";
-import { freeBytes } from "../io/write.js";
+import { planToGguf, runToGguf, type ToGgufPlan } from "../convert/to-gguf.js";
+import { planTargetGguf, recipePathOf, type TargetReport } from "../convert/target-plan.js";
+import { freeBytes, writeFileAtomic } from "../io/write.js";
+import { readRecipe } from "../quant/recipe.js";
+import { parseTargetSize } from "../quant/target-mix.js";
 import { parseSplitSize } from "../io/gguf.js";
 import { readImatrix } from "../io/imatrix.js";
 import { openSource } from "../io/open-source.js";
@@ -17,13 +20,17 @@ export function builder(y: Argv) {
   return withCommonOptions(
     y
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id" })
-      .option("quant", { alias: "q", type: "string", demandOption: true, describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive)` })
+      .option("quant", { alias: "q", type: "string", describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive); with --target-* it only names general.file_type` })
       .option("output", { alias: "o", type: "string", demandOption: true, describe: "Output .gguf path (splits become NAME-00001-of-0000N.gguf)" })
       .option("split-max-size", { type: "string", describe: "Start a new file before this size (e.g. 50G, 500M)" })
       .option("split-max-tensors", { type: "number", describe: "At most this many tensors per file" })
       .option("tensor-type", { type: "string", array: true, default: [] as string[], describe: "Override a tensor's type: REGEX=TYPE (as llama-quantize; repeatable)" })
       .option("output-tensor-type", { type: "string", describe: "Type of output.weight" })
       .option("token-embedding-type", { type: "string", describe: "Type of token_embd.weight" })
+      .option("recipe", { type: "string", describe: "REGEX=TYPE entries separated by spaces/newlines (llama-quantize --tensor-type-file), after any --tensor-type; first match wins" })
+      .option("target-size", { type: "string", describe: "Choose every tensor's type so the file lands within 3% below this size (bytes, or K/M/G/T in powers of 1000, e.g. 180G)" })
+      .option("target-bpw", { type: "number", describe: "Like --target-size, for this many bits per weight over all tensor data" })
+      .option("target-analytic", { type: "boolean", default: false, describe: "With --target-*: skip reading the weights; estimate every error from the type's bits alone" })
       .option("imatrix", { type: "string", describe: "Importance matrix from llama-imatrix (GGUF or legacy .dat), used as llama-quantize --imatrix uses it (required by Q2_K_S)" })
       .option("name", { type: "string", describe: "general.name (default: derived from the input folder name, like llama.cpp)" })
   ).epilogue(
@@ -44,17 +51,36 @@ export async function handler(argv: Args): Promise<void> {
     ...(argv.splitMaxTensors !== undefined ? { maxTensors: argv.splitMaxTensors } : {}),
   };
   if (!argv.output.endsWith(".gguf")) throw new DeepcastError("the output name must end in .gguf", { file: argv.output });
-  const plan = await planToGguf(source, argv.output, {
-    ftype: argv.quant,
+  if (argv.targetSize !== undefined && argv.targetBpw !== undefined) throw new DeepcastError("give --target-size or --target-bpw, not both", { code: "USAGE" });
+  const target = argv.targetSize !== undefined ? { bytes: parseTargetSize(argv.targetSize) } : argv.targetBpw !== undefined ? { bpw: argv.targetBpw } : undefined;
+  if (!target && argv.quant === undefined) throw new DeepcastError("missing --quant (or --target-size / --target-bpw)", { code: "USAGE" });
+  if (!target && argv.targetAnalytic) throw new DeepcastError("--target-analytic needs --target-size or --target-bpw", { code: "USAGE" });
+  const tensorTypes = [...argv.tensorType, ...(argv.recipe !== undefined ? await readRecipe(argv.recipe) : [])];
+  const planOpts = {
     split,
-    tensorTypes: argv.tensorType,
+    tensorTypes,
     ...(argv.outputTensorType !== undefined ? { outputTensorType: argv.outputTensorType } : {}),
     ...(argv.tokenEmbeddingType !== undefined ? { tokenEmbeddingType: argv.tokenEmbeddingType } : {}),
     ...(argv.name !== undefined ? { name: argv.name } : {}),
     ...(argv.imatrix !== undefined ? { imatrix: await readImatrix(argv.imatrix) } : {}),
     dryRun: argv.dryRun,
-  });
+  };
+  const plan: ToGgufPlan & { target?: TargetReport } = target
+    ? await planTargetGguf(source, argv.output, {
+      ...planOpts,
+      ...(argv.quant !== undefined ? { ftype: argv.quant } : {}),
+      target,
+      kernels: k,
+      analyticOnly: argv.targetAnalytic,
+      onMeasure: (name, i, n) => {
+        if (!argv.json && process.stderr.isTTY) process.stderr.write(`\rmeasuring [${i + 1}/${n}] ${name.padEnd(40)}`);
+      },
+    })
+    : await planToGguf(source, argv.output, { ...planOpts, ftype: argv.quant! });
+  if (target && !argv.json && process.stderr.isTTY) process.stderr.write("\n");
   const { layout, output } = plan;
+  const tp = plan.target;
+  const damageOf = new Map(tp?.tensors.map((t) => [t.name, t]) ?? []);
   const im = plan.imatrix && {
     file: plan.imatrix.loaded.file,
     entries: plan.imatrix.loaded.entries.size,
@@ -94,18 +120,33 @@ export async function handler(argv: Args): Promise<void> {
       ...(im ? { imatrix: im } : {}),
       freeBytes: Number.isFinite(free) ? free : null,
       fits: layout.totalBytes <= free,
-      tensors,
+      ...(tp ? { target: targetSummary(tp), recipe: tp.recipe } : {}),
+      tensors: tp ? tensors.map((t) => ({ ...t, estimatedError: damageOf.get(t.name)?.damage ?? null })) : tensors,
     };
     if (argv.json) {
       process.stdout.write(JSON.stringify(report, null, 2) + "\n");
       return;
     }
-    for (const t of tensors) console.log(`${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(5)} ${fmtBytes(t.bytes)}`);
+    for (const t of tensors) {
+      const d = damageOf.get(t.name);
+      const est = !d ? "" : d.damage === null ? "  (fixed)" : `  err ${d.damage.toExponential(3)}${d.analytic ? "*" : ""}`;
+      console.log(`${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(7)} ${fmtBytes(t.bytes)}${est}`);
+    }
     console.log("");
     for (const [type, e] of perType) console.log(`${type.padEnd(5)} ${String(e.tensors).padStart(6)} tensors  ${fmtBytes(e.bytes)}`);
     for (const f of report.files) console.log(`${f.file}  ${f.tensors} tensors  ${fmtBytes(f.bytes)}`);
     console.log(`${report.tensorCount} tensors, ${fmtBytes(report.totalBytes)} (${output.ftype.name}); free: ${fmtBytes(free)}${report.fits ? "" : "  (NOT ENOUGH)"}`);
     if (im?.missingRequired.length) console.log(`the importance matrix has no entry for ${im.missingRequired.length} tensor(s) that need one: ${im.missingRequired.join(", ")}`);
+    if (tp) {
+      const s = targetSummary(tp);
+      console.log(`target ${fmtBytes(s.targetBytes)} (${s.measure === "file" ? "file size" : "tensor data"}): planned ${fmtBytes(s.achievedBytes)} (${(100 * s.achievedBytes / s.targetBytes).toFixed(2)}% of the target), ` +
+        `${s.plannedTensors} tensors chosen (${s.method}), estimated error ${s.totalDamage.toExponential(4)}, in ${s.seconds.toFixed(1)} s`);
+      if (s.analyticTensors > 0) {
+        console.log(`* ${s.analyticTensors} of ${s.plannedTensors} tensor(s) had no readable data (all zeros: a sparse file?) or --target-analytic: their error is the type's ` +
+          "noise-to-signal ratio on gaussian rows, i.e. from its bits per weight alone");
+      }
+      console.log(`the plan as a recipe: ${recipePathOf(argv.output)} is written with the output (reproduce with --recipe)`);
+    }
     if (report.requiresImatrix.length && !im) console.log(`needs an importance matrix for ${report.requiresImatrix.length} tensor(s) (--imatrix)`);
     return;
   }
@@ -129,12 +170,14 @@ export async function handler(argv: Args): Promise<void> {
         },
       }),
   );
+  if (tp) await writeFileAtomic(recipePathOf(argv.output), tp.recipe);
   const facts = runFacts(started, k, argv.threads);
   const result = {
     command: "to-gguf",
     input: source.description,
     quant: output.ftype.name,
     ...(im ? { imatrix: im } : {}),
+    ...(tp ? { target: targetSummary(tp), recipeFile: recipePathOf(argv.output) } : {}),
     ...summary,
     ...facts,
     gbPerSecondIn: summary.bytesRead / 1e9 / facts.seconds,
@@ -143,4 +186,17 @@ export async function handler(argv: Args): Promise<void> {
   printResult(argv.json, result, summary.resumedFiles === summary.files.length
     ? `already complete: ${summary.files.join(", ")}`
     : `done: ${summary.files.join(", ")}: ${summary.tensors} tensors, ${fmtBytes(summary.bytesWritten)} in ${facts.seconds.toFixed(1)} s, peak RSS ${fmtBytes(facts.peakRssBytes)}`);
+}
+
+/** The totals of a --target-* plan (without the per-tensor list and the recipe text). */
+function targetSummary(t: TargetReport) {
+  const { tensors: _t, recipe: _r, ...rest } = t;
+  const byType: Record<string, { tensors: number; bytes: number }> = {};
+  for (const x of t.tensors) {
+    if (x.fixed) continue;
+    const e = (byType[x.type.name] ??= { tensors: 0, bytes: 0 });
+    e.tensors++;
+    e.bytes += x.bytes;
+  }
+  return { ...rest, plannedTypes: byType };
 }

@@ -177,9 +177,12 @@ export interface TargetSolution {
 export interface SolveOptions {
   /** Force a method (tests); default: exact when the frontier stays small, else lagrangian. */
   method?: "exact" | "lagrangian";
-  /** Frontier size beyond which the exact search gives up (default 200,000). */
+  /** Frontier size beyond which the exact search gives up (default 20,000). */
   maxFrontier?: number;
 }
+
+/** The exact search is tried for at most this many tensors (the real model has ~1,100: Lagrangian). */
+const EXACT_MAX_TENSORS = 64;
 
 /** Candidates sorted by bytes with the dominated ones (no less damage for more bytes) removed. */
 function efficient(c: readonly TargetCandidate[]): TargetCandidate[] {
@@ -230,8 +233,8 @@ export function solveTargetMix(tensors: readonly TargetTensor[], budget: number,
   }
   let pick: number[] | null = null;
   let method: TargetSolution["method"] = "lagrangian";
-  if (opts.method !== "lagrangian") {
-    pick = exactSearch(eff, budget, opts.method === "exact" ? Infinity : opts.maxFrontier ?? 200_000);
+  if (opts.method === "exact" || (opts.method === undefined && eff.length <= EXACT_MAX_TENSORS)) {
+    pick = exactSearch(eff, budget, opts.method === "exact" ? Infinity : opts.maxFrontier ?? 20_000);
     if (pick) method = "exact";
     else if (opts.method === "exact") throw new DeepcastError("internal: exact search gave up");
   }
