@@ -129,7 +129,7 @@ export async function handler(argv: Args): Promise<void> {
     }
     for (const t of tensors) {
       const d = damageOf.get(t.name);
-      const est = !d ? "" : d.damage === null ? "  (fixed)" : `  err ${d.damage.toExponential(3)}${d.analytic ? "*" : ""}`;
+      const est = !d ? "" : d.damage === null ? "  (fixed)" : `  err ${d.damage.toExponential(3)}${d.analytic ? "*" : ""}${d.unwritable ? "  (no quantizer in this build)" : ""}`;
       console.log(`${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(7)} ${fmtBytes(t.bytes)}${est}`);
     }
     console.log("");
@@ -144,6 +144,11 @@ export async function handler(argv: Args): Promise<void> {
       if (s.analyticTensors > 0) {
         console.log(`* ${s.analyticTensors} of ${s.plannedTensors} tensor(s) had no readable data (all zeros: a sparse file?) or --target-analytic: their error is the type's ` +
           "noise-to-signal ratio on gaussian rows, i.e. from its bits per weight alone");
+      }
+      const unwritable = tp.tensors.filter((t) => t.unwritable);
+      if (unwritable.length > 0) {
+        console.log(`${unwritable.length} tensor(s) are planned as ${[...new Set(unwritable.map((t) => t.type.name))].join(", ")}, which this build cannot write yet ` +
+          "(dry runs plan with every type; a real run chooses among the types it can write)");
       }
       console.log(`the plan as a recipe: ${recipePathOf(argv.output)} is written with the output (reproduce with --recipe)`);
     }

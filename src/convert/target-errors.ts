@@ -2,8 +2,8 @@
  * The error table of `to-gguf --target-size`: for every tensor to be planned and every candidate type,
  * the imatrix-weighted squared error of quantizing a sample of its rows (quant/target-mix.ts,
  * `rowErrorSums`). One pass over the checkpoint, tensor by tensor, holding only the sampled rows: up
- * to `rows` rows per tensor, spread evenly over the tensor and, for a stack of experts, over up to
- * `experts` experts. The rows are the values to-gguf quantizes (FP8 dequantized and BF16-rounded,
+ * to `rows` rows per tensor, spread evenly over the tensor and, for a stack of experts (or the heads
+ * of attn_k_b/attn_v_b), over up to `experts` of its matrices. The rows are the values to-gguf quantizes (FP8 dequantized and BF16-rounded,
  * experts stacked, kv_b_proj split), through the same decoder.
  */
 import { DeepcastError } from "../errors.js";
@@ -58,7 +58,7 @@ export async function measureErrorTable(
       opts.onTensor?.(t.name, i, tensors.length);
       const ne0 = t.ne[0] ?? 1;
       const ne1 = t.ne[1] ?? 1;
-      const picked = sampleRows(t.ne, opts.rows ?? 32, opts.experts ?? 8, t.source.kind === "stack");
+      const picked = sampleRows(t.ne, opts.rows ?? 32, opts.experts ?? 8, t.source.kind !== "tensor");
       const values = await readRows(reader, ctx, t, picked);
       const w = opts.imatrix?.get(t.name);
       const byType = new Map<number, ErrorSums>();
@@ -68,7 +68,11 @@ export async function measureErrorTable(
         const m = Math.floor(r / ne1);
         groups.set(m, [...(groups.get(m) ?? []), k]);
       }
-      for (const type of candidates) {
+      // all zeros (a sparse file) or no data: nothing to measure, the caller uses the stand-in
+      let energy = 0;
+      for (let j = 0; j < values.length; j++) energy += values[j]! * values[j]!;
+      for (const type of energy > 0 && Number.isFinite(energy) ? candidates : []) {
+        if (!type.quantizer) continue; // no kernel in this build yet (dry runs): the stand-in
         const sums: ErrorSums = { err: 0, signal: 0 };
         for (const [m, ks] of groups) {
           const v = new Float32Array(ks.length * ne0);
@@ -96,14 +100,29 @@ async function readRows(reader: ShardReader, ctx: DecodeCtx, t: GgufOutputTensor
   const s = t.source;
   ctx.scales.clear();
   if (s.kind === "kv_b") {
-    // small (32768 x 512 in the real model): decode whole and split, as to-gguf does
-    const [r, c] = s.src.shape as [number, number];
+    // per sampled head: its qkNope + vHead source rows (from the start of their FP8 scale block), split as to-gguf does
+    const cols = s.src.shape[1]!;
+    const per = s.qkNope + s.vHead;
+    const es = elemSize(s.src);
     await loadScale(reader, ctx, s.src);
-    const input = await reader.readTensor(s.src.file, s.src.name);
-    const all = new Float32Array(r * c);
-    decodeRows(ctx, s.src, input, 0, r, c, round, all);
-    const part = kvBSplit(all, s.part, s);
-    rows.forEach((row, k) => out.set(part.subarray(row * ne0, (row + 1) * ne0), k * ne0));
+    const heads = new Map<number, Float32Array>();
+    for (const [k, row] of rows.entries()) {
+      const h = Math.floor(row / ne1);
+      let part = heads.get(h);
+      if (!part) {
+        const first = h * per;
+        const r0 = s.src.dtype === "F8_E4M3" ? Math.floor(first / FP8_BLOCK) * FP8_BLOCK : first;
+        const n = first + per - r0;
+        const input = new Uint8Array(new ArrayBuffer(n * cols * es));
+        await reader.read({ file: s.src.file, tensor: s.src.name, offset: r0 * cols * es, length: n * cols * es }, input);
+        const v = new Float32Array(n * cols);
+        decodeRows(ctx, s.src, input, r0, n, cols, round, v);
+        part = kvBSplit(v.subarray((first - r0) * cols), s.part, { ...s, nHead: 1 });
+        heads.set(h, part);
+      }
+      const r = row % ne1;
+      out.set(part.subarray(r * ne0, (r + 1) * ne0), k * ne0);
+    }
     return out;
   }
   for (const [k, row] of rows.entries()) {

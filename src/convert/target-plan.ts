@@ -52,6 +52,8 @@ export interface TargetTensorReport {
   damage: number | null;
   /** The estimate is the gaussian stand-in (no readable data). */
   analytic: boolean;
+  /** The type has no quantizer in this build (only dry runs plan with such types). */
+  unwritable: boolean;
   /** Kept by the user's options, or not quantizable. */
   fixed: boolean;
 }
@@ -96,7 +98,7 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
   const hp = base.ckpt.config ?? {};
   const moe = { nExpert: Number(hp.n_routed_experts ?? 0) || 0, topK: Number(hp.num_experts_per_tok ?? 0) || 0 };
   const weights = base.imatrix?.weights;
-  const cands = free.map((t) => ({ tensor: t, candidates: candidateTypes(t.ne, { hasImatrix: weights?.has(t.name) ?? false }) }));
+  const cands = free.map((t) => ({ tensor: t, candidates: candidateTypes(t.ne, { hasImatrix: weights?.has(t.name) ?? false, unwritable: opts.dryRun ?? false }) }));
 
   const table = analyticOnly ? new Map() : await measureErrorTable(source, cands, {
     kernels,
@@ -144,6 +146,7 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
     const overrides = sol.choices.map((c) => ({ name: c.name, type: c.type }));
     const plan = await planToGguf(source, out, {
       ...rest,
+      dryRun: opts.dryRun ?? false,
       ftype: ftype ?? ftypeOfType(mainType),
       tensorTypes: [...formatRecipe(overrides).trim().split("\n"), ...(rest.tensorTypes ?? [])],
     });
@@ -162,7 +165,7 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
     const placed = new Map(plan.layout.files.flatMap((f) => f.tensors).map((t) => [t.name, t]));
     const tensors = plan.output.tensors.map((t): TargetTensorReport => {
       const c = chosen.get(t.name);
-      return { name: t.name, ne: t.ne, type: t.type, bytes: placed.get(t.name)!.nbytes, damage: c ? c.damage : null, analytic: analytic.has(t.name), fixed: !c };
+      return { name: t.name, ne: t.ne, type: t.type, bytes: placed.get(t.name)!.nbytes, damage: c ? c.damage : null, analytic: analytic.has(t.name), fixed: !c, unwritable: !!c && !t.type.quantizer };
     });
     const recipe = formatRecipe(plan.output.tensors.filter((t) => t.mix?.quantizable).map((t) => ({ name: t.name, type: t.type })));
     return {

@@ -27,7 +27,7 @@
  * hull walk reaches without skipping a step is optimal for its own byte count.
  */
 import { DeepcastError } from "../errors.js";
-import { ggmlNbytes, ggmlQuantTypes, ggmlType, type GgmlType } from "../formats/ggml-types.js";
+import { ggmlNbytes, ggmlQuantTypes, ggmlType, ggmlTypes, type GgmlType } from "../formats/ggml-types.js";
 import { dequantizeRows, quantizeRows } from "./ggml.js";
 import { typeFallback } from "./mix.js";
 
@@ -45,10 +45,12 @@ export function needsImatrixData(t: GgmlType): boolean {
  * flag: the set grows as kernels land), block types through llama-quantize's shape fallback, plus
  * BF16 (the input values as they are). IQ types only when `hasImatrix` (imatrix data for this tensor).
  */
-export function candidateTypes(ne: readonly number[], opts: { hasImatrix: boolean; types?: readonly GgmlType[] }): GgmlType[] {
+export function candidateTypes(ne: readonly number[], opts: { hasImatrix: boolean; types?: readonly GgmlType[]; unwritable?: boolean }): GgmlType[] {
   const ne0 = ne[0] ?? 1;
   const out = new Map<number, GgmlType>();
-  for (const t of opts.types ?? ggmlQuantTypes()) {
+  // `unwritable` (dry runs only): also the block types this build has no quantizer for yet
+  const pool = opts.types ?? (opts.unwritable ? ggmlTypes().filter((t) => t.quantizer || (t.quantized && isWeightType(t))) : ggmlQuantTypes());
+  for (const t of pool) {
     if (t.name === "F32" || t.name === "F16") continue; // BF16 holds the input exactly in half the bytes of F32
     if (!t.quantized && t.name !== "BF16") continue;
     if (needsImatrixData(t) && !opts.hasImatrix) continue;
@@ -58,11 +60,16 @@ export function candidateTypes(ne: readonly number[], opts: { hasImatrix: boolea
     } catch {
       continue; // no fallback for this block size
     }
-    if (!r.quantizer || (needsImatrixData(r) && !opts.hasImatrix)) continue;
+    if ((!r.quantizer && !opts.unwritable) || (needsImatrixData(r) && !opts.hasImatrix)) continue;
     if (r.quantized && ne0 % r.blockSize !== 0) continue;
     out.set(r.id, r);
   }
   return [...out.values()];
+}
+
+/** Block types llama-quantize writes weights as (not the activation-only Q8_1/Q8_K, nor the unreleased Q1_0/Q2_0). */
+function isWeightType(t: GgmlType): boolean {
+  return !["Q8_1", "Q8_K", "Q1_0", "Q2_0", "NVFP4"].includes(t.name);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -136,12 +143,32 @@ export function gaussianRows(n: number, seed: number): Float32Array {
   return out;
 }
 
+/** Bits per weight of a type. */
+export function bitsPerWeight(t: GgmlType): number {
+  return (8 * t.typeSize) / t.blockSize;
+}
+
+let nsrConstant: number | undefined;
+
+/**
+ * The stand-in NSR of a type: measured on gaussian rows where this build quantizes it; for a type
+ * without a quantizer yet, 2^(-2 bpw) x the median of (NSR x 2^(2 bpw)) over the block types it has.
+ */
+export function analyticNsr(type: GgmlType): number {
+  if (type.quantizer) return gaussianNsr(type);
+  if (nsrConstant === undefined) {
+    const c = ggmlQuantTypes().filter((t) => t.quantized).map((t) => gaussianNsr(t) * 2 ** (2 * bitsPerWeight(t))).sort((a, b) => a - b);
+    nsrConstant = c[Math.floor(c.length / 2)]!;
+  }
+  return nsrConstant * 2 ** (-2 * bitsPerWeight(type));
+}
+
 /** The damage of one (tensor, type): reads x NSR; `analytic` when the gaussian stand-in was used. */
 export function tensorDamage(type: GgmlType, sums: ErrorSums | undefined, reads: number): { damage: number; analytic: boolean } {
   if (sums && sums.signal > 0 && Number.isFinite(sums.signal) && Number.isFinite(sums.err)) {
     return { damage: (reads * sums.err) / sums.signal, analytic: false };
   }
-  return { damage: reads * gaussianNsr(type), analytic: true };
+  return { damage: reads * analyticNsr(type), analytic: true };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,8 +208,8 @@ export interface SolveOptions {
   maxFrontier?: number;
 }
 
-/** The exact search is tried for at most this many tensors (the real model has ~1,100: Lagrangian). */
-const EXACT_MAX_TENSORS = 64;
+/** The exact search is tried for at most this many tensors (its cost grows fast; the real model has ~1,100: Lagrangian). */
+const EXACT_MAX_TENSORS = 16;
 
 /** Candidates sorted by bytes with the dominated ones (no less damage for more bytes) removed. */
 function efficient(c: readonly TargetCandidate[]): TargetCandidate[] {
