@@ -142,8 +142,8 @@ export async function handler(argv: Args): Promise<void> {
       console.log(`target ${fmtBytes(s.targetBytes)} (${s.measure === "file" ? "file size" : "tensor data"}): planned ${fmtBytes(s.achievedBytes)} (${(100 * s.achievedBytes / s.targetBytes).toFixed(2)}% of the target), ` +
         `${s.plannedTensors} tensors chosen (${s.method}), estimated error ${s.totalDamage.toExponential(4)}, in ${s.seconds.toFixed(1)} s`);
       if (s.analyticTensors > 0) {
-        console.log(`* ${s.analyticTensors} of ${s.plannedTensors} tensor(s) had no readable data (all zeros: a sparse file?) or --target-analytic: their error is the type's ` +
-          "noise-to-signal ratio on gaussian rows, i.e. from its bits per weight alone");
+        console.log(`* ${s.analyticTensors} of ${s.plannedTensors} tensor(s) got an estimate without their data (all zeros: a sparse file?; --target-analytic; or a type with ` +
+          "no quantizer in this build): the type's noise-to-signal ratio on gaussian rows, i.e. from its bits per weight alone");
       }
       const unwritable = tp.tensors.filter((t) => t.unwritable);
       if (unwritable.length > 0) {

@@ -59,7 +59,7 @@ export async function measureErrorTable(
       const ne0 = t.ne[0] ?? 1;
       const ne1 = t.ne[1] ?? 1;
       const picked = sampleRows(t.ne, opts.rows ?? 32, opts.experts ?? 8, t.source.kind !== "tensor");
-      const values = await readRows(reader, ctx, t, picked);
+      const values = await readOutputRows(reader, ctx, t, picked);
       const w = opts.imatrix?.get(t.name);
       const byType = new Map<number, ErrorSums>();
       // rows of one matrix share its imatrix weights
@@ -92,7 +92,7 @@ export async function measureErrorTable(
 }
 
 /** The float32 values to-gguf quantizes for output rows `rows` of `t`, row after row. */
-async function readRows(reader: ShardReader, ctx: DecodeCtx, t: GgufOutputTensor, rows: readonly number[]): Promise<Float32Array> {
+export async function readOutputRows(reader: ShardReader, ctx: DecodeCtx, t: GgufOutputTensor, rows: readonly number[]): Promise<Float32Array> {
   const ne0 = t.ne[0] ?? 1;
   const ne1 = t.ne[1] ?? 1;
   const round = t.inputType.name === "BF16";

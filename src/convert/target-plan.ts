@@ -107,12 +107,12 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
     ...(weights ? { imatrix: weights } : {}),
     ...(onMeasure ? { onTensor: onMeasure } : {}),
   });
-  const analytic = new Set<string>();
+  const analytic = new Set<string>(); // "name type" whose estimate is the stand-in
   const problem: TargetTensor[] = cands.map(({ tensor: t, candidates }) => ({
     name: t.name,
     candidates: candidates.map((type) => {
       const d = tensorDamage(type, table.get(t.name)?.byType.get(type.id), readsPerToken(t.name, moe));
-      if (d.analytic) analytic.add(t.name);
+      if (d.analytic) analytic.add(`${t.name} ${type.name}`);
       return { type, bytes: ggmlNbytes(type, t.ne, t.name), damage: d.damage };
     }),
   }));
@@ -165,7 +165,7 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
     const placed = new Map(plan.layout.files.flatMap((f) => f.tensors).map((t) => [t.name, t]));
     const tensors = plan.output.tensors.map((t): TargetTensorReport => {
       const c = chosen.get(t.name);
-      return { name: t.name, ne: t.ne, type: t.type, bytes: placed.get(t.name)!.nbytes, damage: c ? c.damage : null, analytic: analytic.has(t.name), fixed: !c, unwritable: !!c && !t.type.quantizer };
+      return { name: t.name, ne: t.ne, type: t.type, bytes: placed.get(t.name)!.nbytes, damage: c ? c.damage : null, analytic: !!c && analytic.has(`${t.name} ${c.type.name}`), fixed: !c, unwritable: !!c && !t.type.quantizer };
     });
     const recipe = formatRecipe(plan.output.tensors.filter((t) => t.mix?.quantizable).map((t) => ({ name: t.name, type: t.type })));
     return {
@@ -176,7 +176,7 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
         achievedBytes: achieved,
         totalDamage: sol.damage,
         method: sol.method,
-        analyticTensors: analytic.size,
+        analyticTensors: sol.choices.filter((c) => analytic.has(`${c.name} ${c.type.name}`)).length,
         plannedTensors: free.length,
         tensors,
         recipe,

@@ -51,6 +51,7 @@ export function candidateTypes(ne: readonly number[], opts: { hasImatrix: boolea
   // `unwritable` (dry runs only): also the block types this build has no quantizer for yet
   const pool = opts.types ?? (opts.unwritable ? ggmlTypes().filter((t) => t.quantizer || (t.quantized && isWeightType(t))) : ggmlQuantTypes());
   for (const t of pool) {
+    if (!isWeightType(t)) continue;
     if (t.name === "F32" || t.name === "F16") continue; // BF16 holds the input exactly in half the bytes of F32
     if (!t.quantized && t.name !== "BF16") continue;
     if (needsImatrixData(t) && !opts.hasImatrix) continue;
@@ -67,9 +68,12 @@ export function candidateTypes(ne: readonly number[], opts: { hasImatrix: boolea
   return [...out.values()];
 }
 
-/** Block types llama-quantize writes weights as (not the activation-only Q8_1/Q8_K, nor the unreleased Q1_0/Q2_0). */
+/**
+ * Block types a general weight can be written as: not the activation-only Q8_1/Q8_K, not the
+ * ternary TQ1_0/TQ2_0 (only for ternary-trained weights) nor the FP4 formats of models trained for them.
+ */
 function isWeightType(t: GgmlType): boolean {
-  return !["Q8_1", "Q8_K", "Q1_0", "Q2_0", "NVFP4"].includes(t.name);
+  return !["Q8_1", "Q8_K", "TQ1_0", "TQ2_0", "MXFP4", "NVFP4", "Q1_0", "Q2_0"].includes(t.name);
 }
 
 // ---------------------------------------------------------------------------------------------
