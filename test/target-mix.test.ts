@@ -167,6 +167,7 @@ describe("candidates and damage", () => {
     expect(half.signal).toBeCloseTo(signal, 6);
     expect(readsPerToken("blk.3.ffn_down_exps.weight", { nExpert: 256, topK: 8 })).toBe(8);
     expect(readsPerToken("blk.3.ffn_down_shexp.weight", { nExpert: 256, topK: 8 })).toBe(1);
+    expect(readsPerToken("output.weight", { nExpert: 256, topK: 8, nLayer: 61 })).toBe(61);
     expect(tensorDamage(q4, { err: 1, signal: 100 }, 8)).toEqual({ damage: 0.08, analytic: false });
     expect(tensorDamage(q4, { err: 0, signal: 0 }, 1)).toEqual({ damage: gaussianNsr(q4), analytic: true });
   });

@@ -96,7 +96,7 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
   const free = base.output.tensors.filter((t) => !pinned(t));
   if (free.length === 0) throw new DeepcastError("no tensor is left for --target-size to choose a type for", { code: "USAGE" });
   const hp = base.ckpt.config ?? {};
-  const moe = { nExpert: Number(hp.n_routed_experts ?? 0) || 0, topK: Number(hp.num_experts_per_tok ?? 0) || 0 };
+  const moe = { nExpert: Number(hp.n_routed_experts ?? 0) || 0, topK: Number(hp.num_experts_per_tok ?? 0) || 0, nLayer: Number(hp.num_hidden_layers ?? 1) || 1 };
   const weights = base.imatrix?.weights;
   const cands = free.map((t) => ({ tensor: t, candidates: candidateTypes(t.ne, { hasImatrix: weights?.has(t.name) ?? false, unwritable: opts.dryRun ?? false }) }));
 

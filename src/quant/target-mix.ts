@@ -14,7 +14,7 @@
  * tensor's scale or on how many rows were sampled, so tensors of different shapes compare. Reads per
  * token: 1 for attention, dense FFN, shared experts, embeddings and output; `topK` for a stack of
  * routed experts (each of its `nExpert` matrices is read by topK/nExpert of the tokens, and they share
- * one type).
+ * one type); output.weight counts nLayer times (see `readsPerToken`).
  *
  * Without readable data (an all-zero, sparse file, or a tensor whose sample has no energy) the ratio
  * is the type's noise-to-signal ratio on gaussian rows (`gaussianNsr`, measured once with the real
@@ -88,8 +88,15 @@ export interface ErrorSums {
   signal: number;
 }
 
-/** How often a tensor is read per token: `topK` for a routed-expert stack (`_exps`), else 1. */
-export function readsPerToken(name: string, moe: { nExpert: number; topK: number }): number {
+/**
+ * How much a tensor's output noise counts per token: read count x sensitivity. Read count: `topK` for
+ * a routed-expert stack (`_exps`), else 1. Sensitivity: a tensor inside a block adds its output to the
+ * residual stream, one of about 2 x nLayer contributions, so its noise is diluted there; output.weight
+ * writes the logits directly, so its noise counts nLayer times (llama.cpp's mixes keep it at Q6_K for
+ * the same reason).
+ */
+export function readsPerToken(name: string, moe: { nExpert: number; topK: number; nLayer?: number }): number {
+  if (name === "output.weight") return Math.max(1, moe.nLayer ?? 1);
   return name.includes("_exps") && moe.nExpert > 0 ? moe.topK : 1;
 }
 
