@@ -6,18 +6,13 @@ import { join, resolve } from "node:path";
 import { gguf, ggufAllShards } from "@huggingface/gguf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { idToTitle, modelIdComponents, roundedParamCount, sizeLabel } from "../src/convert/gguf-naming.js";
-import {
-  kvBSplit,
-  planDeepseek2Gguf,
-  planGgufOutput,
-  type Deepseek2GgufModel,
-  type GgufOutputPlan,
-  type GgufOutputTensor,
-  type HfSourceRef,
-} from "../src/convert/gguf-plan.js";
+import { kvBSplit, planDeepseek2Gguf, type Deepseek2GgufModel, type HfSourceRef } from "../src/convert/gguf-plan.js";
+import { planGgufOutput, type GgufOutputPlan, type GgufOutputTensor } from "../src/convert/gguf-output.js";
 import { loadHfModelFiles, type HfModelFiles } from "../src/convert/hf-model-files.js";
 import { DeepcastError } from "../src/errors.js";
-import { encodeValueData, GgufWriter, parseSplitSize, planGgufLayout, type GgufKV } from "../src/io/gguf.js";
+import { encodeValueData, type GgufKV } from "../src/io/gguf-kv.js";
+import { GgufWriter } from "../src/io/gguf-writer.js";
+import { parseSplitSize, planGgufLayout } from "../src/io/gguf-layout.js";
 import { SafetensorsFile } from "../src/io/safetensors.js";
 import { LocalSource } from "../src/io/source.js";
 import { tsKernels } from "../src/quant/kernels.js";
@@ -130,6 +125,18 @@ describe("deepseek2 plan for tiny-dsv3 vs llama.cpp's own conversion (BF16)", ()
 });
 
 describe("per-tensor types vs llama-quantize listings", () => {
+  it("a type the table knows but deepcast does not quantize is refused at plan time, naming the tensor", () => {
+    let err: unknown;
+    try {
+      planGgufOutput(model, { ftype: "Q4_K_M", tensorTypes: ["ffn_down_exps=MXFP4"] });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(DeepcastError);
+    expect((err as DeepcastError).code).toBe("UNSUPPORTED");
+    expect((err as DeepcastError).tensor).toMatch(/^blk\.\d+\.ffn_down_exps\.weight$/);
+  });
+
   for (const mix of MIXES) {
     it(`${mix}: every tensor's name, type, dims; KV order; layout`, () => {
       const g = listing(mix);

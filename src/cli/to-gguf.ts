@@ -1,16 +1,15 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
-import { basename } from "node:path";
-import { planToGguf, runToGguf, type ToGgufPlan } from "../convert/to-gguf.js";
-import { planTargetGguf, recipePathOf, type TargetReport } from "../convert/target-plan.js";
-import { freeBytes, writeFileAtomic } from "../io/write.js";
+import { describeToGguf, imatrixSummary, planToGguf, runToGguf, type ToGgufPlan } from "../convert/to-gguf.js";
+import { describeTarget, planTargetGguf, recipePathOf, targetSummary, type TargetReport } from "../convert/target-plan.js";
+import { writeFileAtomic } from "../io/write.js";
 import { readRecipe } from "../quant/recipe.js";
 import { parseTargetSize } from "../quant/target-mix.js";
-import { parseSplitSize } from "../io/gguf.js";
+import { parseSplitSize } from "../io/gguf-layout.js";
 import { readImatrix } from "../io/imatrix.js";
 import { openSource } from "../io/open-source.js";
 import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
-import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
+import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 import { DeepcastError } from "../errors.js";
 
 export const command = "to-gguf <in>";
@@ -78,17 +77,9 @@ export async function handler(argv: Args): Promise<void> {
     })
     : await planToGguf(source, argv.output, { ...planOpts, ftype: argv.quant! });
   if (target && !argv.json && process.stderr.isTTY) process.stderr.write("\n");
-  const { layout, output } = plan;
+  const { output } = plan;
   const tp = plan.target;
-  const damageOf = new Map(tp?.tensors.map((t) => [t.name, t]) ?? []);
-  const im = plan.imatrix && {
-    file: plan.imatrix.loaded.file,
-    entries: plan.imatrix.loaded.entries.size,
-    withWeights: plan.imatrix.weights.size,
-    missing: plan.imatrix.missing,
-    sizeMismatch: plan.imatrix.sizeMismatch,
-    missingRequired: plan.imatrix.missingRequired,
-  };
+  const im = imatrixSummary(plan);
   if (im && !argv.json) {
     // llama-quantize: "did not find weights for <name>" -> that tensor is quantized without an imatrix
     for (const name of im.missing) process.stderr.write(`imatrix: did not find weights for ${name} (quantized without)\n`);
@@ -97,82 +88,20 @@ export async function handler(argv: Args): Promise<void> {
   }
 
   if (argv.dryRun) {
-    const free = await freeBytes(argv.output);
-    const perType = new Map<string, { tensors: number; bytes: number }>();
-    const tensors = layout.files.flatMap((f) => f.tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type.name, bytes: t.nbytes, file: basename(f.path) })));
-    for (const t of tensors) {
-      const e = perType.get(t.type) ?? { tensors: 0, bytes: 0 };
-      e.tensors++;
-      e.bytes += t.bytes;
-      perType.set(t.type, e);
-    }
-    const report = {
-      command: "to-gguf",
-      input: source.description,
-      quant: output.ftype.name,
-      fileType: output.mix?.fileType ?? output.ftype.id,
-      tensorCount: layout.tensorCount,
-      totalBytes: layout.totalBytes,
-      files: layout.files.map((f) => ({ file: f.path, tensors: f.tensors.length, bytes: f.fileSize })),
-      types: Object.fromEntries(perType),
-      fallbacks: output.mix?.nFallback ?? 0,
-      requiresImatrix: output.mix?.requiresImatrix ?? [],
-      ...(im ? { imatrix: im } : {}),
-      freeBytes: Number.isFinite(free) ? free : null,
-      fits: layout.totalBytes <= free,
-      ...(tp ? { target: targetSummary(tp), recipe: tp.recipe } : {}),
-      tensors: tp ? tensors.map((t) => ({ ...t, estimatedError: damageOf.get(t.name)?.damage ?? null })) : tensors,
-    };
-    if (argv.json) {
-      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
-      return;
-    }
-    for (const t of tensors) {
-      const d = damageOf.get(t.name);
-      const est = !d ? "" : d.damage === null ? "  (fixed)" : `  err ${d.damage.toExponential(3)}${d.analytic ? "*" : ""}${d.unwritable ? "  (no quantizer in this build)" : ""}`;
-      console.log(`${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(7)} ${fmtBytes(t.bytes)}${est}`);
-    }
-    console.log("");
-    for (const [type, e] of perType) console.log(`${type.padEnd(5)} ${String(e.tensors).padStart(6)} tensors  ${fmtBytes(e.bytes)}`);
-    for (const f of report.files) console.log(`${f.file}  ${f.tensors} tensors  ${fmtBytes(f.bytes)}`);
-    console.log(`${report.tensorCount} tensors, ${fmtBytes(report.totalBytes)} (${output.ftype.name}); free: ${fmtBytes(free)}${report.fits ? "" : "  (NOT ENOUGH)"}`);
-    if (im?.missingRequired.length) console.log(`the importance matrix has no entry for ${im.missingRequired.length} tensor(s) that need one: ${im.missingRequired.join(", ")}`);
-    if (tp) {
-      const s = targetSummary(tp);
-      console.log(`target ${fmtBytes(s.targetBytes)} (${s.measure === "file" ? "file size" : "tensor data"}): planned ${fmtBytes(s.achievedBytes)} (${(100 * s.achievedBytes / s.targetBytes).toFixed(2)}% of the target), ` +
-        `${s.plannedTensors} tensors chosen (${s.method}), estimated error ${s.totalDamage.toExponential(4)}, in ${s.seconds.toFixed(1)} s`);
-      if (s.analyticTensors > 0) {
-        console.log(`* ${s.analyticTensors} of ${s.plannedTensors} tensor(s) got an estimate without their data (all zeros: a sparse file?; --target-analytic; or a type with ` +
-          "no quantizer in this build): the type's noise-to-signal ratio on gaussian rows, i.e. from its bits per weight alone");
-      }
-      const unwritable = tp.tensors.filter((t) => t.unwritable);
-      if (unwritable.length > 0) {
-        console.log(`${unwritable.length} tensor(s) are planned as ${[...new Set(unwritable.map((t) => t.type.name))].join(", ")}, which this build cannot write yet ` +
-          "(dry runs plan with every type; a real run chooses among the types it can write)");
-      }
-      console.log(`the plan as a recipe: ${recipePathOf(argv.output)} is written with the output (reproduce with --recipe)`);
-    }
-    if (report.requiresImatrix.length && !im) console.log(`needs an importance matrix for ${report.requiresImatrix.length} tensor(s) (--imatrix)`);
+    const d = describeToGguf(plan, source.description, argv.output);
+    await printDryRun(argv.json, tp ? describeTarget(d, tp, argv.output) : d);
     return;
   }
 
-  let lastLine = 0;
   const summary = await withProgress(
-    { total: layout.totalBytes, label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
-    (progress) =>
+    { label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
+    (onEvent) =>
       runToGguf(plan, {
         kernels: k,
         threads: argv.threads,
         force: argv.force,
         skipSpaceCheck: argv.skipSpaceCheck,
-        onProgress: (_in, out) => progress.add(out),
-        onTensor: (e) => {
-          // Plain (non-TTY) output: a line every 5% of the tensors, not a thousand lines.
-          if (process.stderr.isTTY || e.index + 1 === e.count || e.index + 1 >= lastLine + Math.max(1, Math.floor(e.count / 20))) {
-            lastLine = e.index + 1;
-            progress.line(`[${e.index + 1}/${e.count}] ${e.tensor} ${e.type} ${fmtBytes(e.bytes)}`);
-          }
-        },
+        onEvent,
       }),
   );
   if (tp) await writeFileAtomic(recipePathOf(argv.output), tp.recipe);
@@ -191,17 +120,4 @@ export async function handler(argv: Args): Promise<void> {
   printResult(argv.json, result, summary.resumedFiles === summary.files.length
     ? `already complete: ${summary.files.join(", ")}`
     : `done: ${summary.files.join(", ")}: ${summary.tensors} tensors, ${fmtBytes(summary.bytesWritten)} in ${facts.seconds.toFixed(1)} s, peak RSS ${fmtBytes(facts.peakRssBytes)}`);
-}
-
-/** The totals of a --target-* plan (without the per-tensor list and the recipe text). */
-function targetSummary(t: TargetReport) {
-  const { tensors: _t, recipe: _r, ...rest } = t;
-  const byType: Record<string, { tensors: number; bytes: number }> = {};
-  for (const x of t.tensors) {
-    if (x.fixed) continue;
-    const e = (byType[x.type.name] ??= { tensors: 0, bytes: 0 });
-    e.tensors++;
-    e.bytes += x.bytes;
-  }
-  return { ...rest, plannedTypes: byType };
 }

@@ -9,7 +9,7 @@ import { DeepcastError } from "../errors.js";
 import { demoName, demoNamesFormat, rankFileName, routedExpertIndex } from "../formats/demo-names.js";
 import { FP8_BLOCK, scaleNameOf, scaleShape, weightOfScale } from "../formats/fp8.js";
 import { locate, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
-import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
+import { safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
+import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
@@ -137,6 +139,25 @@ function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: num
   return fp8ToBf16Chunks({ tensor: t.name, file: t.from.file, rows, cols, scale: () => scales.get(t.name)!, kernels: k, threads, chunkBytes });
 }
 
+/** The --dry-run description of a plan. */
+export function describeFp8ToBf16(plan: Fp8ToBf16Plan, input: string, out: string): PlanDescription {
+  const shards = plan.shards.map((s) => ({ file: s.name, tensors: s.tensors.length, bytes: s.bytes }));
+  const files = [INDEX_FILE, ...(plan.config ? ["config.json"] : []), ...plan.copyFiles];
+  return {
+    command: "fp8-to-bf16",
+    input,
+    output: out,
+    fields: { shards, files, fp8Tensors: plan.fp8Tensors, droppedScales: plan.droppedScales },
+    lines: [
+      ...shards.map((s) => `${s.file}  ${s.tensors} tensors  ${fmtBytes(s.bytes)}`),
+      `files: ${files.join(", ")}`,
+      `${plan.fp8Tensors} FP8 tensors dequantized, ${plan.droppedScales} scales dropped`,
+    ],
+    inputBytes: plan.inputBytes,
+    outputBytes: plan.outputBytes,
+  };
+}
+
 export interface RunOptions {
   out: string;
   kernels: Kernels;
@@ -144,9 +165,8 @@ export interface RunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
-  /** Called with input/output bytes as chunks complete. */
-  onProgress?: (inBytes: number, outBytes: number) => void;
-  onShard?: (event: { shard: string; index: number; count: number; skipped: boolean; bytes: number; seconds: number }) => void;
+  /** Progress: start, bytes (per chunk), shard, done. */
+  onEvent?: OnEvent;
 }
 
 export interface RunSummary {
@@ -182,6 +202,9 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
       throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir });
     }
   }
+  const emit: OnEvent = opts.onEvent ?? (() => undefined);
+  const started = performance.now();
+  emit({ kind: "start", command: "fp8-to-bf16", total: plan.outputBytes, unit: "bytes" });
   const reader = new ShardReader(ckpt.source);
   const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
   const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
@@ -193,8 +216,8 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
       const t0 = performance.now();
       if (!pending.includes(s)) {
         summary.resumedShards++;
-        opts.onProgress?.(s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), s.bytes);
-        opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
+        emit({ kind: "bytes", inBytes: s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), outBytes: s.bytes });
+        emit({ kind: "shard", shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
         continue;
       }
       const scales = new Map<string, Float32Array>();
@@ -208,7 +231,7 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
       try {
         await pump(chunks, reader, writer, (inB, outB) => {
           summary.bytesRead += inB;
-          opts.onProgress?.(inB, outB);
+          emit({ kind: "bytes", inBytes: inB, outBytes: outB });
         });
       } catch (e) {
         await writer.abort();
@@ -227,7 +250,7 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
         summary.bytesWritten += s.bytes;
         summary.tensors += s.tensors.length;
         summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
-        opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
+        emit({ kind: "shard", shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
       })();
       // Surface a failed commit at the next await rather than as an unhandled rejection.
       committing.catch(() => undefined);
@@ -239,6 +262,7 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
   }
   await writeSmallFiles(ckpt, plan, state.dir);
   await state.markComplete();
+  emit({ kind: "done", command: "fp8-to-bf16", seconds: (performance.now() - started) / 1000 });
   return summary;
 }
 

@@ -68,3 +68,16 @@ export async function hfModelFiles(ckpt: Checkpoint, dirName?: string): Promise<
 export async function loadHfModelFiles(source: CheckpointSource, dirName?: string): Promise<HfModelFiles> {
   return hfModelFiles(await loadCheckpoint(source), dirName);
 }
+
+/** First of `keys` present in the HF config. */
+export function findHparam(h: Record<string, unknown>, keys: readonly string[]): unknown {
+  for (const k of keys) if (k in h) return h[k];
+  return undefined;
+}
+
+/** A number config.json must have. */
+export function configNumber(h: Record<string, unknown>, key: string, what = key): number {
+  const v = h[key];
+  if (typeof v !== "number") throw new DeepcastError(`config.json: ${what} is missing or not a number`, { file: "config.json" });
+  return v;
+}

@@ -5,9 +5,10 @@
  * with different inputs or options.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readdir, readFile, realpath, rename, stat, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, realpath, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
+import { writeFileAtomic } from "../io/write.js";
 
 export const MANIFEST = ".deepcast-run.json";
 
@@ -125,10 +126,7 @@ export class RunState {
   }
 
   private async save(): Promise<void> {
-    const path = join(this.dir, this.manifestName);
-    const tmp = `${path}.partial`;
-    await writeFile(tmp, JSON.stringify(this.manifest, null, 1) + "\n");
-    await rename(tmp, path);
+    await writeFileAtomic(join(this.dir, this.manifestName), JSON.stringify(this.manifest, null, 1) + "\n");
   }
 }
 

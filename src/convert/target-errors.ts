@@ -13,7 +13,8 @@ import type { CheckpointSource } from "../io/source.js";
 import { ShardReader } from "../io/shard-reader.js";
 import type { Kernels } from "../quant/kernels.js";
 import { rowErrorSums, type ErrorSums } from "../quant/target-mix.js";
-import { kvBSplit, type GgufOutputTensor, type HfSourceRef } from "./gguf-plan.js";
+import type { GgufOutputTensor } from "./gguf-output.js";
+import { kvBSplit, type HfSourceRef } from "./gguf-plan.js";
 import { decodeRows, elemSize, type DecodeCtx } from "./to-gguf.js";
 
 export interface SampleOptions {

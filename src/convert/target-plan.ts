@@ -8,7 +8,7 @@
 import { DeepcastError } from "../errors.js";
 import { ggmlNbytes, type GgmlType } from "../formats/ggml-types.js";
 import type { Imatrix } from "../io/imatrix.js";
-import type { GgufSplitOptions } from "../io/gguf.js";
+import type { GgufSplitOptions } from "../io/gguf-layout.js";
 import type { CheckpointSource } from "../io/source.js";
 import type { Kernels } from "../quant/kernels.js";
 import { quantMixes, tensorCategory } from "../quant/mix.js";
@@ -21,7 +21,9 @@ import {
   TARGET_TOLERANCE,
   type TargetTensor,
 } from "../quant/target-mix.js";
-import type { GgufOutputOptions } from "./gguf-plan.js";
+import type { PlanDescription } from "../io/dry-run.js";
+import { fmtBytes } from "../units.js";
+import type { GgufOutputOptions } from "./gguf-output.js";
 import { measureErrorTable } from "./target-errors.js";
 import { planToGguf, type ToGgufPlan } from "./to-gguf.js";
 
@@ -189,4 +191,49 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
 /** Where the recipe of a planned output goes: `OUT.recipe.txt` beside `OUT.gguf`. */
 export function recipePathOf(output: string): string {
   return `${output.endsWith(".gguf") ? output.slice(0, -5) : output}.recipe.txt`;
+}
+
+/** The totals of a --target-* plan (without the per-tensor list and the recipe text), with bytes per planned type. */
+export function targetSummary(t: TargetReport) {
+  const { tensors: _t, recipe: _r, ...rest } = t;
+  const byType: Record<string, { tensors: number; bytes: number }> = {};
+  for (const x of t.tensors) {
+    if (x.fixed) continue;
+    const e = (byType[x.type.name] ??= { tensors: 0, bytes: 0 });
+    e.tensors++;
+    e.bytes += x.bytes;
+  }
+  return { ...rest, plannedTypes: byType };
+}
+
+/** The --dry-run description of a target plan: to-gguf's, with the estimated error per tensor and the target's totals. */
+export function describeTarget(d: PlanDescription, t: TargetReport, out: string): PlanDescription {
+  const s = targetSummary(t);
+  const byName = new Map(t.tensors.map((x) => [x.name, x]));
+  const fields = d.fields as { tensors: { name: string; ne: number[]; type: string; bytes: number }[] };
+  const tensors = fields.tensors.map((x) => ({ ...x, estimatedError: byName.get(x.name)?.damage ?? null }));
+  const line = (x: (typeof tensors)[number]) => {
+    const r = byName.get(x.name);
+    const est = !r || r.damage === null ? "  (fixed)" : `  err ${r.damage.toExponential(3)}${r.analytic ? "*" : ""}${r.unwritable ? "  (no quantizer in this build)" : ""}`;
+    return `${x.name.padEnd(40)} ${JSON.stringify(x.ne).padEnd(22)} ${x.type.padEnd(7)} ${fmtBytes(x.bytes)}${est}`;
+  };
+  const unwritable = t.tensors.filter((x) => x.unwritable);
+  const notes = [
+    `target ${fmtBytes(s.targetBytes)} (${s.measure === "file" ? "file size" : "tensor data"}): planned ${fmtBytes(s.achievedBytes)} (${(100 * s.achievedBytes / s.targetBytes).toFixed(2)}% of the target), ` +
+      `${s.plannedTensors} tensors chosen (${s.method}), estimated error ${s.totalDamage.toExponential(4)}, in ${s.seconds.toFixed(1)} s`,
+    ...(s.analyticTensors > 0
+      ? [`* ${s.analyticTensors} of ${s.plannedTensors} tensor(s) got an estimate without their data (all zeros: a sparse file?; --target-analytic; or a type with ` +
+        "no quantizer in this build): the type's noise-to-signal ratio on gaussian rows, i.e. from its bits per weight alone"]
+      : []),
+    ...(unwritable.length > 0
+      ? [`${unwritable.length} tensor(s) are planned as ${[...new Set(unwritable.map((x) => x.type.name))].join(", ")}, which this build cannot write yet ` +
+        "(dry runs plan with every type; a real run chooses among the types it can write)"]
+      : []),
+    `the plan as a recipe: ${recipePathOf(out)} is written with the output (reproduce with --recipe)`,
+  ];
+  return {
+    ...d,
+    fields: { ...d.fields, target: s, recipe: t.recipe, tensors },
+    lines: [...tensors.map(line), ...d.lines.slice(fields.tensors.length), ...notes],
+  };
 }

@@ -12,21 +12,8 @@
  */
 import { open, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
-import {
-  GGML_MAX_NAME,
-  GGUF_DEFAULT_ALIGNMENT,
-  GGUF_MAGIC,
-  GgufType,
-  KV_ALIGNMENT,
-  KV_SPLIT_COUNT,
-  KV_SPLIT_NO,
-  KV_SPLIT_TENSORS_COUNT,
-  padTo,
-  splitPath,
-  type GgufKV,
-  type GgufScalar,
-  type GgufScalarType,
-} from "./gguf.js";
+import { GGML_MAX_NAME, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, KV_ALIGNMENT, KV_SPLIT_COUNT, KV_SPLIT_NO, KV_SPLIT_TENSORS_COUNT, padTo, splitPath } from "./gguf-layout.js";
+import { GgufType, type GgufKV, type GgufScalar, type GgufScalarType } from "./gguf-kv.js";
 import { ggmlNbytes, ggmlType, type GgmlType } from "../formats/ggml-types.js";
 import { readFully } from "./safetensors.js";
 
