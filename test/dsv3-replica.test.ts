@@ -27,6 +27,10 @@ import { planGgufLayout } from "../src/io/gguf-layout.js";
 import { LocalSource } from "../src/io/source.js";
 import { ftypeNames, planQuantMix } from "../src/quant/mix.js";
 import { ROOT, tempDir } from "./helpers.js";
+import { planTargetGguf } from "../src/convert/target-plan.js";
+import { planToGguf } from "../src/convert/to-gguf.js";
+import type { Imatrix } from "../src/io/imatrix.js";
+import { kernels } from "../src/quant/kernels.js";
 
 const SHARD_RE = /^model-(\d{5})-of-(\d{6})\.safetensors$/;
 
@@ -202,6 +206,28 @@ describe("replica on disk", () => {
     expect(JSON.parse(await readFile(join(dir, "generation_config.json"), "utf8"))).toMatchObject({ bos_token_id: 0, eos_token_id: 1, temperature: 0.3, top_p: 0.95 });
     expect(await readFile(join(dir, "tokenizer.json"))).toEqual(await readFile(join(ROOT, "fixtures/tiny-dsv3/tokenizer.json")));
   });
+
+  it("--target-size 180G --dry-run with a made-up imatrix: within 3% below 180 GB; routed experts at ~2 bits, the rest higher", async () => {
+    const src = new LocalSource(dir);
+    const base = await planToGguf(src, "/nowhere/x.gguf", { ftype: "Q8_0", dryRun: true });
+    const entries = new Map<string, { values: Float32Array; nMat: number }>();
+    for (const t of base.output.tensors) {
+      if (t.type !== t.inputType) entries.set(t.name, { values: new Float32Array((t.ne[0] ?? 1) * (t.ne[2] ?? 1)).fill(1), nMat: t.ne[2] ?? 1 });
+    }
+    const imatrix: Imatrix = { file: "made-up.imatrix", format: "gguf", entries, datasets: ["made-up"], chunkCount: 1, chunkSize: 512, sha256: "" };
+    const p = await planTargetGguf(src, "/nowhere/x.gguf", { target: { bytes: 180e9 }, kernels: kernels(), imatrix, dryRun: true });
+    const t = p.target;
+    expect(p.layout.totalBytes).toBeLessThanOrEqual(180e9);
+    expect(p.layout.totalBytes).toBeGreaterThanOrEqual(180e9 * 0.97);
+    expect(t.seconds).toBeLessThan(180); // about 25 s on a busy 2-core machine; reading the sparse rows dominates
+    // no real data: every estimate is the stand-in, and the plan says so
+    expect(t.analyticTensors).toBe(t.plannedTensors);
+    const bpw = (x: { bytes: number; ne: number[] }) => (8 * x.bytes) / x.ne.reduce((a, b) => a * b, 1);
+    const of = (re: RegExp) => t.tensors.filter((x) => re.test(x.name));
+    for (const x of of(/_exps\.weight$/)) expect(bpw(x)).toBeLessThan(2.6);
+    for (const x of of(/(_shexp|attn_kv_a_mqa|attn_q_a|attn_v_b)\.weight$/)) expect(bpw(x)).toBeGreaterThan(4);
+    expect(bpw(of(/^output\.weight$/)[0]!)).toBeGreaterThan(4);
+  }, 300_000);
 
   it("plans GGUFs of the published sizes (bartowski's DeepSeek-V3-0324: Q4_K_M 404.43 GB, Q8_0 713.29 GB)", async () => {
     const model = planDeepseek2Gguf(await loadHfModelFiles(new LocalSource(dir)));

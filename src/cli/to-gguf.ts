@@ -1,5 +1,9 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
-import { describeToGguf, imatrixSummary, planToGguf, runToGguf } from "../convert/to-gguf.js";
+import { describeToGguf, imatrixSummary, planToGguf, runToGguf, type ToGgufPlan } from "../convert/to-gguf.js";
+import { describeTarget, planTargetGguf, recipePathOf, targetSummary, type TargetReport } from "../convert/target-plan.js";
+import { writeFileAtomic } from "../io/write.js";
+import { readRecipe } from "../quant/recipe.js";
+import { parseTargetSize } from "../quant/target-mix.js";
 import { parseSplitSize } from "../io/gguf-layout.js";
 import { readImatrix } from "../io/imatrix.js";
 import { openSource } from "../io/open-source.js";
@@ -18,13 +22,17 @@ export function builder(y: Argv) {
     y
       .option("allow-non-finite", { type: "boolean", default: false, describe: "Convert FP8 NaN codes (0x7F/0xFF) and NaN/Inf/absurd block scales as they are instead of failing" })
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id" })
-      .option("quant", { alias: ["q", "outtype"], type: "string", demandOption: true, describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive)` })
+      .option("quant", { alias: ["q", "outtype"], type: "string", describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive); with --target-* it only names general.file_type` })
       .option("output", { alias: ["o", "outfile"], type: "string", demandOption: true, describe: "Output .gguf path (splits become NAME-00001-of-0000N.gguf)" })
       .option("split-max-size", { type: "string", describe: "Start a new file before this size (e.g. 50G, 500M)" })
       .option("split-max-tensors", { type: "number", describe: "At most this many tensors per file" })
       .option("tensor-type", { type: "string", array: true, default: [] as string[], describe: "Override a tensor's type: REGEX=TYPE (as llama-quantize; repeatable)" })
       .option("output-tensor-type", { type: "string", describe: "Type of output.weight" })
       .option("token-embedding-type", { type: "string", describe: "Type of token_embd.weight" })
+      .option("recipe", { type: "string", describe: "REGEX=TYPE entries separated by spaces/newlines (llama-quantize --tensor-type-file), after any --tensor-type; first match wins" })
+      .option("target-size", { type: "string", describe: "Choose every tensor's type so the file lands within 3% below this size (bytes, or K/M/G/T in powers of 1000, e.g. 180G)" })
+      .option("target-bpw", { type: "number", describe: "Like --target-size, for this many bits per weight over all tensor data" })
+      .option("target-analytic", { type: "boolean", default: false, describe: "With --target-*: skip reading the weights; estimate every error from the type's bits alone" })
       .option("imatrix", { type: "string", describe: "Importance matrix from llama-imatrix (GGUF or legacy .dat), used as llama-quantize --imatrix uses it (required by Q2_K_S)" })
       .option("calibration", { type: "string", describe: "Calibration text: compute the importance matrix first (deepcast imatrix, kept as <output>.imatrix.gguf) and quantize with it" })
       .option("calibration-ctx", { type: "number", default: 512, describe: "Chunk length of the --calibration pass" })
@@ -55,17 +63,35 @@ export async function handler(argv: Args): Promise<void> {
     budget: memoryBudget(argv.memory), threads: Math.max(1, Math.floor(argv.threads)), revision: argv.revision, dryRun: argv.dryRun,
   });
   const imatrixFile = calibration?.path ?? argv.imatrix;
-  const plan = await planToGguf(source, argv.output, {
-    ftype: argv.quant,
+  if (argv.targetSize !== undefined && argv.targetBpw !== undefined) throw new DeepcastError("give --target-size or --target-bpw, not both", { code: "USAGE" });
+  const target = argv.targetSize !== undefined ? { bytes: parseTargetSize(argv.targetSize) } : argv.targetBpw !== undefined ? { bpw: argv.targetBpw } : undefined;
+  if (!target && argv.quant === undefined) throw new DeepcastError("missing --quant (or --target-size / --target-bpw)", { code: "USAGE" });
+  if (!target && argv.targetAnalytic) throw new DeepcastError("--target-analytic needs --target-size or --target-bpw", { code: "USAGE" });
+  const tensorTypes = [...argv.tensorType, ...(argv.recipe !== undefined ? await readRecipe(argv.recipe) : [])];
+  const planOpts = {
     split,
-    tensorTypes: argv.tensorType,
+    tensorTypes,
     ...(argv.outputTensorType !== undefined ? { outputTensorType: argv.outputTensorType } : {}),
     ...(argv.tokenEmbeddingType !== undefined ? { tokenEmbeddingType: argv.tokenEmbeddingType } : {}),
     ...(argv.name !== undefined ? { name: argv.name } : {}),
     ...(imatrixFile !== undefined ? { imatrix: await readImatrix(imatrixFile) } : {}),
     dryRun: argv.dryRun,
-  });
+  };
+  const plan: ToGgufPlan & { target?: TargetReport } = target
+    ? await planTargetGguf(source, argv.output, {
+      ...planOpts,
+      ...(argv.quant !== undefined ? { ftype: argv.quant } : {}),
+      target,
+      kernels: k,
+      analyticOnly: argv.targetAnalytic,
+      onMeasure: (name, i, n) => {
+        if (!argv.json && process.stderr.isTTY) process.stderr.write(`\rmeasuring [${i + 1}/${n}] ${name.padEnd(40)}`);
+      },
+    })
+    : await planToGguf(source, argv.output, { ...planOpts, ftype: argv.quant! });
+  if (target && !argv.json && process.stderr.isTTY) process.stderr.write("\n");
   const { output } = plan;
+  const tp = plan.target;
   const im = imatrixSummary(plan);
   if (im && !argv.json) {
     // llama-quantize: "did not find weights for <name>" -> that tensor is quantized without an imatrix
@@ -75,7 +101,8 @@ export async function handler(argv: Args): Promise<void> {
   }
 
   if (argv.dryRun) {
-    await printDryRun(argv.json, describeToGguf(plan, source.description, argv.output));
+    const d = describeToGguf(plan, source.description, argv.output);
+    await printDryRun(argv.json, tp ? describeTarget(d, tp, argv.output) : d);
     return;
   }
 
@@ -91,6 +118,7 @@ export async function handler(argv: Args): Promise<void> {
         onEvent,
       }),
   );
+  if (tp) await writeFileAtomic(recipePathOf(argv.output), tp.recipe);
   const facts = runFacts(started, k, argv.threads);
   const result = {
     command: "to-gguf",
@@ -98,6 +126,7 @@ export async function handler(argv: Args): Promise<void> {
     quant: output.ftype.name,
     ...(im ? { imatrix: im } : {}),
     ...(calibration ? { calibration: { file: calibration.path, reused: calibration.reused, ...(calibration.made ? { chunks: calibration.made.chunks, ppl: calibration.made.ppl, seconds: calibration.made.forwardSeconds } : {}) } } : {}),
+    ...(tp ? { target: targetSummary(tp), recipeFile: recipePathOf(argv.output) } : {}),
     ...summary,
     ...facts,
     gbPerSecondIn: summary.bytesRead / 1e9 / facts.seconds,

@@ -79,7 +79,8 @@ export function planGgufOutput(model: Deepseek2GgufModel, opts: GgufOutputOption
     const t = byName.get(m.name)!;
     return { name: m.name, ne: m.ne, type: m.type, inputType: m.inputType, source: t.source, shape: t.shape, fp8: t.fp8, mix: m };
   });
-  const unsupported = tensors.find((t) => t.type !== t.inputType && !t.type.quantizer);
+  // a dry run shows plans with types whose kernels have not landed yet (the IQ mixes, --target-size)
+  const unsupported = opts.dryRun ? undefined : tensors.find((t) => t.type !== t.inputType && !t.type.quantizer);
   if (unsupported) {
     throw new DeepcastError(
       `deepcast does not quantize to ${unsupported.type.name} (it quantizes ${ggmlQuantTypes().map((t) => t.name).join(", ")})`,

@@ -92,11 +92,15 @@ interface Ctx {
   allowNonFinite: boolean;
 }
 
+/** What decoding rows needs: the kernels, and the FP8 scales of the tensor's sources by name. */
+export type DecodeCtx = Pick<Ctx, "k" | "threads" | "scales" | "allowNonFinite" | "where">;
+
 /**
  * Decodes rows [r0, r0+rows) of `src` (raw bytes in `input`) to float32 in `dst`; `round` rounds
- * through BF16, i.e. yields exactly what a BF16 intermediate checkpoint would hold.
+ * through BF16, i.e. yields exactly what a BF16 intermediate checkpoint would hold. For FP8, r0 must
+ * start a 128-row scale block (a single row inside a block: pass the block's start and rows = 1).
  */
-function decodeRows(ctx: Ctx, src: HfSourceRef, input: Uint8Array, r0: number, rows: number, cols: number, round: boolean, dst: Float32Array): void {
+export function decodeRows(ctx: DecodeCtx, src: HfSourceRef, input: Uint8Array, r0: number, rows: number, cols: number, round: boolean, dst: Float32Array): void {
   const { k, threads } = ctx;
   const u16 = () => new Uint16Array(input.buffer, input.byteOffset, rows * cols);
   switch (src.dtype) {
@@ -128,7 +132,7 @@ function decodeRows(ctx: Ctx, src: HfSourceRef, input: Uint8Array, r0: number, r
   }
 }
 
-const elemSize = (src: HfSourceRef) => (src.dtype === "F8_E4M3" ? 1 : src.dtype === "F32" ? 4 : 2);
+export const elemSize = (src: HfSourceRef) => (src.dtype === "F8_E4M3" ? 1 : src.dtype === "F32" ? 4 : 2);
 
 /** Chunks that produce output tensor `t`, in order. */
 function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {

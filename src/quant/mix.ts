@@ -219,6 +219,20 @@ export interface MixPlan {
   requiresImatrix: string[];
 }
 
+/**
+ * tensor_type_fallback: the type a row of `ne0` values gets instead of `target` when it does not divide
+ * the block (the table's fallback, else a block of 32 or less stays; then the last resort).
+ */
+export function typeFallback(ne0: number, target: GgmlType): GgmlType {
+  if (ne0 % target.blockSize === 0) return target;
+  let ret: GgmlType;
+  if (target.fallback !== null) ret = ggmlType(target.fallback);
+  else if (target.blockSize <= 32) ret = target;
+  else throw new DeepcastError(`no tensor type fallback is defined for type ${target.name}`);
+  if (ne0 % ret.blockSize !== 0) ret = ggmlType(quantMixes().fallback.last);
+  return ret;
+}
+
 function useMoreBits(i: number, n: number): boolean {
   const n8 = Math.trunc(n / 8);
   return i < n8 || i >= Math.trunc((7 * n) / 8) || (i - n8) % 3 === 2;
@@ -347,15 +361,9 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
     return applyRules(cat, current, ne0, null);
   };
 
-  /** tensor_type_fallback. */
   const fallback = (ne0: number, target: GgmlType): GgmlType => {
-    if (ne0 % target.blockSize === 0) return target;
-    st.nFallback++;
-    let ret: GgmlType;
-    if (target.fallback !== null) ret = ggmlType(target.fallback);
-    else if (target.blockSize <= 32) ret = target;
-    else throw new DeepcastError(`no tensor type fallback is defined for type ${target.name}`);
-    if (ne0 % ret.blockSize !== 0) ret = ggmlType(m.fallback.last);
+    const ret = typeFallback(ne0, target);
+    if (ne0 % target.blockSize !== 0) st.nFallback++;
     return ret;
   };
 
