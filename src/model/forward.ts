@@ -21,7 +21,7 @@
 import { availableParallelism } from "node:os";
 import { DeepcastError } from "../errors.js";
 import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } from "./config.js";
-import { addInto, forwardOps, rmsNorm, type ForwardOps } from "./ops.js";
+import { addInto, forwardOps, rmsNorm, type ForwardOps, type Matrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
 const f = Math.fround;
@@ -70,39 +70,55 @@ class Ctx {
   ) {}
 
   /** y = x W^T for a weight [out, in] already read. */
-  mm(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number): Float32Array {
-    if (w.length !== outDim * inDim) throw new DeepcastError(`internal: weight of ${w.length} values, expected ${outDim} x ${inDim}`);
+  mm(x: Float32Array, w: Matrix, tokens: number, inDim: number, outDim: number): Float32Array {
     const y = new Float32Array(tokens * outDim);
-    this.ops.matmul(x, w, y, tokens, inDim, outDim, this.threads);
+    if (w instanceof Float32Array) {
+      if (w.length !== outDim * inDim) throw new DeepcastError(`internal: weight of ${w.length} values, expected ${outDim} x ${inDim}`);
+      this.ops.matmul(x, w, y, tokens, inDim, outDim, this.threads);
+    } else {
+      this.ops.matmulStored!(x, w, y, tokens, inDim, outDim, this.threads);
+    }
     return y;
   }
 
-  private readonly pending = new Map<string, Promise<Float32Array>>();
+  /** Whether 2-D weights are read in their stored form (the ops multiply it without converting it whole). */
+  private get stored(): boolean {
+    return this.ops.matmulStored !== undefined && this.src.readStored !== undefined;
+  }
+
+  /** A 2-D weight in its stored form when the source and the ops allow, else float32. */
+  load(name: string, start?: number, count?: number): Promise<Matrix> {
+    if (!this.stored) return this.src.read(name, start, count);
+    return this.src.readStored!(name, start, count).then((m): Promise<Matrix> | Matrix => m ?? this.src.read(name, start, count));
+  }
+
+  private readonly pending = new Map<string, Promise<Matrix>>();
 
   /** Starts reading whole tensors that a later `weight`/`vector` call will take (reads overlap compute). */
   prefetch(names: readonly string[]): void {
     for (const name of names) {
       if (this.pending.has(name) || !this.src.has(name)) continue;
-      const p = this.src.read(name);
+      const p = this.src.shape(name).length === 2 ? this.load(name) : this.src.read(name);
       p.catch(() => undefined);
       this.pending.set(name, p);
     }
   }
 
-  private take(name: string): Promise<Float32Array> {
+  private take(name: string, matrix: boolean): Promise<Matrix> {
     const p = this.pending.get(name);
-    if (!p) return this.src.read(name);
+    if (!p) return matrix ? this.load(name) : this.src.read(name);
     this.pending.delete(name);
     return p;
   }
 
-  async weight(name: string, rows: number, cols: number): Promise<Float32Array> {
+  async weight(name: string, rows: number, cols: number): Promise<Matrix> {
     const shape = this.src.shape(name);
     if (shape.length !== 2 || shape[0] !== rows || shape[1] !== cols) {
       throw new DeepcastError(`shape [${shape.join(", ")}] does not match the config: expected [${rows}, ${cols}]`, { file: this.src.description, tensor: name });
     }
-    const w = await this.take(name);
-    if (w.length !== rows * cols) throw new DeepcastError(`read ${w.length} values, expected ${rows * cols}`, { file: this.src.description, tensor: name });
+    const w = await this.take(name, true);
+    const n = w instanceof Float32Array ? w.length : w.rows * w.cols;
+    if (n !== rows * cols) throw new DeepcastError(`read ${n} values, expected ${rows * cols}`, { file: this.src.description, tensor: name });
     return w;
   }
 
@@ -111,7 +127,9 @@ class Ctx {
     if (shape.length !== 1 || shape[0] !== len) {
       throw new DeepcastError(`shape [${shape.join(", ")}] does not match the config: expected [${len}]`, { file: this.src.description, tensor: name });
     }
-    return this.take(name);
+    const v = await this.take(name, false);
+    if (!(v instanceof Float32Array)) throw new DeepcastError("internal: a vector was read in stored form", { file: this.src.description, tensor: name });
+    return v;
   }
 
   /** Waits for prefetches nobody took (after an error), so no read outlives the pass. */
@@ -301,7 +319,7 @@ async function mlp(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: 
   return mlpWith(ctx, x, N, inter, w1, w3, w2);
 }
 
-function mlpWith(ctx: Ctx, x: Float32Array, N: number, inter: number, w1: Float32Array, w3: Float32Array, w2: Float32Array): Float32Array {
+function mlpWith(ctx: Ctx, x: Float32Array, N: number, inter: number, w1: Matrix, w3: Matrix, w2: Matrix): Float32Array {
   const dim = ctx.cfg.dim;
   const g = ctx.mm(x, w1, N, dim, inter);
   ctx.ops.siluMul(g, ctx.mm(x, w3, N, dim, inter), ctx.threads);
@@ -439,8 +457,9 @@ async function head(ctx: Ctx, h: Float32Array, N: number): Promise<Float32Array>
   const chunk = Math.max(128, Math.floor((64 * 1024 * 1024) / (cfg.dim * 4 * 128)) * 128);
   for (let r0 = 0; r0 < V; r0 += chunk) {
     const n = Math.min(chunk, V - r0);
-    const w = await src.read(name, r0, n);
-    ctx.ops.matmul(h, w, logits.subarray(r0), N, cfg.dim, n, ctx.threads, V);
+    const w = await ctx.load(name, r0, n);
+    if (w instanceof Float32Array) ctx.ops.matmul(h, w, logits.subarray(r0), N, cfg.dim, n, ctx.threads, V);
+    else ctx.ops.matmulStored!(h, w, logits.subarray(r0), N, cfg.dim, n, ctx.threads, V);
   }
   return logits;
 }

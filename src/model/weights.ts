@@ -13,6 +13,7 @@ import { LocalSource, type CheckpointSource } from "../io/source.js";
 import { ShardReader } from "../convert/pipeline.js";
 import { FP8_BLOCK, kernels } from "../quant/kernels.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
+import type { StoredMatrix } from "./ops.js";
 
 /** Tensors smaller than this (elements) are converted on one thread: starting threads costs more. */
 const PARALLEL_MIN = 1 << 22;
@@ -30,6 +31,11 @@ export interface WeightSource {
    * 2-D tensor (elements, for a 1-D one).
    */
   read(name: string, start?: number, count?: number): Promise<Float32Array>;
+  /**
+   * Rows of a 2-D tensor in its stored ggml form (what `read` would dequantize), for kernels that
+   * multiply it directly; null when the tensor has no such form here (1-D, rebuilt, FP8 blocks).
+   */
+  readStored?(name: string, start?: number, count?: number): Promise<StoredMatrix | null>;
   close(): Promise<void>;
 }
 
