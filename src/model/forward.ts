@@ -51,12 +51,22 @@ export interface ForwardOptions {
   onLayer?: (layer: number) => void;
   /** Kernel backend (default: native when built, else TypeScript). */
   ops?: ForwardOps;
+  /**
+   * Per sequence, the first position whose logits are wanted (default: 0, all). Earlier positions
+   * still run through every attention (later ones attend to them) but skip the last layer's FFN
+   * and the head, as llama.cpp skips rows it has no output for; the rows returned are bit-identical
+   * to those of a full pass. `offsets` then counts the returned rows only.
+   */
+  logitsFrom?: readonly number[];
 }
 
 export interface ForwardResult {
   /** [totalTokens, vocab] float32: row i is the next-token logits after token i of its sequence. */
   logits: Float32Array;
-  /** [B+1] start of each sequence's rows in `logits`; sequence b is rows offsets[b]..offsets[b+1]-1. */
+  /**
+   * [B+1] start of each sequence's rows in `logits`; sequence b is rows offsets[b]..offsets[b+1]-1,
+   * row offsets[b] + i holding position logitsFrom[b] + i (logitsFrom[b] = 0 by default).
+   */
   offsets: Int32Array;
   vocab: number;
 }
@@ -191,26 +201,61 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
   try {
     if (cfg.nLayers > 0) ctx.prefetch(attentionNames(cfg, 0));
     let h = await embed(ctx, tokens);
+    // Rows that reach the head: after the last attention only those are carried on.
+    const out = outputRows(sequences, offsets, opts.logitsFrom);
+    let rows = N;
+    const trim = () => {
+      if (!out) return;
+      h = gatherRows(h, out.rows, cfg.dim);
+      rows = out.rows.length;
+    };
     for (let l = 0; l < cfg.nLayers; l++) {
       const p = `model.layers.${l}.`;
       ctx.prefetch(ffnNames(cfg, l));
       const xn = rmsNorm(h, N, cfg.dim, await ctx.vector(p + "input_layernorm.weight", cfg.dim), cfg.rmsNormEps, new Float32Array(h.length));
       addInto(h, await attention(ctx, l, xn, N, pos, offsets, rope));
       ctx.prefetch(l + 1 < cfg.nLayers ? attentionNames(cfg, l + 1) : ["model.norm.weight"]);
-      rmsNorm(h, N, cfg.dim, await ctx.vector(p + "post_attention_layernorm.weight", cfg.dim), cfg.rmsNormEps, xn);
+      if (l === cfg.nLayers - 1) trim();
+      const x2 = rows === N ? xn : new Float32Array(rows * cfg.dim);
+      rmsNorm(h, rows, cfg.dim, await ctx.vector(p + "post_attention_layernorm.weight", cfg.dim), cfg.rmsNormEps, x2);
       const ffn = isMoeLayer(cfg, l)
-        ? await moe(ctx, l, xn, N, opts.onRouting)
-        : await mlp(ctx, p + "mlp.", xn, N, cfg.interDim);
+        ? await moe(ctx, l, x2, rows, opts.onRouting)
+        : await mlp(ctx, p + "mlp.", x2, rows, cfg.interDim);
       addInto(h, ffn);
       opts.onLayer?.(l);
     }
-    rmsNorm(h, N, cfg.dim, await ctx.vector("model.norm.weight", cfg.dim), cfg.rmsNormEps);
-    const logits = await head(ctx, h, N);
+    if (cfg.nLayers === 0) trim();
+    rmsNorm(h, rows, cfg.dim, await ctx.vector("model.norm.weight", cfg.dim), cfg.rmsNormEps);
+    const logits = await head(ctx, h, rows);
     opts.onLayer?.(cfg.nLayers);
-    return { logits, offsets, vocab: cfg.vocabSize };
+    return { logits, offsets: out ? out.offsets : offsets, vocab: cfg.vocabSize };
   } finally {
     await ctx.drain();
   }
+}
+
+/** The rows (and per-sequence offsets) of the positions logitsFrom asks for; null for all rows. */
+function outputRows(sequences: readonly ArrayLike<number>[], offsets: Int32Array, logitsFrom?: readonly number[]): { rows: Int32Array; offsets: Int32Array } | null {
+  if (!logitsFrom) return null;
+  const B = sequences.length;
+  if (logitsFrom.length !== B) throw new DeepcastError(`logitsFrom has ${logitsFrom.length} entries for ${B} sequences`);
+  const out = new Int32Array(B + 1);
+  for (let b = 0; b < B; b++) {
+    const first = logitsFrom[b]!;
+    const len = sequences[b]!.length;
+    if (!Number.isInteger(first) || first < 0 || first > len) throw new DeepcastError(`logitsFrom[${b}] = ${first} is outside sequence ${b} of ${len} tokens`);
+    out[b + 1] = out[b]! + len - first;
+  }
+  if (out[B] === offsets[B]) return null;
+  const rows = new Int32Array(out[B]!);
+  for (let b = 0; b < B; b++) for (let i = 0; i < out[b + 1]! - out[b]!; i++) rows[out[b]! + i] = offsets[b]! + logitsFrom[b]! + i;
+  return { rows, offsets: out };
+}
+
+function gatherRows(x: Float32Array, rows: Int32Array, dim: number): Float32Array {
+  const y = new Float32Array(rows.length * dim);
+  for (let i = 0; i < rows.length; i++) y.set(x.subarray(rows[i]! * dim, (rows[i]! + 1) * dim), i * dim);
+  return y;
 }
 
 async function embed(ctx: Ctx, tokens: Int32Array): Promise<Float32Array> {
