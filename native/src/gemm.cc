@@ -5,6 +5,7 @@
 #include "gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -123,12 +124,16 @@ TileFn tile_for(size_t m, bool avx2) {
   }
 }
 
+// Per-thread panel buffers.
+struct Scratch {
+  std::vector<float> panel, rows;
+  Scratch(const GemmWeight& w, size_t in) : panel(std::min(kKc, in) * kNr), rows(w.type == ggml::kF32 ? 0 : std::min(kKc, in) * kNr) {}
+};
+
 // Panels [p0, p1) x tokens [t0, t1).
 void gemm_block(const GemmWeight& w, const float* x, float* y, size_t in, size_t out, size_t ldy, size_t p0, size_t p1,
-                size_t t0, size_t t1, bool avx2) {
-  const size_t kc_max = std::min(kKc, in);
-  std::vector<float> panel_buf(kc_max * kNr + 16), rows(w.type == ggml::kF32 ? 0 : kc_max * kNr);
-  float* panel = panel_buf.data() + ((32 - reinterpret_cast<uintptr_t>(panel_buf.data()) % 32) % 32) / sizeof(float);
+                size_t t0, size_t t1, bool avx2, Scratch& s) {
+  float* panel = s.panel.data();
   const TileFn full = tile_for(kMr, avx2);
   for (size_t tb0 = t0; tb0 < t1; tb0 += kTb) {
     const size_t tb1 = std::min(t1, tb0 + kTb);
@@ -137,7 +142,7 @@ void gemm_block(const GemmWeight& w, const float* x, float* y, size_t in, size_t
       const size_t o0 = p * kNr, nr = std::min(kNr, out - o0);
       for (size_t k0 = 0; k0 < in; k0 += kKc) {
         const size_t kc = std::min(kKc, in - k0);
-        pack(w, o0, nr, k0, kc, panel, rows.data());
+        pack(w, o0, nr, k0, kc, panel, s.rows.data());
         size_t t = tb0;
         for (; t + kMr <= tb1; t += kMr) full(panel, kc, x + t * in + k0, in, y + t * ldy + o0, ldy, nr, k0 == 0);
         if (t < tb1) tail(panel, kc, x + t * in + k0, in, y + t * ldy + o0, ldy, nr, k0 == 0);
@@ -157,16 +162,30 @@ void gemm(const GemmWeight& w, const float* x, float* y, size_t T, size_t in, si
   const bool avx2 = use_avx2();
   const size_t panels = (out + kNr - 1) / kNr;
   // Below ~1M multiply-adds starting a thread costs more than it saves.
-  const int t = T * out * in < (size_t{1} << 20) ? 1 : std::max(1, threads);
-  if (panels >= static_cast<size_t>(t) * 4 || T < static_cast<size_t>(t) * kMr * 4) {
-    parallel_for(panels, t, 1, [&](size_t a, size_t b) { gemm_block(w, x, y, in, out, ldy, a, b, 0, T, avx2); });
-  } else {
-    // Few weight rows, many tokens: split the tokens (each thread packs the panels itself).
-    const size_t groups = (T + kMr - 1) / kMr;
-    parallel_for(groups, t, 1, [&](size_t a, size_t b) {
-      gemm_block(w, x, y, in, out, ldy, 0, panels, a * kMr, std::min(T, b * kMr), avx2);
-    });
+  const size_t t = T * out * in < (size_t{1} << 20) ? 1 : static_cast<size_t>(std::max(1, threads));
+  if (t == 1) {
+    Scratch s(w, in);
+    gemm_block(w, x, y, in, out, ldy, 0, panels, 0, T, avx2, s);
+    return;
   }
+  // Work units of a few panels x a token range, handed out from a counter so a thread that the
+  // system delays leaves its share to the others (each element is computed the same way whichever
+  // thread takes it). Few weight rows and many tokens: the tokens are split too.
+  const size_t pchunk = std::max<size_t>(1, panels / (t * 4));
+  const size_t np = (panels + pchunk - 1) / pchunk;
+  size_t tchunk = T;
+  if (np < t * 4) tchunk = std::max<size_t>(kMr * 4, ((T + t * 4 - 1) / (t * 4) + kMr - 1) / kMr * kMr);
+  const size_t nt = (T + tchunk - 1) / tchunk;
+  const size_t units = np * nt;
+  std::atomic<size_t> next{0};
+  parallel_for(std::min(t, units), static_cast<int>(std::min(t, units)), 1, [&](size_t, size_t) {
+    Scratch s(w, in);
+    for (size_t u; (u = next.fetch_add(1)) < units;) {
+      const size_t pi = u % np, ti = u / np;
+      gemm_block(w, x, y, in, out, ldy, pi * pchunk, std::min(panels, (pi + 1) * pchunk), ti * tchunk,
+                 std::min(T, (ti + 1) * tchunk), avx2, s);
+    }
+  });
 }
 
 }  // namespace deepcast
