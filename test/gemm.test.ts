@@ -4,6 +4,7 @@
  * the same bytes; and both stay within float32 rounding of a float64 reference.
  */
 import { afterAll, describe, expect, it } from "vitest";
+import { selectBackend } from "../src/model/backend.js";
 import { forwardOps, tsOps } from "../src/model/ops.js";
 import { dequantizeRows, ggmlType, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
@@ -84,6 +85,10 @@ describe.runIf(native !== null && ops.matmulStored !== undefined)("GEMM from sto
       m = Math.max(m, Math.abs(ref[i]!));
     }
     expect(d / m).toBeLessThan(1e-5);
+  });
+
+  it("is what the CPU backend uses (selectBackend keeps the stored-form matmul)", () => {
+    expect(selectBackend("cpu").matmulStored).toBeDefined();
   });
 
   it("rejects a weight whose size does not match the shape", () => {

@@ -340,13 +340,14 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
   const k = new Float32Array(N * H * dqk);
   const v = new Float32Array(N * H * dv);
   for (let i = 0; i < N; i++) {
-    const kpe = kva.subarray(i * (kvr + dr) + kvr, (i + 1) * (kvr + dr));
+    const pe = i * (kvr + dr) + kvr;
     for (let hh = 0; hh < H; hh++) {
       const src = (i * H + hh) * (dn + dv);
       const ko = (i * H + hh) * dqk;
-      k.set(kvb.subarray(src, src + dn), ko);
-      k.set(kpe, ko + dn);
-      v.set(kvb.subarray(src + dn, src + dn + dv), (i * H + hh) * dv);
+      const vo = (i * H + hh) * dv;
+      for (let d = 0; d < dn; d++) k[ko + d] = kvb[src + d]!;
+      for (let d = 0; d < dr; d++) k[ko + dn + d] = kva[pe + d]!;
+      for (let d = 0; d < dv; d++) v[vo + d] = kvb[src + dn + d]!;
     }
   }
   const o = new Float32Array(N * H * dv);
