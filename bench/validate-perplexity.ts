@@ -6,6 +6,7 @@
  *   npm run build:ts     # the CLI runs dist/
  *   npx tsx bench/validate-perplexity.ts [--llama-perplexity PATH] [--types BF16,Q8_0,Q4_K_M] [--ctx 256]
  *                                        [--threads 2] [--repeat 5] [--text FILE] [--dir DIR]
+ *                                        [--llama-env NAME=VALUE]
  *
  * The GGUFs are made once per --dir from fixtures/tiny-dsv3 with the project's own converter
  * (planToGguf/runToGguf, what `deepcast to-gguf` runs). The text defaults to the fixture's eval text
@@ -42,6 +43,9 @@ const threads = Number(opt("--threads", String(Math.min(2, availableParallelism(
 const repeat = Number(opt("--repeat", "5"));
 const text = resolve(opt("--text", join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.txt")));
 const dir = resolve(opt("--dir", "/tmp/deepcast-bench-validate"));
+// e.g. --llama-env OMP_WAIT_POLICY=passive: llama.cpp's OpenMP threads spin while they wait, which
+// costs CPU time (and wall time) when other jobs share the cores.
+const llamaEnv = argv.includes("--llama-env") ? Object.fromEntries([opt("--llama-env", "").split("=", 2) as [string, string]]) : {};
 
 if (!existsSync(join(ROOT, "dist", "cli", "main.js"))) throw new Error("dist/ is not built: run npm run build:ts first");
 const haveLlama = existsSync(llamaPpl);
@@ -64,10 +68,10 @@ interface Timed { seconds: number; cpu: number; out: string }
  * Runs a command under /usr/bin/time; resolves with its wall time, its CPU time (user + system, s:
  * steadier than the wall clock on a shared machine) and its output; rejects on a non-zero exit.
  */
-function run(cmd: string, args: string[]): Promise<Timed> {
+function run(cmd: string, args: string[], env: Record<string, string> = {}): Promise<Timed> {
   return new Promise((res, rej) => {
     const t0 = performance.now();
-    const p = spawn("/usr/bin/time", ["-f", "BENCHTIME %e %U %S", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn("/usr/bin/time", ["-f", "BENCHTIME %e %U %S", cmd, ...args], { stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
     let out = "";
     p.stdout.on("data", (d: Buffer) => (out += d.toString()));
     p.stderr.on("data", (d: Buffer) => (out += d.toString()));
@@ -87,7 +91,7 @@ const deepcast = (path: string) =>
   run(process.execPath, [join(ROOT, "bin", "deepcast.js"), "validate", path, "--text", text, "--tokenizer", FIXTURE,
     "--ctx", String(ctx), "--threads", String(threads), "--json"]);
 const llama = (path: string) =>
-  run(llamaPpl, ["-m", path, "-f", text, "-c", String(ctx), "-b", String(Math.max(ctx, 2048)), "-t", String(threads), "-tb", String(threads)]);
+  run(llamaPpl, ["-m", path, "-f", text, "-c", String(ctx), "-b", String(Math.max(ctx, 2048)), "-t", String(threads), "-tb", String(threads)], llamaEnv);
 
 function deepcastPpl(out: string): string {
   const m = /"ppl"\s*:\s*([0-9.e+-]+)/.exec(out) ?? /PPL = ([0-9.]+)/.exec(out);
@@ -123,7 +127,7 @@ for (const type of types) {
 
 console.log(`\n${cpus()[0]?.model ?? "?"}, ${availableParallelism()} CPUs, ${threads} threads, ctx ${ctx}, ` +
   `text ${text.replace(ROOT + "/", "")}, best of ${repeat}, load average ${load0.toFixed(1)} -> ${loadavg()[0]!.toFixed(1)}, ` +
-  `total ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
+  `total ${((performance.now() - t0) / 1000).toFixed(0)} s${argv.includes("--llama-env") ? `, llama.cpp env ${opt("--llama-env", "")}` : ""}\n`);
 console.log("| GGUF | deepcast validate s | llama-perplexity s | wall deepcast / llama | CPU s deepcast | CPU s llama | CPU deepcast / llama | PPL deepcast | PPL llama.cpp |");
 console.log("|---|---|---|---|---|---|---|---|---|");
 const fmt = (x: number | null) => (x === null ? "-" : x.toFixed(3));
