@@ -16,7 +16,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { dirname, join } from "node:path";
-import { PACKAGE_ROOT } from "../src/formats.js";
+import { PACKAGE_ROOT } from "../src/formats/load.js";
 import { cudaNative, selectBackend, type BackendOps, type CudaNative } from "../src/model/backend.js";
 import { forward } from "../src/model/forward.js";
 import { perplexityWindows } from "../src/model/perplexity.js";

@@ -26,8 +26,11 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { writeDsv3Replica } from "../fixtures/dsv3-replica.js";
-import { loadHfModelFiles, planDeepseek2Gguf, planGgufOutput, type GgufOutputPlan } from "../src/convert/gguf-plan.js";
-import { encodeKv, parseSplitSize, planGgufLayout, type GgufTensorSpec } from "../src/io/gguf.js";
+import { planDeepseek2Gguf } from "../src/convert/gguf-plan.js";
+import { planGgufOutput, type GgufOutputPlan } from "../src/convert/gguf-output.js";
+import { loadHfModelFiles } from "../src/convert/hf-model-files.js";
+import { encodeKv } from "../src/io/gguf-kv.js";
+import { parseSplitSize, planGgufLayout, type GgufTensorSpec } from "../src/io/gguf-layout.js";
 import { LocalSource } from "../src/io/source.js";
 
 /** Published sizes, decimal GB. */

@@ -17,10 +17,12 @@ import {
   writeDsv3Replica,
   type ReplicaPlan,
 } from "../fixtures/dsv3-replica.js";
-import { loadHfModelFiles, planDeepseek2Gguf, planGgufOutput } from "../src/convert/gguf-plan.js";
+import { planDeepseek2Gguf } from "../src/convert/gguf-plan.js";
+import { planGgufOutput } from "../src/convert/gguf-output.js";
+import { loadHfModelFiles } from "../src/convert/hf-model-files.js";
 import { loadCheckpoint, type Checkpoint } from "../src/io/checkpoint.js";
 import { safetensorsOrder } from "../src/io/dtypes.js";
-import { planGgufLayout } from "../src/io/gguf.js";
+import { planGgufLayout } from "../src/io/gguf-layout.js";
 import { LocalSource } from "../src/io/source.js";
 import { ROOT, tempDir } from "./helpers.js";
 

@@ -95,8 +95,10 @@ describe("fp8-to-bf16 on the tiny DeepSeek-V3 fixture", () => {
     await expect(
       convert(FIXTURE, out2, {
         chunkBytes: 64 * 1024,
-        onShard: () => { shardsDone++; chunksInShard = 0; },
-        onProgress: () => { if (shardsDone === 1 && ++chunksInShard === 5) throw new Error("simulated crash"); },
+        onEvent: (e) => {
+          if (e.kind === "shard") { shardsDone++; chunksInShard = 0; }
+          if (e.kind === "bytes" && shardsDone === 1 && ++chunksInShard === 5) throw new Error("simulated crash");
+        },
       }),
     ).rejects.toThrow("simulated crash");
     const partial = await readdir(out2);
@@ -121,7 +123,7 @@ describe("fp8-to-bf16 on the tiny DeepSeek-V3 fixture", () => {
   it("a run interrupted before its first shard completes is resumed, not refused", async () => {
     const out5 = join(await tempDir(), "fresh");
     let chunks = 0;
-    await expect(convert(FIXTURE, out5, { chunkBytes: 64 * 1024, onProgress: () => { if (++chunks === 3) throw new Error("early crash"); } }))
+    await expect(convert(FIXTURE, out5, { chunkBytes: 64 * 1024, onEvent: (e) => { if (e.kind === "bytes" && ++chunks === 3) throw new Error("early crash"); } }))
       .rejects.toThrow("early crash");
     expect((await readdir(out5)).filter((f) => !f.startsWith("."))).toEqual([]);
     const again = await convert(FIXTURE, out5);

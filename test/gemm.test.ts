@@ -6,7 +6,8 @@
 import { afterAll, describe, expect, it } from "vitest";
 import { selectBackend } from "../src/model/backend.js";
 import { forwardOps, tsOps } from "../src/model/ops.js";
-import { dequantizeRows, ggmlType, quantizeRows } from "../src/quant/ggml.js";
+import { ggmlType } from "../src/formats/ggml-types.js";
+import { dequantizeRows, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 
 const native = loadNative();

@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { describe, expect, it, vi } from "vitest";
 
 import { DeepcastError } from "../src/errors.js";
-import { dequantizeRows, ggmlQuantTypes, ggmlType, quantizeRows, rowBytes } from "../src/quant/ggml.js";
+import { ggmlQuantType, ggmlQuantTypes, rowBytes } from "../src/formats/ggml-types.js";
+import { dequantizeRows, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 import { ROOT } from "./helpers.js";
 
@@ -85,14 +86,14 @@ describe("golden fixture", () => {
 
   it("agrees with formats/ggml-types.json and the addon's row sizes", () => {
     for (const [folder, t] of Object.entries(manifest.types)) {
-      const mine = ggmlType(folder);
+      const mine = ggmlQuantType(folder);
       expect(mine.ggmlName).toBe(t.name);
       expect([mine.id, mine.blockSize, mine.typeSize]).toEqual([t.id, t.block_size, t.type_size]);
-      expect(mine.usesImatrix).toBe(!manifest.imatrix_ignored_by.includes(folder));
+      expect(mine.imatrix !== "ignored").toBe(!manifest.imatrix_ignored_by.includes(folder));
     }
     for (const t of ggmlQuantTypes()) {
-      expect(ggmlType(t.name.toLowerCase())).toBe(t);
-      expect(ggmlType(t.id)).toBe(t);
+      expect(ggmlQuantType(t.name.toLowerCase())).toBe(t);
+      expect(ggmlQuantType(t.id)).toBe(t);
       expect(t.kQuant).toBe(t.blockSize === 256);
       if (hasKernels) expect((native!["ggmlRowBytes"] as (t: number, n: number) => number)(t.id, 512)).toBe(rowBytes(t, 512));
     }
@@ -146,8 +147,8 @@ describe.skipIf(!hasKernels)("threads", () => {
   const im = floats(inputs[0]!.imatrix_file);
 
   it.each(ggmlQuantTypes().map((t) => t.name))("%s: 1, 3 and 8 threads give the same bytes and values", (name) => {
-    const t = ggmlType(name);
-    for (const imatrix of t.usesImatrix ? [null, im] : [null]) {
+    const t = ggmlQuantType(name);
+    for (const imatrix of t.imatrix !== "ignored" ? [null, im] : [null]) {
       const one = quantizeRows(t, x, rows, 512, imatrix, 1);
       for (const threads of [3, 8]) expect(Buffer.from(quantizeRows(t, x, rows, 512, imatrix, threads)).equals(one)).toBe(true);
       const d1 = dequantizeRows(t, one, rows, 512, 1);
@@ -228,14 +229,14 @@ describe.skipIf(!canCompareSimd)("scalar and AVX2", () => {
   });
 
   it.each(ggmlQuantTypes().filter((t) => t.blockSize > 1).map((t) => t.name))("%s: identical bytes on mixed random rows", (name) => {
-    const t = ggmlType(name);
+    const t = ggmlQuantType(name);
     // 7 super-blocks (K-quants) / 55 blocks (legacy): full 16-lane batches, an 8-lane one and a
     // scalar tail all occur within a row.
     const rows = 128, n = t.kQuant ? 7 * 256 : 55 * 32;
     const x = mixedRows(rows, n, 0x9e3779b9 ^ t.id);
     const r = rng(7 + t.id);
     const im = new Float32Array(n).map(() => (r() < 0.05 ? 0 : Math.exp(3 * r() - 1)));
-    for (const imatrix of t.usesImatrix ? [null, im] : [null]) {
+    for (const imatrix of t.imatrix !== "ignored" ? [null, im] : [null]) {
       setSimd("scalar");
       const scalar = quantizeRows(t, x, rows, n, imatrix, 2);
       setSimd("avx2");
@@ -256,7 +257,7 @@ describe("API", () => {
 
   it("rejects bad shapes and unknown types with DeepcastError", () => {
     const x = new Float32Array(512);
-    expect(() => ggmlType("IQ2_XXS")).toThrow(DeepcastError);
+    expect(() => ggmlQuantType("IQ2_XXS")).toThrow(DeepcastError);
     expect(() => rowBytes("Q4_K", 300)).toThrow(/multiple of the Q4_K block size 256/);
     expect(() => quantizeRows("Q8_0", x, 3, 256)).toThrow(/src has 512 values, expected 3 x 256/);
     expect(() => quantizeRows("Q4_0", x, 1, 512, new Float32Array(256))).toThrow(/imatrix has 256 values/);

@@ -6,19 +6,13 @@ import { join, resolve } from "node:path";
 import { gguf, ggufAllShards } from "@huggingface/gguf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { idToTitle, modelIdComponents, roundedParamCount, sizeLabel } from "../src/convert/gguf-naming.js";
-import {
-  kvBSplit,
-  loadHfModelFiles,
-  planDeepseek2Gguf,
-  planGgufOutput,
-  type Deepseek2GgufModel,
-  type GgufOutputPlan,
-  type GgufOutputTensor,
-  type HfModelFiles,
-  type HfSourceRef,
-} from "../src/convert/gguf-plan.js";
+import { kvBSplit, planDeepseek2Gguf, type Deepseek2GgufModel, type HfSourceRef } from "../src/convert/gguf-plan.js";
+import { planGgufOutput, type GgufOutputPlan, type GgufOutputTensor } from "../src/convert/gguf-output.js";
+import { loadHfModelFiles, type HfModelFiles } from "../src/convert/hf-model-files.js";
 import { DeepcastError } from "../src/errors.js";
-import { encodeValueData, GgufWriter, parseSplitSize, planGgufLayout, type GgufKV } from "../src/io/gguf.js";
+import { encodeValueData, type GgufKV } from "../src/io/gguf-kv.js";
+import { GgufWriter } from "../src/io/gguf-writer.js";
+import { parseSplitSize, planGgufLayout } from "../src/io/gguf-layout.js";
 import { SafetensorsFile } from "../src/io/safetensors.js";
 import { LocalSource } from "../src/io/source.js";
 import { tsKernels } from "../src/quant/kernels.js";

@@ -4,27 +4,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gguf, ggufAllShards } from "@huggingface/gguf";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  encodeKv,
-  encodeValueData,
-  GGUF_DEFAULT_ALIGNMENT,
-  GgufType,
-  GgufWriter,
-  ggmlNbytes,
-  ggmlNDims,
-  ggmlType,
-  kv,
-  padTo,
-  parseSplitSize,
-  partialPath,
-  planGgufLayout,
-  setKvInPlace,
-  setKvLast,
-  splitPath,
-  type GgufKV,
-  type GgufLayout,
-  type GgufTensorSpec,
-} from "../src/io/gguf.js";
+import { encodeKv, encodeValueData, GgufType, kv, setKvInPlace, setKvLast, type GgufKV } from "../src/io/gguf-kv.js";
+import { GGUF_DEFAULT_ALIGNMENT, padTo, parseSplitSize, planGgufLayout, splitPath, type GgufLayout, type GgufTensorSpec } from "../src/io/gguf-layout.js";
+import { GgufWriter } from "../src/io/gguf-writer.js";
+import { partialPath } from "../src/io/write.js";
+import { ggmlNbytes, ggmlNDims, ggmlType } from "../src/formats/ggml-types.js";
 import { DeepcastError } from "../src/errors.js";
 
 const dirs: string[] = [];

@@ -7,7 +7,8 @@ import { MANIFEST } from "../src/convert/run-state.js";
 import { planToDemo, runToDemo, type DemoDtype, type ToDemoRunOptions } from "../src/convert/to-demo.js";
 import { loadCheckpoint } from "../src/io/checkpoint.js";
 import { DTYPE_SIZE, numel } from "../src/io/dtypes.js";
-import { partialName, SafetensorsFile, safetensorsFileSize } from "../src/io/safetensors.js";
+import { SafetensorsFile, safetensorsFileSize } from "../src/io/safetensors.js";
+import { partialPath } from "../src/io/write.js";
 import { LocalSource } from "../src/io/source.js";
 import { kernels } from "../src/quant/kernels.js";
 import { writeDsv3Replica } from "../fixtures/dsv3-replica.js";
@@ -194,13 +195,15 @@ describe("to-demo resume, atomic output, refusals", () => {
     let chunks = 0;
     await expect(toDemo(FIXTURE, out, { mp: 2, dtype: "bf16" }, {
       chunkBytes: 64 * 1024,
-      onShard: () => { shards++; },
-      onProgress: () => { if (shards === 1 && ++chunks === 20) throw new Error("simulated crash"); },
+      onEvent: (e) => {
+        if (e.kind === "shard") shards++;
+        if (e.kind === "bytes" && shards === 1 && ++chunks === 20) throw new Error("simulated crash");
+      },
     })).rejects.toThrow("simulated crash");
     const left = await readdir(out);
     expect(left.filter((f) => f.endsWith(".safetensors"))).toEqual([]);
     expect(JSON.parse(await readFile(join(out, MANIFEST), "utf8")).progress).toEqual({ shardsDone: 1 });
-    for (const r of [0, 1]) expect(left).toContain(partialName(`model${r}-mp2.safetensors`));
+    for (const r of [0, 1]) expect(left).toContain(partialPath(`model${r}-mp2.safetensors`));
 
     const resumed = await toDemo(FIXTURE, out, { mp: 2, dtype: "bf16" }, { threads: 1 });
     expect(resumed).toMatchObject({ resumedShards: 1, resumedFiles: 0 });
@@ -215,14 +218,14 @@ describe("to-demo resume, atomic output, refusals", () => {
     await toDemo(FIXTURE, ref, { mp: 2, dtype: "bf16" });
     const out = join(await tempDir(), "demo");
     let shards = 0;
-    const crash = { onShard: () => { shards++; }, onProgress: () => { if (shards === 1) throw new Error("simulated crash"); } };
+    const crash: Partial<ToDemoRunOptions> = { onEvent: (e) => { if (e.kind === "shard") shards++; if (e.kind === "bytes" && shards === 1) throw new Error("simulated crash"); } };
     await expect(toDemo(FIXTURE, out, { mp: 2, dtype: "bf16" }, crash)).rejects.toThrow("simulated crash");
-    await truncate(join(out, partialName("model1-mp2.safetensors")), 100);
+    await truncate(join(out, partialPath("model1-mp2.safetensors")), 100);
     expect(await toDemo(FIXTURE, out, { mp: 2, dtype: "bf16" })).toMatchObject({ resumedShards: 0 });
     expect(await hashTree(out)).toEqual(await hashTree(ref));
 
     const out2 = join(await tempDir(), "demo");
-    await expect(toDemo(FIXTURE, out2, { mp: 2, dtype: "bf16" }, { onProgress: () => { throw new Error("early crash"); } })).rejects.toThrow("early crash");
+    await expect(toDemo(FIXTURE, out2, { mp: 2, dtype: "bf16" }, { onEvent: (e) => { if (e.kind === "bytes") throw new Error("early crash"); } })).rejects.toThrow("early crash");
     expect((await readdir(out2)).filter((f) => f !== MANIFEST)).toEqual([]);
   });
 

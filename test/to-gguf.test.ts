@@ -49,7 +49,7 @@ describe("to-gguf interruption and resume", () => {
       const plan = await planToGguf(new LocalSource(FIXTURE), join(dir, name), { ftype: "Q4_K_M", split: { maxTensors: 25 } });
       return runToGguf(plan, {
         kernels: kernels(), threads: 1, force: false, skipSpaceCheck: true,
-        onTensor: (e) => { if (e.index === failAt) throw new Error("simulated crash"); },
+        onEvent: (e) => { if (e.kind === "tensor" && e.index === failAt) throw new Error("simulated crash"); },
       });
     };
     await run("ref.gguf");
@@ -76,7 +76,7 @@ describe("to-gguf resume inside a file", () => {
       planToGguf(new LocalSource(FIXTURE), out, { ftype: "Q4_K_M" }).then((plan) =>
         runToGguf(plan, {
           kernels: kernels(), threads: 1, force: false, skipSpaceCheck: true, checkpointBytes: 1,
-          onTensor: (e) => { seen.push(e.tensor); if (e.index === failAt) throw new Error("simulated crash"); },
+          onEvent: (e) => { if (e.kind !== "tensor") return; seen.push(e.tensor); if (e.index === failAt) throw new Error("simulated crash"); },
         }));
     await expect(run(40)).rejects.toThrow("simulated crash");
     const { readdir: ls } = await import("node:fs/promises");

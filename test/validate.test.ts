@@ -11,7 +11,10 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { perplexityWindows } from "../src/model/perplexity.js";
 import { findTokenizerDir, loadTokenizer, readTokenIds, tokenizerFromJson } from "../src/model/tokenize.js";
-import { formatKldSummary, llamaScoredTokens, LogitsFileWriter, planProtocol, validate } from "../src/model/validate.js";
+import { formatKldSummary } from "../src/cli/kld-format.js";
+import { LogitsFileWriter } from "../src/io/logits-file.js";
+import { llamaScoredTokens, planProtocol } from "../src/model/eval-protocol.js";
+import { validate } from "../src/model/validate.js";
 import { HfWeightSource } from "../src/model/weights.js";
 import { FIXTURE, GOLDEN, ROOT, tempDir } from "./helpers.js";
 
@@ -147,7 +150,7 @@ describe("validate", () => {
   it("llama protocol: a model against itself has KLD 0, same top 100 %, Δp 0, and the formula's scored count", async () => {
     const plan = planProtocol(evalIds, { protocol: "llama", ctx: 512, chunks: 2, bos: 0, addBos: true });
     const progress: number[] = [];
-    const r = await validate(fp8, fp8, plan.sequences, { threads: THREADS, batchSequences: 1, onProgress: (p) => progress.push(p.done) });
+    const r = await validate(fp8, fp8, plan.sequences, { threads: THREADS, batchSequences: 1, onEvent: (e) => { if (e.kind === "batch") progress.push(e.done); } });
     expect(progress).toEqual([1, 2]);
     expect(r.forwardPasses).toBe(2);
     expect(r.scoredTokens).toBe(llamaScoredTokens(evalIds.length + 1, 512, 2));
@@ -178,7 +181,7 @@ describe("validate", () => {
     await validate(fp8, null, plan.sequences, {
       threads: THREADS,
       batchSequences: 3,
-      logits: { write: async (l) => { await w.write(l); seenTemp ||= (await readdir(d)).some((n) => n.endsWith(".tmp")) && !existsSync(file); } },
+      logits: { write: async (l) => { await w.write(l); seenTemp ||= (await readdir(d)).some((n) => n.endsWith(".partial")) && !existsSync(file); } },
     });
     expect(seenTemp).toBe(true);
     await w.commit();

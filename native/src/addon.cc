@@ -28,6 +28,14 @@ static Napi::Value SetSimd(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, ok);
 }
 
+// The package version this addon was built from (binding.gyp passes package.json's); the loader
+// refuses an addon built from another version, whose entry points may differ.
+#define DEEPCAST_STR_(x) #x
+#define DEEPCAST_STR(x) DEEPCAST_STR_(x)
+static Napi::Value Version(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), DEEPCAST_STR(DEEPCAST_VERSION));
+}
+
 static Napi::Value HasAvx2(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), cpu_has_avx2());
 }
@@ -35,6 +43,7 @@ static Napi::Value HasAvx2(const Napi::CallbackInfo& info) {
 DEEPCAST_EXPORT("simdLevel", SimdLevel);
 DEEPCAST_EXPORT("setSimd", SetSimd);
 DEEPCAST_EXPORT("hasAvx2", HasAvx2);
+DEEPCAST_EXPORT("version", Version);
 
 }  // namespace deepcast
 

@@ -3,7 +3,9 @@ import { availableParallelism } from "node:os";
 import type { Argv } from "yargs";
 import { kernels, type Kernels } from "../quant/kernels.js";
 import { loadNative } from "../quant/native.js";
-import { createProgress, type Progress } from "./progress.js";
+import type { OnEvent } from "../events.js";
+import { describePlan, type PlanDescription } from "../io/dry-run.js";
+import { byteProgress } from "./progress.js";
 
 export function withCommonOptions<T>(y: Argv<T>) {
   return y
@@ -28,14 +30,14 @@ export function peakRssBytes(): number {
 }
 
 /**
- * Runs `body` with a progress display on stderr. Ctrl-C or SIGTERM stops at once (exit 130) with a
- * word on how to resume: outputs are only ever complete under their final names.
+ * Runs `body` with its event stream shown on stderr. Ctrl-C or SIGTERM stops at once (exit 130) with
+ * a word on how to resume: outputs are only ever complete under their final names.
  */
 export async function withProgress<T>(
-  opts: { total: number; label: string; resumeHint: string },
-  body: (progress: Progress) => Promise<T>,
+  opts: { label: string; resumeHint: string; ranks?: number },
+  body: (onEvent: OnEvent) => Promise<T>,
 ): Promise<T> {
-  const progress = createProgress({ total: opts.total, label: opts.label });
+  const progress = byteProgress(opts.label, opts.ranks !== undefined ? { ranks: opts.ranks } : {});
   const onSignal = () => {
     progress.stop();
     process.stderr.write(`\ninterrupted: ${opts.resumeHint}\n`);
@@ -44,7 +46,7 @@ export async function withProgress<T>(
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
-    return await body(progress);
+    return await body(progress.onEvent);
   } finally {
     progress.stop();
     process.off("SIGINT", onSignal);
@@ -67,4 +69,10 @@ export function runFacts(started: number, k: Kernels, threads: number) {
     simd: k.simd(),
     threads,
   };
+}
+
+/** --dry-run: the plan's report as JSON on stdout with --json, else as text on stdout. */
+export async function printDryRun(json: boolean, plan: PlanDescription): Promise<void> {
+  const report = await describePlan(plan);
+  process.stdout.write((json ? JSON.stringify(report.json, null, 2) : report.text) + "\n");
 }

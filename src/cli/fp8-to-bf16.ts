@@ -1,10 +1,9 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
-import { planFp8ToBf16, runFp8ToBf16 } from "../convert/fp8-to-bf16.js";
+import { describeFp8ToBf16, planFp8ToBf16, runFp8ToBf16 } from "../convert/fp8-to-bf16.js";
 import { fmtBytes } from "../units.js";
-import { freeBytes } from "../convert/run-state.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";
-import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
+import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
 export const command = "fp8-to-bf16 <in> <out>";
 export const describe = "Dequantize an FP8 block-scaled checkpoint (DeepSeek-V3/R1/V3.1, Kimi-K2) to BF16 safetensors";
@@ -31,45 +30,18 @@ export async function handler(argv: Args): Promise<void> {
   const plan = planFp8ToBf16(ckpt);
 
   if (argv.dryRun) {
-    const free = await freeBytes(argv.out);
-    const report = {
-      command: "fp8-to-bf16",
-      input: source.description,
-      output: argv.out,
-      shards: plan.shards.map((s) => ({ file: s.name, tensors: s.tensors.length, bytes: s.bytes })),
-      files: ["model.safetensors.index.json", ...(plan.config ? ["config.json"] : []), ...plan.copyFiles],
-      fp8Tensors: plan.fp8Tensors,
-      droppedScales: plan.droppedScales,
-      inputBytes: plan.inputBytes,
-      outputBytes: plan.outputBytes,
-      freeBytes: Number.isFinite(free) ? free : null,
-      fits: plan.outputBytes <= free,
-    };
-    if (argv.json) {
-      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
-      return;
-    }
-    for (const s of report.shards) console.log(`${s.file}  ${s.tensors} tensors  ${fmtBytes(s.bytes)}`);
-    console.log(`files: ${report.files.join(", ")}`);
-    console.log(`${plan.fp8Tensors} FP8 tensors dequantized, ${plan.droppedScales} scales dropped`);
-    console.log(`read ${fmtBytes(plan.inputBytes)}, write ${fmtBytes(plan.outputBytes)}; free at ${argv.out}: ${fmtBytes(free)}${report.fits ? "" : "  (NOT ENOUGH)"}`);
+    await printDryRun(argv.json, describeFp8ToBf16(plan, source.description, argv.out));
     return;
   }
 
-  const summary = await withProgress({ total: plan.outputBytes, label: "fp8-to-bf16", resumeHint: "rerun the same command to resume" }, (progress) =>
+  const summary = await withProgress({ label: "fp8-to-bf16", resumeHint: "rerun the same command to resume" }, (onEvent) =>
     runFp8ToBf16(ckpt, plan, {
       out: argv.out,
       kernels: k,
       threads: argv.threads,
       force: argv.force,
       skipSpaceCheck: argv.skipSpaceCheck,
-      onProgress: (_in, out) => progress.add(out),
-      onShard: (e) =>
-        progress.line(
-          e.skipped
-            ? `[${e.index + 1}/${e.count}] ${e.shard}: already complete, skipped`
-            : `[${e.index + 1}/${e.count}] ${e.shard}: ${fmtBytes(e.bytes)} in ${e.seconds.toFixed(1)} s (${(e.bytes / 1e9 / Math.max(e.seconds, 1e-9)).toFixed(2)} GB/s)`,
-        ),
+      onEvent,
     }));
   const facts = runFacts(started, k, argv.threads);
   const result = { command: "fp8-to-bf16", input: source.description, output: argv.out, ...summary, ...facts, gbPerSecond: summary.bytesWritten / 1e9 / facts.seconds };

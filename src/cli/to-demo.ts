@@ -1,10 +1,9 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
-import { planToDemo, runToDemo } from "../convert/to-demo.js";
-import { freeBytes } from "../convert/run-state.js";
+import { describeToDemo, planToDemo, runToDemo } from "../convert/to-demo.js";
 import { loadCheckpoint } from "../io/checkpoint.js";
 import { openSource } from "../io/open-source.js";
 import { fmtBytes } from "../units.js";
-import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
+import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
 export const command = "to-demo <in> <out>";
 export const describe = "Write the model-parallel shards of DeepSeek's inference demo (convert.py + generate.py --ckpt-path), streamed";
@@ -41,53 +40,18 @@ export async function handler(argv: Args): Promise<void> {
   const plan = planToDemo(ckpt, { modelParallel: argv.modelParallel, nExperts: argv.nExperts, dtype: argv.dtype, maxSeqLen: argv.maxSeqLen });
 
   if (argv.dryRun) {
-    const free = await freeBytes(argv.out);
-    const report = {
-      command: "to-demo",
-      input: source.description,
-      output: argv.out,
-      modelParallel: plan.mp,
-      nExperts: plan.nExperts,
-      dtype: plan.dtype,
-      ranks: plan.ranks.map((r) => ({ file: r.name, tensors: r.tensors.length, bytes: r.bytes })),
-      files: ["config.json", ...plan.copyFiles],
-      config: plan.modelArgs,
-      inputTensors: plan.inputs.length,
-      skippedMtpTensors: plan.skippedMtp,
-      fp8Dequantized: plan.fp8Dequantized,
-      droppedScales: plan.droppedScales,
-      inputBytes: plan.inputBytes,
-      outputBytes: plan.outputBytes,
-      freeBytes: Number.isFinite(free) ? free : null,
-      fits: plan.outputBytes <= free,
-    };
-    if (argv.json) {
-      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
-      return;
-    }
-    for (const r of report.ranks) console.log(`${r.file}  ${r.tensors} tensors  ${fmtBytes(r.bytes)}`);
-    console.log(`files: ${report.files.join(", ")}`);
-    console.log(`${plan.inputs.length} input tensors read once; ${plan.skippedMtp} MTP tensors skipped` +
-      (plan.dtype === "bf16" ? `; ${plan.fp8Dequantized} FP8 tensors dequantized, ${plan.droppedScales} scales dropped` : ""));
-    console.log(`demo config: dtype ${String(plan.modelArgs.dtype)}, max_seq_len ${String(plan.modelArgs.max_seq_len)}`);
-    console.log(`read ${fmtBytes(plan.inputBytes)}, write ${fmtBytes(plan.outputBytes)}; free at ${argv.out}: ${fmtBytes(free)}${report.fits ? "" : "  (NOT ENOUGH)"}`);
+    await printDryRun(argv.json, describeToDemo(plan, source.description, argv.out));
     return;
   }
 
-  const summary = await withProgress({ total: plan.outputBytes, label: "to-demo", resumeHint: "rerun the same command to resume" }, (progress) =>
+  const summary = await withProgress({ label: "to-demo", resumeHint: "rerun the same command to resume", ranks: plan.mp }, (onEvent) =>
     runToDemo(ckpt, plan, {
       out: argv.out,
       kernels: k,
       threads: argv.threads,
       force: argv.force,
       skipSpaceCheck: argv.skipSpaceCheck,
-      onProgress: (n) => progress.add(n),
-      onShard: (e) =>
-        progress.line(
-          e.skipped
-            ? `[${e.index + 1}/${e.count}] ${e.shard}: already written, skipped`
-            : `[${e.index + 1}/${e.count}] ${e.shard}: ${fmtBytes(e.bytes)} to ${plan.mp} rank file(s) in ${e.seconds.toFixed(1)} s`,
-        ),
+      onEvent,
     }));
   const facts = runFacts(started, k, argv.threads);
   const result = {

@@ -1,13 +1,11 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
-import { basename } from "node:path";
-import { planToGguf, runToGguf } from "../convert/to-gguf.js";
-import { freeBytes } from "../convert/run-state.js";
-import { parseSplitSize } from "../io/gguf.js";
+import { describeToGguf, imatrixSummary, planToGguf, runToGguf } from "../convert/to-gguf.js";
+import { parseSplitSize } from "../io/gguf-layout.js";
 import { readImatrix } from "../io/imatrix.js";
 import { openSource } from "../io/open-source.js";
 import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
-import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
+import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 import { DeepcastError } from "../errors.js";
 
 export const command = "to-gguf <in>";
@@ -54,15 +52,8 @@ export async function handler(argv: Args): Promise<void> {
     ...(argv.imatrix !== undefined ? { imatrix: await readImatrix(argv.imatrix) } : {}),
     dryRun: argv.dryRun,
   });
-  const { layout, output } = plan;
-  const im = plan.imatrix && {
-    file: plan.imatrix.loaded.file,
-    entries: plan.imatrix.loaded.entries.size,
-    withWeights: plan.imatrix.weights.size,
-    missing: plan.imatrix.missing,
-    sizeMismatch: plan.imatrix.sizeMismatch,
-    missingRequired: plan.imatrix.missingRequired,
-  };
+  const { output } = plan;
+  const im = imatrixSummary(plan);
   if (im && !argv.json) {
     // llama-quantize: "did not find weights for <name>" -> that tensor is quantized without an imatrix
     for (const name of im.missing) process.stderr.write(`imatrix: did not find weights for ${name} (quantized without)\n`);
@@ -71,62 +62,19 @@ export async function handler(argv: Args): Promise<void> {
   }
 
   if (argv.dryRun) {
-    const free = await freeBytes(argv.output);
-    const perType = new Map<string, { tensors: number; bytes: number }>();
-    const tensors = layout.files.flatMap((f) => f.tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type.name, bytes: t.nbytes, file: basename(f.path) })));
-    for (const t of tensors) {
-      const e = perType.get(t.type) ?? { tensors: 0, bytes: 0 };
-      e.tensors++;
-      e.bytes += t.bytes;
-      perType.set(t.type, e);
-    }
-    const report = {
-      command: "to-gguf",
-      input: source.description,
-      quant: output.ftype.name,
-      fileType: output.mix?.fileType ?? output.ftype.id,
-      tensorCount: layout.tensorCount,
-      totalBytes: layout.totalBytes,
-      files: layout.files.map((f) => ({ file: f.path, tensors: f.tensors.length, bytes: f.fileSize })),
-      types: Object.fromEntries(perType),
-      fallbacks: output.mix?.nFallback ?? 0,
-      requiresImatrix: output.mix?.requiresImatrix ?? [],
-      ...(im ? { imatrix: im } : {}),
-      freeBytes: Number.isFinite(free) ? free : null,
-      fits: layout.totalBytes <= free,
-      tensors,
-    };
-    if (argv.json) {
-      process.stdout.write(JSON.stringify(report, null, 2) + "\n");
-      return;
-    }
-    for (const t of tensors) console.log(`${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(5)} ${fmtBytes(t.bytes)}`);
-    console.log("");
-    for (const [type, e] of perType) console.log(`${type.padEnd(5)} ${String(e.tensors).padStart(6)} tensors  ${fmtBytes(e.bytes)}`);
-    for (const f of report.files) console.log(`${f.file}  ${f.tensors} tensors  ${fmtBytes(f.bytes)}`);
-    console.log(`${report.tensorCount} tensors, ${fmtBytes(report.totalBytes)} (${output.ftype.name}); free: ${fmtBytes(free)}${report.fits ? "" : "  (NOT ENOUGH)"}`);
-    if (im?.missingRequired.length) console.log(`the importance matrix has no entry for ${im.missingRequired.length} tensor(s) that need one: ${im.missingRequired.join(", ")}`);
-    if (report.requiresImatrix.length && !im) console.log(`needs an importance matrix for ${report.requiresImatrix.length} tensor(s) (--imatrix)`);
+    await printDryRun(argv.json, describeToGguf(plan, source.description, argv.output));
     return;
   }
 
-  let lastLine = 0;
   const summary = await withProgress(
-    { total: layout.totalBytes, label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
-    (progress) =>
+    { label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
+    (onEvent) =>
       runToGguf(plan, {
         kernels: k,
         threads: argv.threads,
         force: argv.force,
         skipSpaceCheck: argv.skipSpaceCheck,
-        onProgress: (_in, out) => progress.add(out),
-        onTensor: (e) => {
-          // Plain (non-TTY) output: a line every 5% of the tensors, not a thousand lines.
-          if (process.stderr.isTTY || e.index + 1 === e.count || e.index + 1 >= lastLine + Math.max(1, Math.floor(e.count / 20))) {
-            lastLine = e.index + 1;
-            progress.line(`[${e.index + 1}/${e.count}] ${e.tensor} ${e.type} ${fmtBytes(e.bytes)}`);
-          }
-        },
+        onEvent,
       }),
   );
   const facts = runFacts(started, k, argv.threads);

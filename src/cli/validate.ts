@@ -2,16 +2,18 @@ import type { Argv, ArgumentsCamelCase } from "yargs";
 import { unlinkSync } from "node:fs";
 import { readFile, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
-import { freeBytes } from "../convert/run-state.js";
+import { freeBytes } from "../io/write.js";
 import { DeepcastError } from "../errors.js";
 import { findTokenizerDir, hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
-import {
-  DEFAULT_CTX, defaultBatchSequences, formatKldSummary, LogitsFileWriter, planProtocol, PROTOCOLS, validate, type Protocol,
-} from "../model/validate.js";
+import { LogitsFileWriter } from "../io/logits-file.js";
+import { DEFAULT_CTX, planProtocol, PROTOCOLS, type Protocol } from "../model/eval-protocol.js";
+import { defaultBatchSequences, validate } from "../model/validate.js";
 import { openWeights } from "../model/open-weights.js";
 import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
-import { printResult, runFacts, selectKernels, withCommonOptions } from "./common.js";
+import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions } from "./common.js";
+import { formatKldSummary } from "./kld-format.js";
+import { validateProgress } from "./progress.js";
 
 export const command = "validate <candidate>";
 export const describe = "Perplexity of a converted model on a text, and with --reference, llama.cpp's KL-divergence statistics against the original";
@@ -146,18 +148,23 @@ export async function handler(argv: Args): Promise<void> {
     };
 
     if (argv.dryRun) {
-      const report = {
+      await printDryRun(argv.json, {
         command: "validate",
-        candidate: candidate.description,
-        reference: reference?.description ?? null,
         input: inputFile,
-        tokenizer: tokenizer?.description ?? null,
-        ...planInfo,
-        dumpLogits: argv.dumpLogits ? { file: argv.dumpLogits, bytes: dumpBytes } : null,
-      };
-      printResult(argv.json, report,
-        `would score ${plan.scoredTokens} tokens in ${plan.sequences.length} ${unit} of ${ctx} (${plan.available} in the text, protocol ${protocol}), ` +
-          `${planInfo.forwardPasses} forward passes of up to ${batch} ${unit}` + (argv.dumpLogits ? `; logits file ${fmtBytes(dumpBytes)}` : ""));
+        output: argv.dumpLogits ? dirname(resolve(argv.dumpLogits)) : null,
+        fields: {
+          candidate: candidate.description,
+          reference: reference?.description ?? null,
+          tokenizer: tokenizer?.description ?? null,
+          ...planInfo,
+          dumpLogits: argv.dumpLogits ? { file: argv.dumpLogits, bytes: dumpBytes } : null,
+        },
+        lines: [
+          `would score ${plan.scoredTokens} tokens in ${plan.sequences.length} ${unit} of ${ctx} (${plan.available} in the text, protocol ${protocol}), ` +
+            `${planInfo.forwardPasses} forward passes of up to ${batch} ${unit}` + (argv.dumpLogits ? `; logits file ${fmtBytes(dumpBytes)}` : ""),
+        ],
+        outputBytes: argv.dumpLogits ? dumpBytes : 0,
+      });
       return;
     }
 
@@ -175,24 +182,13 @@ export async function handler(argv: Args): Promise<void> {
     process.once("SIGTERM", onSignal);
 
     const err = process.stderr;
-    const live = err.isTTY === true;
     err.write(`validate: ${plan.scoredTokens} tokens to score in ${plan.sequences.length} ${unit} of ${ctx} (protocol ${protocol}), ` +
       `${Math.ceil(plan.sequences.length / batch)} batch(es) of up to ${batch}${reference ? ", reference then candidate per batch" : ""}\n`);
-    const nLayers = candidate.config.nLayers;
     const r = await validate(candidate, reference, plan.sequences, {
       threads,
       batchSequences: batch,
       logits: writer ?? undefined,
-      onLayer: live
-        ? (model, layer, b, bs) => err.write(`\r\x1b[Kbatch ${b + 1}/${bs}: ${model} ${layer < nLayers ? `layer ${layer + 1}/${nLayers}` : "head"}`)
-        : undefined,
-      onProgress: (p) => {
-        if (live) err.write("\r\x1b[K");
-        const models = reference ? 2 : 1;
-        err.write(`[${p.done}/${p.total}] ${unit}, ${p.tokens} tokens${reference ? " through each model" : ""} in ${p.seconds.toFixed(1)} s ` +
-          `(${((p.tokens * models) / Math.max(p.seconds, 1e-9)).toFixed(1)} tokens/s), ` +
-          `PPL ${p.ppl.toFixed(4)}` + (p.pplBase !== undefined ? `, PPL(base) ${p.pplBase.toFixed(4)}, mean KLD ${p.meanKld!.toFixed(6)}` : "") + "\n");
-      },
+      onEvent: validateProgress(unit, reference !== null),
     });
     if (writer) await writer.commit();
 

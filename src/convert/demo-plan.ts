@@ -6,32 +6,11 @@
  * Planned from the headers alone; nothing is read from the tensor data here.
  */
 import { DeepcastError } from "../errors.js";
-import { readFormat } from "../formats.js";
+import { demoName, demoNamesFormat, rankFileName, routedExpertIndex } from "../formats/demo-names.js";
+import { FP8_BLOCK, scaleNameOf, scaleShape, weightOfScale } from "../formats/fp8.js";
 import { locate, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
-import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
+import { safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
-import { FP8_BLOCK } from "../quant/kernels.js";
-
-// ---------------------------------------------------------------------------------------------
-// formats/demo-names.json
-// ---------------------------------------------------------------------------------------------
-
-interface DemoNamesFormat {
-  stripPrefix: string;
-  layerPattern: string;
-  replace: [string, string][];
-  modules: Record<string, { demo: string; split: number | null }>;
-  routedExperts: { contains: string; excludes: string; indexComponent: number };
-  scaleSuffix: string;
-  copyFiles: string;
-  outputFile: string;
-  modelArgs: { demo: string; hf: string; default?: number | string }[];
-}
-
-
-export function demoNamesFormat(): DemoNamesFormat {
-  return readFormat<DemoNamesFormat>("demo-names.json");
-}
 
 // ---------------------------------------------------------------------------------------------
 // plan types
@@ -99,41 +78,6 @@ export interface DemoPlan {
   fp8Dequantized: number;
   inputBytes: number;
   outputBytes: number;
-}
-
-// ---------------------------------------------------------------------------------------------
-// names
-// ---------------------------------------------------------------------------------------------
-
-/** convert.py's rename of one HF name: returns the demo name and the module's split dim. */
-export function demoName(hfName: string, where: { file?: string } = {}): { name: string; split: number | null } {
-  const f = demoNamesFormat();
-  let name = hfName.startsWith(f.stripPrefix) ? hfName.slice(f.stripPrefix.length) : hfName;
-  for (const [a, b] of f.replace) name = name.replaceAll(a, b);
-  const parts = name.split(".");
-  const key = parts.length >= 2 ? parts[parts.length - 2]! : undefined;
-  const m = key !== undefined && Object.hasOwn(f.modules, key) ? f.modules[key] : undefined;
-  if (!key || !m) {
-    throw new DeepcastError(
-      `no demo name for module ${JSON.stringify(key ?? name)}: DeepSeek's convert.py maps only ${Object.keys(f.modules).join(", ")}`,
-      { file: where.file, tensor: hfName });
-  }
-  return { name: name.replaceAll(key, m.demo), split: m.split };
-}
-
-/** The global expert index of a routed-expert demo name, or null for any other tensor. */
-export function routedExpertIndex(name: string, hfName: string): number | null {
-  const e = demoNamesFormat().routedExperts;
-  if (!name.includes(e.contains) || name.includes(e.excludes)) return null;
-  const comp = name.split(".").at(e.indexComponent);
-  if (comp === undefined || !/^\d+$/.test(comp)) {
-    throw new DeepcastError(`routed expert tensor has no expert index where convert.py reads it (component ${e.indexComponent} of ${name})`, { tensor: hfName });
-  }
-  return Number(comp);
-}
-
-export function rankFileName(rank: number, mp: number): string {
-  return demoNamesFormat().outputFile.replace("{rank}", String(rank)).replace("{mp}", String(mp));
 }
 
 function globToRegExp(glob: string): RegExp {
@@ -247,7 +191,7 @@ export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
         skippedMtp++;
         continue;
       }
-      const isScale = hfName.endsWith(f.scaleSuffix);
+      const isScale = weightOfScale(hfName) !== null;
       if (isScale && opts.dtype === "bf16") {
         // Consumed by its weight's dequantization (as fp8_cast_bf16.py drops it).
         droppedScales++;
@@ -262,7 +206,7 @@ export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
         throw new DeepcastError("F8_E5M2 weights are not supported (DeepSeek checkpoints use F8_E4M3)", { file: where(file), tensor: hfName });
       }
       if (entry.dtype === "F8_E4M3") {
-        scale = checkScale(from, locate(ckpt, hfName + f.scaleSuffix), f.scaleSuffix, where);
+        scale = checkScale(from, locate(ckpt, scaleNameOf(hfName)), where);
         if (opts.dtype === "bf16") {
           op = "fp8";
           dtype = "BF16";
@@ -328,16 +272,16 @@ export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
   };
 }
 
-function checkScale(weight: TensorLocation, scale: TensorLocation | undefined, suffix: string, where: (f: string) => string): TensorLocation {
+function checkScale(weight: TensorLocation, scale: TensorLocation | undefined, where: (f: string) => string): TensorLocation {
   const w = weight.entry;
   if (!scale) {
-    throw new DeepcastError(`FP8 weight has no ${w.name}${suffix} in the checkpoint`, { file: where(weight.file), tensor: w.name });
+    throw new DeepcastError(`FP8 weight has no ${scaleNameOf(w.name)} in the checkpoint`, { file: where(weight.file), tensor: w.name });
   }
   if (w.shape.length !== 2) {
     throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(weight.file), tensor: w.name });
   }
   const s = scale.entry;
-  const expected = [Math.ceil(w.shape[0]! / FP8_BLOCK), Math.ceil(w.shape[1]! / FP8_BLOCK)];
+  const expected = scaleShape(w.shape[0]!, w.shape[1]!);
   if (s.dtype !== "F32") throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name });
   if (s.shape.length !== 2 || s.shape[0] !== expected[0] || s.shape[1] !== expected[1]) {
     throw new DeepcastError(
@@ -358,9 +302,9 @@ function checkSplit(ckpt: Checkpoint, t: TensorLocation, name: string, dim: numb
     new DeepcastError(`cannot split ${name} ${JSON.stringify(e.shape)} into ${mp} ranks along dim ${dim}: ${why}`, { file: where(file), tensor });
   if (dim >= e.shape.length) throw fail(`it has only ${e.shape.length} dims`);
   const size = e.shape[dim]!;
-  const suffix = demoNamesFormat().scaleSuffix;
   if (dtype === "keep") {
-    const weight = e.name.endsWith(suffix) ? locate(ckpt, e.name.slice(0, -suffix.length)) : e.dtype === "F8_E4M3" ? t : undefined;
+    const weightName = weightOfScale(e.name);
+    const weight = weightName !== null ? locate(ckpt, weightName) : e.dtype === "F8_E4M3" ? t : undefined;
     if (weight && weight.entry.dtype === "F8_E4M3") {
       const w = weight.entry;
       const wSize = w.shape[dim];

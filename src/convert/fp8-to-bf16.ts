@@ -5,16 +5,19 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
+import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
-import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, ShardReader, type Chunk } from "./pipeline.js";
-import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
+import { scaleNameOf, scaleShape, weightOfScale } from "../formats/fp8.js";
+import type { Kernels } from "../quant/kernels.js";
+import { ShardReader } from "../io/shard-reader.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, type Chunk } from "./pipeline.js";
+import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
-import { fingerprint, freeBytes, RunState } from "./run-state.js";
+import { fingerprint, RunState } from "./run-state.js";
 
-export const SCALE_SUFFIX = "_scale_inv";
 
 export type OutTensor = TensorSpec &
   ({ op: "copy"; from: TensorLocation } | { op: "fp8"; from: TensorLocation; scale: TensorLocation });
@@ -40,18 +43,18 @@ export interface Fp8ToBf16Plan {
   outputBytes: number;
 }
 
-const isScaleName = (name: string) => name.endsWith(SCALE_SUFFIX);
+const isScaleName = (name: string) => weightOfScale(name) !== null;
 
 function checkScale(weight: TensorLocation, scale: TensorLocation | undefined, where: (f: string) => string): TensorLocation {
   const w = weight.entry;
   if (!scale) {
-    throw new DeepcastError(`FP8 weight has no ${w.name}${SCALE_SUFFIX} in the checkpoint: cannot dequantize it`, { file: where(weight.file), tensor: w.name });
+    throw new DeepcastError(`FP8 weight has no ${scaleNameOf(w.name)} in the checkpoint: cannot dequantize it`, { file: where(weight.file), tensor: w.name });
   }
   const s = scale.entry;
   if (w.shape.length !== 2) {
     throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(weight.file), tensor: w.name });
   }
-  const expected = [Math.ceil(w.shape[0]! / FP8_BLOCK), Math.ceil(w.shape[1]! / FP8_BLOCK)];
+  const expected = scaleShape(w.shape[0]!, w.shape[1]!);
   if (s.dtype !== "F32") {
     throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name });
   }
@@ -80,7 +83,7 @@ export function planFp8ToBf16(ckpt: Checkpoint): Fp8ToBf16Plan {
       }
       const from = { file: name, entry };
       if (entry.dtype === "F8_E4M3") {
-        const scale = checkScale(from, locate(ckpt, entry.name + SCALE_SUFFIX), where);
+        const scale = checkScale(from, locate(ckpt, scaleNameOf(entry.name)), where);
         tensors.push({ name: entry.name, dtype: "BF16", shape: entry.shape, op: "fp8", from, scale });
         fp8Tensors++;
       } else if (entry.dtype === "F8_E5M2") {
@@ -136,6 +139,25 @@ function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: num
   return fp8ToBf16Chunks({ tensor: t.name, file: t.from.file, rows, cols, scale: () => scales.get(t.name)!, kernels: k, threads, chunkBytes });
 }
 
+/** The --dry-run description of a plan. */
+export function describeFp8ToBf16(plan: Fp8ToBf16Plan, input: string, out: string): PlanDescription {
+  const shards = plan.shards.map((s) => ({ file: s.name, tensors: s.tensors.length, bytes: s.bytes }));
+  const files = [INDEX_FILE, ...(plan.config ? ["config.json"] : []), ...plan.copyFiles];
+  return {
+    command: "fp8-to-bf16",
+    input,
+    output: out,
+    fields: { shards, files, fp8Tensors: plan.fp8Tensors, droppedScales: plan.droppedScales },
+    lines: [
+      ...shards.map((s) => `${s.file}  ${s.tensors} tensors  ${fmtBytes(s.bytes)}`),
+      `files: ${files.join(", ")}`,
+      `${plan.fp8Tensors} FP8 tensors dequantized, ${plan.droppedScales} scales dropped`,
+    ],
+    inputBytes: plan.inputBytes,
+    outputBytes: plan.outputBytes,
+  };
+}
+
 export interface RunOptions {
   out: string;
   kernels: Kernels;
@@ -143,9 +165,8 @@ export interface RunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
-  /** Called with input/output bytes as chunks complete. */
-  onProgress?: (inBytes: number, outBytes: number) => void;
-  onShard?: (event: { shard: string; index: number; count: number; skipped: boolean; bytes: number; seconds: number }) => void;
+  /** Progress: start, bytes (per chunk), shard, done. */
+  onEvent?: OnEvent;
 }
 
 export interface RunSummary {
@@ -181,6 +202,9 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
       throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir });
     }
   }
+  const emit: OnEvent = opts.onEvent ?? (() => undefined);
+  const started = performance.now();
+  emit({ kind: "start", command: "fp8-to-bf16", total: plan.outputBytes, unit: "bytes" });
   const reader = new ShardReader(ckpt.source);
   const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
   const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
@@ -192,8 +216,8 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
       const t0 = performance.now();
       if (!pending.includes(s)) {
         summary.resumedShards++;
-        opts.onProgress?.(s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), s.bytes);
-        opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
+        emit({ kind: "bytes", inBytes: s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), outBytes: s.bytes });
+        emit({ kind: "shard", shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
         continue;
       }
       const scales = new Map<string, Float32Array>();
@@ -207,7 +231,7 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
       try {
         await pump(chunks, reader, writer, (inB, outB) => {
           summary.bytesRead += inB;
-          opts.onProgress?.(inB, outB);
+          emit({ kind: "bytes", inBytes: inB, outBytes: outB });
         });
       } catch (e) {
         await writer.abort();
@@ -226,7 +250,7 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
         summary.bytesWritten += s.bytes;
         summary.tensors += s.tensors.length;
         summary.fp8Tensors += s.tensors.filter((t) => t.op === "fp8").length;
-        opts.onShard?.({ shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
+        emit({ kind: "shard", shard: s.name, index: i, count: plan.shards.length, skipped: false, bytes: s.bytes, seconds: (performance.now() - t0) / 1000 });
       })();
       // Surface a failed commit at the next await rather than as an unhandled rejection.
       committing.catch(() => undefined);
@@ -238,6 +262,7 @@ export async function runFp8ToBf16(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: 
   }
   await writeSmallFiles(ckpt, plan, state.dir);
   await state.markComplete();
+  emit({ kind: "done", command: "fp8-to-bf16", seconds: (performance.now() - started) / 1000 });
   return summary;
 }
 

@@ -3,8 +3,9 @@
  * tokenizer.json, tokenizer_config.json and config.json.
  */
 import { DeepcastError } from "../errors.js";
-import { kv, type GgufKV } from "../io/gguf.js";
-import type { HfModelFiles } from "./gguf-plan.js";
+import { Keys } from "../formats/gguf-keys.js";
+import { kv, type GgufKV } from "../io/gguf-kv.js";
+import type { HfModelFiles } from "./hf-model-files.js";
 import { isObj, isPyInt, pyEq, truthy } from "./python-compat.js";
 
 /** TextModel._set_vocab_gpt2 + SpecialVocab(load_merges=True).add_to_gguf, from tokenizer.json / tokenizer_config.json / config.json. */
@@ -58,10 +59,10 @@ export function tokenizerKvs(files: HfModelFiles, pre: string, vocabSizeCfg: num
     tokens.push(t);
   }
   const out: GgufKV[] = [
-    kv.str("tokenizer.ggml.model", "gpt2"),
-    kv.str("tokenizer.ggml.pre", pre),
-    kv.arr("tokenizer.ggml.tokens", "STRING", tokens),
-    kv.arr("tokenizer.ggml.token_type", "INT32", types),
+    kv.str(Keys.Tokenizer.MODEL, "gpt2"),
+    kv.str(Keys.Tokenizer.PRE, pre),
+    kv.arr(Keys.Tokenizer.LIST, "STRING", tokens),
+    kv.arr(Keys.Tokenizer.TOKEN_TYPE, "INT32", types),
   ];
 
   // SpecialVocab._try_load_from_tokenizer_json
@@ -206,23 +207,23 @@ export function tokenizerKvs(files: HfModelFiles, pre: string, vocabSizeCfg: num
     setSpecial(typ, id);
   }
 
-  if (merges.length) out.push(kv.arr("tokenizer.ggml.merges", "STRING", merges));
+  if (merges.length) out.push(kv.arr(Keys.Tokenizer.MERGES, "STRING", merges));
   const idKeys: Record<string, string> = {
-    bos: "tokenizer.ggml.bos_token_id", eos: "tokenizer.ggml.eos_token_id", unk: "tokenizer.ggml.unknown_token_id",
-    sep: "tokenizer.ggml.seperator_token_id", pad: "tokenizer.ggml.padding_token_id", mask: "tokenizer.ggml.mask_token_id",
-    eot: "tokenizer.ggml.eot_token_id", eom: "tokenizer.ggml.eom_token_id",
+    bos: Keys.Tokenizer.BOS_ID, eos: Keys.Tokenizer.EOS_ID, unk: Keys.Tokenizer.UNK_ID,
+    sep: Keys.Tokenizer.SEP_ID, pad: Keys.Tokenizer.PAD_ID, mask: Keys.Tokenizer.MASK_ID,
+    eot: Keys.Tokenizer.EOT_ID, eom: Keys.Tokenizer.EOM_ID,
   };
   for (const [typ, id] of specialIds) {
     const key = idKeys[typ];
     if (key) out.push(kv.u32(key, id));
   }
-  const addKeys: Record<string, string> = { bos: "tokenizer.ggml.add_bos_token", eos: "tokenizer.ggml.add_eos_token", sep: "tokenizer.ggml.add_sep_token" };
+  const addKeys: Record<string, string> = { bos: Keys.Tokenizer.ADD_BOS, eos: Keys.Tokenizer.ADD_EOS, sep: Keys.Tokenizer.ADD_SEP };
   for (const [typ, v] of addSpecial) {
     const key = addKeys[typ];
     if (key) out.push(kv.bool(key, v));
   }
   if (typeof chatTemplate === "string") {
-    if (chatTemplate.length > 0) out.push(kv.str("tokenizer.chat_template", chatTemplate));
+    if (chatTemplate.length > 0) out.push(kv.str(Keys.Tokenizer.CHAT_TEMPLATE, chatTemplate));
   } else if (Array.isArray(chatTemplate)) {
     let def: string | undefined;
     const names: string[] = [];
@@ -234,14 +235,14 @@ export function tokenizerKvs(files: HfModelFiles, pre: string, vocabSizeCfg: num
         if (n === "default") def = tmpl;
         else {
           if (!names.includes(n)) names.push(n);
-          if (tmpl.length > 0) out.push(kv.str(`tokenizer.chat_template.${n}`, tmpl));
+          if (tmpl.length > 0) out.push(kv.str(Keys.Tokenizer.CHAT_TEMPLATE_N.replace("{name}", n), tmpl));
         }
       }
     }
-    if (names.length) out.push(kv.arr("tokenizer.chat_templates", "STRING", names));
-    if (def !== undefined && def.length > 0) out.push(kv.str("tokenizer.chat_template", def));
+    if (names.length) out.push(kv.arr(Keys.Tokenizer.CHAT_TEMPLATES, "STRING", names));
+    if (def !== undefined && def.length > 0) out.push(kv.str(Keys.Tokenizer.CHAT_TEMPLATE, def));
   }
-  if (normalizerLowercase !== undefined) out.push(kv.bool("tokenizer.ggml.normalizer.lowercase", normalizerLowercase));
-  if (normalizerStripAccents !== undefined) out.push(kv.bool("tokenizer.ggml.normalizer.strip_accents", normalizerStripAccents));
+  if (normalizerLowercase !== undefined) out.push(kv.bool(Keys.Tokenizer.NORMALIZER_LOWERCASE, normalizerLowercase));
+  if (normalizerStripAccents !== undefined) out.push(kv.bool(Keys.Tokenizer.NORMALIZER_STRIP_ACCENTS, normalizerStripAccents));
   return out;
 }

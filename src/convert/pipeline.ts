@@ -4,25 +4,17 @@
  * rotate, so memory is a few chunks, never a tensor, a shard or a model.
  */
 import { DeepcastError } from "../errors.js";
-import { SafetensorsFile } from "../io/safetensors.js";
-import type { CheckpointSource } from "../io/source.js";
-import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
+import { FP8_BLOCK } from "../formats/fp8.js";
+import type { ShardReader, TensorRange } from "../io/shard-reader.js";
+import type { Kernels } from "../quant/kernels.js";
 
 /** Default bytes of input per chunk. */
 export const DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024;
 
-export interface ChunkSource {
-  file: string;
-  tensor: string;
-  /** Byte offset inside the tensor's data. */
-  offset: number;
-  length: number;
-}
-
 export interface Chunk {
   /** Output tensor these bytes belong to. */
   tensor: string;
-  src: ChunkSource;
+  src: TensorRange;
   /** Bytes this chunk produces. */
   outBytes: number;
   /** Turns the input bytes into `out` (exactly outBytes long). Absent: the input is written as is. */
@@ -32,41 +24,6 @@ export interface Chunk {
 /** Anything chunks can be appended to, in order. */
 export interface ChunkSink {
   append(tensor: string, data: Uint8Array): Promise<void>;
-}
-
-/** Opens input shards on demand (fetching them through the source) and keeps them open. */
-export class ShardReader {
-  private readonly open = new Map<string, Promise<SafetensorsFile>>();
-
-  constructor(private readonly source: CheckpointSource) {}
-
-  file(name: string): Promise<SafetensorsFile> {
-    let f = this.open.get(name);
-    if (!f) {
-      f = this.source.localPath(name).then((p) => SafetensorsFile.open(p));
-      this.open.set(name, f);
-    }
-    return f;
-  }
-
-  async read(src: ChunkSource, dst: Uint8Array): Promise<void> {
-    await (await this.file(src.file)).read(src.tensor, dst, src.offset);
-  }
-
-  /** Reads a whole (small) tensor into a fresh, aligned buffer. */
-  async readTensor(file: string, tensor: string): Promise<Uint8Array> {
-    const f = await this.file(file);
-    const t = f.entry(tensor);
-    const buf = new Uint8Array(new ArrayBuffer(t.end - t.begin));
-    await f.read(tensor, buf);
-    return buf;
-  }
-
-  async close(): Promise<void> {
-    const files = await Promise.allSettled(this.open.values());
-    this.open.clear();
-    for (const f of files) if (f.status === "fulfilled") await f.value.close();
-  }
 }
 
 class Slot {

@@ -5,9 +5,10 @@
  * with different inputs or options.
  */
 import { createHash } from "node:crypto";
-import { mkdir, readdir, readFile, realpath, rename, stat, statfs, writeFile } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { mkdir, readdir, readFile, realpath, stat } from "node:fs/promises";
+import { join, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
+import { writeFileAtomic } from "../io/write.js";
 
 export const MANIFEST = ".deepcast-run.json";
 
@@ -125,10 +126,7 @@ export class RunState {
   }
 
   private async save(): Promise<void> {
-    const path = join(this.dir, this.manifestName);
-    const tmp = `${path}.partial`;
-    await writeFile(tmp, JSON.stringify(this.manifest, null, 1) + "\n");
-    await rename(tmp, path);
+    await writeFileAtomic(join(this.dir, this.manifestName), JSON.stringify(this.manifest, null, 1) + "\n");
   }
 }
 
@@ -147,16 +145,4 @@ async function sameDir(a: string, b: string): Promise<boolean> {
   const ra = await realpath(a).catch(() => resolve(a));
   const rb = await realpath(b).catch(() => resolve(b));
   return ra === rb;
-}
-
-/** Free bytes on the file system that holds `path` (or its nearest existing parent). */
-export async function freeBytes(path: string): Promise<number> {
-  let p = resolve(path);
-  for (;;) {
-    const s = await statfs(p).catch(() => null);
-    if (s) return s.bavail * s.bsize;
-    const up = dirname(p);
-    if (up === p) return Number.POSITIVE_INFINITY;
-    p = up;
-  }
 }

@@ -14,19 +14,54 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
+import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, type Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel } from "../io/dtypes.js";
 import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
 import type { Kernels } from "../quant/kernels.js";
-import { copyFileAtomic, writeFileAtomic } from "../io/write.js";
+import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, ShardReader, type Chunk, type ChunkSink } from "./pipeline.js";
-import { fingerprint, freeBytes, RunState } from "./run-state.js";
+import { ShardReader } from "../io/shard-reader.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, type Chunk, type ChunkSink } from "./pipeline.js";
+import { fingerprint, RunState } from "./run-state.js";
 
 export * from "./demo-plan.js";
 
 /** Beside the run manifest: how many input shards the temporary rank files hold, durably. */
+
+/** The --dry-run description of a plan. */
+export function describeToDemo(plan: DemoPlan, input: string, out: string): PlanDescription {
+  const ranks = plan.ranks.map((r) => ({ file: r.name, tensors: r.tensors.length, bytes: r.bytes }));
+  const files = ["config.json", ...plan.copyFiles];
+  return {
+    command: "to-demo",
+    input,
+    output: out,
+    fields: {
+      modelParallel: plan.mp,
+      nExperts: plan.nExperts,
+      dtype: plan.dtype,
+      ranks,
+      files,
+      config: plan.modelArgs,
+      inputTensors: plan.inputs.length,
+      skippedMtpTensors: plan.skippedMtp,
+      fp8Dequantized: plan.fp8Dequantized,
+      droppedScales: plan.droppedScales,
+    },
+    lines: [
+      ...ranks.map((r) => `${r.file}  ${r.tensors} tensors  ${fmtBytes(r.bytes)}`),
+      `files: ${files.join(", ")}`,
+      `${plan.inputs.length} input tensors read once; ${plan.skippedMtp} MTP tensors skipped` +
+        (plan.dtype === "bf16" ? `; ${plan.fp8Dequantized} FP8 tensors dequantized, ${plan.droppedScales} scales dropped` : ""),
+      `demo config: dtype ${String(plan.modelArgs.dtype)}, max_seq_len ${String(plan.modelArgs.max_seq_len)}`,
+    ],
+    inputBytes: plan.inputBytes,
+    outputBytes: plan.outputBytes,
+  };
+}
 
 export interface ToDemoRunOptions {
   out: string;
@@ -35,10 +70,8 @@ export interface ToDemoRunOptions {
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
-  /** Called with the bytes just written to the rank files (all ranks together). */
-  onProgress?: (outBytes: number) => void;
-  /** Called once per input shard. */
-  onShard?: (event: { shard: string; index: number; count: number; skipped: boolean; bytes: number; seconds: number }) => void;
+  /** Progress: start, bytes (written to the rank files, all ranks together), shard (once per input shard), done. */
+  onEvent?: OnEvent;
 }
 
 export interface ToDemoSummary {
@@ -160,6 +193,8 @@ async function recordProgress(state: RunState, shardsDone: number): Promise<void
 }
 
 export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOptions): Promise<ToDemoSummary> {
+  const emit: OnEvent = opts.onEvent ?? (() => undefined);
+  const started = performance.now();
   const fp = await demoPlanFingerprint(ckpt, plan);
   const state = await RunState.open(opts.out, { command: "to-demo", fingerprint: fp, force: opts.force, inputDir: ckpt.source.description });
   const dir = state.dir;
@@ -183,17 +218,20 @@ export async function runToDemo(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRu
         throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir });
       }
     }
-    await writeRanks(ckpt, plan, opts, state, fp, pendingRank, summary);
+    emit({ kind: "start", command: "to-demo", total: plan.outputBytes, unit: "bytes" });
+    await writeRanks(ckpt, plan, emit, opts, state, fp, pendingRank, summary);
   } else {
-    opts.onProgress?.(plan.outputBytes);
+    emit({ kind: "start", command: "to-demo", total: plan.outputBytes, unit: "bytes" });
+    emit({ kind: "bytes", inBytes: 0, outBytes: plan.outputBytes });
   }
   await writeSmallFiles(ckpt, plan, dir);
   await state.markComplete();
+  emit({ kind: "done", command: "to-demo", seconds: (performance.now() - started) / 1000 });
   return summary;
 }
 
 async function writeRanks(
-  ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOptions, state: RunState, fp: string, pendingRank: boolean[], summary: ToDemoSummary,
+  ckpt: Checkpoint, plan: DemoPlan, emit: OnEvent, opts: ToDemoRunOptions, state: RunState, fp: string, pendingRank: boolean[], summary: ToDemoSummary,
 ): Promise<void> {
   const dir = state.dir;
   const mp = plan.mp;
@@ -235,7 +273,7 @@ async function writeRanks(
   let recorded = startShard;
   const sink = new RankScatter(byHf, writers, (n) => {
     summary.bytesWritten += n;
-    opts.onProgress?.(n);
+    emit({ kind: "bytes", inBytes: 0, outBytes: n });
   });
   const reader = new ShardReader(ckpt.source);
   const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
@@ -248,8 +286,8 @@ async function writeRanks(
       const shardOut = inShard.reduce((a, t) => a + targetRanks(t, mp).filter((r) => writers[r]).length * rankBytes(t), 0);
       if (k < startShard) {
         summary.resumedShards++;
-        opts.onProgress?.(shardOut);
-        opts.onShard?.({ shard, index: k, count: ckpt.shards.length, skipped: true, bytes: shardOut, seconds: 0 });
+        emit({ kind: "bytes", inBytes: 0, outBytes: shardOut });
+        emit({ kind: "shard", shard, index: k, count: ckpt.shards.length, skipped: true, bytes: shardOut, seconds: 0 });
         continue;
       }
       const t0 = performance.now();
@@ -264,7 +302,7 @@ async function writeRanks(
       await pump(chunks, reader, sink, (inB) => { summary.bytesRead += inB; });
       summary.fp8Dequantized += inShard.filter((t) => t.op === "fp8").length;
       summary.tensors += inShard.reduce((a, t) => a + targetRanks(t, mp).filter((r) => writers[r]).length, 0);
-      opts.onShard?.({ shard, index: k, count: ckpt.shards.length, skipped: false, bytes: shardOut, seconds: (performance.now() - t0) / 1000 });
+      emit({ kind: "shard", shard, index: k, count: ckpt.shards.length, skipped: false, bytes: shardOut, seconds: (performance.now() - t0) / 1000 });
       const syncs = Promise.all(writers.map((w) => w?.sync()));
       syncs.catch(() => undefined);
       const prev = checkpoint;

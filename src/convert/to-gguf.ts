@@ -6,24 +6,24 @@
  */
 import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
+import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
-import { planGgufLayout, type GgufLayout, GgufWriter, type GgufSplitOptions } from "../io/gguf.js";
+import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gguf-layout.js";
+import { GgufWriter } from "../io/gguf-writer.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
-import { quantizeRows, rowBytes } from "../quant/ggml.js";
-import { FP8_BLOCK, type Kernels } from "../quant/kernels.js";
-import {
-  hfModelFiles,
-  kvBSplit,
-  planDeepseek2Gguf,
-  planGgufOutput,
-  type GgufOutputOptions,
-  type GgufOutputPlan,
-  type GgufOutputTensor,
-  type HfSourceRef,
-} from "./gguf-plan.js";
-import { DEFAULT_CHUNK_BYTES, pump, ShardReader, type Chunk } from "./pipeline.js";
-import { fingerprint, freeBytes, RunState } from "./run-state.js";
+import { rowBytes } from "../formats/ggml-types.js";
+import { quantizeRows } from "../quant/ggml.js";
+import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
+import type { Kernels } from "../quant/kernels.js";
+import { kvBSplit, planDeepseek2Gguf, type HfSourceRef } from "./gguf-plan.js";
+import { planGgufOutput, type GgufOutputOptions, type GgufOutputPlan, type GgufOutputTensor } from "./gguf-output.js";
+import { hfModelFiles } from "./hf-model-files.js";
+import { ShardReader } from "../io/shard-reader.js";
+import { DEFAULT_CHUNK_BYTES, pump, type Chunk } from "./pipeline.js";
+import { fingerprint, RunState } from "./run-state.js";
+import { freeBytes } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 
 export interface ToGgufPlan {
@@ -48,7 +48,7 @@ export async function planToGguf(
     // as llama-quantize: KVs appended after general.file_type; tensors whose type changes look up their entry
     if (output.style !== "quantize") throw new DeepcastError(`--imatrix applies to quantized outputs, not ${output.ftype.name}`, { file: im.file });
     output.kvs.push(...imatrixKvs(im));
-    const quantized = output.tensors.filter((t) => t.type.id !== t.inputType.id);
+    const quantized = output.tensors.filter((t) => t.type !== t.inputType);
     imatrix = { loaded: im, ...imatrixForTensors(im, quantized.map((t) => ({ name: t.name, ne: t.ne, requiresImatrix: t.mix?.requiresImatrix ?? false })), { dryRun: opts.dryRun ?? false }) };
   }
   const layout = planGgufLayout(
@@ -96,7 +96,7 @@ function decodeRows(ctx: Ctx, src: HfSourceRef, input: Uint8Array, r0: number, r
   switch (src.dtype) {
     case "F8_E4M3": {
       const scale = ctx.scales.get(src.name);
-      if (!scale) throw new DeepcastError(`FP8 weight has no ${src.name}_scale_inv`, { file: src.file, tensor: src.name });
+      if (!scale) throw new DeepcastError(`FP8 weight has no ${scaleNameOf(src.name)}`, { file: src.file, tensor: src.name });
       const sc = Math.ceil(cols / FP8_BLOCK);
       const s0 = r0 / FP8_BLOCK;
       k.fp8ToF32(input, rows, cols, scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc), dst, threads, round);
@@ -187,14 +187,70 @@ function sourcesOf(t: GgufOutputTensor): HfSourceRef[] {
   return s.kind === "stack" ? s.experts : [s.src];
 }
 
+/** What the imatrix of a plan covers, for reports. */
+export function imatrixSummary(plan: ToGgufPlan) {
+  const im = plan.imatrix;
+  return im && {
+    file: im.loaded.file,
+    entries: im.loaded.entries.size,
+    withWeights: im.weights.size,
+    missing: im.missing,
+    sizeMismatch: im.sizeMismatch,
+    missingRequired: im.missingRequired,
+  };
+}
+
+/** The --dry-run description of a plan: files, per-type totals, every tensor. */
+export function describeToGguf(plan: ToGgufPlan, input: string, out: string): PlanDescription {
+  const { layout, output } = plan;
+  const im = imatrixSummary(plan);
+  const perType = new Map<string, { tensors: number; bytes: number }>();
+  const tensors = layout.files.flatMap((f) => f.tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type.name, bytes: t.nbytes, file: basename(f.path) })));
+  for (const t of tensors) {
+    const e = perType.get(t.type) ?? { tensors: 0, bytes: 0 };
+    e.tensors++;
+    e.bytes += t.bytes;
+    perType.set(t.type, e);
+  }
+  const files = layout.files.map((f) => ({ file: f.path, tensors: f.tensors.length, bytes: f.fileSize }));
+  const requiresImatrix = output.mix?.requiresImatrix ?? [];
+  return {
+    command: "to-gguf",
+    input,
+    output: out,
+    fields: {
+      quant: output.ftype.name,
+      fileType: output.mix?.fileType ?? output.ftype.id,
+      tensorCount: layout.tensorCount,
+      totalBytes: layout.totalBytes,
+      files,
+      types: Object.fromEntries(perType),
+      fallbacks: output.mix?.nFallback ?? 0,
+      requiresImatrix,
+      ...(im ? { imatrix: im } : {}),
+      tensors,
+    },
+    lines: [
+      ...tensors.map((t) => `${t.name.padEnd(40)} ${JSON.stringify(t.ne).padEnd(22)} ${t.type.padEnd(5)} ${fmtBytes(t.bytes)}`),
+      "",
+      ...[...perType].map(([type, e]) => `${type.padEnd(5)} ${String(e.tensors).padStart(6)} tensors  ${fmtBytes(e.bytes)}`),
+      ...files.map((f) => `${f.file}  ${f.tensors} tensors  ${fmtBytes(f.bytes)}`),
+      `${layout.tensorCount} tensors, ${fmtBytes(layout.totalBytes)} (${output.ftype.name})`,
+      ...(im?.missingRequired.length ? [`the importance matrix has no entry for ${im.missingRequired.length} tensor(s) that need one: ${im.missingRequired.join(", ")}`] : []),
+      ...(requiresImatrix.length && !im ? [`needs an importance matrix for ${requiresImatrix.length} tensor(s) (--imatrix)`] : []),
+    ],
+    outputBytes: layout.totalBytes,
+  };
+}
+
 export interface ToGgufRunOptions {
   kernels: Kernels;
   threads: number;
   force: boolean;
   chunkBytes?: number;
   skipSpaceCheck?: boolean;
-  onProgress?: (inBytes: number, outBytes: number) => void;
-  onTensor?: (e: { tensor: string; index: number; count: number; type: string; bytes: number }) => void;
+  /** Progress: start, bytes (per chunk), tensor (each tensor written), done. */
+  onEvent?: OnEvent;
   /** Output bytes between resumable checkpoints (default CHECKPOINT_BYTES). */
   checkpointBytes?: number;
 }
@@ -216,6 +272,8 @@ export const CHECKPOINT_BYTES = 2e9;
 
 export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promise<ToGgufSummary> {
   const { ckpt, layout, output } = plan;
+  const emit: OnEvent = opts.onEvent ?? (() => undefined);
+  const started = performance.now();
   const dir = dirname(layout.files[0]!.path);
   const names = layout.files.map((f) => basename(f.path));
   const state = await RunState.open(dir, {
@@ -249,6 +307,7 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     scales: new Map(),
     ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
   };
+  emit({ kind: "start", command: "to-gguf", total: layout.totalBytes, unit: "bytes" });
   const reader = new ShardReader(ckpt.source);
   const placedAt = new Map(layout.files.flatMap((f) => f.tensors.map((t, k) => [t.name, { placed: t, index: k }] as const)));
   // Inside the file being written, a synced prefix recorded in the manifest is kept as well.
@@ -277,9 +336,9 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
       }
       await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
         summary.bytesRead += inB;
-        opts.onProgress?.(inB, outB);
+        emit({ kind: "bytes", inBytes: inB, outBytes: outB });
       });
-      opts.onTensor?.({ tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
+      emit({ kind: "tensor", tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
       sinceCheckpoint += placed.nbytes;
       if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {
         sinceCheckpoint = 0;
@@ -294,5 +353,6 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     await reader.close();
   }
   await state.markComplete();
+  emit({ kind: "done", command: "to-gguf", seconds: (performance.now() - started) / 1000 });
   return summary;
 }

@@ -12,24 +12,9 @@
  */
 import { open, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
-import {
-  GGML_MAX_NAME,
-  GGUF_DEFAULT_ALIGNMENT,
-  GGUF_MAGIC,
-  GgufType,
-  KV_ALIGNMENT,
-  KV_SPLIT_COUNT,
-  KV_SPLIT_NO,
-  KV_SPLIT_TENSORS_COUNT,
-  ggmlNbytes,
-  ggmlType,
-  padTo,
-  splitPath,
-  type GgmlTypeInfo,
-  type GgufKV,
-  type GgufScalar,
-  type GgufScalarType,
-} from "./gguf.js";
+import { GGML_MAX_NAME, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, KV_ALIGNMENT, KV_SPLIT_COUNT, KV_SPLIT_NO, KV_SPLIT_TENSORS_COUNT, padTo, splitPath } from "./gguf-layout.js";
+import { GgufType, type GgufKV, type GgufScalar, type GgufScalarType } from "./gguf-kv.js";
+import { ggmlNbytes, ggmlType, type GgmlType } from "../formats/ggml-types.js";
 import { readFully } from "./safetensors.js";
 
 /** ggml's GGML_MAX_DIMS. */
@@ -40,7 +25,7 @@ export interface GgufTensorInfo {
   name: string;
   /** ggml order: ne[0] is the contiguous (innermost) dimension. */
   ne: number[];
-  type: GgmlTypeInfo;
+  type: GgmlType;
   /** Offset relative to the data section of its file, as stored. */
   offset: number;
   /** Absolute offset in its file. */
@@ -253,7 +238,7 @@ async function parseHeader(fh: FileHandle, path: string, fileIndex: number): Pro
     const where = { file: path, tensor: t.name };
     if (names.has(t.name)) throw new DeepcastError("duplicate tensor name", where);
     names.add(t.name);
-    let type: GgmlTypeInfo;
+    let type: GgmlType;
     try {
       type = ggmlType(t.typeId);
     } catch {

@@ -17,7 +17,9 @@
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
-import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufType, kv, type GgufKV } from "./gguf.js";
+import { Keys } from "../formats/gguf-keys.js";
+import { GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC } from "./gguf-layout.js";
+import { GgufType, kv, type GgufKV } from "./gguf-kv.js";
 
 export interface ImatrixEntry {
   /** The weights llama-quantize hands to ggml (sums divided by counts), nMat matrices one after another. */
@@ -242,7 +244,7 @@ function parseGguf(r: Reader): Parsed {
     const offset = r.u64(`offset of ${name}`);
     infos.push({ name, ne, type, offset });
   }
-  const align = kvs.get("general.alignment");
+  const align = kvs.get(Keys.General.ALIGNMENT);
   let alignment = GGUF_DEFAULT_ALIGNMENT;
   if (align) {
     if (align.u32 === undefined || align.u32 === 0 || (align.u32 & (align.u32 - 1)) !== 0) {
@@ -253,14 +255,14 @@ function parseGguf(r: Reader): Parsed {
   const dataStart = Math.ceil(r.pos / alignment) * alignment;
 
   // metadata (common_imatrix_load + load_imatrix)
-  const datasetsKv = kvs.get("imatrix.datasets");
-  const chunkCountKv = kvs.get("imatrix.chunk_count");
-  const chunkSizeKv = kvs.get("imatrix.chunk_size");
+  const datasetsKv = kvs.get(Keys.IMatrix.DATASETS);
+  const chunkCountKv = kvs.get(Keys.IMatrix.CHUNK_COUNT);
+  const chunkSizeKv = kvs.get(Keys.IMatrix.CHUNK_SIZE);
   if (!datasetsKv || !chunkCountKv || !chunkSizeKv) {
-    const missing = [["imatrix.datasets", datasetsKv], ["imatrix.chunk_count", chunkCountKv], ["imatrix.chunk_size", chunkSizeKv]].filter((x) => !x[1]).map((x) => x[0]);
+    const missing = [[Keys.IMatrix.DATASETS, datasetsKv], [Keys.IMatrix.CHUNK_COUNT, chunkCountKv], [Keys.IMatrix.CHUNK_SIZE, chunkSizeKv]].filter((x) => !x[1]).map((x) => x[0]);
     throw new DeepcastError(`missing imatrix metadata (${missing.join(", ")}): not an imatrix GGUF?`, { file });
   }
-  for (const [key, v] of [["imatrix.chunk_count", chunkCountKv], ["imatrix.chunk_size", chunkSizeKv]] as const) {
+  for (const [key, v] of [[Keys.IMatrix.CHUNK_COUNT, chunkCountKv], [Keys.IMatrix.CHUNK_SIZE, chunkSizeKv]] as const) {
     if (v.u32 === undefined) throw new DeepcastError(`imatrix GGUF: ${key} must be UINT32 (type ${v.type})`, { file });
   }
   if (infos.length < 1) throw new DeepcastError("not an imatrix: no data (the GGUF has no tensors)", { file });
@@ -333,10 +335,10 @@ function cut127(s: string): string {
  * quantize.imatrix.chunks_count (when > 0).
  */
 export function imatrixKvs(im: Imatrix): GgufKV[] {
-  const out = [kv.str("quantize.imatrix.file", cut127(im.file))];
-  if (im.datasets.length > 0) out.push(kv.str("quantize.imatrix.dataset", cut127(im.datasets[0]!)));
-  out.push(kv.u32("quantize.imatrix.entries_count", im.entries.size));
-  if (im.chunkCount > 0) out.push(kv.u32("quantize.imatrix.chunks_count", im.chunkCount));
+  const out = [kv.str(Keys.Quantize.IMATRIX_FILE, cut127(im.file))];
+  if (im.datasets.length > 0) out.push(kv.str(Keys.Quantize.IMATRIX_DATASET, cut127(im.datasets[0]!)));
+  out.push(kv.u32(Keys.Quantize.IMATRIX_N_ENTRIES, im.entries.size));
+  if (im.chunkCount > 0) out.push(kv.u32(Keys.Quantize.IMATRIX_N_CHUNKS, im.chunkCount));
   return out;
 }
 

@@ -10,8 +10,8 @@
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
 import { DTYPE_SIZE, numel } from "./dtypes.js";
-import { encodeHeader, partialName, readFully, type TensorSpec } from "./safetensors.js";
-import { writeFully } from "./write.js";
+import { encodeHeader, readFully, type TensorSpec } from "./safetensors.js";
+import { partialPath, writeFully } from "./write.js";
 
 interface Slot {
   spec: TensorSpec;
@@ -50,7 +50,7 @@ export class PositionalSafetensorsWriter {
   /** Starts a new file under the temporary name (replacing any old one) with the header in place. */
   static async create(path: string, tensors: readonly TensorSpec[], metadata: Record<string, string> | null): Promise<PositionalSafetensorsWriter> {
     const { bytes, offsets, expectedSize } = PositionalSafetensorsWriter.layout(tensors, metadata);
-    const tmp = partialName(path);
+    const tmp = partialPath(path);
     const fh = await open(tmp, "w").catch((e: NodeJS.ErrnoException) => {
       throw new DeepcastError(`cannot create output: ${e.message}`, { file: tmp }, { cause: e });
     });
@@ -71,7 +71,7 @@ export class PositionalSafetensorsWriter {
    */
   static async reopen(path: string, tensors: readonly TensorSpec[], metadata: Record<string, string> | null): Promise<PositionalSafetensorsWriter | null> {
     const { bytes, offsets, expectedSize } = PositionalSafetensorsWriter.layout(tensors, metadata);
-    const tmp = partialName(path);
+    const tmp = partialPath(path);
     const s = await stat(tmp).catch(() => null);
     if (!s?.isFile() || s.size !== expectedSize) return null;
     const fh = await open(tmp, "r+").catch(() => null);

@@ -4,10 +4,9 @@
  * temporary name and renamed into place only when complete.
  */
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { DTYPE_SIZE, isDtype, numel, type Dtype } from "./dtypes.js";
-import { writeFully } from "./write.js";
+import { partialPath, writeFully } from "./write.js";
 
 /** Largest JSON header we accept; the real 4.3 GB DeepSeek shards have headers of about 100 KB. */
 export const MAX_HEADER_BYTES = 100 * 1024 * 1024;
@@ -231,11 +230,6 @@ export function safetensorsFileSize(tensors: readonly TensorSpec[], metadata: Re
   return bytes.length + (offsets.length ? offsets[offsets.length - 1]![1] : 0);
 }
 
-/** Temporary name a file is written under before it is renamed into place. */
-export function partialName(path: string): string {
-  return join(dirname(path), `.${basename(path)}.partial`);
-}
-
 /**
  * Streams one safetensors file: the header is written first, then each tensor's bytes in the
  * planned order (possibly in several chunks). `commit()` checks every byte arrived, syncs and renames.
@@ -261,7 +255,7 @@ export class SafetensorsWriter {
 
   static async create(path: string, tensors: readonly TensorSpec[], metadata: Record<string, string> | null): Promise<SafetensorsWriter> {
     const { bytes, offsets } = encodeHeader(tensors, metadata);
-    const tmp = partialName(path);
+    const tmp = partialPath(path);
     const fh = await open(tmp, "w");
     const w = new SafetensorsWriter(path, tmp, fh, tensors, bytes, offsets);
     await w.writeAt(bytes, 0);

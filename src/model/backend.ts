@@ -13,26 +13,12 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { PACKAGE_ROOT } from "../formats.js";
-import { loadNative } from "../quant/native.js";
+import { PACKAGE_ROOT } from "../formats/load.js";
+import { loadNative, nativeMissingReason, type NativeAddon } from "../quant/native.js";
 import { forwardOps, type ForwardOps } from "./ops.js";
 
-type View = ArrayBufferView;
-
-/** The CUDA loader's exports (native/src/cuda_loader.cc). */
-export interface CudaNative {
-  /** null on success, else why CUDA cannot be used ("no CUDA device: ...", "cannot load ..."). */
-  cudaInit(libPath: string, device?: number): string | null;
-  cudaAvailable(): boolean;
-  /** "NVIDIA H200, sm_90, 132 SMs, ..." once cudaInit succeeded, else null. */
-  cudaDeviceInfo(): string | null;
-  /** y[t*ldy + o] = sum_i x[t*in + i] * w[o*in + i], on the GPU, float32 accumulation. */
-  cudaMatmul(x: View, w: View, y: View, tokens: number, inDim: number, outDim: number, ldy?: number): void;
-  /** Upload (x and W), kernel and download times of the last cudaMatmul (CUDA events), or null. */
-  cudaLastTimes(): { uploadMs: number; kernelMs: number; downloadMs: number } | null;
-  /** Frees the GPU buffers kept between calls. */
-  cudaRelease(): void;
-}
+/** The CUDA loader's entry points (native/src/cuda_loader.cc). */
+export type CudaNative = Pick<NativeAddon, "cudaInit" | "cudaAvailable" | "cudaDeviceInfo" | "cudaMatmul" | "cudaLastTimes" | "cudaRelease">;
 
 export type BackendKind = "cpu" | "cuda" | "auto";
 
@@ -64,12 +50,9 @@ export function cudaLibraryPath(): string {
 
 /** The addon's CUDA loader, or the reason it is not there. */
 export function cudaNative(): { native: CudaNative } | { reason: string } {
-  const n = loadNative() as unknown as Partial<CudaNative> | null;
-  if (!n) return { reason: "the native addon is not built (or DEEPCAST_NATIVE=0); it holds the CUDA loader" };
-  if (typeof n.cudaInit !== "function" || typeof n.cudaMatmul !== "function") {
-    return { reason: "the native addon predates the CUDA loader: rebuild it (npm run build)" };
-  }
-  return { native: n as CudaNative };
+  const n = loadNative();
+  if (!n) return { reason: `${nativeMissingReason()}; it holds the CUDA loader` };
+  return { native: n };
 }
 
 function withDevice(ops: ForwardOps, device: "cpu" | "cuda", reason: string | null, deviceInfo: string | null): BackendOps {

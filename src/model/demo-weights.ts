@@ -22,8 +22,9 @@ import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
 import { numel } from "../io/dtypes.js";
 import { SafetensorsFile, type TensorEntry } from "../io/safetensors.js";
-import { demoName, routedExpertIndex } from "../convert/demo-plan.js";
-import { FP8_BLOCK, kernels } from "../quant/kernels.js";
+import { demoName, routedExpertIndex } from "../formats/demo-names.js";
+import { FP8_BLOCK, scaleNameOf, scaleShape } from "../formats/fp8.js";
+import { kernels } from "../quant/kernels.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { WeightSource } from "./weights.js";
 
@@ -194,7 +195,7 @@ export class DemoWeightSource implements WeightSource {
     const scale = f.header.byName.get(scaleName);
     if (!scale) throw new DeepcastError(`FP8 weight has no ${scaleName}`, { file: f.path, tensor: demo });
     if (entry.shape.length !== 2) throw new DeepcastError("FP8 tensor is not 2-D", { file: f.path, tensor: demo });
-    const want = [Math.ceil(entry.shape[0]! / FP8_BLOCK), Math.ceil(entry.shape[1]! / FP8_BLOCK)];
+    const want = scaleShape(entry.shape[0]!, entry.shape[1]!);
     if (scale.dtype !== "F32" || scale.shape.length !== 2 || scale.shape[0] !== want[0] || scale.shape[1] !== want[1]) {
       throw new DeepcastError(`${scaleName} is ${scale.dtype} [${scale.shape.join(", ")}], expected F32 [${want.join(", ")}] (HF ${hfName})`, { file: f.path, tensor: scaleName });
     }
@@ -210,7 +211,7 @@ export class DemoWeightSource implements WeightSource {
     let expert: number | null;
     try {
       demo = demoName(name);
-      scaleName = demoName(`${name}_scale_inv`).name;
+      scaleName = demoName(scaleNameOf(name)).name;
       expert = routedExpertIndex(demo.name, name);
     } catch {
       this.cache.set(name, null);

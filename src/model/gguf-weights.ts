@@ -18,8 +18,10 @@
  */
 import { DeepcastError } from "../errors.js";
 import { GgufReader, type GgufTensorInfo } from "../io/gguf-reader.js";
-import { deepseek2Format } from "../convert/gguf-plan.js";
-import { dequantizeRows, ggmlQuantTypes, rowBytes } from "../quant/ggml.js";
+import { deepseek2Format } from "../formats/deepseek2-names.js";
+import { archKey, Keys } from "../formats/gguf-keys.js";
+import { ggmlQuantTypes, rowBytes } from "../formats/ggml-types.js";
+import { dequantizeRows } from "../quant/ggml.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { StoredMatrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
@@ -119,8 +121,7 @@ export class GgufWeightSource implements WeightSource {
 
   /** Fails now, not layers into a pass, when a tensor has a type we cannot dequantize. */
   private checkTypes(): void {
-    const ok = new Set(ggmlQuantTypes().map((t) => t.id));
-    const bad = this.reader.tensors.filter((t) => !ok.has(t.type.id));
+    const bad = this.reader.tensors.filter((t) => !t.type.quantizer);
     if (bad.length) {
       const kinds = [...new Set(bad.map((t) => t.type.name))].join(", ");
       throw new DeepcastError(
@@ -321,18 +322,18 @@ export class GgufWeightSource implements WeightSource {
 export function ggufModelConfig(reader: GgufReader): ModelConfig {
   const file = reader.path;
   const bad = (msg: string) => new DeepcastError(msg, { file });
-  const arch = reader.value("general.architecture");
+  const arch = reader.value(Keys.General.ARCHITECTURE);
   if (arch !== ARCH) throw bad(`GGUF architecture is ${JSON.stringify(arch)}, expected "${ARCH}" (DeepSeek-V2/V3)`);
   const get = (key: string): number | undefined => {
-    const v = reader.value(`${ARCH}.${key}`);
+    const v = reader.value(archKey(key, ARCH));
     if (v === undefined) return undefined;
     if (typeof v === "bigint") return Number(v);
-    if (typeof v !== "number") throw bad(`GGUF metadata ${ARCH}.${key} is ${JSON.stringify(v)}, expected a number`);
+    if (typeof v !== "number") throw bad(`GGUF metadata ${archKey(key, ARCH)} is ${JSON.stringify(v)}, expected a number`);
     return v;
   };
   const need = (key: string): number => {
     const v = get(key);
-    if (v === undefined) throw bad(`GGUF metadata has no ${ARCH}.${key}`);
+    if (v === undefined) throw bad(`GGUF metadata has no ${archKey(key, ARCH)}`);
     return v;
   };
   const getF = (key: string) => {
@@ -341,65 +342,65 @@ export function ggufModelConfig(reader: GgufReader): ModelConfig {
   };
   const embd = reader.tensor("token_embd.weight");
   if (!embd || embd.ne.length !== 2) throw bad("GGUF has no 2-D token_embd.weight");
-  const rope = need("rope.dimension_count");
-  const keyMla = get("attention.key_length_mla");
-  const valueMla = get("attention.value_length_mla");
-  const nope = keyMla !== undefined ? keyMla - rope : need("attention.key_length") - rope;
-  const vHead = valueMla ?? need("attention.value_length");
-  const nExpert = get("expert_count") ?? 0;
-  const gating = get("expert_gating_func");
+  const rope = need(Keys.Rope.DIMENSION_COUNT);
+  const keyMla = get(Keys.Attention.KEY_LENGTH_MLA);
+  const valueMla = get(Keys.Attention.VALUE_LENGTH_MLA);
+  const nope = keyMla !== undefined ? keyMla - rope : need(Keys.Attention.KEY_LENGTH) - rope;
+  const vHead = valueMla ?? need(Keys.Attention.VALUE_LENGTH);
+  const nExpert = get(Keys.LLM.EXPERT_COUNT) ?? 0;
+  const gating = get(Keys.LLM.EXPERT_GATING_FUNC);
   const scoring = gating === undefined || gating === 1 ? "softmax" : gating === 2 ? "sigmoid" : undefined;
-  if (scoring === undefined) throw bad(`${ARCH}.expert_gating_func ${gating} is not supported (1 softmax, 2 sigmoid)`);
-  const normKv = reader.value(`${ARCH}.expert_weights_norm`);
+  if (scoring === undefined) throw bad(`${archKey(Keys.LLM.EXPERT_GATING_FUNC, ARCH)} ${gating} is not supported (1 softmax, 2 sigmoid)`);
+  const normKv = reader.value(archKey(Keys.LLM.EXPERT_WEIGHTS_NORM, ARCH));
   const raw: Record<string, unknown> = {
     model_type: "deepseek_v3",
     vocab_size: embd.ne[1],
-    hidden_size: need("embedding_length"),
-    intermediate_size: need("feed_forward_length"),
-    moe_intermediate_size: get("expert_feed_forward_length") ?? need("feed_forward_length"),
-    num_hidden_layers: need("block_count"),
-    first_k_dense_replace: get("leading_dense_block_count") ?? (nExpert > 0 ? 0 : need("block_count")),
-    num_attention_heads: need("attention.head_count"),
+    hidden_size: need(Keys.LLM.EMBEDDING_LENGTH),
+    intermediate_size: need(Keys.LLM.FEED_FORWARD_LENGTH),
+    moe_intermediate_size: get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH) ?? need(Keys.LLM.FEED_FORWARD_LENGTH),
+    num_hidden_layers: need(Keys.LLM.BLOCK_COUNT),
+    first_k_dense_replace: get(Keys.LLM.LEADING_DENSE_BLOCK_COUNT) ?? (nExpert > 0 ? 0 : need(Keys.LLM.BLOCK_COUNT)),
+    num_attention_heads: need(Keys.Attention.HEAD_COUNT),
     n_routed_experts: nExpert,
-    n_shared_experts: get("expert_shared_count") ?? 0,
-    num_experts_per_tok: get("expert_used_count") ?? 0,
-    n_group: get("expert_group_count") ?? 1,
-    topk_group: get("expert_group_used_count") ?? 1,
+    n_shared_experts: get(Keys.LLM.EXPERT_SHARED_COUNT) ?? 0,
+    num_experts_per_tok: get(Keys.LLM.EXPERT_USED_COUNT) ?? 0,
+    n_group: get(Keys.LLM.EXPERT_GROUP_COUNT) ?? 1,
+    topk_group: get(Keys.LLM.EXPERT_GROUP_USED_COUNT) ?? 1,
     scoring_func: scoring,
     // not stored; the selection bias tensors are what noaux_tc adds
     topk_method: reader.tensors.some((t) => t.name.endsWith(".exp_probs_b.bias")) ? "noaux_tc" : "greedy",
     norm_topk_prob: normKv === true,
-    routed_scaling_factor: getF("expert_weights_scale") ?? 1,
-    q_lora_rank: get("attention.q_lora_rank") ?? 0,
-    kv_lora_rank: need("attention.kv_lora_rank"),
+    routed_scaling_factor: getF(Keys.LLM.EXPERT_WEIGHTS_SCALE) ?? 1,
+    q_lora_rank: get(Keys.Attention.Q_LORA_RANK) ?? 0,
+    kv_lora_rank: need(Keys.Attention.KV_LORA_RANK),
     qk_nope_head_dim: nope,
     qk_rope_head_dim: rope,
     v_head_dim: vHead,
-    rope_theta: getF("rope.freq_base") ?? 10000,
-    rms_norm_eps: getF("attention.layer_norm_rms_epsilon") ?? 1e-6,
-    max_position_embeddings: need("context_length"),
-    num_nextn_predict_layers: get("nextn_predict_layers") ?? 0,
+    rope_theta: getF(Keys.Rope.FREQ_BASE) ?? 10000,
+    rms_norm_eps: getF(Keys.Attention.LAYERNORM_RMS_EPS) ?? 1e-6,
+    max_position_embeddings: need(Keys.LLM.CONTEXT_LENGTH),
+    num_nextn_predict_layers: get(Keys.LLM.NEXTN_PREDICT_LAYERS) ?? 0,
     tie_word_embeddings: reader.tensor("output.weight") === undefined,
   };
-  const bos = reader.value("tokenizer.ggml.bos_token_id");
-  const eos = reader.value("tokenizer.ggml.eos_token_id");
+  const bos = reader.value(Keys.Tokenizer.BOS_ID);
+  const eos = reader.value(Keys.Tokenizer.EOS_ID);
   if (typeof bos === "number") raw.bos_token_id = bos;
   if (typeof eos === "number") raw.eos_token_id = eos;
-  const scaling = reader.value(`${ARCH}.rope.scaling.type`);
+  const scaling = reader.value(archKey(Keys.Rope.SCALING_TYPE, ARCH));
   if (scaling !== undefined && scaling !== "none") {
-    if (scaling !== "yarn") throw bad(`${ARCH}.rope.scaling.type ${JSON.stringify(scaling)} is not supported (DeepSeek-V3 uses yarn)`);
-    const logMul = getF("rope.scaling.yarn_log_multiplier");
+    if (scaling !== "yarn") throw bad(`${archKey(Keys.Rope.SCALING_TYPE, ARCH)} ${JSON.stringify(scaling)} is not supported (DeepSeek-V3 uses yarn)`);
+    const logMul = getF(Keys.Rope.SCALING_YARN_LOG_MUL);
     // llama.cpp divides it by 0.1 again on load; 12 digits drop the binary noise of the division.
     const mscaleAllDim = logMul === undefined ? 0 : Number((logMul / 0.1).toPrecision(12));
     const rs: Record<string, unknown> = {
       type: "yarn",
-      factor: getF("rope.scaling.factor") ?? 1,
-      original_max_position_embeddings: need("rope.scaling.original_context_length"),
+      factor: getF(Keys.Rope.SCALING_FACTOR) ?? 1,
+      original_max_position_embeddings: need(Keys.Rope.SCALING_ORIG_CTX_LEN),
       mscale: mscaleAllDim,
       mscale_all_dim: mscaleAllDim,
     };
-    const bf = getF("rope.scaling.yarn_beta_fast");
-    const bs = getF("rope.scaling.yarn_beta_slow");
+    const bf = getF(Keys.Rope.SCALING_YARN_BETA_FAST);
+    const bs = getF(Keys.Rope.SCALING_YARN_BETA_SLOW);
     if (bf !== undefined) rs.beta_fast = bf;
     if (bs !== undefined) rs.beta_slow = bs;
     raw.rope_scaling = rs;

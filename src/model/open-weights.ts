@@ -11,7 +11,7 @@
 import { open as openFile, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { GGUF_MAGIC } from "../io/gguf.js";
+import { GGUF_MAGIC } from "../io/gguf-layout.js";
 import { parseSplitPath } from "../io/gguf-reader.js";
 import { openSource } from "../io/open-source.js";
 import { isMoeLayer, type ModelConfig } from "./config.js";

@@ -5,15 +5,6 @@
  */
 import { loadNative } from "../quant/native.js";
 
-type View = ArrayBufferView;
-
-interface ForwardNative {
-  ggmlMatmul(x: View, type: number, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
-  f32Matmul(x: View, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
-  causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
-  f32SiluMul(g: View, u: View, threads: number): void;
-}
-
 /** A weight [rows, cols] in its stored ggml form (type id, `rows` rows of `cols` values, ggml row layout). */
 export interface StoredMatrix {
   readonly type: number;
@@ -107,9 +98,8 @@ export const tsOps: ForwardOps = {
 };
 
 function nativeOps(): ForwardOps | null {
-  const n = loadNative() as unknown as Partial<ForwardNative> | null;
-  if (!n || typeof n.f32Matmul !== "function" || typeof n.ggmlMatmul !== "function" || typeof n.causalAttention !== "function" || typeof n.f32SiluMul !== "function") return null;
-  const nn = n as ForwardNative;
+  const nn = loadNative();
+  if (!nn) return null;
   return {
     backend: "native",
     matmul: (x, w, y, tokens, inDim, outDim, threads, ldy) => nn.f32Matmul(x, w, y, tokens, inDim, outDim, threads, ldy ?? outDim),

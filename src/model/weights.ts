@@ -10,8 +10,9 @@ import { DeepcastError } from "../errors.js";
 import { loadCheckpoint, locate, type Checkpoint } from "../io/checkpoint.js";
 import { numel } from "../io/dtypes.js";
 import { LocalSource, type CheckpointSource } from "../io/source.js";
-import { ShardReader } from "../convert/pipeline.js";
-import { FP8_BLOCK, kernels } from "../quant/kernels.js";
+import { ShardReader } from "../io/shard-reader.js";
+import { FP8_BLOCK, scaleNameOf, scaleShape } from "../formats/fp8.js";
+import { kernels } from "../quant/kernels.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { StoredMatrix } from "./ops.js";
 
@@ -116,11 +117,11 @@ export class HfWeightSource implements WeightSource {
       }
       case "F8_E4M3": {
         if (shape.length !== 2) throw new DeepcastError("FP8 tensor is not 2-D", { file, tensor: name });
-        const scaleName = `${name}_scale_inv`;
+        const scaleName = scaleNameOf(name);
         const sLoc = locate(this.checkpoint, scaleName);
         if (!sLoc) throw new DeepcastError(`FP8 weight has no ${scaleName}`, { file, tensor: name });
-        const scaleCols = Math.ceil(cols / FP8_BLOCK);
-        const expect = [Math.ceil(rows / FP8_BLOCK), scaleCols];
+        const expect = scaleShape(rows, cols);
+        const scaleCols = expect[1];
         if (sLoc.entry.dtype !== "F32" || numel(sLoc.entry.shape) !== expect[0]! * expect[1]!) {
           throw new DeepcastError(`${scaleName} is ${sLoc.entry.dtype} [${sLoc.entry.shape.join(", ")}], expected F32 [${expect.join(", ")}]`, { file: sLoc.file, tensor: scaleName });
         }

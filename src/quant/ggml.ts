@@ -7,82 +7,23 @@
  * ignore the imatrix, as ggml does. The kernels live in the native addon (native/src/ggml_*.cc);
  * without it only F32/F16/BF16 work (through the element kernels of ./kernels.ts).
  *
- * The type table is formats/ggml-types.json.
+ * The type table is src/formats/ggml-types.ts.
  */
 
 import { DeepcastError } from "../errors.js";
-import { readFormat } from "../formats.js";
+import { ggmlQuantType, rowBytes, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
 import { kernels } from "./kernels.js";
-import { loadNative, type NativeAddon } from "./native.js";
-
-export interface GgmlQuantType {
-  /** Upper-case name as llama.cpp prints it ("Q4_K", "BF16"). */
-  name: string;
-  /** ggml_type_name() ("q4_K", "bf16"). */
-  ggmlName: string;
-  /** enum ggml_type. */
-  id: number;
-  /** Elements per block. */
-  blockSize: number;
-  /** Bytes per block. */
-  typeSize: number;
-  /** 256-element super-block type (Q2_K..Q6_K). */
-  kQuant: boolean;
-  /** Whether an importance matrix changes the bytes (ggml ignores it for Q8_0/F16/BF16/F32). */
-  usesImatrix: boolean;
-}
-
-export type GgmlTypeRef = string | number | GgmlQuantType;
-
-interface NativeGgml {
-  ggmlQuantize(type: number, src: Float32Array, rows: number, nPerRow: number, dst: Uint8Array, imatrix: Float32Array | null, threads: number): number;
-  ggmlDequantize(type: number, src: Uint8Array, rows: number, nPerRow: number, dst: Float32Array, threads: number): number;
-}
-
-let table: readonly GgmlQuantType[] | undefined;
-
-/** Every type this module quantizes, from formats/ggml-types.json. */
-export function ggmlQuantTypes(): readonly GgmlQuantType[] {
-  if (!table) {
-    const json = readFormat<{ types: (GgmlQuantType & { quantizer: boolean })[] }>("ggml-types.json");
-    table = Object.freeze(json.types.filter((t) => t.quantizer).map(({ quantizer: _, ...t }) => Object.freeze(t)));
-  }
-  return table;
-}
-
-/** Looks a type up by name (either case style, "q4_k" works too), ggml id, or returns it as is. */
-export function ggmlType(t: GgmlTypeRef): GgmlQuantType {
-  if (typeof t === "object") return t;
-  const types = ggmlQuantTypes();
-  const found = typeof t === "number" ? types.find((x) => x.id === t) : types.find((x) => x.name.toLowerCase() === t.toLowerCase());
-  if (!found) {
-    throw new DeepcastError(`ggml type ${JSON.stringify(t)} is not supported for quantization (supported: ${types.map((x) => x.name).join(", ")})`);
-  }
-  return found;
-}
-
-/** Bytes of one row of `nPerRow` values; nPerRow must be a positive multiple of the block size. */
-export function rowBytes(type: GgmlTypeRef, nPerRow: number): number {
-  const t = ggmlType(type);
-  if (!Number.isSafeInteger(nPerRow) || nPerRow <= 0 || nPerRow % t.blockSize !== 0) {
-    throw new DeepcastError(`row length ${nPerRow} is not a positive multiple of the ${t.name} block size ${t.blockSize}`);
-  }
-  return (nPerRow / t.blockSize) * t.typeSize;
-}
+import { loadNative, nativeMissingReason, type NativeAddon } from "./native.js";
 
 function checkRows(rows: number): void {
   if (!Number.isSafeInteger(rows) || rows < 0) throw new DeepcastError(`rows must be a non-negative integer, got ${rows}`);
 }
 
-function nativeGgml(t: GgmlQuantType): NativeGgml | null {
-  const n: NativeAddon | null = loadNative();
-  if (n && typeof n["ggmlQuantize"] === "function") return n as unknown as NativeGgml;
-  if (t.blockSize > 1) {
-    throw new DeepcastError(
-      `${t.name} quantization needs the native addon (build/Release/deepcast_native.node), which is not built or is disabled (DEEPCAST_NATIVE=0); run \`npm rebuild deepcast\` or \`node-gyp rebuild\``,
-    );
-  }
-  return null;
+/** The addon, or null for F32/F16/BF16 without it; a block type without it is an error. */
+function nativeGgml(t: GgmlType): NativeAddon | null {
+  const n = loadNative();
+  if (n || !t.quantized) return n;
+  throw new DeepcastError(`${t.name} quantization needs the native addon: ${nativeMissingReason()}`, { code: "NATIVE_UNAVAILABLE" });
 }
 
 /** A 2-byte-aligned Uint16Array over `bytes` (copied only when the view is misaligned). */
@@ -106,7 +47,7 @@ export function quantizeRows(
   threads = 1,
   dst?: Uint8Array,
 ): Uint8Array {
-  const t = ggmlType(type);
+  const t = ggmlQuantType(type);
   checkRows(rows);
   const rb = rowBytes(t, nPerRow);
   if (src.length !== rows * nPerRow) throw new DeepcastError(`src has ${src.length} values, expected ${rows} x ${nPerRow}`);
@@ -119,12 +60,12 @@ export function quantizeRows(
     return out;
   }
   // F32 / F16 / BF16 without the addon.
-  if (t.id === 0) {
+  if (t.name === "F32") {
     out.set(new Uint8Array(src.buffer, src.byteOffset, src.byteLength));
     return out;
   }
   const h = new Uint16Array(src.length);
-  if (t.id === 1) kernels().f32ToF16(src, h, threads);
+  if (t.name === "F16") kernels().f32ToF16(src, h, threads);
   else kernels().f32ToBf16(src, h, threads);
   out.set(new Uint8Array(h.buffer));
   return out;
@@ -139,7 +80,7 @@ export function dequantizeRows(
   threads = 1,
   dst?: Float32Array,
 ): Float32Array {
-  const t = ggmlType(type);
+  const t = ggmlQuantType(type);
   checkRows(rows);
   const rb = rowBytes(t, nPerRow);
   if (src.length !== rows * rb) throw new DeepcastError(`src has ${src.length} bytes, expected ${rows} x ${rb}`);
@@ -150,11 +91,11 @@ export function dequantizeRows(
     n.ggmlDequantize(t.id, src, rows, nPerRow, out, threads);
     return out;
   }
-  if (t.id === 0) {
+  if (t.name === "F32") {
     new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(src);
     return out;
   }
-  if (t.id === 1) kernels().f16ToF32(u16View(src), out, threads);
+  if (t.name === "F16") kernels().f16ToF32(u16View(src), out, threads);
   else kernels().bf16ToF32(u16View(src), out, threads);
   return out;
 }

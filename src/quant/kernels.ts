@@ -2,10 +2,9 @@
  * The element kernels every command uses, from the native addon when it is built, else from the
  * pure-TypeScript twins below (same bytes, slower). Buffers are caller-owned and reused.
  */
+import { FP8_BLOCK } from "../formats/fp8.js";
 import { loadNative } from "./native.js";
 import { bf16FromF32Bits, f16ToF32, f32ToF16, FP8_E4M3_TABLE } from "./floats.js";
-
-export const FP8_BLOCK = 128;
 
 export interface Kernels {
   readonly backend: "native" | "ts";

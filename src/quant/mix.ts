@@ -9,8 +9,8 @@
  * so tensors are processed — and returned — in llama-quantize's order (see `compareQuantizeOrder`).
  */
 import { DeepcastError } from "../errors.js";
-import { readFormat } from "../formats.js";
-import { ggmlNDims, ggmlType, type GgmlTypeInfo } from "../io/gguf.js";
+import { ggmlNDims, ggmlType, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
+import { readFormat } from "../formats/load.js";
 
 // ---------------------------------------------------------------------------------------------
 // formats/quant-mixes.json
@@ -37,10 +37,10 @@ type RuleSet = Partial<Record<string, Rule[]>>;
 
 interface MixesJson {
   ftypes: { name: string; id: number; default: string; aliases?: string[]; requiresImatrix?: string[] }[];
-  imatrixRequired: { types: string[]; exemptNames: string[] };
+  imatrixRequired: { exemptNames: string[] };
   quantizable: { minDims: number; nameEndsWith: string; excludeContains: string[]; excludeExact: string[]; leaveOutputTensor: string };
   categories: { exact: Record<string, string>; contains: [string, string][]; attnVLike: string[] };
-  fallback: { map: Record<string, string>; last: string };
+  fallback: { last: string };
   rules: Record<string, RuleSet>;
 }
 
@@ -59,9 +59,9 @@ export interface FtypeInfo {
   name: string;
   /** llama_ftype id, the value of general.file_type. */
   id: number;
-  defaultType: GgmlTypeInfo;
+  defaultType: GgmlType;
   /** Target types that need an imatrix in this ftype (Q2_K in Q2_K_S), except token_embd/output. */
-  requiresImatrix: GgmlTypeInfo[];
+  requiresImatrix: GgmlType[];
 }
 
 /** All supported ftypes, canonical names. */
@@ -128,19 +128,19 @@ export interface MixTensorIn {
   /** ggml order (innermost first). */
   ne: readonly number[];
   /** Type in the input file (llama.cpp's BF16/F16/F32 conversion). */
-  type: string | number | GgmlTypeInfo;
+  type: GgmlTypeRef;
 }
 
 export interface MixTensorOut {
   name: string;
   /** ne with trailing 1-dims dropped (ggml_n_dims), as llama-quantize writes them. */
   ne: number[];
-  inputType: GgmlTypeInfo;
-  type: GgmlTypeInfo;
+  inputType: GgmlType;
+  type: GgmlType;
   /** tensor_allows_quantization: false -> type === inputType, bytes copied. */
   quantizable: boolean;
   /** Set when the shape fallback replaced this type. */
-  fallbackFrom?: GgmlTypeInfo;
+  fallbackFrom?: GgmlType;
   /** A --tensor-type pattern chose the type. */
   manual?: boolean;
   /** Needs an imatrix entry (Q2_K tensors in a Q2_K_S file). */
@@ -150,7 +150,7 @@ export interface MixTensorOut {
 export interface TensorTypeOverride {
   /** Regular expression (lower-cased, as llama-quantize does), matched anywhere in the tensor name. */
   pattern: string;
-  type: GgmlTypeInfo;
+  type: GgmlType;
 }
 
 /** Parses `--tensor-type NAME=TYPE` like llama-quantize: pattern lower-cased, type a ggml type name. */
@@ -262,14 +262,14 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
     return [counter, nLayer];
   };
 
-  const holds = (when: RuleWhen | undefined, current: GgmlTypeInfo, ne0: number, idx: [number, number] | null): boolean => {
+  const holds = (when: RuleWhen | undefined, current: GgmlType, ne0: number, idx: [number, number] | null): boolean => {
     if (!when) return true;
     if (when.nExpert !== undefined && nExpert !== when.nExpert) return false;
     if (when.nExpertNot !== undefined && nExpert === when.nExpertNot) return false;
     if (when.gqaAtLeast !== undefined && !(nGqa >= when.gqaAtLeast)) return false;
     if (when.imatrix !== undefined && hasImatrix !== when.imatrix) return false;
     if (when.ne0NotMultipleOfBlock && ne0 % current.blockSize === 0) return false;
-    if (when.currentNot !== undefined && current.name === ggmlType(when.currentNot).name) return false;
+    if (when.currentNot !== undefined && current === ggmlType(when.currentNot)) return false;
     if (when.useMoreBits || when.layerBelowFraction !== undefined || when.indexBelow !== undefined) {
       if (!idx) throw new DeepcastError("internal: quant-mixes.json rule needs a layer/index for this category");
       const [i, n] = idx;
@@ -280,14 +280,14 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
     return true;
   };
 
-  const applyRules = (key: string, current: GgmlTypeInfo, ne0: number, idx: [number, number] | null): GgmlTypeInfo => {
+  const applyRules = (key: string, current: GgmlType, ne0: number, idx: [number, number] | null): GgmlType => {
     const rules = [...(m.rules.common?.[key] ?? []), ...(m.rules[ftype.name]?.[key] ?? [])];
     for (const r of rules) if (holds(r.when, current, ne0, idx)) return ggmlType(r.type);
     return current;
   };
 
   /** llama_tensor_get_type_impl for the non-IQ ftypes. */
-  const mixture = (name: string, ne0: number, cat: string, current: GgmlTypeInfo): GgmlTypeInfo => {
+  const mixture = (name: string, ne0: number, cat: string, current: GgmlType): GgmlType => {
     if (cat === "output" || (st.hasTiedEmbeddings && cat === "token_embd")) {
       return outputTensorType ?? applyRules("output", current, ne0, null);
     }
@@ -316,12 +316,11 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
   };
 
   /** tensor_type_fallback. */
-  const fallback = (ne0: number, target: GgmlTypeInfo): GgmlTypeInfo => {
+  const fallback = (ne0: number, target: GgmlType): GgmlType => {
     if (ne0 % target.blockSize === 0) return target;
     st.nFallback++;
-    const mapped = m.fallback.map[target.name];
-    let ret: GgmlTypeInfo;
-    if (mapped) ret = ggmlType(mapped);
+    let ret: GgmlType;
+    if (target.fallback !== null) ret = ggmlType(target.fallback);
     else if (target.blockSize <= 32) ret = target;
     else throw new DeepcastError(`no tensor type fallback is defined for type ${target.name}`);
     if (ne0 % ret.blockSize !== 0) ret = ggmlType(m.fallback.last);
@@ -337,7 +336,7 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
     const quantizable = tensorAllowsQuantization(t.name, t.ne, opts.leaveOutputTensor);
     const cat = tensorCategory(t.name);
     let type = inputType;
-    let fallbackFrom: GgmlTypeInfo | undefined;
+    let fallbackFrom: GgmlType | undefined;
     let manual = false;
     if (quantizable) {
       if (tokenEmbeddingType && cat === "token_embd" &&
@@ -362,7 +361,7 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
       }
     }
     const needsImatrix = !m.imatrixRequired.exemptNames.includes(t.name) &&
-      (m.imatrixRequired.types.includes(type.name) || ftype.requiresImatrix.some((x) => x.id === type.id));
+      (type.imatrix === "required" || ftype.requiresImatrix.includes(type));
     if (quantizable && needsImatrix) requiresImatrix.push(t.name);
     out.push({
       name: t.name,

@@ -1,0 +1,85 @@
+/**
+ * Every entry point of the native addon (native/src/*.cc, each registered with DEEPCAST_EXPORT), typed
+ * in one place. A new kernel adds its entry here and its name to ADDON_ENTRY_POINTS; the loader
+ * (./native.ts) refuses an addon that lacks one. ggml types are passed by id (src/formats/ggml-types.ts)
+ * through the ggmlQuantize / ggmlDequantize / ggmlRowBytes dispatch, so a new quantizer needs no new
+ * entry point.
+ */
+
+type View = ArrayBufferView;
+
+export type SimdLevel = "scalar" | "avx2";
+
+export interface AddonTypes {
+  /** package.json's version at build time; the loader requires it to equal the package's. */
+  version(): string;
+
+  // ---- cpu.cc / addon.cc: SIMD dispatch (all levels give identical bytes)
+  simdLevel(): SimdLevel;
+  /** false when the CPU lacks the level. */
+  setSimd(level: SimdLevel | "auto"): boolean;
+  hasAvx2(): boolean;
+
+  // ---- cast.cc: element kernels. FP8 scales are one float32 per 128x128 block.
+  fp8ToBf16(src: View, rows: number, cols: number, scale: View, dst: View, threads: number): void;
+  fp8ToF32(src: View, rows: number, cols: number, scale: View, dst: View, threads: number, bf16Round: boolean): void;
+  f32ToBf16(src: View, dst: View, threads: number): void;
+  bf16ToF32(src: View, dst: View, threads: number): void;
+  f32ToF16(src: View, dst: View, threads: number): void;
+  f16ToF32(src: View, dst: View, threads: number): void;
+
+  // ---- ggml_quants.cc: ggml block quantization by ggml type id; each returns bytes/values written
+  /** `imatrix` holds nPerRow weights used for every row (ggml's quant_weights), or null. */
+  ggmlQuantize(type: number, src: Float32Array, rows: number, nPerRow: number, dst: Uint8Array, imatrix: Float32Array | null, threads: number): number;
+  ggmlDequantize(type: number, src: Uint8Array, rows: number, nPerRow: number, dst: Float32Array, threads: number): number;
+  /** Bytes of one row; throws for an unsupported type or a row that is not whole blocks. */
+  ggmlRowBytes(type: number, nPerRow: number): number;
+
+  // ---- forward.cc: the forward pass's CPU kernels
+  /** y[t*ldy + o] = sum_i x[t*in + i] * w[o*in + i]. */
+  f32Matmul(x: View, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
+  /** The same with W [out, in] in its stored ggml form (gemm.cc dequantizes it panel by panel). */
+  ggmlMatmul(x: View, type: number, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
+  causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
+  f32SiluMul(g: View, u: View, threads: number): void;
+
+  // ---- cuda_loader.cc: dlopen of libdeepcast_cuda.so
+  /** null on success, else why CUDA cannot be used ("no CUDA device: ...", "cannot load ..."). */
+  cudaInit(libPath: string, device?: number): string | null;
+  cudaAvailable(): boolean;
+  /** "NVIDIA H200, sm_90, 132 SMs, ..." once cudaInit succeeded, else null. */
+  cudaDeviceInfo(): string | null;
+  /** y[t*ldy + o] = sum_i x[t*in + i] * w[o*in + i], on the GPU, float32 accumulation. */
+  cudaMatmul(x: View, w: View, y: View, tokens: number, inDim: number, outDim: number, ldy?: number): void;
+  /** Upload (x and W), kernel and download times of the last cudaMatmul (CUDA events), or null. */
+  cudaLastTimes(): { uploadMs: number; kernelMs: number; downloadMs: number } | null;
+  /** Frees the GPU buffers kept between calls. */
+  cudaRelease(): void;
+}
+
+/** The names the loader checks: every key of AddonTypes (the compiler keeps the two in step). */
+export const ADDON_ENTRY_POINTS = Object.keys({
+  version: 0,
+  simdLevel: 0,
+  setSimd: 0,
+  hasAvx2: 0,
+  fp8ToBf16: 0,
+  fp8ToF32: 0,
+  f32ToBf16: 0,
+  bf16ToF32: 0,
+  f32ToF16: 0,
+  f16ToF32: 0,
+  ggmlQuantize: 0,
+  ggmlDequantize: 0,
+  ggmlRowBytes: 0,
+  f32Matmul: 0,
+  ggmlMatmul: 0,
+  causalAttention: 0,
+  f32SiluMul: 0,
+  cudaInit: 0,
+  cudaAvailable: 0,
+  cudaDeviceInfo: 0,
+  cudaMatmul: 0,
+  cudaLastTimes: 0,
+  cudaRelease: 0,
+} satisfies Record<keyof AddonTypes, 0>) as (keyof AddonTypes)[];
