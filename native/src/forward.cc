@@ -1,11 +1,12 @@
-// Hot kernels of the reference forward pass (src/model/forward.ts): float32 matmul y = x W^T,
-// causal multi-head attention over ragged sequences, and the SwiGLU product silu(g) * u.
+// Hot kernels of the reference forward pass (src/model/forward.ts): matmul y = x W^T (gemm.cc) with
+// W in float32 or in its stored ggml form, causal multi-head attention over ragged sequences, and
+// the SwiGLU product silu(g) * u.
 //
 // Numerics: float32 throughout, float32 accumulation. Every output element is computed by one
 // fixed sequence of operations that does not depend on the tiling or on which thread runs it, so
-// results are bit-identical for any thread count. The AVX2 path (FMA, 8 lanes) and the scalar
-// path (mul + add, 8 partial sums) are not bit-identical to each other; both are float32-exact
-// enough for the 1e-4 logits tolerance of the golden tests.
+// results are bit-identical for any thread count. The matmul's AVX2 and scalar paths are
+// bit-identical (gemm.h); attention's are not (FMA, 8 lanes vs mul + add, 8 partial sums), both
+// float32-exact enough for the 1e-4 logits tolerance of the golden tests.
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -19,31 +20,14 @@
 #include <vector>
 
 #include "cpu.h"
+#include "gemm.h"
+#include "ggml_quants.h"
 #include "napi_util.h"
 #include "parallel.h"
 #include "registry.h"
 
 namespace deepcast {
 namespace {
-
-// ---- matmul tiles: y[c*ldy + r] = dot(w[r], x[c]) for R weight rows x C tokens -------------
-
-template <int R, int C>
-void tile_scalar(const float* w, const float* x, float* y, size_t in, size_t ldy) {
-  for (int r = 0; r < R; r++) {
-    for (int c = 0; c < C; c++) {
-      const float* a = w + r * in;
-      const float* b = x + c * in;
-      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      size_t k = 0;
-      for (; k + 8 <= in; k += 8)
-        for (int l = 0; l < 8; l++) lane[l] += a[k + l] * b[k + l];
-      float s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-      for (; k < in; k++) s += a[k] * b[k];
-      y[c * ldy + r] = s;
-    }
-  }
-}
 
 #if defined(__x86_64__)
 #define DC_AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -56,73 +40,7 @@ DC_AVX2 inline float hsum8(__m256 v) {
   return _mm_cvtss_f32(s1);
 }
 
-template <int R, int C>
-DC_AVX2 void tile_avx2(const float* w, const float* x, float* y, size_t in, size_t ldy) {
-  __m256 acc[R][C];
-  for (int r = 0; r < R; r++)
-    for (int c = 0; c < C; c++) acc[r][c] = _mm256_setzero_ps();
-  size_t k = 0;
-  for (; k + 8 <= in; k += 8) {
-    __m256 wv[R];
-    for (int r = 0; r < R; r++) wv[r] = _mm256_loadu_ps(w + r * in + k);
-    for (int c = 0; c < C; c++) {
-      const __m256 xv = _mm256_loadu_ps(x + c * in + k);
-      for (int r = 0; r < R; r++) acc[r][c] = _mm256_fmadd_ps(wv[r], xv, acc[r][c]);
-    }
-  }
-  for (int r = 0; r < R; r++) {
-    for (int c = 0; c < C; c++) {
-      float s = hsum8(acc[r][c]);
-      for (size_t kk = k; kk < in; kk++) s += w[r * in + kk] * x[c * in + kk];
-      y[c * ldy + r] = s;
-    }
-  }
-}
 #endif
-
-// Rows [r0, r1) x tokens [t0, t1). Tokens are taken in blocks that stay in cache while the weight
-// rows stream past them.
-void matmul_block(const float* x, const float* w, float* y, size_t in, size_t ldy, size_t r0, size_t r1, size_t t0,
-                  size_t t1, bool avx2) {
-  size_t tb = (512 * 1024) / (std::max<size_t>(in, 1) * sizeof(float));
-  tb = std::max<size_t>(4, std::min<size_t>(256, tb)) & ~size_t{3};
-  for (size_t tb0 = t0; tb0 < t1; tb0 += tb) {
-    const size_t tb1 = std::min(t1, tb0 + tb);
-    size_t r = r0;
-    for (; r < r1; r += 2) {
-      const bool pair = r + 2 <= r1;
-      const float* wr = w + r * in;
-      size_t t = tb0;
-      for (; t + 4 <= tb1; t += 4) {
-        const float* xt = x + t * in;
-        float* yt = y + t * ldy + r;
-#if defined(__x86_64__)
-        if (avx2) {
-          if (pair) tile_avx2<2, 4>(wr, xt, yt, in, ldy);
-          else tile_avx2<1, 4>(wr, xt, yt, in, ldy);
-          continue;
-        }
-#endif
-        if (pair) tile_scalar<2, 4>(wr, xt, yt, in, ldy);
-        else tile_scalar<1, 4>(wr, xt, yt, in, ldy);
-      }
-      for (; t < tb1; t++) {
-        const float* xt = x + t * in;
-        float* yt = y + t * ldy + r;
-#if defined(__x86_64__)
-        if (avx2) {
-          if (pair) tile_avx2<2, 1>(wr, xt, yt, in, ldy);
-          else tile_avx2<1, 1>(wr, xt, yt, in, ldy);
-          continue;
-        }
-#endif
-        if (pair) tile_scalar<2, 1>(wr, xt, yt, in, ldy);
-        else tile_scalar<1, 1>(wr, xt, yt, in, ldy);
-      }
-      if (!pair) break;
-    }
-  }
-}
 
 bool get_f32(const Napi::CallbackInfo& info, size_t i, const char* what, Bytes& b) {
   if (!get_bytes(info, i, what, b)) return false;
@@ -147,22 +65,39 @@ Napi::Value F32Matmul(const Napi::CallbackInfo& info) {
       !require(env, T == 0 || yb.size / 4 >= (T - 1) * ldy + out, "y is too small"))
     return env.Undefined();
   if (T == 0 || out == 0) return env.Undefined();
-  const float* x = reinterpret_cast<const float*>(xb.data);
-  const float* w = reinterpret_cast<const float*>(wb.data);
-  float* y = reinterpret_cast<float*>(yb.data);
-  const bool avx2 = use_avx2();
-  const size_t work = T * out * in;
-  // Below ~2M multiply-adds starting a thread costs more than it saves.
-  const int t = work < (size_t{1} << 21) ? 1 : threads;
-  if (out >= static_cast<size_t>(t) * 8 || T < static_cast<size_t>(t) * 4) {
-    // Split weight rows (in pairs so each thread's tiles line up).
-    const size_t pairs = (out + 1) / 2;
-    parallel_for(pairs, t, 1, [&](size_t p0, size_t p1) {
-      matmul_block(x, w, y, in, ldy, p0 * 2, std::min(out, p1 * 2), 0, T, avx2);
-    });
-  } else {
-    parallel_for(T, t, 4, [&](size_t t0, size_t t1) { matmul_block(x, w, y, in, ldy, 0, out, t0, t1, avx2); });
+  const GemmWeight w{wb.data, in * 4, ggml::kF32, 1, 4};
+  gemm(w, reinterpret_cast<const float*>(xb.data), reinterpret_cast<float*>(yb.data), T, in, out, ldy, threads);
+  return env.Undefined();
+}
+
+// ggmlMatmul(x f32[T*in], type, w u8[out * rowBytes(type, in)], y f32[(T-1)*ldy + out], T, in, out,
+//            threads, ldy = out): y = x W^T with W in its stored ggml form, dequantized panel by panel.
+Napi::Value GgmlMatmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes xb, wb, yb;
+  size_t T = 0, in = 0, out = 0;
+  if (info.Length() <= 1 || !info[1].IsNumber()) {
+    Napi::TypeError::New(env, "type: expected a ggml type id").ThrowAsJavaScriptException();
+    return env.Undefined();
   }
+  const int type = info[1].As<Napi::Number>().Int32Value();
+  const ggml::TypeTraits* tt = ggml::type_traits(type);
+  if (!require(env, tt != nullptr, "ggml type id " + std::to_string(type) + " is not supported")) return env.Undefined();
+  if (!get_f32(info, 0, "x", xb) || !get_bytes(info, 2, "w", wb) || !get_f32(info, 3, "y", yb) ||
+      !get_size(info, 4, "tokens", T) || !get_size(info, 5, "in", in) || !get_size(info, 6, "out", out))
+    return env.Undefined();
+  const int threads = get_threads(info, 7);
+  size_t ldy = out;
+  if (info.Length() > 8 && !info[8].IsUndefined() && !get_size(info, 8, "ldy", ldy)) return env.Undefined();
+  const size_t row_bytes = ggml::row_size(type, in);
+  if (!require(env, in > 0 && row_bytes != 0, std::string("in must be a positive multiple of ") + std::to_string(tt->block_size) + " for " + tt->name) ||
+      !require(env, xb.size / 4 == T * in, "x has " + std::to_string(xb.size / 4) + " values, expected " + std::to_string(T * in)) ||
+      !require(env, wb.size == out * row_bytes, "w has " + std::to_string(wb.size) + " bytes, expected " + std::to_string(out * row_bytes)) ||
+      !require(env, ldy >= out, "ldy must be >= out") ||
+      !require(env, T == 0 || yb.size / 4 >= (T - 1) * ldy + out, "y is too small"))
+    return env.Undefined();
+  const GemmWeight w{wb.data, row_bytes, type, tt->block_size, tt->type_size};
+  gemm(w, reinterpret_cast<const float*>(xb.data), reinterpret_cast<float*>(yb.data), T, in, out, ldy, threads);
   return env.Undefined();
 }
 
@@ -318,6 +253,7 @@ Napi::Value SiluMul(const Napi::CallbackInfo& info) {
 }  // namespace
 
 DEEPCAST_EXPORT("f32Matmul", F32Matmul);
+DEEPCAST_EXPORT("ggmlMatmul", GgmlMatmul);
 DEEPCAST_EXPORT("f32SiluMul", SiluMul);
 DEEPCAST_EXPORT("causalAttention", CausalAttention);
 

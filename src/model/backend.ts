@@ -62,6 +62,8 @@ function withDevice(ops: ForwardOps, device: "cpu" | "cuda", reason: string | nu
     reason,
     deviceInfo,
     matmul: (x, w, y, tokens, inDim, outDim, threads, ldy) => ops.matmul(x, w, y, tokens, inDim, outDim, threads, ldy),
+    // The CUDA ops have none: weights then come as float32 (uploaded in their stored form is issue 11, item 2).
+    ...(ops.matmulStored ? { matmulStored: ops.matmulStored } : {}),
     attention: (q, k, v, out, offsets, heads, dqk, dv, scale, threads) => ops.attention(q, k, v, out, offsets, heads, dqk, dv, scale, threads),
     siluMul: (g, u, threads) => ops.siluMul(g, u, threads),
   };

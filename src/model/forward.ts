@@ -21,7 +21,7 @@
 import { availableParallelism } from "node:os";
 import { DeepcastError } from "../errors.js";
 import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } from "./config.js";
-import { addInto, forwardOps, rmsNorm, type ForwardOps } from "./ops.js";
+import { addInto, forwardOps, rmsNorm, type ForwardOps, type Matrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
 const f = Math.fround;
@@ -71,12 +71,22 @@ export interface ForwardOptions {
   observer?: MatmulObserver;
   /** "hidden": skip the head and return the final normed hidden states (for callers that stream the head). */
   output?: "logits" | "hidden";
+  /**
+   * Per sequence, the first position whose logits are wanted (default: 0, all). Earlier positions
+   * still run through every attention (later ones attend to them) but skip the last layer's FFN
+   * and the head, as llama.cpp skips rows it has no output for; the rows returned are bit-identical
+   * to those of a full pass. `offsets` then counts the returned rows only.
+   */
+  logitsFrom?: readonly number[];
 }
 
 export interface ForwardResult {
   /** [totalTokens, vocab] float32: row i is the next-token logits after token i of its sequence. */
   logits: Float32Array;
-  /** [B+1] start of each sequence's rows in `logits`; sequence b is rows offsets[b]..offsets[b+1]-1. */
+  /**
+   * [B+1] start of each sequence's rows in `logits`; sequence b is rows offsets[b]..offsets[b+1]-1,
+   * row offsets[b] + i holding position logitsFrom[b] + i (logitsFrom[b] = 0 by default).
+   */
   offsets: Int32Array;
   vocab: number;
   /** With output "hidden": [totalTokens, dim] after the final norm (logits is then empty). */
@@ -93,40 +103,56 @@ class Ctx {
   ) {}
 
   /** y = x W^T for a weight [out, in] already read; `name` (HF) is told to the observer. */
-  mm(x: Float32Array, w: Float32Array, tokens: number, inDim: number, outDim: number, name?: string): Float32Array {
+  mm(x: Float32Array, w: Matrix, tokens: number, inDim: number, outDim: number, name?: string): Float32Array {
     if (name && this.observer) this.observer.input(name, x, tokens, inDim);
-    if (w.length !== outDim * inDim) throw new DeepcastError(`internal: weight of ${w.length} values, expected ${outDim} x ${inDim}`);
     const y = new Float32Array(tokens * outDim);
-    this.ops.matmul(x, w, y, tokens, inDim, outDim, this.threads);
+    if (w instanceof Float32Array) {
+      if (w.length !== outDim * inDim) throw new DeepcastError(`internal: weight of ${w.length} values, expected ${outDim} x ${inDim}`);
+      this.ops.matmul(x, w, y, tokens, inDim, outDim, this.threads);
+    } else {
+      this.ops.matmulStored!(x, w, y, tokens, inDim, outDim, this.threads);
+    }
     return y;
   }
 
-  private readonly pending = new Map<string, Promise<Float32Array>>();
+  /** Whether 2-D weights are read in their stored form (the ops multiply it without converting it whole). */
+  private get stored(): boolean {
+    return this.ops.matmulStored !== undefined && this.src.readStored !== undefined;
+  }
+
+  /** A 2-D weight in its stored form when the source and the ops allow, else float32. */
+  load(name: string, start?: number, count?: number): Promise<Matrix> {
+    if (!this.stored) return this.src.read(name, start, count);
+    return this.src.readStored!(name, start, count).then((m): Promise<Matrix> | Matrix => m ?? this.src.read(name, start, count));
+  }
+
+  private readonly pending = new Map<string, Promise<Matrix>>();
 
   /** Starts reading whole tensors that a later `weight`/`vector` call will take (reads overlap compute). */
   prefetch(names: readonly string[]): void {
     for (const name of names) {
       if (this.pending.has(name) || !this.src.has(name)) continue;
-      const p = this.src.read(name);
+      const p = this.src.shape(name).length === 2 ? this.load(name) : this.src.read(name);
       p.catch(() => undefined);
       this.pending.set(name, p);
     }
   }
 
-  private take(name: string): Promise<Float32Array> {
+  private take(name: string, matrix: boolean): Promise<Matrix> {
     const p = this.pending.get(name);
-    if (!p) return this.src.read(name);
+    if (!p) return matrix ? this.load(name) : this.src.read(name);
     this.pending.delete(name);
     return p;
   }
 
-  async weight(name: string, rows: number, cols: number): Promise<Float32Array> {
+  async weight(name: string, rows: number, cols: number): Promise<Matrix> {
     const shape = this.src.shape(name);
     if (shape.length !== 2 || shape[0] !== rows || shape[1] !== cols) {
       throw new DeepcastError(`shape [${shape.join(", ")}] does not match the config: expected [${rows}, ${cols}]`, { file: this.src.description, tensor: name });
     }
-    const w = await this.take(name);
-    if (w.length !== rows * cols) throw new DeepcastError(`read ${w.length} values, expected ${rows * cols}`, { file: this.src.description, tensor: name });
+    const w = await this.take(name, true);
+    const n = w instanceof Float32Array ? w.length : w.rows * w.cols;
+    if (n !== rows * cols) throw new DeepcastError(`read ${n} values, expected ${rows * cols}`, { file: this.src.description, tensor: name });
     return w;
   }
 
@@ -135,7 +161,9 @@ class Ctx {
     if (shape.length !== 1 || shape[0] !== len) {
       throw new DeepcastError(`shape [${shape.join(", ")}] does not match the config: expected [${len}]`, { file: this.src.description, tensor: name });
     }
-    return this.take(name);
+    const v = await this.take(name, false);
+    if (!(v instanceof Float32Array)) throw new DeepcastError("internal: a vector was read in stored form", { file: this.src.description, tensor: name });
+    return v;
   }
 
   /** Waits for prefetches nobody took (after an error), so no read outlives the pass. */
@@ -197,31 +225,66 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
   try {
     if (cfg.nLayers > 0) ctx.prefetch(attentionNames(cfg, 0));
     let h = await embed(ctx, tokens);
+    // Rows that reach the head: after the last attention only those are carried on.
+    const out = outputRows(sequences, offsets, opts.logitsFrom);
+    let rows = N;
+    const trim = () => {
+      if (!out) return;
+      h = gatherRows(h, out.rows, cfg.dim);
+      rows = out.rows.length;
+    };
     for (let l = 0; l < cfg.nLayers; l++) {
       const p = `model.layers.${l}.`;
       ctx.prefetch(ffnNames(cfg, l));
       const xn = rmsNorm(h, N, cfg.dim, await ctx.vector(p + "input_layernorm.weight", cfg.dim), cfg.rmsNormEps, new Float32Array(h.length));
       addInto(h, await attention(ctx, l, xn, N, pos, offsets, rope));
       ctx.prefetch(l + 1 < cfg.nLayers ? attentionNames(cfg, l + 1) : ["model.norm.weight"]);
-      rmsNorm(h, N, cfg.dim, await ctx.vector(p + "post_attention_layernorm.weight", cfg.dim), cfg.rmsNormEps, xn);
+      if (l === cfg.nLayers - 1) trim();
+      const x2 = rows === N ? xn : new Float32Array(rows * cfg.dim);
+      rmsNorm(h, rows, cfg.dim, await ctx.vector(p + "post_attention_layernorm.weight", cfg.dim), cfg.rmsNormEps, x2);
       const ffn = isMoeLayer(cfg, l)
-        ? await moe(ctx, l, xn, N, opts.onRouting)
-        : await mlp(ctx, p + "mlp.", xn, N, cfg.interDim);
+        ? await moe(ctx, l, x2, rows, opts.onRouting)
+        : await mlp(ctx, p + "mlp.", x2, rows, cfg.interDim);
       addInto(h, ffn);
       opts.onLayer?.(l);
     }
-    rmsNorm(h, N, cfg.dim, await ctx.vector("model.norm.weight", cfg.dim), cfg.rmsNormEps);
+    if (cfg.nLayers === 0) trim();
+    rmsNorm(h, rows, cfg.dim, await ctx.vector("model.norm.weight", cfg.dim), cfg.rmsNormEps);
     if (opts.output === "hidden") {
-      ctx.observer?.input(headName(cfg, src), h, N, cfg.dim);
+      ctx.observer?.input(headName(cfg, src), h, rows, cfg.dim);
       opts.onLayer?.(cfg.nLayers);
-      return { logits: new Float32Array(0), offsets, vocab: cfg.vocabSize, hidden: h };
+      return { logits: new Float32Array(0), offsets: out ? out.offsets : offsets, vocab: cfg.vocabSize, hidden: h };
     }
-    const logits = await head(ctx, h, N);
+    const logits = await head(ctx, h, rows);
     opts.onLayer?.(cfg.nLayers);
-    return { logits, offsets, vocab: cfg.vocabSize };
+    return { logits, offsets: out ? out.offsets : offsets, vocab: cfg.vocabSize };
   } finally {
     await ctx.drain();
   }
+}
+
+/** The rows (and per-sequence offsets) of the positions logitsFrom asks for; null for all rows. */
+function outputRows(sequences: readonly ArrayLike<number>[], offsets: Int32Array, logitsFrom?: readonly number[]): { rows: Int32Array; offsets: Int32Array } | null {
+  if (!logitsFrom) return null;
+  const B = sequences.length;
+  if (logitsFrom.length !== B) throw new DeepcastError(`logitsFrom has ${logitsFrom.length} entries for ${B} sequences`);
+  const out = new Int32Array(B + 1);
+  for (let b = 0; b < B; b++) {
+    const first = logitsFrom[b]!;
+    const len = sequences[b]!.length;
+    if (!Number.isInteger(first) || first < 0 || first > len) throw new DeepcastError(`logitsFrom[${b}] = ${first} is outside sequence ${b} of ${len} tokens`);
+    out[b + 1] = out[b]! + len - first;
+  }
+  if (out[B] === offsets[B]) return null;
+  const rows = new Int32Array(out[B]!);
+  for (let b = 0; b < B; b++) for (let i = 0; i < out[b + 1]! - out[b]!; i++) rows[out[b]! + i] = offsets[b]! + logitsFrom[b]! + i;
+  return { rows, offsets: out };
+}
+
+function gatherRows(x: Float32Array, rows: Int32Array, dim: number): Float32Array {
+  const y = new Float32Array(rows.length * dim);
+  for (let i = 0; i < rows.length; i++) y.set(x.subarray(rows[i]! * dim, (rows[i]! + 1) * dim), i * dim);
+  return y;
 }
 
 async function embed(ctx: Ctx, tokens: Int32Array): Promise<Float32Array> {
@@ -306,13 +369,14 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
   const k = new Float32Array(N * H * dqk);
   const v = new Float32Array(N * H * dv);
   for (let i = 0; i < N; i++) {
-    const kpe = kva.subarray(i * (kvr + dr) + kvr, (i + 1) * (kvr + dr));
+    const pe = i * (kvr + dr) + kvr;
     for (let hh = 0; hh < H; hh++) {
       const src = (i * H + hh) * (dn + dv);
       const ko = (i * H + hh) * dqk;
-      k.set(kvb.subarray(src, src + dn), ko);
-      k.set(kpe, ko + dn);
-      v.set(kvb.subarray(src + dn, src + dn + dv), (i * H + hh) * dv);
+      const vo = (i * H + hh) * dv;
+      for (let d = 0; d < dn; d++) k[ko + d] = kvb[src + d]!;
+      for (let d = 0; d < dr; d++) k[ko + dn + d] = kva[pe + d]!;
+      for (let d = 0; d < dv; d++) v[vo + d] = kvb[src + dn + d]!;
     }
   }
   const o = new Float32Array(N * H * dv);
@@ -331,7 +395,7 @@ async function mlp(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: 
   return mlpWith(ctx, prefix, x, N, inter, w1, w3, w2);
 }
 
-function mlpWith(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: number, w1: Float32Array, w3: Float32Array, w2: Float32Array): Float32Array {
+function mlpWith(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: number, w1: Matrix, w3: Matrix, w2: Matrix): Float32Array {
   const dim = ctx.cfg.dim;
   const g = ctx.mm(x, w1, N, dim, inter, prefix + "gate_proj.weight");
   ctx.ops.siluMul(g, ctx.mm(x, w3, N, dim, inter, prefix + "up_proj.weight"), ctx.threads);
@@ -509,8 +573,9 @@ async function head(ctx: Ctx, h: Float32Array, N: number): Promise<Float32Array>
   const chunk = Math.max(128, Math.floor((64 * 1024 * 1024) / (cfg.dim * 4 * 128)) * 128);
   for (let r0 = 0; r0 < V; r0 += chunk) {
     const n = Math.min(chunk, V - r0);
-    const w = await src.read(name, r0, n);
-    ctx.ops.matmul(h, w, logits.subarray(r0), N, cfg.dim, n, ctx.threads, V);
+    const w = await ctx.load(name, r0, n);
+    if (w instanceof Float32Array) ctx.ops.matmul(h, w, logits.subarray(r0), N, cfg.dim, n, ctx.threads, V);
+    else ctx.ops.matmulStored!(h, w, logits.subarray(r0), N, cfg.dim, n, ctx.threads, V);
   }
   return logits;
 }

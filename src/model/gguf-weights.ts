@@ -23,6 +23,7 @@ import { archKey, Keys } from "../formats/gguf-keys.js";
 import { ggmlQuantTypes, rowBytes } from "../formats/ggml-types.js";
 import { dequantizeRows } from "../quant/ggml.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
+import type { StoredMatrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
 /** Values smaller than this (elements) are dequantized on one thread. */
@@ -224,14 +225,33 @@ export class GgufWeightSource implements WeightSource {
     return out;
   }
 
-  async read(name: string, start?: number, count?: number): Promise<Float32Array> {
-    const r = this.where(name);
+  private range(name: string, r: Resolved, start?: number, count?: number): [number, number] {
     const rows = r.shape[0] ?? 1;
     const r0 = start ?? 0;
     const n = count ?? rows - r0;
     if (!Number.isInteger(r0) || !Number.isInteger(n) || r0 < 0 || n < 0 || r0 + n > rows) {
       throw new DeepcastError(`rows ${r0}..${r0 + n} out of range for shape [${r.shape.join(", ")}]`, { file: this.description, tensor: name });
     }
+    return [r0, n];
+  }
+
+  async readStored(name: string, start?: number, count?: number): Promise<StoredMatrix | null> {
+    const r = this.where(name);
+    const [r0, n] = this.range(name, r, start, count);
+    if (r.kind === "kv_b" || r.shape.length !== 2 || (r.kind === "copy" && r.t.ne.length !== 2)) return null;
+    const t = r.t;
+    const ne0 = t.ne[0]!;
+    const rb = rowBytes(t.type.id, ne0);
+    const row0 = r.kind === "expert" ? r.e * r.shape[0]! + r0 : r0;
+    const data = new Uint8Array(n * rb);
+    await this.reader.read(t, row0 * rb, data);
+    return { type: t.type.id, data, rows: n, cols: ne0 };
+  }
+
+  async read(name: string, start?: number, count?: number): Promise<Float32Array> {
+    const r = this.where(name);
+    const [r0, n] = this.range(name, r, start, count);
+    const rows = r.shape[0] ?? 1;
     switch (r.kind) {
       case "copy": {
         const t = r.t;

@@ -5,10 +5,26 @@
  */
 import { loadNative } from "../quant/native.js";
 
+/** A weight [rows, cols] in its stored ggml form (type id, `rows` rows of `cols` values, ggml row layout). */
+export interface StoredMatrix {
+  readonly type: number;
+  readonly data: Uint8Array;
+  readonly rows: number;
+  readonly cols: number;
+}
+
+/** A weight [out, in] for matmul: float32 row-major, or stored blocks (only with ops that have matmulStored). */
+export type Matrix = Float32Array | StoredMatrix;
+
 export interface ForwardOps {
   readonly backend: "native" | "ts";
   /** y[t*ldy + o] = sum_i x[t*in + i] * w[o*in + i]  (y = x W^T; W is [out, in]). */
   matmul(x: Float32Array, w: Float32Array, y: Float32Array, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
+  /**
+   * matmul with W in its stored ggml form, dequantized tile by tile inside the kernel (never whole);
+   * the same float32 result as matmul on the dequantized W. Absent: weights are read as float32.
+   */
+  matmulStored?(x: Float32Array, w: StoredMatrix, y: Float32Array, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
   /**
    * Causal attention over ragged sequences: q, k [N, H, dqk], v and out [N, H, dv]; sequence b is
    * tokens offsets[b]..offsets[b+1]-1, each token sees its own sequence up to itself.
@@ -87,6 +103,10 @@ function nativeOps(): ForwardOps | null {
   return {
     backend: "native",
     matmul: (x, w, y, tokens, inDim, outDim, threads, ldy) => nn.f32Matmul(x, w, y, tokens, inDim, outDim, threads, ldy ?? outDim),
+    matmulStored: (x, w, y, tokens, inDim, outDim, threads, ldy) => {
+      if (w.rows !== outDim || w.cols !== inDim) throw new RangeError(`stored weight is [${w.rows}, ${w.cols}], expected [${outDim}, ${inDim}]`);
+      nn.ggmlMatmul(x, w.type, w.data, y, tokens, inDim, outDim, threads, ldy ?? outDim);
+    },
     attention: (q, k, v, out, offsets, heads, dqk, dv, scale, threads) =>
       nn.causalAttention(q, k, v, out, offsets, heads, dqk, dv, scale, threads),
     siluMul: (g, u, threads) => nn.f32SiluMul(g, u, threads),

@@ -66,13 +66,16 @@ export async function validate(candidate: WeightSource, reference: WeightSource 
   }
   const per = Math.max(1, Math.floor(opts.batchSequences ?? 8));
   const batches = Math.ceil(sequences.length / per);
-  const fwd = (model: "reference" | "candidate", batch: number): ForwardOptions => ({
+  // Without a logits dump or a routing observer, only the scored positions' logits are made.
+  const scoredOnly = !opts.logits && !opts.onRouting;
+  const fwd = (model: "reference" | "candidate", batch: number, seqs: readonly EvalSequence[]): ForwardOptions => ({
     threads: opts.threads,
     ops: opts.ops,
     onRouting: opts.onRouting,
     onLayer: opts.onEvent
       ? (layer) => emit({ kind: "layer", model, layer, layers: (model === "candidate" ? candidate : reference!).config.nLayers, batch, batches })
       : undefined,
+    ...(scoredOnly ? { logitsFrom: seqs.map((q) => q.first) } : {}),
   });
   const emit: OnEvent = opts.onEvent ?? (() => undefined);
   const started = performance.now();
@@ -89,18 +92,18 @@ export async function validate(candidate: WeightSource, reference: WeightSource 
     let ref: Awaited<ReturnType<typeof forward>> | null = null;
     if (reference) {
       const t0 = performance.now();
-      ref = await forward(reference, inputs, fwd("reference", bi));
+      ref = await forward(reference, inputs, fwd("reference", bi, batch));
       referenceSeconds += (performance.now() - t0) / 1000;
     }
     const t0 = performance.now();
-    const cand = await forward(candidate, inputs, fwd("candidate", bi));
+    const cand = await forward(candidate, inputs, fwd("candidate", bi, batch));
     candidateSeconds += (performance.now() - t0) / 1000;
-    forwardTokens += cand.offsets[batch.length]!;
+    forwardTokens += inputs.reduce((n, x) => n + x.length, 0);
 
     for (let k = 0; k < batch.length; k++) {
       const q = batch[k]!;
       for (let i = 0; i < q.targets.length; i++) {
-        scores.add(cand.logits, ref?.logits ?? null, (cand.offsets[k]! + q.first + i) * vocab, vocab, q.targets[i]!);
+        scores.add(cand.logits, ref?.logits ?? null, (cand.offsets[k]! + (scoredOnly ? 0 : q.first) + i) * vocab, vocab, q.targets[i]!);
       }
       scores.endSequence();
     }

@@ -15,6 +15,7 @@ import { FP8_BLOCK, scaleNameOf, scaleShape } from "../formats/fp8.js";
 import { fp8NanError, kernels } from "../quant/kernels.js";
 import { checkCheckpointConfig } from "../io/hf-config.js";
 import type { ModelConfig } from "./config.js";
+import type { StoredMatrix } from "./ops.js";
 
 /** Tensors smaller than this (elements) are converted on one thread: starting threads costs more. */
 const PARALLEL_MIN = 1 << 22;
@@ -32,6 +33,11 @@ export interface WeightSource {
    * 2-D tensor (elements, for a 1-D one).
    */
   read(name: string, start?: number, count?: number): Promise<Float32Array>;
+  /**
+   * Rows of a 2-D tensor in its stored ggml form (what `read` would dequantize), for kernels that
+   * multiply it directly; null when the tensor has no such form here (1-D, rebuilt, FP8 blocks).
+   */
+  readStored?(name: string, start?: number, count?: number): Promise<StoredMatrix | null>;
   close(): Promise<void>;
 }
 

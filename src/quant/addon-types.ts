@@ -43,6 +43,8 @@ export interface AddonTypes {
   // ---- forward.cc: the forward pass's CPU kernels
   /** y[t*ldy + o] = sum_i x[t*in + i] * w[o*in + i]. */
   f32Matmul(x: View, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
+  /** The same with W [out, in] in its stored ggml form (gemm.cc dequantizes it panel by panel). */
+  ggmlMatmul(x: View, type: number, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
   causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
   f32SiluMul(g: View, u: View, threads: number): void;
 
@@ -80,6 +82,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   ggmlRowBytes: 0,
   ggmlIqLattice: 0,
   f32Matmul: 0,
+  ggmlMatmul: 0,
   causalAttention: 0,
   f32SiluMul: 0,
   ggmlIq3Lattice: 0,
