@@ -129,7 +129,9 @@ export function gaussianNsr(type: GgmlType): number {
   const rows = 16;
   const ne0 = 4096;
   const v = gaussianRows(rows * ne0, 12345);
-  const s = rowErrorSums(type, v, rows, ne0, null);
+  // ggml's IQ1_S/IQ2_XXS/IQ2_XS quantizers assert an imatrix: uniform weights stand for "no importance"
+  const w = type.imatrix === "required" ? new Float32Array(ne0).fill(1) : null;
+  const s = rowErrorSums(type, v, rows, ne0, w);
   const nsr = s.err / s.signal;
   nsrCache.set(type.id, nsr);
   return nsr;
