@@ -116,3 +116,26 @@ export function dequantizeRows(
   else kernels().bf16ToF32(u16View(src), out, threads);
   return out;
 }
+
+/** Rows of `values` for a row length, or a clear error. */
+function rowsOf(count: number, nPerRow: number, what: string): number {
+  if (!Number.isSafeInteger(nPerRow) || nPerRow <= 0 || count % nPerRow !== 0) {
+    throw new DeepcastError(`${what} of ${count} does not divide into rows of ${nPerRow}`, { code: "USAGE" });
+  }
+  return count / nPerRow;
+}
+
+/**
+ * The library's kernel entry point: quantizes `values` (whole rows of `nPerRow`) to the ggml type
+ * named as llama.cpp names it ('Q4_K', 'IQ2_XXS', 'BF16', ...; case-insensitive), byte-identical to
+ * ggml's quantizer. `imatrix`: nPerRow importance weights (required by IQ1_S, IQ2_XXS, IQ2_XS).
+ */
+export function quantize(type: string, values: Float32Array, nPerRow: number, opts: { imatrix?: Float32Array; threads?: number } = {}): Uint8Array {
+  return quantizeRows(type, values, rowsOf(values.length, nPerRow, "a value count"), nPerRow, opts.imatrix ?? null, opts.threads ?? 1);
+}
+
+/** ggml's dequantizer: the float32 values `bytes` (whole rows of `nPerRow` values of `type`) stand for. */
+export function dequantize(type: string, bytes: Uint8Array, nPerRow: number, opts: { threads?: number } = {}): Float32Array {
+  const rb = rowBytes(ggmlQuantType(type), nPerRow);
+  return dequantizeRows(type, bytes, rowsOf(bytes.length, rb, "a byte count"), nPerRow, opts.threads ?? 1);
+}
