@@ -11,6 +11,7 @@ export type { OnEvent, RunEvent } from "./events.js";
 
 // kernels and the ggml type table
 export { quantize, dequantize, quantizeRows, dequantizeRows } from "./quant/ggml.js";
+export { kernels, type Kernels } from "./quant/kernels.js";
 export { ggmlType, ggmlTypes, ggmlQuantTypes, rowBytes, type GgmlType } from "./formats/ggml-types.js";
 
 // sources, readers, writers
