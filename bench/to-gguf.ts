@@ -5,7 +5,11 @@
  *      `sync OUT` (deepcast fsyncs its output before renaming it; llama-quantize does not).
  *
  *   npx tsx bench/to-gguf.ts [--llama-quantize PATH] [--repeat 3] [--threads 2] [--dir /tmp/deepcast-bench-gguf]
- *                            [--experts 64] [--layers 4] [--hidden 2048] [--quants Q4_K_M,Q8_0] [--keep]
+ *                            [--experts 64] [--layers 4] [--hidden 2048] [--quants Q4_K_M,Q8_0] [--keep] [--imatrix]
+ *
+ * --imatrix: both tools quantize with the same made-up importance matrix (deterministic positive
+ * column weights for every weight matrix, per expert), as the IQ mixes need one: e.g.
+ * `--imatrix --quants IQ2_XXS,IQ4_XS,IQ1_S --hidden 1024 --experts 16 --layers 2`.
  *
  * The input is a generated DeepSeek-V3-architecture checkpoint that to-gguf loads like the real one:
  * config.json is fixtures/tiny-dsv3's with the sizes scaled up (hidden 2048, 64 routed experts of 2048,
@@ -36,6 +40,9 @@ import { parseArgs } from "node:util";
 import { gguf } from "@huggingface/gguf";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../src/io/dtypes.js";
 import { encodeHeader, type TensorSpec } from "../src/io/safetensors.js";
+import { planToGguf } from "../src/convert/to-gguf.js";
+import { writeImatrix, type ImatrixEntryData } from "../src/io/imatrix-write.js";
+import { LocalSource } from "../src/io/source.js";
 
 const { values } = parseArgs({
   options: {
@@ -48,12 +55,15 @@ const { values } = parseArgs({
     hidden: { type: "string", default: "2048" },
     quants: { type: "string", default: "Q4_K_M,Q8_0" },
     "llama-quantize": { type: "string" },
+    imatrix: { type: "boolean", default: false },
   },
 });
 const root = resolve(values.dir!);
 const input = join(root, "fp8-dsv3");
 const bf16Gguf = join(root, "bf16.gguf");
 const ddOut = join(root, "dd.out");
+const imatrixFile = join(root, "made-up.imatrix.gguf");
+const imatrixArgs = (flag: string, quant: string) => (values.imatrix && !["F32", "F16", "BF16"].includes(quant) ? [flag, imatrixFile] : []);
 const bin = resolve(import.meta.dirname, "..", "bin", "deepcast.js");
 const fixture = resolve(import.meta.dirname, "..", "fixtures", "tiny-dsv3");
 const threads = Number(values.threads);
@@ -321,7 +331,7 @@ function deepcast(quant: string, out: string): Deepcast {
   settle();
   let r!: ReturnType<typeof spawnSync>;
   const s = seconds(() => {
-    r = spawnSync(process.execPath, [bin, "to-gguf", input, "-q", quant, "-o", out, "--json", "--force", "--threads", String(threads)], { encoding: "utf8", maxBuffer: 64 << 20 });
+    r = spawnSync(process.execPath, [bin, "to-gguf", input, "-q", quant, "-o", out, "--json", "--force", "--threads", String(threads), ...imatrixArgs("--imatrix", quant)], { encoding: "utf8", maxBuffer: 64 << 20 });
   });
   if (r.status !== 0) throw new Error(`deepcast to-gguf ${quant} failed: ${String(r.stderr)}`);
   const j = JSON.parse(String(r.stdout)) as { seconds: number; bytesRead: number; bytesWritten: number; peakRssBytes: number };
@@ -344,7 +354,7 @@ function llama(quant: string, out: string): Llama {
   settle();
   let r!: ReturnType<typeof spawnSync>;
   const s = seconds(() => {
-    r = spawnSync("/usr/bin/time", ["-v", llamaQuantize!, bf16Gguf, out, quant, String(threads)], { encoding: "utf8", maxBuffer: 64 << 20 });
+    r = spawnSync("/usr/bin/time", ["-v", llamaQuantize!, ...imatrixArgs("--imatrix", quant), bf16Gguf, out, quant, String(threads)], { encoding: "utf8", maxBuffer: 64 << 20 });
     if (r.status === 0) execFileSync("sync", [out]);
   });
   if (r.status !== 0) throw new Error(`llama-quantize ${quant} failed: ${String(r.stderr).slice(-4000)}`);
@@ -436,6 +446,21 @@ let inBytes = 0;
 for (const f of shards) inBytes += (await stat(join(input, f))).size;
 const cpu = execFileSync("sh", ["-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"], { encoding: "utf8" }).trim();
 process.stderr.write(`input ${(inBytes / 1e9).toFixed(2)} GB in ${shards.length} shards; cpu ${cpu} x${execFileSync("nproc", { encoding: "utf8" }).trim()}; threads ${threads}\n`);
+
+if (values.imatrix) {
+  // Every weight matrix of the GGUF, per expert / head: deterministic column weights in [0.5, 1.5).
+  const plan = await planToGguf(new LocalSource(input), join(root, "plan.gguf"), { ftype: "BF16", dryRun: true });
+  const entries = new Map<string, ImatrixEntryData>();
+  let seed = 1;
+  const rnd = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  for (const t of plan.output.tensors) {
+    if (t.ne.length < 2 || !t.name.endsWith(".weight") || t.name.includes("_norm") || !t.name.startsWith("blk.")) continue;
+    const nMat = t.ne[2] ?? 1;
+    entries.set(t.name, { sums: Float32Array.from({ length: t.ne[0]! * nMat }, () => 0.5 + rnd()), counts: new Float32Array(nMat).fill(1) });
+  }
+  await writeImatrix(imatrixFile, { entries, datasets: ["made-up"], chunkCount: 1, chunkSize: 512 }, "gguf");
+  process.stderr.write(`made-up imatrix: ${entries.size} entries in ${imatrixFile}\n`);
+}
 
 let bf16Run: Deepcast | undefined;
 let bf16Bytes = 0;

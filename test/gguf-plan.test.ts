@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { mkdtemp, open, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -21,7 +21,6 @@ import { compareQuantizeOrder, parseFtype, parseTensorTypeOverride, planQuantMix
 const ROOT = resolve(import.meta.dirname, "..");
 const FIXTURE = join(ROOT, "fixtures", "tiny-dsv3");
 const LISTINGS = join(ROOT, "fixtures", "llama-cpp-tiny-dsv3");
-const GOLDEN_GGUF = resolve(ROOT, "..", "shared", "golden", "llama-cpp-tiny-dsv3", "tiny-dsv3-BF16.gguf");
 const MIXES = ["Q2_K", "Q3_K_M", "Q4_K_M", "Q6_K", "Q8_0"] as const;
 
 interface ListingKv { key: string; type: string; value?: unknown; element_type?: string; length?: number; sha256?: string }
@@ -250,21 +249,8 @@ describe("writing the BF16 GGUF from the FP8 checkpoint", () => {
     expect(sha(await readFile(path))).toBe(listing("BF16").file_sha256);
   });
 
-  // The golden GGUF lives outside the repository (/work/shared/golden): optional, and the skip says so.
-  it.skipIf(!existsSync(GOLDEN_GGUF))(`our file reads back like the golden GGUF with @huggingface/gguf${existsSync(GOLDEN_GGUF) ? "" : ` [skipped: ${GOLDEN_GGUF} is not on this machine]`}`, async () => {
-    const dir = await tempDir();
-    const path = join(dir, "ours.gguf");
-    const layout = planGgufLayout(path, out.kvs, out.tensors);
-    const w = await GgufWriter.create(layout);
-    for (const t of out.tensors) for (const c of data.get(t.name)!) await w.append(t.name, c);
-    await w.commit();
-    const a = await gguf(path, { allowLocalFile: true, typedMetadata: true });
-    const b = await gguf(GOLDEN_GGUF, { allowLocalFile: true, typedMetadata: true });
-    expect(a.typedMetadata).toEqual(b.typedMetadata);
-    expect(Object.keys(a.typedMetadata)).toEqual(Object.keys(b.typedMetadata));
-    expect(a.tensorInfos).toEqual(b.tensorInfos);
-    expect(a.tensorDataOffset).toBe(b.tensorDataOffset);
-  });
+  // (Our file is llama.cpp's BF16 GGUF byte for byte, by the sha256 above; reading it back with an independent
+  // reader is test/to-gguf.test.ts's, and model-weights.test.ts reads it against the HF source.)
 
   it("split by size (10M): dry-run layout sizes equal the written files; shards read back", async () => {
     const dir = await tempDir();
