@@ -31,6 +31,8 @@ describe("7. non-finite data and scales of the wrong kind", () => {
     { name: "fp8-to-bf16: FP8 NaN code 0x7F", command: "fp8-to-bf16", build: fp8Code(W, 1000, 0x7f), code: "NON_FINITE", mentions: [W, "row 3", "--allow-non-finite"] },
     { name: "to-gguf: FP8 NaN code 0xFF", command: "to-gguf", build: fp8Code(W, 5, 0xff), code: "NON_FINITE", mentions: [W] },
     { name: "to-demo --dtype bf16: FP8 NaN code 0xFF", command: "to-demo", build: fp8Code(W, 60000, 0xff), code: "NON_FINITE", mentions: [W] },
+    { name: "to-demo --dtype keep (copied, not cast): FP8 NaN code 0x7F", command: "to-demo", extra: ["--dtype", "keep"], build: fp8Code(W, 60000, 0x7f), code: "NON_FINITE", mentions: [W] },
+    { name: "to-demo --dtype keep: NaN scale", command: "to-demo", extra: ["--dtype", "keep"], build: scaleValue(W, 1, NaN), code: "NON_FINITE", mentions: [`${W}_scale_inv`] },
     { name: "validate (HF): FP8 NaN code", command: "validate", build: fp8Code("model.layers.0.self_attn.q_a_proj.weight", 7, 0x7f), code: "NON_FINITE", mentions: ["q_a_proj"] },
     { name: "fp8-to-bf16: NaN scale", command: "fp8-to-bf16", build: scaleValue(W, 1, NaN), code: "NON_FINITE", mentions: [`${W}_scale_inv`, "block [0, 1]"] },
     { name: "to-gguf: Inf scale", command: "to-gguf", build: scaleValue(W, 0, Infinity), code: "NON_FINITE", mentions: [`${W}_scale_inv`] },

@@ -131,7 +131,7 @@ export type Command = "fp8-to-bf16" | "to-demo" | "to-gguf" | "validate";
 export function argsFor(command: Command, input: string, out: string, extra: string[] = []): string[] {
   switch (command) {
     case "fp8-to-bf16": return ["fp8-to-bf16", input, out, "--threads", "2", ...extra];
-    case "to-demo": return ["to-demo", input, out, "--model-parallel", "1", "--dtype", "bf16", "--threads", "2", ...extra];
+    case "to-demo": return ["to-demo", input, out, "--model-parallel", "1", ...(extra.includes("--dtype") ? [] : ["--dtype", "bf16"]), "--threads", "2", ...extra];
     case "to-gguf": return ["to-gguf", input, "-o", join(out, "model.gguf"), "-q", "Q8_0", "--threads", "2", ...extra];
     case "validate": return ["validate", input, "--tokens", TOKENS_PLACEHOLDER, "--protocol", "windows", "--ctx", "8", "--chunks", "1", ...extra];
   }

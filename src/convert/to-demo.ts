@@ -19,7 +19,8 @@ import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, type Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel } from "../io/dtypes.js";
 import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
-import type { Kernels } from "../quant/kernels.js";
+import { checkFp8ScaleValues, fp8NanError, type Kernels } from "../quant/kernels.js";
+import { SCALE_SUFFIX } from "../formats/fp8.js";
 import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
@@ -128,9 +129,33 @@ function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: numb
     : chunkBytes;
   for (let off = 0; off < size; off += step) {
     const length = Math.min(step, size - off);
-    chunks.push({ tensor: t.hfName, src: src(off, length), outBytes: length });
+    const check = allowNonFinite ? undefined : keptDataCheck(t, off, { file: `${where}/${t.from.file}`, tensor: t.hfName });
+    chunks.push({ tensor: t.hfName, src: src(off, length), outBytes: length, ...(check ? { convert: check } : {}) });
   }
   return chunks;
+}
+
+/**
+ * `--dtype keep` copies FP8 weights and their scales as they are: the copy still refuses FP8 NaN codes and
+ * non-finite or absurd scales, as the dequantizing paths do (a chunk starting `offset` bytes in).
+ */
+function keptDataCheck(t: DemoInput, offset: number, where: { file: string; tensor: string }): Chunk["convert"] {
+  const cols = t.from.entry.shape[1] ?? 1;
+  if (t.from.entry.dtype === "F8_E4M3") {
+    return (input, out) => {
+      let nan = 0;
+      for (let i = 0; i < input.length; i++) if ((input[i]! & 0x7f) === 0x7f) nan++;
+      if (nan > 0) throw fp8NanError(nan, input, Math.floor(offset / cols), cols, where);
+      out.set(input);
+    };
+  }
+  if (t.from.entry.dtype === "F32" && t.from.entry.name.endsWith(SCALE_SUFFIX)) {
+    return (input, out) => {
+      checkFp8ScaleValues(new Float32Array(input.slice().buffer), cols, where);
+      out.set(input);
+    };
+  }
+  return undefined;
 }
 
 /** Receives each input tensor's (converted) bytes in order and writes every rank's part of them. */
