@@ -35,7 +35,7 @@ rm -rf "$work/rep" "$work/rep-demo" "$work"/rep-q8*.gguf
 
 echo "== e2e 2: kill -9 mid-run, resume, compare with an uninterrupted run"
 npx tsx fixtures/synthetic.ts "$work/rand" --shards 4 --shard-gb 0.25 --bf16-mb 64
-dc fp8-to-bf16 "$work/rand" "$work/ref" --threads 1 > /dev/null 2>&1
+dc fp8-to-bf16 "$work/rand" "$work/ref" --threads 1 > /dev/null
 node bin/deepcast.js fp8-to-bf16 "$work/rand" "$work/resumed" --threads 1 > /dev/null 2>&1 &
 pid=$!
 # Wait until at least one shard is complete, then kill without warning.
