@@ -18,7 +18,8 @@ import { hfHubCacheDir, HubSource, isHubRepoId } from "../src/io/hub.js";
 import { inspect } from "../src/io/inspect.js";
 import { openSource } from "../src/io/open-source.js";
 import { readHeader } from "../src/io/safetensors.js";
-import { LocalSource, type SourceFile } from "../src/io/source.js";
+import { LocalSource, type CheckpointSource, type SourceFile } from "../src/io/source.js";
+import { checkFreeSpace, freeBytes } from "../src/io/write.js";
 
 const FIXTURE = fileURLToPath(new URL("../fixtures/tiny-dsv3", import.meta.url));
 const ROOT_DIR = fileURLToPath(new URL("..", import.meta.url));
@@ -231,6 +232,21 @@ describe("HubSource", () => {
     expect(await hubSource(relink).localPath(shard)).toBe(path);
     expect(relink.log.filter((r) => r.url.includes("/resolve/"))).toEqual([]);
     expect((await readFile(path)).equals(f.content)).toBe(true);
+  });
+
+  it("counts what is still to download into the free-space check, and refuses when the cache's disk is too small", async () => {
+    const source = hubSource(fakeHub());
+    const size = (n: string) => files.get(n)!.content.length;
+    expect(await source.pendingDownload(SHARDS)).toEqual({ dir: cacheDir, bytes: SHARDS.reduce((a, n) => a + size(n), 0) });
+    await source.localPath(SHARDS[1]!);
+    expect((await source.pendingDownload(SHARDS)).bytes).toBe(size(SHARDS[0]!) + size(SHARDS[2]!));
+    // a fake disk: the output fits, the output plus the download does not
+    const free = await freeBytes(cacheDir);
+    const tight = { description: "tight", pendingDownload: async () => ({ dir: cacheDir, bytes: Math.ceil(free / 2) + 1 }) } as unknown as CheckpointSource;
+    const err = (await checkFreeSpace(cacheDir, Math.ceil(free / 2), tight, SHARDS).catch((e: unknown) => e)) as DeepcastError;
+    expect(err.code).toBe("NO_SPACE");
+    expect(err.message).toMatch(/the download into the Hugging Face cache/);
+    await expect(checkFreeSpace(cacheDir, 1024, source, SHARDS)).resolves.toBeUndefined();
   });
 
   it("does not keep a truncated download as the file: the part stays .incomplete, to be resumed", async () => {

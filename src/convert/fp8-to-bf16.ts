@@ -14,7 +14,7 @@ import { scaleNameOf, weightOfScale } from "../formats/fp8.js";
 import type { Kernels } from "../quant/kernels.js";
 import { ShardReader } from "../io/shard-reader.js";
 import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readFp8Scale, type Chunk } from "./pipeline.js";
-import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
+import { checkFreeSpace, copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import { fingerprint, RunState } from "./run-state.js";
 
@@ -189,12 +189,7 @@ async function runOpened(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: RunOptions
   // Every output counts: the shards still to write, and the index, config and copied files.
   const small = ckpt.files.filter((f) => plan.copyFiles.includes(f.name) || f.name === INDEX_FILE || f.name === "config.json").reduce((a, f) => a + f.size, 0);
   const needed = pending.reduce((a, s) => a + s.bytes, 0) + small;
-  if (!opts.skipSpaceCheck) {
-    const free = await freeBytes(state.dir);
-    if (needed > free) {
-      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: state.dir, code: "NO_SPACE" });
-    }
-  }
+  if (!opts.skipSpaceCheck) await checkFreeSpace(state.dir, needed, ckpt.source, ckpt.shards);
   const emit: OnEvent = opts.onEvent ?? (() => undefined);
   const started = performance.now();
   emit({ kind: "start", command: "fp8-to-bf16", total: plan.outputBytes, unit: "bytes" });

@@ -21,7 +21,7 @@ import { DTYPE_SIZE, numel } from "../io/dtypes.js";
 import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
 import { checkFp8ScaleValues, fp8NanError, type Kernels } from "../quant/kernels.js";
 import { SCALE_SUFFIX } from "../formats/fp8.js";
-import { copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
+import { checkFreeSpace, copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
 import { ShardReader } from "../io/shard-reader.js";
@@ -252,12 +252,7 @@ async function runOpened(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOption
     // Every output counts: the rank files still to write, the config and the copied files.
     const small = ckpt.files.filter((f) => plan.copyFiles.includes(f.name) || f.name === "config.json").reduce((a, f) => a + f.size, 0);
     const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0) + small;
-    if (!opts.skipSpaceCheck) {
-      const free = await freeBytes(dir);
-      if (needed > free) {
-        throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)} more, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir, code: "NO_SPACE" });
-      }
-    }
+    if (!opts.skipSpaceCheck) await checkFreeSpace(dir, needed, ckpt.source, ckpt.shards);
     emit({ kind: "start", command: "to-demo", total: plan.outputBytes, unit: "bytes" });
     await writeRanks(ckpt, plan, emit, opts, state, fp, pendingRank, summary);
   } else {

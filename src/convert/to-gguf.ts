@@ -24,7 +24,7 @@ import { hfModelFiles } from "./hf-model-files.js";
 import { ShardReader } from "../io/shard-reader.js";
 import { DEFAULT_CHUNK_BYTES, pump, readFp8Scale, type Chunk } from "./pipeline.js";
 import { fingerprint, RunState } from "./run-state.js";
-import { freeBytes } from "../io/write.js";
+import { checkFreeSpace, freeBytes } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 
 export interface ToGgufPlan {
@@ -314,12 +314,7 @@ async function runOpened(plan: ToGgufPlan, opts: ToGgufRunOptions, state: RunSta
   for (const [i, n] of names.entries()) if (await state.isDone(n)) skipFiles.add(i);
   summary.resumedFiles = skipFiles.size;
   const needed = layout.files.filter((f) => !skipFiles.has(f.index)).reduce((a, f) => a + f.fileSize, 0);
-  if (!opts.skipSpaceCheck) {
-    const free = await freeBytes(dir);
-    if (needed > free) {
-      throw new DeepcastError(`not enough free disk space: the output needs ${fmtBytes(needed)}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: dir, code: "NO_SPACE" });
-    }
-  }
+  if (!opts.skipSpaceCheck) await checkFreeSpace(dir, needed, ckpt.source, ckpt.shards);
   const ctx: Ctx = {
     k: opts.kernels,
     threads: opts.threads,

@@ -196,6 +196,20 @@ export class HubSource implements CheckpointSource {
     return `${entry.size}:${etagOf(entry, this.label(name))}`;
   }
 
+  /** Bytes of `names` not yet in the cache (a partial `.incomplete` counts as far as it goes), for the free-space check. */
+  async pendingDownload(names: readonly string[]): Promise<{ dir: string; bytes: number }> {
+    if (await this.source()) return { dir: this.cacheDir, bytes: 0 };
+    const repoDir = repoCacheDir(this.cacheDir, this.repo);
+    let bytes = 0;
+    for (const name of names) {
+      const entry = await this.entry(name);
+      const blobPath = join(repoDir, "blobs", etagOf(entry, this.label(name)));
+      if ((await sizeOf(blobPath)) === entry.size) continue;
+      bytes += entry.size - Math.min(entry.size, (await sizeOf(`${blobPath}.incomplete`)) ?? 0);
+    }
+    return { dir: this.cacheDir, bytes };
+  }
+
   /** Downloads into the cache unless the snapshot already holds the file; returns the snapshot path. */
   private async download(name: string): Promise<string> {
     const entry = await this.entry(name);

@@ -28,6 +28,8 @@ export interface CheckpointSource {
   fileIdentity(name: string): Promise<string>;
   /** What `name` is when it is there but not a regular file ("a folder", "a FIFO", ...); null otherwise. */
   notAFile?(name: string): Promise<string | null>;
+  /** For a remote source: the bytes of `names` still to download, and the folder they go to. */
+  pendingDownload?(names: readonly string[]): Promise<{ dir: string; bytes: number }>;
 }
 
 export class LocalSource implements CheckpointSource {

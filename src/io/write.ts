@@ -5,9 +5,11 @@
  * (and may resume or replace) the temporaries of an interrupted one. Every file-system error on an
  * output becomes a WRITE_FAILED error naming the file.
  */
-import { copyFile, mkdir, rename, rm, statfs, writeFile, type FileHandle } from "node:fs/promises";
+import { copyFile, mkdir, rename, rm, stat, statfs, writeFile, type FileHandle } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
+import { fmtBytes } from "../units.js";
+import type { CheckpointSource } from "./source.js";
 
 /** What an errno means for an output, in words a user can act on. */
 function writeReason(e: unknown): string {
@@ -101,5 +103,38 @@ export async function freeBytes(path: string): Promise<number> {
     const up = dirname(p);
     if (up === p) return Number.POSITIVE_INFINITY;
     p = up;
+  }
+}
+
+/** The device of `path`, or of its nearest existing ancestor. */
+async function deviceOf(path: string): Promise<number | null> {
+  let p = resolve(path);
+  for (;;) {
+    const s = await stat(p).catch(() => null);
+    if (s) return s.dev;
+    const up = dirname(p);
+    if (up === p) return null;
+    p = up;
+  }
+}
+
+/**
+ * The free-space check every command runs before writing: the outputs still to write in `outDir`, and
+ * for a remote source the download of `inputs` into its cache (on the same disk they add up).
+ */
+export async function checkFreeSpace(outDir: string, outBytes: number, source: CheckpointSource, inputs: readonly string[]): Promise<void> {
+  const dl = source.pendingDownload ? await source.pendingDownload(inputs) : { dir: outDir, bytes: 0 };
+  const sameDisk = dl.bytes === 0 || (await deviceOf(outDir)) === (await deviceOf(dl.dir));
+  const needs: { dir: string; bytes: number; what: string }[] = sameDisk
+    ? [{ dir: outDir, bytes: outBytes + dl.bytes, what: dl.bytes > 0 ? `the output needs ${fmtBytes(outBytes)} and the download into the Hugging Face cache ${fmtBytes(dl.bytes)}` : `the output needs ${fmtBytes(outBytes)} more` }]
+    : [
+        { dir: outDir, bytes: outBytes, what: `the output needs ${fmtBytes(outBytes)} more` },
+        { dir: dl.dir, bytes: dl.bytes, what: `the download into the Hugging Face cache needs ${fmtBytes(dl.bytes)}` },
+      ];
+  for (const n of needs) {
+    const free = await freeBytes(n.dir);
+    if (n.bytes > free) {
+      throw new DeepcastError(`not enough free disk space: ${n.what}, ${fmtBytes(free)} are free (pass --skip-space-check to try anyway)`, { file: n.dir, code: "NO_SPACE" });
+    }
   }
 }
