@@ -4,7 +4,7 @@
  * every matmul input rounded to BF16 first, as ggml's CPU backend does for a BF16 weight (it converts
  * src1 to the weight's vec_dot_type; the router `ffn_gate_inp`, F32 in the GGUF, keeps F32 inputs).
  * The collected x² are of the unrounded inputs in both cases, as in llama-imatrix. Compared with
- * llama-imatrix's file (fixtures/llama-cpp-tiny-dsv3-imatrix/llama-imatrix-kjv-c256.gguf).
+ * llama-imatrix's file (fixtures/llama-cpp-tiny-dsv3/tiny-dsv3.imatrix.gguf).
  *
  *   npx tsx bench/imatrix-precision.ts [--gguf /work/shared/golden/llama-cpp-tiny-dsv3/tiny-dsv3-BF16.gguf] [--threads 2]
  */
@@ -24,7 +24,7 @@ const opt = (name: string, fallback: string) => (process.argv.includes(name) ? p
 const gguf = opt("--gguf", "/work/shared/golden/llama-cpp-tiny-dsv3/tiny-dsv3-BF16.gguf");
 const threads = Number(opt("--threads", "2"));
 const ids = (JSON.parse(readFileSync(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.ids.json"), "utf8")) as { ids: number[] }).ids;
-const ref = parseImatrix(readFileSync(join(ROOT, "fixtures", "llama-cpp-tiny-dsv3-imatrix", "llama-imatrix-kjv-c256.gguf")), "llama");
+const ref = parseImatrix(readFileSync(join(ROOT, "fixtures", "llama-cpp-tiny-dsv3", "tiny-dsv3.imatrix.gguf")), "llama");
 
 const u32 = new Uint32Array(1);
 const f32 = new Float32Array(u32.buffer);

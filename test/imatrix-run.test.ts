@@ -1,6 +1,6 @@
 /**
  * `deepcast imatrix` against llama-imatrix v0.4.0 on the fixture (fixtures/llama-cpp-tiny-dsv3-imatrix/
- * llama-imatrix-kjv-c256.*: llama-imatrix on llama.cpp's BF16 conversion of tiny-dsv3, the eval text,
+ * fixtures/llama-cpp-tiny-dsv3/tiny-dsv3.imatrix.*: llama-imatrix on llama.cpp's BF16 conversion of tiny-dsv3, the eval text,
  * ctx 256), the writer's bytes, the file round trip, and the errors.
  */
 import { spawnSync } from "node:child_process";
@@ -17,7 +17,7 @@ import { compareImatrix } from "./imatrix-compare.js";
 import { FIXTURE, GOLDEN, ROOT, tempDir } from "./helpers.js";
 
 const BIN = join(ROOT, "bin", "deepcast.js");
-const GOLD = join(ROOT, "fixtures", "llama-cpp-tiny-dsv3-imatrix", "llama-imatrix-kjv-c256");
+const GOLD = join(ROOT, "fixtures", "llama-cpp-tiny-dsv3", "tiny-dsv3.imatrix");
 const TEXT = join(GOLDEN, "eval", "kjv_eval.txt");
 
 function deepcast(...args: string[]) {

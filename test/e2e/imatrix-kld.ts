@@ -8,7 +8,7 @@
  * IQ2_XXS (the issue's type) needs the IQ quantizers of the iq2 branch: until to-gguf supports it the
  * script says so and exits 0 without a verdict (SKIP). `--type Q2_K_S` runs the same comparison with a
  * type main supports. Steps: deepcast imatrix on the FP8 fixture (ctx 256, the eval text); to-gguf -q TYPE
- * with our imatrix and with llama-imatrix's (fixtures/llama-cpp-tiny-dsv3-imatrix/llama-imatrix-kjv-c256.gguf);
+ * with our imatrix and with llama-imatrix's (fixtures/llama-cpp-tiny-dsv3/tiny-dsv3.imatrix.gguf);
  * validate each against the FP8 fixture; compare the mean KLDs.
  */
 import { spawnSync } from "node:child_process";
@@ -20,7 +20,7 @@ const ROOT = resolve(import.meta.dirname, "..", "..");
 const BIN = join(ROOT, "bin", "deepcast.js");
 const FIXTURE = join(ROOT, "fixtures", "tiny-dsv3");
 const TEXT = join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.txt");
-const GOLD = join(ROOT, "fixtures", "llama-cpp-tiny-dsv3-imatrix", "llama-imatrix-kjv-c256.gguf");
+const GOLD = join(ROOT, "fixtures", "llama-cpp-tiny-dsv3", "tiny-dsv3.imatrix.gguf");
 const opt = (name: string, fallback: string) => (process.argv.includes(name) ? process.argv[process.argv.indexOf(name) + 1]! : fallback);
 const type = opt("--type", "IQ2_XXS");
 const threads = opt("--threads", "2");
