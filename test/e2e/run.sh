@@ -62,7 +62,7 @@ echo "== e2e 4: CI validation job: every main GGUF type against the FP8 original
 npx tsx test/e2e/validate-quants.ts --threads 2 2>/dev/null
 echo "== e2e 5: deepcast imatrix in bounded memory on a DeepSeek-V3 replica (a layer of 11 GB)"
 bash test/e2e/imatrix-memory.sh
-echo "== e2e 6: KLD of low-bit quants made with our imatrix vs llama-imatrix's (IQ2_XXS skips until to-gguf supports it)"
+echo "== e2e 6: KLD of low-bit quants made with our imatrix vs llama-imatrix's (IQ2_XXS, Q2_K_S)"
 npx tsx test/e2e/imatrix-kld.ts --threads 2
 npx tsx test/e2e/imatrix-kld.ts --type Q2_K_S --threads 2
 echo "== e2e 7: our imatrix files in llama.cpp's llama-quantize (skipped without a llama.cpp build)"
