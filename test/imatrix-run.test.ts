@@ -8,7 +8,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseImatrix, readImatrix } from "../src/io/imatrix.js";
-import { encodeImatrixDat, encodeImatrixGguf } from "../src/io/imatrix-write.js";
+import { encodeImatrixDat, encodeImatrixGguf, writeImatrix } from "../src/io/imatrix-write.js";
 import { planToGguf } from "../src/convert/to-gguf.js";
 import { LocalSource } from "../src/io/source.js";
 import { planImatrixMemory } from "../src/model/imatrix-run.js";
@@ -167,5 +167,15 @@ describe("imatrix memory plan", () => {
     expect(small).toMatchObject({ chunksPerBatch: 10, batches: 20 });
     expect(small.estimatedPeakBytes).toBeLessThanOrEqual(small.budgetBytes);
     expect(planImatrixMemory(cfg, 512, 200, 1).chunksPerBatch).toBe(1);
+  });
+});
+
+describe("writeImatrix", () => {
+  it("makes the output's folder, as every other output (to-gguf --calibration into a new folder)", async () => {
+    const path = join(await tempDir(), "new", "folder", "x.imatrix.gguf");
+    const d = { entries: new Map([["blk.0.ffn_up.weight", { sums: [1, 2, 3, 4], counts: [2] }]]), datasets: ["t.txt"], chunkCount: 1, chunkSize: 4 };
+    expect(await writeImatrix(path, d, "gguf")).toBeGreaterThan(0);
+    const back = await readImatrix(path);
+    expect([...back.entries.get("blk.0.ffn_up.weight")!.values]).toEqual([0.5, 1, 1.5, 2]);
   });
 });

@@ -16,7 +16,8 @@
 import { DeepcastError } from "../errors.js";
 import { kv } from "./gguf-kv.js";
 import { GGUF_DEFAULT_ALIGNMENT, encodeFileHeader, planGgufLayout, type GgufTensorSpec } from "./gguf-layout.js";
-import { writeFileAtomic } from "./write.js";
+import { dirname } from "node:path";
+import { mkdirOutput, writeFileAtomic } from "./write.js";
 
 export interface ImatrixEntryData {
   /** Raw Σ x², nMat matrices of `sums.length / counts.length` columns. */
@@ -120,10 +121,8 @@ export function encodeImatrixDat(d: ImatrixData): Buffer {
 /** Encodes `d` in `format` and writes it atomically to `path`; returns the bytes written. */
 export async function writeImatrix(path: string, d: ImatrixData, format: ImatrixFormat): Promise<number> {
   const bytes = format === "gguf" ? encodeImatrixGguf(d) : encodeImatrixDat(d);
-  try {
-    await writeFileAtomic(path, bytes);
-  } catch (e) {
-    throw new DeepcastError(`cannot write the importance matrix: ${(e as Error).message}`, { file: path, code: "WRITE_FAILED" }, { cause: e });
-  }
+  // The folder is made as for every other output; write errors come back as WRITE_FAILED naming the file.
+  await mkdirOutput(dirname(path));
+  await writeFileAtomic(path, bytes);
   return bytes.length;
 }

@@ -416,7 +416,7 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
   }
   if (requiresImatrix.length > 0 && !hasImatrix && !opts.dryRun) {
     throw new DeepcastError(
-      `${ftype.name} requires an importance matrix (--imatrix): ${requiresImatrix.length} tensor(s) need one: ${listNames(requiresImatrix)}`,
+      `${ftype.name} requires an importance matrix (--imatrix FILE, or --calibration TEXT to compute one): ${requiresImatrix.length} tensor(s) need one: ${listNames(requiresImatrix)}`,
       { code: "IMATRIX_MISSING" },
     );
   }
