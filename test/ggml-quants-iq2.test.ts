@@ -14,28 +14,11 @@ import { ggmlQuantType } from "../src/formats/ggml-types.js";
 import { dequantizeRows, ggmlRequiresImatrix, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 import { ROOT, sha256 } from "./helpers.js";
+import type { GoldenCase as Case, GoldenIqManifest as Manifest } from "./golden-manifest.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants-iq");
 const INPUTS = join(ROOT, "fixtures", "ggml-quants");
 const TYPES = ["iq2_xxs", "iq2_xs", "iq2_s", "iq1_s", "iq1_m"];
-
-interface Case {
-  id: string;
-  type: string;
-  type_upper: string;
-  ggml_type_id: number;
-  row_bytes: number;
-  rows: number;
-  n_per_row: number;
-  imatrix: boolean;
-  files: { input: string; imatrix: string | null; expected: string; dequant: string };
-  sha256: { input: string; imatrix: string | null; expected: string; dequant: string };
-}
-interface Manifest {
-  ggml_requires_imatrix: string[];
-  inputs: { id: string; rows: number; n_per_row: number; file: string; imatrix_file: string }[];
-  cases: Case[];
-}
 
 // In CI a missing addon or missing golden data is a failure, not a reason to skip.
 const CI = !!process.env["CI"];

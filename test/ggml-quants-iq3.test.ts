@@ -16,6 +16,7 @@ import { ggmlQuantType, ggmlQuantTypes, rowBytes } from "../src/formats/ggml-typ
 import { dequantizeRows, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 import { ROOT } from "./helpers.js";
+import type { GoldenCase as Case, GoldenManifest as Manifest } from "./golden-manifest.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants-iq");
 const DATA = join(ROOT, "fixtures", "ggml-quants");
@@ -23,27 +24,6 @@ const CI = !!process.env["CI"];
 const TYPES = ["IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"];
 /** Cases per type in the fixture: plain and imatrix for the IQ types, plain only for TQ. */
 const CASES_PER_TYPE: Record<string, number> = { IQ3_XXS: 56, IQ3_S: 56, IQ4_NL: 56, IQ4_XS: 56, TQ1_0: 28, TQ2_0: 28 };
-
-interface Case {
-  id: string;
-  type: string;
-  type_upper: string;
-  ggml_type_id: number;
-  row_bytes: number;
-  input_id: string;
-  rows: number;
-  n_per_row: number;
-  imatrix: boolean;
-  files: { input: string; imatrix: string | null; expected: string; dequant: string };
-  sha256: { input: string; imatrix: string | null; expected: string; dequant: string };
-}
-
-interface Manifest {
-  types: Record<string, { id: number; block_size: number; type_size: number; name: string }>;
-  imatrix_ignored_by: string[];
-  inputs: { id: string; rows: number; n_per_row: number; file: string; imatrix_file: string }[];
-  cases: Case[];
-}
 
 const haveGolden = existsSync(join(DIR, "manifest.json"));
 const native = loadNative();

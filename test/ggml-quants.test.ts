@@ -13,31 +13,9 @@ import { ggmlQuantType, ggmlQuantTypes, rowBytes } from "../src/formats/ggml-typ
 import { dequantizeRows, ggmlRequiresImatrix, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 import { lacking, ROOT } from "./helpers.js";
+import type { GoldenCase as Case, GoldenManifest as Manifest } from "./golden-manifest.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants");
-
-interface Case {
-  id: string;
-  type: string;
-  type_upper: string;
-  ggml_type_id: number;
-  block_size: number;
-  type_size: number;
-  row_bytes: number;
-  input_id: string;
-  rows: number;
-  n_per_row: number;
-  imatrix: boolean;
-  files: { input: string; imatrix: string | null; expected: string; dequant: string };
-  sha256: { input: string; imatrix: string | null; expected: string; dequant: string };
-}
-
-interface Manifest {
-  types: Record<string, { id: number; block_size: number; type_size: number; name: string }>;
-  imatrix_ignored_by: string[];
-  inputs: { id: string; rows: number; n_per_row: number; file: string; imatrix_file: string }[];
-  cases: Case[];
-}
 
 const manifest = JSON.parse(readFileSync(join(DIR, "manifest.json"), "utf8")) as Manifest;
 const native = loadNative();
