@@ -14,7 +14,7 @@ import { ggmlQuantType } from "../src/formats/ggml-types.js";
 import { dequantizeRows, ggmlRequiresImatrix, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 import { ROOT, sha256 } from "./helpers.js";
-import type { GoldenCase as Case, GoldenIqManifest as Manifest } from "./golden-manifest.js";
+import { asBytes, firstBadRow, floatsOf, type GoldenCase as Case, type GoldenIqManifest as Manifest } from "./golden-manifest.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants-iq");
 const INPUTS = join(ROOT, "fixtures", "ggml-quants");
@@ -39,22 +39,9 @@ const cases = manifest.cases.filter((c) => TYPES.includes(c.type));
 const file = (rel: string, base = DIR): Buffer => readFileSync(join(base, rel));
 function floats(rel: string, base = INPUTS): Float32Array {
   const b = file(rel, base);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+  return floatsOf(b);
 }
-const asBytes = (f: Float32Array) => Buffer.from(f.buffer, f.byteOffset, f.byteLength);
 
-function firstBadRow(got: Uint8Array, want: Uint8Array, rowLen: number): string {
-  for (let r = 0; r * rowLen < want.length; r++) {
-    const a = Buffer.from(got.subarray(r * rowLen, (r + 1) * rowLen));
-    const b = Buffer.from(want.subarray(r * rowLen, (r + 1) * rowLen));
-    if (!a.equals(b)) {
-      let i = 0;
-      while (a[i] === b[i]) i++;
-      return `row ${r}, byte ${i} of ${rowLen}: got ${a[i]}, want ${b[i]}`;
-    }
-  }
-  return "lengths differ";
-}
 
 describe.skipIf(!haveData)("golden fixture (IQ2/IQ1 part)", () => {
   it("has every case of the five types, intact", () => {

@@ -7,7 +7,6 @@
  * With the CI environment variable set, a missing addon or missing golden data fails instead of
  * skipping.
  */
-import { createHash } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -15,8 +14,8 @@ import { describe, expect, it } from "vitest";
 import { ggmlQuantType, ggmlQuantTypes, rowBytes } from "../src/formats/ggml-types.js";
 import { dequantizeRows, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
-import { ROOT } from "./helpers.js";
-import type { GoldenCase as Case, GoldenManifest as Manifest } from "./golden-manifest.js";
+import { ROOT, sha256 } from "./helpers.js";
+import { asBytes, firstBadRow, floatsOf, type GoldenCase as Case, type GoldenManifest as Manifest } from "./golden-manifest.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants-iq");
 const DATA = join(ROOT, "fixtures", "ggml-quants");
@@ -48,26 +47,11 @@ function bytes(path: string): Buffer {
 }
 function floats(path: string): Float32Array {
   const b = bytes(path);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+  return floatsOf(b);
 }
 const input = (c: Case) => floats(join(DATA, c.files.input));
 const imatrixOf = (c: Case) => (c.files.imatrix ? floats(join(DATA, c.files.imatrix)) : null);
-const asBytes = (f: Float32Array) => Buffer.from(f.buffer, f.byteOffset, f.byteLength);
-const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
-/** First differing row, to make a failure readable (rows are independent in ggml). */
-function firstBadRow(got: Uint8Array, want: Uint8Array, rowLen: number): string {
-  for (let r = 0; r * rowLen < want.length; r++) {
-    const a = Buffer.from(got.subarray(r * rowLen, (r + 1) * rowLen));
-    const b = Buffer.from(want.subarray(r * rowLen, (r + 1) * rowLen));
-    if (!a.equals(b)) {
-      let i = 0;
-      while (a[i] === b[i]) i++;
-      return `row ${r}, byte ${i} of ${rowLen}: got ${a[i]}, want ${b[i]}`;
-    }
-  }
-  return "lengths differ";
-}
 
 describe.runIf(run)("IQ3/IQ4/TQ golden fixture", () => {
   it("is present, intact (sha256 of every file) and has every case of these types", () => {

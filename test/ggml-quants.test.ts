@@ -3,7 +3,6 @@
  * ggml_quantize_chunk of llama.cpp v0.4.0 (x86-64 GCC build) writes without and with an imatrix,
  * and what its to_float returns for those bytes (see fixtures/ggml-quants/README.md).
  */
-import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it, vi } from "vitest";
@@ -12,8 +11,8 @@ import { DeepcastError } from "../src/errors.js";
 import { ggmlQuantType, ggmlQuantTypes, rowBytes } from "../src/formats/ggml-types.js";
 import { dequantizeRows, ggmlRequiresImatrix, quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
-import { lacking, ROOT } from "./helpers.js";
-import type { GoldenCase as Case, GoldenManifest as Manifest } from "./golden-manifest.js";
+import { lacking, ROOT, sha256 } from "./helpers.js";
+import { asBytes, firstBadRow, floatsOf, type GoldenCase as Case, type GoldenManifest as Manifest } from "./golden-manifest.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants");
 
@@ -33,24 +32,9 @@ function bytes(rel: string): Buffer {
 }
 function floats(rel: string): Float32Array {
   const b = bytes(rel);
-  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+  return floatsOf(b);
 }
-const asBytes = (f: Float32Array) => Buffer.from(f.buffer, f.byteOffset, f.byteLength);
-const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
-/** First differing row, to make a failure readable (rows are independent in ggml). */
-function firstBadRow(got: Uint8Array, want: Uint8Array, rowLen: number): string {
-  for (let r = 0; r * rowLen < want.length; r++) {
-    const a = Buffer.from(got.subarray(r * rowLen, (r + 1) * rowLen));
-    const b = Buffer.from(want.subarray(r * rowLen, (r + 1) * rowLen));
-    if (!a.equals(b)) {
-      let i = 0;
-      while (a[i] === b[i]) i++;
-      return `row ${r}, byte ${i} of ${rowLen}: got ${a[i]}, want ${b[i]}`;
-    }
-  }
-  return "lengths differ";
-}
 
 describe("golden fixture", () => {
   it("is intact (sha256 of every file) and has 588 cases", () => {

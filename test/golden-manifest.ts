@@ -28,3 +28,24 @@ export interface GoldenManifest {
 export interface GoldenIqManifest extends GoldenManifest {
   ggml_requires_imatrix: string[];
 }
+
+/** Float32 values of a file (copied, so the view is aligned). */
+export function floatsOf(b: Uint8Array): Float32Array {
+  return new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+}
+
+export const asBytes = (f: Float32Array) => Buffer.from(f.buffer, f.byteOffset, f.byteLength);
+
+/** First differing row, to make a failure readable (rows are independent in ggml). */
+export function firstBadRow(got: Uint8Array, want: Uint8Array, rowLen: number): string {
+  for (let r = 0; r * rowLen < want.length; r++) {
+    const a = Buffer.from(got.subarray(r * rowLen, (r + 1) * rowLen));
+    const b = Buffer.from(want.subarray(r * rowLen, (r + 1) * rowLen));
+    if (!a.equals(b)) {
+      let i = 0;
+      while (a[i] === b[i]) i++;
+      return `row ${r}, byte ${i} of ${rowLen}: got ${a[i]}, want ${b[i]}`;
+    }
+  }
+  return "lengths differ";
+}
