@@ -1,7 +1,5 @@
-import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { mkdtemp, open, readFile, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { open, readFile, stat } from "node:fs/promises";
 import { join, resolve } from "node:path";
 import { gguf, ggufAllShards } from "@huggingface/gguf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -10,6 +8,7 @@ import { kvBSplit, planDeepseek2Gguf, type Deepseek2GgufModel, type HfSourceRef 
 import { planGgufOutput, type GgufOutputPlan, type GgufOutputTensor } from "../src/convert/gguf-output.js";
 import { loadHfModelFiles, type HfModelFiles } from "../src/convert/hf-model-files.js";
 import { DeepcastError } from "../src/errors.js";
+import { sha256 as sha, tempDir } from "./helpers.js";
 import { encodeValueData, type GgufKV } from "../src/io/gguf-kv.js";
 import { GgufWriter } from "../src/io/gguf-writer.js";
 import { parseSplitSize, planGgufLayout } from "../src/io/gguf-layout.js";
@@ -30,17 +29,7 @@ interface Listing {
   n_kv: number; n_tensors: number; kv: ListingKv[]; tensors: ListingTensor[];
 }
 const listing = (name: string): Listing => JSON.parse(readFileSync(join(LISTINGS, `tiny-dsv3-${name}.listing.json`), "utf8")) as Listing;
-const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
-const dirs: string[] = [];
-afterAll(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
-async function tempDir(): Promise<string> {
-  const d = await mkdtemp(join(tmpdir(), "deepcast-gguf-plan-"));
-  dirs.push(d);
-  return d;
-}
 
 /** Our KVs equal the listing's: keys in order, value types, values (f32 as stored), array payload hashes. */
 function expectKvsMatch(ours: readonly GgufKV[], golden: readonly ListingKv[]): void {
@@ -239,7 +228,7 @@ describe("writing the BF16 GGUF from the FP8 checkpoint", () => {
   });
 
   it("the written file is byte-identical to llama.cpp's, and its size is the planned size", async () => {
-    const dir = await tempDir();
+    const dir = await tempDir("deepcast-gguf-plan-");
     const path = join(dir, "tiny-dsv3-BF16.gguf");
     const layout = planGgufLayout(path, out.kvs, out.tensors);
     const w = await GgufWriter.create(layout);
@@ -253,7 +242,7 @@ describe("writing the BF16 GGUF from the FP8 checkpoint", () => {
   // reader is test/to-gguf.test.ts's, and model-weights.test.ts reads it against the HF source.)
 
   it("split by size (10M): dry-run layout sizes equal the written files; shards read back", async () => {
-    const dir = await tempDir();
+    const dir = await tempDir("deepcast-gguf-plan-");
     const path = join(dir, "tiny.gguf");
     const layout = planGgufLayout(path, out.kvs, out.tensors, { maxBytes: parseSplitSize("10M") });
     expect(layout.files.length).toBe(3);

@@ -1,27 +1,17 @@
-import { createHash, randomBytes } from "node:crypto";
-import { mkdtemp, open, readdir, readFile, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { randomBytes } from "node:crypto";
+import { open, readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { gguf, ggufAllShards } from "@huggingface/gguf";
-import { afterAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { encodeKv, encodeValueData, GgufType, kv, setKvInPlace, setKvLast, type GgufKV } from "../src/io/gguf-kv.js";
 import { GGUF_DEFAULT_ALIGNMENT, padTo, parseSplitSize, planGgufLayout, splitPath, type GgufLayout, type GgufTensorSpec } from "../src/io/gguf-layout.js";
 import { GgufWriter } from "../src/io/gguf-writer.js";
 import { partialPath } from "../src/io/write.js";
 import { ggmlNbytes, ggmlNDims, ggmlType } from "../src/formats/ggml-types.js";
 import { DeepcastError } from "../src/errors.js";
+import { sha256 as sha, tempDir } from "./helpers.js";
 
-const dirs: string[] = [];
-async function tempDir(): Promise<string> {
-  const d = await mkdtemp(join(tmpdir(), "deepcast-gguf-"));
-  dirs.push(d);
-  return d;
-}
-afterAll(async () => {
-  for (const d of dirs) await rm(d, { recursive: true, force: true });
-});
 
-const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
 const KVS: GgufKV[] = [
   kv.str("general.architecture", "deepseek2"),
@@ -153,7 +143,7 @@ describe("split helpers", () => {
 
 describe("GGUF writer", () => {
   it("writes a file that @huggingface/gguf reads back: KVs, tensor infos, offsets, alignment, data", async () => {
-    const dir = await tempDir();
+    const dir = await tempDir("deepcast-gguf-");
     const path = join(dir, "small.gguf");
     const layout = planGgufLayout(path, KVS, TENSORS);
     expect(layout.files).toHaveLength(1);
@@ -197,7 +187,7 @@ describe("GGUF writer", () => {
   });
 
   it("writes a 3-way split (max tensors) readable with ggufAllShards, gguf-split key order", async () => {
-    const dir = await tempDir();
+    const dir = await tempDir("deepcast-gguf-");
     const path = join(dir, "split.gguf");
     const layout = planGgufLayout(path, KVS, TENSORS, { maxTensors: 2 });
     expect(layout.files.map((f) => f.path)).toEqual([1, 2, 3].map((i) => join(dir, `split-0000${i}-of-00003.gguf`)));
@@ -228,7 +218,7 @@ describe("GGUF writer", () => {
   });
 
   it("gguf-py split style: key order no, count, tensors.count; unpadded size limit; metadata-only first split", async () => {
-    const dir = await tempDir();
+    const dir = await tempDir("deepcast-gguf-");
     const path = join(dir, "py.gguf");
     const small: GgufTensorSpec[] = [
       { name: "a", ne: [3], type: "F32" },
@@ -256,7 +246,7 @@ describe("GGUF writer", () => {
   });
 
   it("honours general.alignment", async () => {
-    const dir = await tempDir();
+    const dir = await tempDir("deepcast-gguf-");
     const path = join(dir, "a64.gguf");
     const layout = planGgufLayout(path, [...KVS, kv.u32("general.alignment", 64)], TENSORS);
     await writeAll(layout);
@@ -268,7 +258,7 @@ describe("GGUF writer", () => {
   });
 
   it("rejects bad plans and out-of-order or oversized appends; abort removes temporaries", async () => {
-    const dir = await tempDir();
+    const dir = await tempDir("deepcast-gguf-");
     const path = join(dir, "bad.gguf");
     expect(() => planGgufLayout(path, [kv.u32("x", 1), kv.u32("x", 2)], [])).toThrow(/duplicate/);
     expect(() => planGgufLayout(path, [], [TENSORS[0]!, TENSORS[0]!])).toThrow(/duplicate/);
@@ -289,7 +279,7 @@ describe("GGUF writer", () => {
   });
 
   it("writes a header-only file", async () => {
-    const dir = await tempDir();
+    const dir = await tempDir("deepcast-gguf-");
     const path = join(dir, "empty.gguf");
     const layout = planGgufLayout(path, [kv.str("general.architecture", "deepseek2")], []);
     const w = await GgufWriter.create(layout);

@@ -10,10 +10,18 @@ export const GOLDEN = join(ROOT, "fixtures", "tiny-dsv3-golden");
 
 export const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
-/** A fresh temporary folder, removed after the test file. */
+const made = new Set<string>();
+// Registered once, when a test file imports this module: a hook registered inside a running test
+// is never called, which is how thousands of fixture copies once piled up in the temp folder.
+afterAll(async () => {
+  await Promise.all([...made].map((d) => rm(d, { recursive: true, force: true })));
+  made.clear();
+});
+
+/** A fresh temporary folder, removed after the test file (whether made at collection or in a test). */
 export async function tempDir(prefix = "deepcast-test-"): Promise<string> {
   const d = await mkdtemp(join(tmpdir(), prefix));
-  afterAll(() => rm(d, { recursive: true, force: true }));
+  made.add(d);
   return d;
 }
 
