@@ -14,6 +14,7 @@ import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "..
 import type { CheckpointSource } from "../io/source.js";
 import { rowBytes, type GgmlType } from "../formats/ggml-types.js";
 import { quantizeRows } from "../quant/ggml.js";
+import type { FtypeInfo, MixPlan } from "../quant/mix.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
 import { fp8NanError, type Kernels } from "../quant/kernels.js";
 import { kvBSplit, planDeepseek2Gguf, type HfSourceRef } from "./gguf-plan.js";
@@ -207,7 +208,7 @@ function sourcesOf(t: GgufOutputTensor): HfSourceRef[] {
 }
 
 /** What the imatrix of a plan covers, for reports. */
-export function imatrixSummary(plan: ToGgufPlan) {
+export function imatrixSummary(plan: Pick<ToGgufPlan, "imatrix">) {
   const im = plan.imatrix;
   return im && {
     file: im.loaded.file,
@@ -220,7 +221,11 @@ export function imatrixSummary(plan: ToGgufPlan) {
 }
 
 /** The --dry-run description of a plan: files, per-type totals, every tensor. */
-export function describeToGguf(plan: ToGgufPlan, input: string, out: string): PlanDescription {
+export function describeToGguf(
+  plan: Pick<ToGgufPlan, "layout" | "imatrix"> & { output: { ftype: FtypeInfo; mix?: MixPlan | undefined } },
+  input: string,
+  out: string,
+): PlanDescription {
   const { layout, output } = plan;
   const im = imatrixSummary(plan);
   const perType = new Map<string, { tensors: number; bytes: number }>();
