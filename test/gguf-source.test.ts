@@ -146,7 +146,7 @@ describe("to-gguf IN.gguf: llama-quantize's output from llama.cpp's GGUFs of the
     const err = await planGgufSource(names[0]!, join(dir, "never.gguf"), { ftype: "Q4_K_M" }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(DeepcastError);
     expect(err).toMatchObject({ file: names[2] });
-    expect((err as Error).message).toMatch(/not found/);
+    expect(err).toMatchObject({ code: "NOT_FOUND", message: expect.stringMatching(/part 3 of the 3 files of this split model is missing/) });
   });
 
   it("--split-max-size splits the output as gguf-split does; the tensors are the single file's", async () => {
