@@ -218,6 +218,16 @@ describe("to-gguf IN.gguf: bad inputs get clear errors", () => {
     await writeFile(other, patched);
     expect(await errorOf(planGgufSource(other, join(dir, "x.gguf"), { ftype: "Q4_K_M" }))).toMatchObject({ code: "UNSUPPORTED", file: other, message: expect.stringMatching(/architecture is "deepseek3".*"deepseek2"/) });
 
+    // metadata that contradicts the tensors, and a mix that needs an imatrix: named with the input file
+    const fewer = Buffer.from(bytes);
+    const key = Buffer.from("deepseek2.block_count");
+    fewer.writeUInt32LE(3, fewer.indexOf(key) + key.length + 4);
+    const fewerPath = join(dir, "fewer-layers.gguf");
+    await writeFile(fewerPath, fewer);
+    expect(await errorOf(planGgufSource(fewerPath, join(dir, "x.gguf"), { ftype: "Q4_K_M" })))
+      .toMatchObject({ file: fewerPath, tensor: "blk.3.ffn_down_exps.weight", message: expect.stringMatching(/^bad layer 3, must be in \[0, 3\) \(file /) });
+    expect(await errorOf(planGgufSource(bf16, join(dir, "x.gguf"), { ftype: "IQ2_XXS" }))).toMatchObject({ code: "IMATRIX_MISSING", file: bf16 });
+
     const notGguf = join(dir, "notes.gguf");
     await writeFile(notGguf, "hello, this is not a model at all");
     expect(await errorOf(planGgufSource(notGguf, join(dir, "x.gguf"), { ftype: "Q4_K_M" }))).toMatchObject({ file: notGguf, message: expect.stringMatching(/not a GGUF/) });

@@ -107,7 +107,10 @@ export async function planGgufSource(input: string, out: string, opts: GgufSourc
     mix = planQuantMix(inputs.map((t) => ({ name: t.name, ne: t.ne, type: t.type })), { ...mixOpts, ...hparams, ftype: ftype.id, hasImatrix: im !== undefined });
   } catch (e) {
     // the mix names the tensor; the file is the input's
-    if (e instanceof DeepcastError && e.file === undefined) throw new DeepcastError(e.message, { file, code: e.code }, { cause: e });
+    if (e instanceof DeepcastError && e.file === undefined) {
+      const message = e.tensor === undefined ? e.message : e.message.slice(0, -` (tensor ${e.tensor})`.length);
+      throw new DeepcastError(message, { file, code: e.code, ...(e.tensor !== undefined ? { tensor: e.tensor } : {}) }, { cause: e });
+    }
     throw e;
   }
   const tensors = mix.tensors.map((m): GgufSourceTensor => ({ name: m.name, ne: m.ne, type: m.type, src: byName.get(m.name)!, mix: m }));
