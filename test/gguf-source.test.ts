@@ -132,7 +132,7 @@ describe("to-gguf IN.gguf: llama-quantize's output from llama.cpp's GGUFs of the
     await expectListing(iq, "tiny-dsv3-Q4_K_M-to-IQ4_XS-imatrix-allow-requantize");
   });
 
-  it("a split input (opened from any part) gives the single file's output; a missing part is named", async () => {
+  it("a split input (opened from any part) gives the single file's output, or with --keep-split llama-quantize's parts; a missing part is named", async () => {
     const parts = await tempDir("deepcast-gguf-source-split-");
     const plan = await planToGguf(new LocalSource(FIXTURE), join(parts, "tiny-BF16.gguf"), { ftype: "BF16", split: { maxBytes: 10e6 } });
     await runToGguf(plan, { kernels: kernels(), threads: 2, force: false, skipSpaceCheck: true });
@@ -141,6 +141,15 @@ describe("to-gguf IN.gguf: llama-quantize's output from llama.cpp's GGUFs of the
     const out = join(dir, "split-Q4_K_M.gguf");
     await requant(names[1]!, out, { ftype: "Q4_K_M" });
     await expectListing(out, "tiny-dsv3-Q4_K_M");
+
+    // --keep-split: one output per input part, tensors in input order, llama-quantize's split keys
+    const kept = await tempDir("deepcast-gguf-source-keep-");
+    const r = deepcast(kept, "to-gguf", names[0]!, "-q", "Q4_K_M", "--keep-split", "-o", "kept.gguf", "--json", "--threads", "2");
+    expect(r.code, r.stderr).toBe(0);
+    const keptFiles = [1, 2, 3].map((i) => `kept-0000${i}-of-00003.gguf`);
+    expect(JSON.parse(r.stdout).files).toEqual(keptFiles.map((f) => join(kept, f)));
+    for (const [i, f] of keptFiles.entries()) await expectListing(join(kept, f), `tiny-dsv3-split-to-Q4_K_M-keep-split-0000${i + 1}-of-00003`);
+    expect(deepcast(kept, "to-gguf", names[0]!, "-q", "Q4_K_M", "--keep-split", "--split-max-size", "1G", "-o", "k2.gguf").code).toBe(2);
 
     await rm(names[2]!);
     const err = await planGgufSource(names[0]!, join(dir, "never.gguf"), { ftype: "Q4_K_M" }).catch((e: unknown) => e);

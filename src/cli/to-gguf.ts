@@ -26,6 +26,7 @@ export function builder(y: Argv) {
     y
       .option("allow-non-finite", { type: "boolean", default: false, describe: "Convert FP8 NaN codes (0x7F/0xFF) and NaN/Inf/absurd block scales as they are instead of failing" })
       .positional("in", { type: "string", demandOption: true, describe: "Local folder or Hugging Face repo id; or a deepseek2 .gguf file (for a split model, any of its -0000i-of-0000N.gguf files)" })
+      .option("keep-split", { type: "boolean", default: false, describe: "GGUF input: one output file per input part (as llama-quantize --keep-split)" })
       .option("allow-requantize", { type: "boolean", default: false, describe: "GGUF input: dequantize and requantize tensors that are already quantized (as llama-quantize --allow-requantize); without it they are an error" })
       .option("quant", { alias: ["q", "outtype"], type: "string", describe: `Output type or llama.cpp mix: ${ftypeNames().join(", ")} (case-insensitive); with --target-* it only names general.file_type` })
       .option("output", { alias: ["o", "outfile"], type: "string", demandOption: true, describe: "Output .gguf path (splits become NAME-00001-of-0000N.gguf)" })
@@ -178,7 +179,10 @@ async function ggufHandler(argv: Args, started: number, k: Kernels): Promise<voi
   if (notForGguf.length) throw new DeepcastError(`${notForGguf.join(", ")} apply to checkpoint inputs, not to a GGUF`, { code: "USAGE" });
   if (argv.quant === undefined) throw new DeepcastError("missing --quant", { code: "USAGE" });
   const { calibration, planOpts } = await planInputs(argv);
-  const plan = await planGgufSource(argv.in, argv.output, { ...planOpts, ftype: argv.quant, allowRequantize: argv.allowRequantize });
+  if (argv.keepSplit && (argv.splitMaxSize !== undefined || argv.splitMaxTensors !== undefined)) {
+    throw new DeepcastError("--keep-split keeps the input's parts: it does not go with --split-max-size/--split-max-tensors", { code: "USAGE" });
+  }
+  const plan = await planGgufSource(argv.in, argv.output, { ...planOpts, ftype: argv.quant, allowRequantize: argv.allowRequantize, keepSplit: argv.keepSplit });
   const im = imatrixSummary(plan);
   if (!argv.json) printImatrixNotes(im);
   if (argv.dryRun) {

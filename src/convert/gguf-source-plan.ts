@@ -11,7 +11,7 @@
  *  - metadata: the first part's KVs in order, `general.quantization_version` and `general.file_type`
  *    moved to the end, the `split.*` keys dropped, then the `quantize.imatrix.*` keys (each set the way
  *    gguf_set_val does: an existing key is removed and appended). Splits of the output (--split-max-*)
- *    follow gguf-split, as for a checkpoint input.
+ *    follow gguf-split, as for a checkpoint input; `keepSplit` keeps the input's parts (llama-quantize --keep-split).
  */
 import { basename, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
@@ -36,6 +36,11 @@ export interface GgufSourceOptions extends Omit<MixOptions, "ftype" | "nLayer" |
   imatrix?: Imatrix;
   /** llama-quantize --allow-requantize: a quantized source tensor whose type changes is dequantized, then quantized. */
   allowRequantize?: boolean;
+  /**
+   * llama-quantize --keep-split: one output file per input part, each tensor in its part, tensors taken (and
+   * their types decided) in input order: by part, then offset. Not with `split`.
+   */
+  keepSplit?: boolean;
 }
 
 export interface GgufSourceTensor {
@@ -98,13 +103,16 @@ export async function planGgufSource(input: string, out: string, opts: GgufSourc
   const nHeadKv = hparam(reader, Keys.Attention.HEAD_COUNT_KV) ?? nHead;
   const hparams = { nLayer, nExpert, nHead, nHeadKv };
 
-  const { imatrix: im, split, allowRequantize, ftype: ftypeArg, ...mixOpts } = opts;
+  const { imatrix: im, split, allowRequantize, keepSplit, ftype: ftypeArg, ...mixOpts } = opts;
+  if (keepSplit && split && (split.maxBytes !== undefined || split.maxTensors !== undefined)) {
+    throw new DeepcastError("keep the input's split or split by size/tensor count, not both", { code: "USAGE" });
+  }
   const ftype = parseFtype(ftypeArg);
-  const inputs = reader.tensors;
+  const inputs = keepSplit ? [...reader.tensors].sort((a, b) => a.file - b.file || a.offset - b.offset) : reader.tensors;
   const byName = new Map(inputs.map((t) => [t.name, t]));
   let mix: MixPlan;
   try {
-    mix = planQuantMix(inputs.map((t) => ({ name: t.name, ne: t.ne, type: t.type })), { ...mixOpts, ...hparams, ftype: ftype.id, hasImatrix: im !== undefined });
+    mix = planQuantMix(inputs.map((t) => ({ name: t.name, ne: t.ne, type: t.type })), { ...mixOpts, ...hparams, ftype: ftype.id, hasImatrix: im !== undefined, keepOrder: keepSplit ?? false });
   } catch (e) {
     // the mix names the tensor; the file is the input's
     if (e instanceof DeepcastError && e.file === undefined) {
@@ -148,7 +156,9 @@ export async function planGgufSource(input: string, out: string, opts: GgufSourc
       ...imatrixForTensors(im, changing.map((t) => ({ name: t.name, ne: t.ne, requiresImatrix: t.mix.requiresImatrix })), { dryRun: opts.dryRun ?? false }),
     };
   }
-  const layout = planGgufLayout(resolve(out), kvs, tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type })), { style: "gguf-split", ...split });
+  // llama-quantize --keep-split: split.no, split.count, split.tensors.count after every other key, as gguf-py orders them
+  const layout = planGgufLayout(resolve(out), kvs, tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.type })),
+    keepSplit ? { style: "gguf-py", fileOf: tensors.map((t) => t.src.file) } : { style: "gguf-split", ...split });
   const inputPaths = new Set(reader.files.map((f) => resolve(f.path)));
   for (const f of layout.files) {
     if (inputPaths.has(f.path)) throw new DeepcastError(`output file ${basename(f.path)} would replace an input file: inputs are never modified; choose another output name`, { file: f.path, code: "OUTPUT_IN_INPUT" });

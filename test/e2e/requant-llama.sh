@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # to-gguf IN.gguf against llama.cpp's own llama-quantize, live (issue 13 item 2): the same command on the same
 # GGUF must give the same file. 1) llama.cpp's BF16 conversion of the fixture to a range of mixes (with and
-# without llama-imatrix's imatrix), an F16 and a Q8_0 input (--allow-requantize); 2) a 4.9 GB BF16 GGUF of a
+# without llama-imatrix's imatrix), an F16 and a Q8_0 input (--allow-requantize), a split input with --keep-split; 2) a 4.9 GB BF16 GGUF of a
 # sparse 1-layer slice of the real DeepSeek-V3 layout (largest tensor 1.85 GB) requantized under a 1.5 GB
 # address-space limit, with peak RSS checked, and compared with llama-quantize's file.
 # Needs a llama.cpp v0.4.0 build: LLAMA_BIN (default /tmp/llama.cpp-bench/build/bin) and the BF16 GGUF
@@ -40,6 +40,12 @@ for t in IQ2_M IQ3_S IQ3_XXS; do same BF16.gguf "$t" --imatrix im.gguf -- --imat
 same F16.gguf Q3_K_M
 same Q8_0.gguf Q4_K_M --allow-requantize -- --allow-requantize
 same Q8_0.gguf Q2_K_S --allow-requantize --imatrix im.gguf -- --allow-requantize --imatrix im.gguf
+rm -f ./*.gguf
+node "$root/bin/deepcast.js" to-gguf "$root/fixtures/tiny-dsv3" -q BF16 --split-max-size 10M -o part.gguf --threads 2 > /dev/null 2>&1
+"$bin/llama-quantize" --keep-split --imatrix im.gguf part-00001-of-00003.gguf lq.gguf IQ3_XXS 2 > lq.log 2>&1
+dc part-00002-of-00003.gguf -q IQ3_XXS --imatrix im.gguf --keep-split -o dc.gguf
+for i in 1 2 3; do cmp "lq-0000$i-of-00003.gguf" "dc-0000$i-of-00003.gguf"; done
+echo "3-part split -> IQ3_XXS --imatrix im.gguf --keep-split: 3 identical parts"
 rm -f ./*.gguf
 
 echo "== 2: a 4.9 GB BF16 GGUF of the real layout, under a 1.5 GB address-space limit"
