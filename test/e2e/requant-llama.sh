@@ -40,13 +40,13 @@ for t in IQ2_M IQ3_S IQ3_XXS; do same BF16.gguf "$t" --imatrix im.gguf -- --imat
 same F16.gguf Q3_K_M
 same Q8_0.gguf Q4_K_M --allow-requantize -- --allow-requantize
 same Q8_0.gguf Q2_K_S --allow-requantize --imatrix im.gguf -- --allow-requantize --imatrix im.gguf
-rm -f ./*.gguf
+find . -maxdepth 1 -name '*.gguf' ! -name im.gguf -delete
 node "$root/bin/deepcast.js" to-gguf "$root/fixtures/tiny-dsv3" -q BF16 --split-max-size 10M -o part.gguf --threads 2 > /dev/null 2>&1
 "$bin/llama-quantize" --keep-split --imatrix im.gguf part-00001-of-00003.gguf lq.gguf IQ3_XXS 2 > lq.log 2>&1
 dc part-00002-of-00003.gguf -q IQ3_XXS --imatrix im.gguf --keep-split -o dc.gguf
 for i in 1 2 3; do cmp "lq-0000$i-of-00003.gguf" "dc-0000$i-of-00003.gguf"; done
 echo "3-part split -> IQ3_XXS --imatrix im.gguf --keep-split: 3 identical parts"
-rm -f ./*.gguf
+find . -maxdepth 1 -name '*.gguf' ! -name im.gguf -delete
 
 echo "== 2: a 4.9 GB BF16 GGUF of the real layout, under a 1.5 GB address-space limit"
 "$root/node_modules/.bin/tsx" "$root/fixtures/dsv3-replica.ts" rep --layers 1 --no-mtp > /dev/null
