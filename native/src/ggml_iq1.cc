@@ -303,12 +303,14 @@ inline int best_neighbour(const IqLattice& g, int u, const float* xval, const fl
 }  // namespace
 
 void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant_weights) {
-  constexpr int kBlock = 32;
+  constexpr int kBlock = kS;
+  constexpr int kNb = QK_K / kBlock;
   const IqLattice& g = iq2_lattice(kIQ1_S);
-  float scales[QK_K / kBlock], weight[kBlock];
+  float scales[kNb], weight[QK_K];
   int idx[kBlock];
-  int8_t L[kBlock], shifts[QK_K / kBlock];
-  uint16_t index[kBlock / 8];
+  int8_t L[kBlock], shifts[kNb];
+  bool searched[kNb];
+  uint16_t keys[kNb][kBlock / 8];
   Iq1sSums t;
   // The padding lanes (i2 > 32) are computed but never tried; keep them defined.
   std::fill(std::begin(t.sumx), std::end(t.sumx), 0.f);
@@ -324,10 +326,15 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
     float max_scale = 0;
     const float* xbl = x + QK_K * ibl;
     const float sigma2 = block_sigma2(xbl);
-    for (int ib = 0; ib < QK_K / kBlock; ib++) {
+    // Pass 1, per block: the boundary search and the levels it gives. The lattice look-ups of all
+    // blocks follow in pass 2, their neighbour records fetched from memory meanwhile (each block's
+    // result depends on its own values only, so the split changes no operation).
+    for (int ib = 0; ib < kNb; ib++) {
+      searched[ib] = false;
       const float* xb = xbl + kBlock * ib;
       const float* qw = quant_weights + QK_K * ibl + kBlock * ib;
-      for (int i = 0; i < kBlock; i++) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
+      float* wb = weight + kBlock * ib;
+      for (int i = 0; i < kBlock; i++) wb[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
       const float max = abs_max(xb, kBlock);
       if (max < kEpsIq1S) {
         scales[ib] = 0;
@@ -339,8 +346,8 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
       t.sumx[0] = t.sumw[0] = 0;
       for (int j = 0; j < kBlock; j++) {
         const int i = idx[j];
-        t.sumx[j + 1] = t.sumx[j] + weight[i] * xb[i];
-        t.sumw[j + 1] = t.sumw[j] + weight[i];
+        t.sumx[j + 1] = t.sumx[j] + wb[i] * xb[i];
+        t.sumw[j + 1] = t.sumw[j] + wb[i];
       }
       for (int s = 0; s < 2; s++) {
         const float* xv = s == 0 ? kXp : kXm;
@@ -353,29 +360,49 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
       c.scale = max;
       iq1s_search(t, c);
       float scale = c.scale;
-      const int besti1 = c.i1, besti2 = c.i2;
       int best_shift = c.shift;
-      if (besti1 < 0 || besti2 < 0 || best_shift == 0) {
+      if (c.i1 < 0 || c.i2 < 0 || best_shift == 0) {
         scales[ib] = 0;
         shifts[ib] = 1;
         continue;
       }
-      for (int j = 0; j < besti1; j++) L[idx[j]] = 0;
-      for (int j = besti1; j < besti2; j++) L[idx[j]] = 1;
-      for (int j = besti2; j < kBlock; j++) L[idx[j]] = 2;
+      for (int j = 0; j < c.i1; j++) L[idx[j]] = 0;
+      for (int j = c.i1; j < c.i2; j++) L[idx[j]] = 1;
+      for (int j = c.i2; j < kBlock; j++) L[idx[j]] = 2;
       if (scale < 0) {
         for (int j = 0; j < kBlock; j++) L[j] = static_cast<int8_t>(2 - L[j]);
         scale = -scale;
         best_shift = -best_shift;
       }
-      bool all_on_grid = true;
-      const float* xx = best_shift == 1 ? kXp : kXm;
       for (int k = 0; k < kBlock / 8; k++) {
-        const uint16_t u = levels_key(L + 8 * k);
+        keys[ib][k] = levels_key(L + 8 * k);
+        const int32_t m = g.kmap[keys[ib][k]];
+        if (m < 0) {
+          const uint16_t* nb = g.neighbours - m - 1;
+          __builtin_prefetch(nb);
+          __builtin_prefetch(nb + 32);
+        }
+      }
+      searched[ib] = true;
+      scales[ib] = scale;
+      shifts[ib] = static_cast<int8_t>(best_shift);
+    }
+    // Pass 2: lattice entries (nearest listed neighbour for an off-lattice group), the refitted
+    // scale, the packed block.
+    for (int ib = 0; ib < kNb; ib++) {
+      if (!searched[ib]) continue;
+      const float* xb = xbl + kBlock * ib;
+      const float* wb = weight + kBlock * ib;
+      float scale = scales[ib];
+      uint16_t index[kBlock / 8];
+      bool all_on_grid = true;
+      const float* xx = shifts[ib] == 1 ? kXp : kXm;
+      for (int k = 0; k < kBlock / 8; k++) {
+        const uint16_t u = keys[ib][k];
         int j = g.kmap[u];
         if (j < 0) {
           all_on_grid = false;
-          j = best_neighbour(g, u, xb + 8 * k, weight + 8 * k, scale, xx);
+          j = best_neighbour(g, u, xb + 8 * k, wb + 8 * k, scale, xx);
         }
         index[k] = static_cast<uint16_t>(j);
       }
@@ -384,7 +411,7 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
         for (int k = 0; k < kBlock / 8; k++) {
           const uint8_t* pg = reinterpret_cast<const uint8_t*>(g.point + index[k]);
           for (int j = 0; j < 8; j++) {
-            const float w = weight[8 * k + j];
+            const float w = wb[8 * k + j];
             const float q = xx[(pg[j] - 1) / 2];
             sumqx += w * q * xb[8 * k + j];
             sumq2 += w * q * q;
@@ -399,14 +426,13 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
       }
       store_u16(qh + 2 * ib, h);
       scales[ib] = scale;
-      shifts[ib] = static_cast<int8_t>(best_shift);
       max_scale = max_scale > scale ? max_scale : scale;
     }
     if (!max_scale) continue;
     const float d = max_scale / 15;
     store_u16(y, f32_to_f16(d * 1.125f));
     const float id = 1 / d;
-    for (int ib = 0; ib < QK_K / kBlock; ib++) {
+    for (int ib = 0; ib < kNb; ib++) {
       int l = scale_level(id, scales[ib]);
       if (shifts[ib] == -1) l |= 8;
       store_u16(qh + 2 * ib, static_cast<uint16_t>(load_u16(qh + 2 * ib) | (l << 12)));

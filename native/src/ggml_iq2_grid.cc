@@ -51,35 +51,60 @@ struct Built {
   IqLattice view{};
 };
 
-// Neighbour record of the off-lattice slot u: the entries j whose integer squared distance to the
-// point of u (coordinates 2*l+1, l in 0..3) is among the nwant smallest distinct distances, ordered
-// by (distance, j) -- what ggml's qsort with iq2_compare_func (a total order) produces.
-void neighbour_record(const LatticeSpec& s, const uint8_t* pts, int u, std::vector<int>& d2,
-                      std::vector<uint16_t>& out) {
-  int pos[8];
-  for (int k = 0; k < 8; k++) pos[k] = 2 * ((u >> (2 * k)) & 3) + 1;
+// Squared distance between two groups of four 2-bit levels (bits 2k..2k+1 each), in units of
+// ggml's: its coordinates are 2*l+1, so its distances are 4x these. A slot's distance to an entry is
+// the sum over the low and the high four coordinates: two look-ups instead of eight products.
+struct QuadDistance {
+  uint8_t d[256][256];
+  QuadDistance() {
+    for (int a = 0; a < 256; a++)
+      for (int c = 0; c < 256; c++) {
+        int sum = 0;
+        for (int k = 0; k < 4; k++) {
+          const int diff = ((a >> (2 * k)) & 3) - ((c >> (2 * k)) & 3);
+          sum += diff * diff;
+        }
+        d[a][c] = static_cast<uint8_t>(sum);
+      }
+  }
+};
+
+// Neighbour record of the off-lattice slot u: the entries j whose squared distance to the point of
+// u is among the nwant smallest distinct distances, ordered by (distance, j) -- what ggml's qsort
+// with iq2_compare_func (a total order) produces. lo/hi: each entry's levels of coordinates 0..3 and 4..7.
+void neighbour_record(const LatticeSpec& s, const QuadDistance& q, const uint8_t* lo, const uint8_t* hi, int u,
+                      std::vector<uint8_t>& d2, std::vector<uint16_t>& out) {
+  const uint8_t* dlo = q.d[u & 255];
+  const uint8_t* dhi = q.d[u >> 8];
   int best[3];
   int nbest = 0;
+  int cut = 256;  // distances >= cut cannot enter best (nbest == nwant: the largest kept one)
   for (int j = 0; j < s.size; j++) {
-    const uint8_t* pg = pts + 8 * j;
-    int d = 0;
-    for (int k = 0; k < 8; k++) d += (pg[k] - pos[k]) * (pg[k] - pos[k]);
-    d2[j] = d;
+    const int d = dlo[lo[j]] + dhi[hi[j]];
+    d2[j] = static_cast<uint8_t>(d);
+    if (d >= cut) continue;
     // Keep the nwant smallest distinct distances, ascending.
     int p = 0;
     while (p < nbest && best[p] < d) p++;
     if (p < nbest && best[p] == d) continue;
-    if (p >= s.nwant) continue;
-    for (int q = std::min(nbest, s.nwant - 1); q > p; q--) best[q] = best[q - 1];
+    for (int r = std::min(nbest, s.nwant - 1); r > p; r--) best[r] = best[r - 1];
     best[p] = d;
     if (nbest < s.nwant) nbest++;
+    if (nbest == s.nwant) cut = best[nbest - 1];
   }
-  const size_t head = out.size();
-  out.push_back(0);
-  for (int b = 0; b < nbest; b++)
-    for (int j = 0; j < s.size; j++)
-      if (d2[j] == best[b]) out.push_back(static_cast<uint16_t>(j));
-  out[head] = static_cast<uint16_t>(out.size() - head - 1);
+  // One pass over the entries: each kept one goes to the list of its distance, in j order.
+  uint16_t kept[3][2048];
+  int nkept[3] = {0, 0, 0};
+  const int last = best[nbest - 1];
+  for (int j = 0; j < s.size; j++) {
+    const int d = d2[j];
+    if (d > last) continue;
+    int r = 0;
+    while (best[r] != d) r++;  // d is one of the kept distances (all distances <= last are)
+    kept[r][nkept[r]++] = static_cast<uint16_t>(j);
+  }
+  out.push_back(static_cast<uint16_t>(nkept[0] + nkept[1] + nkept[2]));
+  for (int r = 0; r < nbest; r++) out.insert(out.end(), kept[r], kept[r] + nkept[r]);
 }
 
 void build(const LatticeSpec& s, Built& b) {
@@ -101,16 +126,21 @@ void build(const LatticeSpec& s, Built& b) {
   for (int j = 0; j < s.size; j++) b.kmap[s.levels[j]] = j;
 
   // Records of the off-lattice slots, in slot order; threads fill contiguous slot ranges.
-  const uint8_t* pts = reinterpret_cast<const uint8_t*>(b.point.data());
+  static const QuadDistance* const quad = new QuadDistance();  // 64 KB, shared by the lattices
+  std::vector<uint8_t> lo(static_cast<size_t>(s.size)), hi(static_cast<size_t>(s.size));
+  for (int j = 0; j < s.size; j++) {
+    lo[static_cast<size_t>(j)] = static_cast<uint8_t>(s.levels[j] & 255);
+    hi[static_cast<size_t>(j)] = static_cast<uint8_t>(s.levels[j] >> 8);
+  }
   const int nthreads = static_cast<int>(std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
   const size_t chunk = (kIqKmapSize + nthreads - 1) / nthreads;
   std::vector<std::vector<uint16_t>> parts(static_cast<size_t>(nthreads));
   parallel_for(static_cast<size_t>(nthreads), nthreads, 1, [&](size_t t0, size_t t1) {
-    std::vector<int> d2(static_cast<size_t>(s.size));
+    std::vector<uint8_t> d2(static_cast<size_t>(s.size));
     for (size_t t = t0; t < t1; t++) {
       const size_t u1 = std::min<size_t>(kIqKmapSize, (t + 1) * chunk);
       for (size_t u = t * chunk; u < u1; u++)
-        if (b.kmap[u] < 0) neighbour_record(s, pts, static_cast<int>(u), d2, parts[t]);
+        if (b.kmap[u] < 0) neighbour_record(s, *quad, lo.data(), hi.data(), static_cast<int>(u), d2, parts[t]);
     }
   });
   size_t total = 0;
