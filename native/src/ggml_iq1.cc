@@ -217,17 +217,22 @@ DC_IQ1_AVX2 bool sort_by_value_avx2(const float* xb, int n, int* idx) {
   return true;
 }
 
-// The 2-bit levels of each entry of the IQ1 lattice (bits 2k..2k+1: coordinate k), to gather from.
-const uint32_t* entry_levels() {
-  static const std::vector<uint32_t> levels = [] {
+// The IQ1 lattice's neighbour lists with each listed entry replaced by its 2-bit levels (bits
+// 2k..2k+1: coordinate k), at the same offsets, so the search loads levels instead of gathering
+// them by index; 8 entries of padding let the last record be read 8 at a time.
+const uint16_t* record_levels() {
+  static const std::vector<uint16_t> levels = [] {
     const IqLattice& g = iq2_lattice(kIQ1_S);
-    std::vector<uint32_t> l(static_cast<size_t>(g.size));
+    std::vector<uint16_t> of(static_cast<size_t>(g.size));
     for (int j = 0; j < g.size; j++) {
       const uint8_t* p = reinterpret_cast<const uint8_t*>(g.point + j);
       uint32_t u = 0;
       for (int k = 0; k < 8; k++) u |= static_cast<uint32_t>((p[k] - 1) / 2) << (2 * k);
-      l[static_cast<size_t>(j)] = u;
+      of[static_cast<size_t>(j)] = static_cast<uint16_t>(u);
     }
+    std::vector<uint16_t> l(g.neighbours_len + 8, 0);
+    // Record heads (counts) get a meaningless value; they are never read as levels.
+    for (size_t i = 0; i < g.neighbours_len; i++) l[i] = of[g.neighbours[i] % static_cast<size_t>(g.size)];
     return l;
   }();
   return levels.data();
@@ -238,8 +243,9 @@ const uint32_t* entry_levels() {
 // replayed in list order with the scalar test.
 DC_IQ1_AVX2 int best_neighbour_avx2(const IqLattice& g, int u, const float* xval, const float* weight, float scale,
                                     const float* xg) {
-  const uint32_t* levels = entry_levels();
-  const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
+  const size_t off = static_cast<size_t>(-g.kmap[u] - 1);
+  const uint16_t* nb = g.neighbours + off;
+  const uint16_t* lvs = record_levels() + off;
   const int count = nb[0];
   float term[8][3];
   level_terms(xval, weight, scale, xg, term);
@@ -250,15 +256,7 @@ DC_IQ1_AVX2 int best_neighbour_avx2(const IqLattice& g, int u, const float* xval
   int best = -1;
   for (int j = 1; j <= count; j += 8) {
     const int lanes = count + 1 - j < 8 ? count + 1 - j : 8;
-    __m128i ids16;
-    if (lanes == 8) {
-      ids16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(nb + j));
-    } else {
-      alignas(16) uint16_t tail[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      std::memcpy(tail, nb + j, sizeof(uint16_t) * static_cast<size_t>(lanes));
-      ids16 = _mm_load_si128(reinterpret_cast<const __m128i*>(tail));
-    }
-    __m256i lv = _mm256_i32gather_epi32(reinterpret_cast<const int*>(levels), _mm256_cvtepu16_epi32(ids16), 4);
+    __m256i lv = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lvs + j)));
     __m256 d2 = _mm256_setzero_ps();
     for (int i = 0; i < 8; i++) {
       d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(tv[i], _mm256_and_si256(lv, three)));
@@ -306,6 +304,10 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
   constexpr int kBlock = kS;
   constexpr int kNb = QK_K / kBlock;
   const IqLattice& g = iq2_lattice(kIQ1_S);
+#if defined(__x86_64__)
+  const bool avx2 = use_avx2();
+  const uint16_t* lv = avx2 ? record_levels() : nullptr;
+#endif
   float scales[kNb], weight[QK_K];
   int idx[kBlock];
   int8_t L[kBlock], shifts[kNb];
@@ -381,6 +383,12 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
           const uint16_t* nb = g.neighbours - m - 1;
           __builtin_prefetch(nb);
           __builtin_prefetch(nb + 32);
+#if defined(__x86_64__)
+          if (avx2) {
+            __builtin_prefetch(lv + (-m - 1));
+            __builtin_prefetch(lv + (-m - 1) + 32);
+          }
+#endif
         }
       }
       searched[ib] = true;
