@@ -2,6 +2,7 @@
 // Reproduces iq2xs_init_impl of ggml/src/ggml-quants.c (llama.cpp v0.4.0): same kmap, same
 // neighbour records, same record order (slot u ascending), built once per lattice at first use.
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -52,56 +53,60 @@ struct Built {
 };
 
 // Squared distance between two groups of four 2-bit levels (bits 2k..2k+1 each), in units of
-// ggml's: its coordinates are 2*l+1, so its distances are 4x these. A slot's distance to an entry is
-// the sum over the low and the high four coordinates: two look-ups instead of eight products.
-struct QuadDistance {
-  uint8_t d[256][256];
-  QuadDistance() {
-    for (int a = 0; a < 256; a++)
-      for (int c = 0; c < 256; c++) {
-        int sum = 0;
-        for (int k = 0; k < 4; k++) {
-          const int diff = ((a >> (2 * k)) & 3) - ((c >> (2 * k)) & 3);
-          sum += diff * diff;
-        }
-        d[a][c] = static_cast<uint8_t>(sum);
-      }
+// ggml's: its coordinates are 2*l+1, so its distances are 4x these, in the same order.
+int quad_distance(int a, int c) {
+  int sum = 0;
+  for (int k = 0; k < 4; k++) {
+    const int diff = ((a >> (2 * k)) & 3) - ((c >> (2 * k)) & 3);
+    sum += diff * diff;
   }
-};
+  return sum;
+}
 
 // Neighbour record of the off-lattice slot u: the entries j whose squared distance to the point of
 // u is among the nwant smallest distinct distances, ordered by (distance, j) -- what ggml's qsort
-// with iq2_compare_func (a total order) produces. lo/hi: each entry's levels of coordinates 0..3 and 4..7.
-void neighbour_record(const LatticeSpec& s, const QuadDistance& q, const uint8_t* lo, const uint8_t* hi, int u,
-                      std::vector<uint8_t>& d2, std::vector<uint16_t>& out) {
-  const uint8_t* dlo = q.d[u & 255];
-  const uint8_t* dhi = q.d[u >> 8];
-  int best[3];
-  int nbest = 0;
-  int cut = 256;  // distances >= cut cannot enter best (nbest == nwant: the largest kept one)
-  for (int j = 0; j < s.size; j++) {
-    const int d = dlo[lo[j]] + dhi[hi[j]];
-    d2[j] = static_cast<uint8_t>(d);
-    if (d >= cut) continue;
-    // Keep the nwant smallest distinct distances, ascending.
-    int p = 0;
-    while (p < nbest && best[p] < d) p++;
-    if (p < nbest && best[p] == d) continue;
-    for (int r = std::min(nbest, s.nwant - 1); r > p; r--) best[r] = best[r - 1];
-    best[p] = d;
-    if (nbest < s.nwant) nbest++;
-    if (nbest == s.nwant) cut = best[nbest - 1];
+// with iq2_compare_func (a total order) produces. tlo[j] / thi[j]: entry j's distance to u over
+// coordinates 0..3 / 4..7 (at most 36 each), so every loop below is over bytes, and vectorizes.
+void neighbour_record(const LatticeSpec& s, const uint8_t* tlo, const uint8_t* thi, uint8_t* d2,
+                      std::vector<uint16_t>& out) {
+  const int n = s.size;  // a multiple of 8
+  uint8_t m = 255;
+  for (int j = 0; j < n; j++) {
+    d2[j] = static_cast<uint8_t>(tlo[j] + thi[j]);
+    m = d2[j] < m ? d2[j] : m;
   }
-  // One pass over the entries: each kept one goes to the list of its distance, in j order.
+  // The nwant smallest distinct distances, ascending.
+  int best[3] = {m, 0, 0};
+  int nbest = 1;
+  for (; nbest < s.nwant; nbest++) {
+    // d - (floor + 1) in bytes: 0..71 above floor, 184 or more (wrapped) at or below it.
+    const uint8_t shift = static_cast<uint8_t>(best[nbest - 1] + 1);
+    uint8_t next = 255;
+    for (int j = 0; j < n; j++) {
+      const uint8_t v = static_cast<uint8_t>(d2[j] - shift);
+      next = v < next ? v : next;
+    }
+    if (next > 72) break;
+    best[nbest] = next + shift;
+  }
+  // One pass over the entries, 8 at a time: a word with no byte <= last is skipped (the byte test
+  // of "Bit Twiddling Hacks", valid for bytes and bound below 128); each kept entry goes to the
+  // list of its distance, in j order.
   uint16_t kept[3][2048];
   int nkept[3] = {0, 0, 0};
   const int last = best[nbest - 1];
-  for (int j = 0; j < s.size; j++) {
-    const int d = d2[j];
-    if (d > last) continue;
-    int r = 0;
-    while (best[r] != d) r++;  // d is one of the kept distances (all distances <= last are)
-    kept[r][nkept[r]++] = static_cast<uint16_t>(j);
+  const uint64_t ones = 0x0101010101010101ull, below = ones * static_cast<uint64_t>(last + 1);
+  for (int j0 = 0; j0 < n; j0 += 8) {
+    uint64_t w;
+    std::memcpy(&w, d2 + j0, 8);
+    if (((w - below) & ~w & (ones << 7)) == 0) continue;
+    for (int j = j0; j < j0 + 8; j++) {
+      const int d = d2[j];
+      if (d > last) continue;
+      int r = 0;
+      while (best[r] != d) r++;  // every distance <= last is a kept one
+      kept[r][nkept[r]++] = static_cast<uint16_t>(j);
+    }
   }
   out.push_back(static_cast<uint16_t>(nkept[0] + nkept[1] + nkept[2]));
   for (int r = 0; r < nbest; r++) out.insert(out.end(), kept[r], kept[r] + nkept[r]);
@@ -126,21 +131,27 @@ void build(const LatticeSpec& s, Built& b) {
   for (int j = 0; j < s.size; j++) b.kmap[s.levels[j]] = j;
 
   // Records of the off-lattice slots, in slot order; threads fill contiguous slot ranges.
-  static const QuadDistance* const quad = new QuadDistance();  // 64 KB, shared by the lattices
-  std::vector<uint8_t> lo(static_cast<size_t>(s.size)), hi(static_cast<size_t>(s.size));
-  for (int j = 0; j < s.size; j++) {
-    lo[static_cast<size_t>(j)] = static_cast<uint8_t>(s.levels[j] & 255);
-    hi[static_cast<size_t>(j)] = static_cast<uint8_t>(s.levels[j] >> 8);
+  // Per group value a (four levels) and entry j: the distance over the low / high coordinates.
+  const size_t size = static_cast<size_t>(s.size);
+  std::vector<uint8_t> tlo(256 * size), thi(256 * size);
+  for (int a = 0; a < 256; a++) {
+    int q[256];
+    for (int c = 0; c < 256; c++) q[c] = quad_distance(a, c);
+    for (size_t j = 0; j < size; j++) {
+      tlo[a * size + j] = static_cast<uint8_t>(q[s.levels[j] & 255]);
+      thi[a * size + j] = static_cast<uint8_t>(q[s.levels[j] >> 8]);
+    }
   }
   const int nthreads = static_cast<int>(std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
   const size_t chunk = (kIqKmapSize + nthreads - 1) / nthreads;
   std::vector<std::vector<uint16_t>> parts(static_cast<size_t>(nthreads));
   parallel_for(static_cast<size_t>(nthreads), nthreads, 1, [&](size_t t0, size_t t1) {
-    std::vector<uint8_t> d2(static_cast<size_t>(s.size));
+    std::vector<uint8_t> d2(size);
     for (size_t t = t0; t < t1; t++) {
       const size_t u1 = std::min<size_t>(kIqKmapSize, (t + 1) * chunk);
       for (size_t u = t * chunk; u < u1; u++)
-        if (b.kmap[u] < 0) neighbour_record(s, *quad, lo.data(), hi.data(), static_cast<int>(u), d2, parts[t]);
+        if (b.kmap[u] < 0)
+          neighbour_record(s, tlo.data() + (u & 255) * size, thi.data() + (u >> 8) * size, d2.data(), parts[t]);
     }
   });
   size_t total = 0;
