@@ -229,12 +229,11 @@ describe.skipIf(!hasKernels)("lattice tables", () => {
   });
 });
 
-// IQ1_S and IQ1_M sort each block, search IQ1_S's boundary pairs and the neighbour lists in AVX2
-// lanes when the CPU has AVX2 (a block with a NaN sorts on the scalar path); the scalar level must
-// give the same bytes, and both must be ggml's.
+// With AVX2, all five types search the neighbour lists 8 entries at a time, and IQ1_S/IQ1_M also
+// sort each block and IQ1_S searches its boundary pairs in AVX2 lanes (a block with a NaN sorts on
+// the scalar path); the scalar level must give the same bytes, and both must be ggml's.
 const canCompareSimd = hasKernels && native!.hasAvx2();
-describe.runIf(canCompareSimd)("IQ1_S / IQ1_M scalar and AVX2", () => {
-  const IQ1 = ["iq1_s", "iq1_m"];
+describe.runIf(canCompareSimd)("IQ2/IQ1 scalar and AVX2", () => {
   const atLevel = <T>(level: "scalar" | "avx2", f: () => T): T => {
     expect(native!.setSimd(level)).toBe(true);
     try {
@@ -247,7 +246,7 @@ describe.runIf(canCompareSimd)("IQ1_S / IQ1_M scalar and AVX2", () => {
   it("both levels reproduce every golden case", () => {
     for (const level of ["scalar", "avx2"] as const) {
       atLevel(level, () => {
-        for (const c of cases.filter((k) => IQ1.includes(k.type))) {
+        for (const c of cases) {
           const im = c.files.imatrix ? floats(c.files.imatrix) : null;
           const got = quantizeRows(c.type.toUpperCase(), floats(c.files.input), c.rows, c.n_per_row, im, 1);
           const want = file(c.files.expected);
@@ -287,7 +286,7 @@ describe.runIf(canCompareSimd)("IQ1_S / IQ1_M scalar and AVX2", () => {
       }
     }
     const im = new Float32Array(n).map(() => (r() < 0.05 ? 0 : Math.exp(4 * r() - 2)));
-    for (const name of ["IQ1_S", "IQ1_M"]) {
+    for (const name of TYPES.map((t) => t.toUpperCase())) {
       for (const imatrix of ggmlRequiresImatrix(name) ? [im] : [null, im]) {
         const scalar = atLevel("scalar", () => quantizeRows(name, x, rows, n, imatrix, 2));
         const avx2 = atLevel("avx2", () => quantizeRows(name, x, rows, n, imatrix, 2));

@@ -54,22 +54,10 @@ inline void level_terms(const float* xval, const float* weight, float scale, con
   }
 }
 
-int best_neighbour_scalar(const IqLattice& g, int u, const float* xval, const float* weight, float scale, const float* xg) {
-  const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
-  const int count = nb[0];
+int best_neighbour(const IqLattice& g, int u, const float* xval, const float* weight, float scale, const float* xg) {
   float term[8][3];
   level_terms(xval, weight, scale, xg, term);
-  float best_score = kFltMax;
-  int best = -1;
-  for (int j = 1; j <= count; j++) {
-    const uint64_t p = g.point[nb[j]];
-    float d2 = 0;
-    for (int i = 0; i < 8; i++) d2 += term[i][(p >> (8 * i + 1)) & 3];
-    if (d2 < best_score) {
-      best_score = d2;
-      best = nb[j];
-    }
-  }
+  const int best = nearest_listed(g, u, term);
   return best < 0 ? 0 : best;
 }
 
@@ -217,64 +205,6 @@ DC_IQ1_AVX2 bool sort_by_value_avx2(const float* xb, int n, int* idx) {
   return true;
 }
 
-// The IQ1 lattice's neighbour lists with each listed entry replaced by its 2-bit levels (bits
-// 2k..2k+1: coordinate k), at the same offsets, so the search loads levels instead of gathering
-// them by index; 8 entries of padding let the last record be read 8 at a time.
-const uint16_t* record_levels() {
-  static const std::vector<uint16_t> levels = [] {
-    const IqLattice& g = iq2_lattice(kIQ1_S);
-    std::vector<uint16_t> of(static_cast<size_t>(g.size));
-    for (int j = 0; j < g.size; j++) {
-      const uint8_t* p = reinterpret_cast<const uint8_t*>(g.point + j);
-      uint32_t u = 0;
-      for (int k = 0; k < 8; k++) u |= static_cast<uint32_t>((p[k] - 1) / 2) << (2 * k);
-      of[static_cast<size_t>(j)] = static_cast<uint16_t>(u);
-    }
-    std::vector<uint16_t> l(g.neighbours_len + 8, 0);
-    // Record heads (counts) get a meaningless value; they are never read as levels.
-    for (size_t i = 0; i < g.neighbours_len; i++) l[i] = of[g.neighbours[i] % static_cast<size_t>(g.size)];
-    return l;
-  }();
-  return levels.data();
-}
-
-// best_neighbour_scalar with 8 listed entries per step: lane sums add the same terms in the same
-// order; a step none of whose lanes is below best_score changes nothing, otherwise its lanes are
-// replayed in list order with the scalar test.
-DC_IQ1_AVX2 int best_neighbour_avx2(const IqLattice& g, int u, const float* xval, const float* weight, float scale,
-                                    const float* xg) {
-  const size_t off = static_cast<size_t>(-g.kmap[u] - 1);
-  const uint16_t* nb = g.neighbours + off;
-  const uint16_t* lvs = record_levels() + off;
-  const int count = nb[0];
-  float term[8][3];
-  level_terms(xval, weight, scale, xg, term);
-  __m256 tv[8];
-  for (int i = 0; i < 8; i++) tv[i] = _mm256_setr_ps(term[i][0], term[i][1], term[i][2], 0, 0, 0, 0, 0);
-  const __m256i three = _mm256_set1_epi32(3);
-  float best_score = kFltMax;
-  int best = -1;
-  for (int j = 1; j <= count; j += 8) {
-    const int lanes = count + 1 - j < 8 ? count + 1 - j : 8;
-    __m256i lv = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lvs + j)));
-    __m256 d2 = _mm256_setzero_ps();
-    for (int i = 0; i < 8; i++) {
-      d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(tv[i], _mm256_and_si256(lv, three)));
-      lv = _mm256_srli_epi32(lv, 2);
-    }
-    const int below = _mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_score), _CMP_LT_OQ)) & ((1 << lanes) - 1);
-    if (!below) continue;
-    alignas(32) float d[8];
-    _mm256_store_ps(d, d2);
-    for (int k = 0; k < lanes; k++) {
-      if (d[k] < best_score) {
-        best_score = d[k];
-        best = nb[j + k];
-      }
-    }
-  }
-  return best < 0 ? 0 : best;
-}
 #endif
 
 inline void iq1s_search(const Iq1sSums& t, Iq1sChoice& c) {
@@ -291,12 +221,6 @@ inline void sort_by_value(const float* xb, int n, int* idx) {
   sort_by_value_scalar(xb, n, idx);
 }
 
-inline int best_neighbour(const IqLattice& g, int u, const float* xval, const float* weight, float scale, const float* xg) {
-#if defined(__x86_64__)
-  if (use_avx2()) return best_neighbour_avx2(g, u, xval, weight, scale, xg);
-#endif
-  return best_neighbour_scalar(g, u, xval, weight, scale, xg);
-}
 
 }  // namespace
 
@@ -304,10 +228,6 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
   constexpr int kBlock = kS;
   constexpr int kNb = QK_K / kBlock;
   const IqLattice& g = iq2_lattice(kIQ1_S);
-#if defined(__x86_64__)
-  const bool avx2 = use_avx2();
-  const uint16_t* lv = avx2 ? record_levels() : nullptr;
-#endif
   float scales[kNb], weight[QK_K];
   int idx[kBlock];
   int8_t L[kBlock], shifts[kNb];
@@ -381,14 +301,10 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
         const int32_t m = g.kmap[keys[ib][k]];
         if (m < 0) {
           const uint16_t* nb = g.neighbours - m - 1;
+          const uint16_t* lv = g.record_levels - m - 1;
           __builtin_prefetch(nb);
-          __builtin_prefetch(nb + 32);
-#if defined(__x86_64__)
-          if (avx2) {
-            __builtin_prefetch(lv + (-m - 1));
-            __builtin_prefetch(lv + (-m - 1) + 32);
-          }
-#endif
+          __builtin_prefetch(lv);
+          __builtin_prefetch(lv + 32);
         }
       }
       searched[ib] = true;

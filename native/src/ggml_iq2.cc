@@ -24,8 +24,6 @@ inline int project(float id, float x) { return clamp_level(nearest_int(0.5f * (i
 // every entry; the term of coordinate i only depends on its lattice value 1, 3 or 5, so the three
 // possible terms are computed once and each entry's sum adds the same floats in the same order.
 int best_neighbour(const IqLattice& g, int u, const float* xval, const float* waux, float scale, int8_t* L) {
-  const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
-  const int count = nb[0];
   float term[8][3];
   for (int i = 0; i < 8; i++) {
     for (int lv = 0; lv < 3; lv++) {
@@ -33,19 +31,9 @@ int best_neighbour(const IqLattice& g, int u, const float* xval, const float* wa
       term[i][lv] = waux[i] * diff * diff;
     }
   }
-  float best_d2 = 3.40282347e+38f;
-  int best = -1;
-  for (int j = 1; j <= count; j++) {
-    const uint64_t p = g.point[nb[j]];
-    float d2 = 0;
-    for (int i = 0; i < 8; i++) d2 += term[i][(p >> (8 * i + 1)) & 3];
-    if (d2 < best_d2) {
-      best_d2 = d2;
-      best = nb[j];
-    }
-  }
+  int best = nearest_listed(g, u, term);
   // Every distance NaN (non-finite input): ggml aborts here; take the first listed entry.
-  if (best < 0) best = nb[1];
+  if (best < 0) best = (g.neighbours - g.kmap[u] - 1)[1];
   const uint8_t* pg = reinterpret_cast<const uint8_t*>(g.point + best);
   for (int i = 0; i < 8; i++) L[i] = static_cast<int8_t>((pg[i] - 1) / 2);
   return best;

@@ -7,7 +7,11 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
+#include "cpu.h"
 #include "ggml_iq2.h"
 #include "napi_util.h"
 #include "parallel.h"
@@ -48,7 +52,7 @@ int lattice_index(int id) {
 struct Built {
   std::vector<uint64_t> point, codebook;
   std::vector<int32_t> kmap;
-  std::vector<uint16_t> neighbours;
+  std::vector<uint16_t> neighbours, record_levels;
   IqLattice view{};
 };
 
@@ -164,13 +168,82 @@ void build(const LatticeSpec& s, Built& b) {
     b.kmap[u] = -static_cast<int32_t>(off + 1);
     off += 1 + b.neighbours[off];
   }
-  b.view = {s.size, b.point.data(), b.kmap.data(), b.neighbours.data(), b.neighbours.size(), b.codebook.data()};
+  // Record heads (counts) get a meaningless value; they are never read as levels.
+  b.record_levels.assign(b.neighbours.size() + 8, 0);
+  for (size_t i = 0; i < b.neighbours.size(); i++) b.record_levels[i] = s.levels[b.neighbours[i] % size];
+  b.view = {s.size,         b.point.data(),    b.kmap.data(), b.neighbours.data(), b.neighbours.size(),
+            b.codebook.data(), b.record_levels.data()};
 }
 
 Built g_built[4];
 std::once_flag g_once[4];
 
 }  // namespace
+
+namespace {
+
+int nearest_listed_scalar(const IqLattice& g, int u, const float (*term)[3]) {
+  const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
+  const int count = nb[0];
+  float best_d2 = 3.40282347e+38f;
+  int best = -1;
+  for (int j = 1; j <= count; j++) {
+    const uint64_t p = g.point[nb[j]];
+    float d2 = 0;
+    for (int i = 0; i < 8; i++) d2 += term[i][(p >> (8 * i + 1)) & 3];
+    if (d2 < best_d2) {
+      best_d2 = d2;
+      best = nb[j];
+    }
+  }
+  return best;
+}
+
+#if defined(__x86_64__)
+// 8 listed entries per step, their levels loaded from record_levels: lane sums add the same terms
+// in the same order. A step none of whose lanes is below the best so far changes nothing; otherwise
+// its lanes are replayed in list order with the scalar test.
+__attribute__((target("avx2"))) int nearest_listed_avx2(const IqLattice& g, int u, const float (*term)[3]) {
+  const size_t off = static_cast<size_t>(-g.kmap[u] - 1);
+  const uint16_t* nb = g.neighbours + off;
+  const uint16_t* lvs = g.record_levels + off;
+  const int count = nb[0];
+  __m256 tv[8];
+  for (int i = 0; i < 8; i++) tv[i] = _mm256_setr_ps(term[i][0], term[i][1], term[i][2], 0, 0, 0, 0, 0);
+  const __m256i three = _mm256_set1_epi32(3);
+  float best_d2 = 3.40282347e+38f;
+  int best = -1;
+  for (int j = 1; j <= count; j += 8) {
+    const int lanes = count + 1 - j < 8 ? count + 1 - j : 8;
+    __m256i lv = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lvs + j)));
+    __m256 d2 = _mm256_setzero_ps();
+    for (int i = 0; i < 8; i++) {
+      d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(tv[i], _mm256_and_si256(lv, three)));
+      lv = _mm256_srli_epi32(lv, 2);
+    }
+    const int below = _mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_d2), _CMP_LT_OQ)) & ((1 << lanes) - 1);
+    if (!below) continue;
+    alignas(32) float d[8];
+    _mm256_store_ps(d, d2);
+    for (int k = 0; k < lanes; k++) {
+      if (d[k] < best_d2) {
+        best_d2 = d[k];
+        best = nb[j + k];
+      }
+    }
+  }
+  return best;
+}
+#endif
+
+}  // namespace
+
+int nearest_listed(const IqLattice& g, int u, const float (*term)[3]) {
+#if defined(__x86_64__)
+  if (use_avx2()) return nearest_listed_avx2(g, u, term);
+#endif
+  return nearest_listed_scalar(g, u, term);
+}
 
 const IqLattice& iq2_lattice(int id) {
   const int g = lattice_index(id);
