@@ -16,9 +16,14 @@ export interface AddonTypes {
 
   // ---- cpu.cc / addon.cc: SIMD dispatch (all levels give identical bytes)
   simdLevel(): SimdLevel;
-  /** false when the CPU lacks the level. */
-  setSimd(level: SimdLevel | "auto"): boolean;
+  /**
+   * false when the CPU lacks the level. "avx512" is AVX2 for every kernel plus the GEMM's AVX-512
+   * micro-kernel (gemm.cc); "avx2" turns that off; "auto" is the best the CPU has.
+   */
+  setSimd(level: SimdLevel | "avx512" | "auto"): boolean;
   hasAvx2(): boolean;
+  /** AVX-512F: the forward pass's GEMM then runs its 16-lane kernel (identical bytes). */
+  hasAvx512(): boolean;
 
   // ---- cast.cc: element kernels. FP8 scales are one float32 per 128x128 block.
   /** Both return the number of e4m3fn NaN codes (0x7F/0xFF) in src, counted during the cast. */
@@ -71,6 +76,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   simdLevel: 0,
   setSimd: 0,
   hasAvx2: 0,
+  hasAvx512: 0,
   fp8ToBf16: 0,
   fp8ToF32: 0,
   f32ToBf16: 0,
