@@ -53,6 +53,14 @@ export interface AddonTypes {
   causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
   f32SiluMul(g: View, u: View, threads: number): void;
 
+  // ---- forward_rows.cc: the forward pass's row-wise steps, the bytes of their TypeScript twins (ops.ts)
+  rmsNormRows(x: View, rows: number, dim: number, w: View, eps: number, y: View, xStride: number, yStride: number): void;
+  ropeRows(x: View, rows: number, rowStride: number, offset: number, heads: number, headStride: number, dr: number, pos: Int32Array, cos: View, sin: View): void;
+  addRows(x: View, y: View): void;
+  mlaKv(kva: View, kvb: View, k: View, v: View, N: number, H: number, dn: number, dr: number, dv: number, kvr: number): void;
+  gatherRows(x: View, rows: Int32Array, dim: number, y: View): void;
+  scatterAddScaled(y: View, out: View, rows: Int32Array, scale: View, dim: number): void;
+
   // ---- ggml_iq3.cc: the IQ3_XXS (256) / IQ3_S (512) lattice tables, for checking against ggml's
   ggmlIq3Lattice(size: 256 | 512): { grid: Uint32Array; kmap: Int32Array; neighbours: Uint16Array };
 
@@ -91,6 +99,12 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   ggmlMatmul: 0,
   causalAttention: 0,
   f32SiluMul: 0,
+  rmsNormRows: 0,
+  ropeRows: 0,
+  addRows: 0,
+  mlaKv: 0,
+  gatherRows: 0,
+  scatterAddScaled: 0,
   ggmlIq3Lattice: 0,
   cudaInit: 0,
   cudaAvailable: 0,

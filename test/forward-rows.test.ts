@@ -1,0 +1,136 @@
+/**
+ * The forward pass's row-wise steps: the native ones (native/src/forward_rows.cc) give the bytes of
+ * their TypeScript twins (ops.ts rowsTs), and the router's top-k selection by insertion picks what a
+ * stable descending sort picks (model.py's topk order), ties and masked groups included.
+ */
+import { describe, expect, it } from "vitest";
+import { route } from "../src/model/forward.js";
+import type { ModelConfig } from "../src/model/config.js";
+import { addInto, gatherRows, mlaKv, rmsNorm, rope, rowsTs, scatterAddScaled } from "../src/model/ops.js";
+import { loadNative } from "../src/quant/native.js";
+
+const native = loadNative();
+
+function rand(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0;
+  return Float32Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return (s / 2 ** 31 - 1) * scale;
+  });
+}
+const bytes = (a: Float32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+const same = (a: Float32Array, b: Float32Array) => bytes(a).equals(bytes(b));
+
+describe.runIf(native !== null)("native row-wise steps = their TypeScript twins, byte for byte", () => {
+  it("RMSNorm, strided and in place", () => {
+    const [rows, dim, xs, ys] = [37, 144, 160, 150];
+    const x = rand(rows * xs, 1, 30);
+    const w = rand(dim, 2);
+    const a = new Float32Array(rows * ys).fill(7);
+    const b = new Float32Array(rows * ys).fill(7);
+    rmsNorm(x, rows, dim, w, 1e-6, a, xs, ys);
+    rowsTs.rmsNorm(x, rows, dim, w, 1e-6, b, xs, ys);
+    expect(same(a, b)).toBe(true);
+    expect(a[dim]).toBe(7); // past dim in a strided row: untouched
+    const c = x.slice();
+    const d = x.slice(0, rows * dim);
+    rmsNorm(c.subarray(0, rows * dim), rows, dim, w, 1e-5);
+    rowsTs.rmsNorm(d, rows, dim, w, 1e-5, d, dim, dim);
+    expect(same(c.subarray(0, rows * dim), d)).toBe(true);
+  });
+
+  it("RoPE over heads and positions", () => {
+    const [rows, heads, dqk, dn, dr] = [19, 3, 48, 32, 16];
+    const x = rand(rows * heads * dqk, 3, 4);
+    const pos = Int32Array.from({ length: rows }, (_, i) => (i * 7) % 23);
+    const tables = { cos: rand(24 * (dr / 2), 4), sin: rand(24 * (dr / 2), 5) };
+    const a = x.slice();
+    const b = x.slice();
+    rope(a, rows, heads * dqk, dn, heads, dqk, dr, pos, tables);
+    rowsTs.rope(b, rows, heads * dqk, dn, heads, dqk, dr, pos, tables.cos, tables.sin);
+    expect(same(a, b)).toBe(true);
+    expect(same(a, x)).toBe(false);
+  });
+
+  it("x += y, MLA's K/V assembly, gather and weighted scatter-add", () => {
+    const x = rand(1000, 6);
+    const y = rand(1000, 7);
+    const a = x.slice();
+    const b = x.slice();
+    addInto(a, y);
+    rowsTs.add(b, y);
+    expect(same(a, b)).toBe(true);
+
+    const [N, H, dn, dr, dv, kvr] = [11, 4, 32, 16, 24, 64];
+    const kva = rand(N * (kvr + dr), 8);
+    const kvb = rand(N * H * (dn + dv), 9);
+    const k1 = new Float32Array(N * H * (dn + dr));
+    const v1 = new Float32Array(N * H * dv);
+    const k2 = k1.slice();
+    const v2 = v1.slice();
+    mlaKv(kva, kvb, k1, v1, N, H, dn, dr, dv, kvr);
+    rowsTs.mlaKv(kva, kvb, k2, v2, N, H, dn, dr, dv, kvr);
+    expect(same(k1, k2) && same(v1, v2)).toBe(true);
+    expect(k1[(5 * H + 2) * (dn + dr) + dn + 3]).toBe(kva[5 * (kvr + dr) + kvr + 3]);
+
+    const dim = 40;
+    const src = rand(20 * dim, 10);
+    const idx = Int32Array.of(3, 3, 19, 0, 7);
+    const g1 = gatherRows(src, idx, dim);
+    const g2 = new Float32Array(idx.length * dim);
+    rowsTs.gather(src, idx, dim, g2);
+    expect(same(g1, g2)).toBe(true);
+    const out = rand(idx.length * dim, 11);
+    const scale = rand(idx.length, 12, 3);
+    const s1 = rand(20 * dim, 13);
+    const s2 = s1.slice();
+    scatterAddScaled(s1, out, idx, scale, dim);
+    rowsTs.scatterAddScaled(s2, out, idx, scale, dim);
+    expect(same(s1, s2)).toBe(true);
+  });
+
+  it("refuses sizes past the arrays (no write out of bounds)", () => {
+    const x = new Float32Array(10);
+    expect(() => rmsNorm(x, 2, 8, new Float32Array(8), 1e-6)).toThrow(/out of range/);
+    expect(() => gatherRows(x, Int32Array.of(2), 5)).toThrow(/out of range/);
+    expect(() => scatterAddScaled(x, new Float32Array(5), Int32Array.of(-1), new Float32Array(1), 5)).toThrow(/out of range/);
+  });
+});
+
+/** model.py's Gate with a full stable sort per token (the implementation the insertion replaced). */
+function routeBySort(cfg: ModelConfig, logits: Float32Array, N: number, bias: Float32Array | null) {
+  const E = cfg.nRoutedExperts, K = cfg.nActivatedExperts, G = cfg.nExpertGroups, per = E / G;
+  const order = (arr: Float32Array, n: number) => Array.from({ length: n }, (_, i) => i).sort((i, j) => arr[j]! - arr[i]! || i - j);
+  const indices: number[] = [];
+  for (let t = 0; t < N; t++) {
+    const s = Float32Array.from(logits.subarray(t * E, (t + 1) * E), (v) => 1 / (1 + Math.exp(-v)));
+    const b = Float32Array.from(s, (v, e) => (bias ? v + bias[e]! : v));
+    const gs = new Float32Array(G);
+    for (let g = 0; g < G; g++) {
+      const grp = b.subarray(g * per, (g + 1) * per);
+      const o = order(grp, per);
+      gs[g] = bias ? grp[o[0]!]! + grp[o[1]!]! : Math.max(...grp);
+    }
+    const go = order(gs, G);
+    for (let r = cfg.nLimitedGroups; r < G; r++) b.fill(-Infinity, go[r]! * per, (go[r]! + 1) * per);
+    indices.push(...order(b, E).slice(0, K));
+  }
+  return indices;
+}
+
+describe("router top-k", () => {
+  it("selects what a stable descending sort selects, with ties and masked groups", () => {
+    const cfg = { nRoutedExperts: 32, nActivatedExperts: 8, nExpertGroups: 4, nLimitedGroups: 1, scoreFunc: "sigmoid", normTopkProb: true, routeScale: 2.5 } as ModelConfig;
+    const N = 200;
+    // Few distinct values: many exact ties within and across groups; only one group of 8 kept for top-8
+    // plus the next (masked, -Infinity) expert for the margin.
+    const logits = Float32Array.from(rand(N * 32, 14), (v) => Math.round(v * 3) / 3);
+    const bias = Float32Array.from({ length: 32 }, (_, e) => (e % 5) * 0.125);
+    for (const bs of [bias, null]) {
+      const r = route(cfg, logits, N, bs);
+      expect(Array.from(r.indices)).toEqual(routeBySort(cfg, logits, N, bs));
+    }
+    const cfg2 = { ...cfg, nLimitedGroups: 2, nActivatedExperts: 6 };
+    expect(Array.from(route(cfg2, logits, N, bias).indices)).toEqual(routeBySort(cfg2, logits, N, bias));
+  });
+});
