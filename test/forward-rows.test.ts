@@ -6,7 +6,7 @@
 import { describe, expect, it } from "vitest";
 import { route } from "../src/model/forward.js";
 import type { ModelConfig } from "../src/model/config.js";
-import { addInto, gatherRows, mlaKv, rmsNorm, rope, rowsTs, scatterAddScaled } from "../src/model/ops.js";
+import { addInto, forwardOps, gatherRows, mlaKv, rmsNorm, rope, rowsTs, scatterAddScaled, tsOps } from "../src/model/ops.js";
 import { loadNative } from "../src/quant/native.js";
 
 const native = loadNative();
@@ -94,6 +94,34 @@ describe.runIf(native !== null)("native row-wise steps = their TypeScript twins,
     expect(() => rmsNorm(x, 2, 8, new Float32Array(8), 1e-6)).toThrow(/out of range/);
     expect(() => gatherRows(x, Int32Array.of(2), 5)).toThrow(/out of range/);
     expect(() => scatterAddScaled(x, new Float32Array(5), Int32Array.of(-1), new Float32Array(1), 5)).toThrow(/out of range/);
+  });
+});
+
+describe.runIf(native !== null)("SiLU product (vexp.h's exp)", () => {
+  it("gives the same bytes at every SIMD level and thread count, within 4 float32 ulp (5e-7) of float64 math", () => {
+    const n = 300_007; // above the threading threshold, with a tail of every lane count
+    const g0 = Float32Array.from(rand(n, 21, 40), (v, i) => (i % 1000 === 0 ? [-200, 200, 0, -0, -87.5, 88.5][(i / 1000) % 6]! : v));
+    const u = rand(n, 22, 2);
+    const levels = ["scalar", ...(native!.hasAvx2() ? ["avx2"] : []), ...(native!.hasAvx512() ? ["avx512"] : [])] as const;
+    let ref: Float32Array | undefined;
+    try {
+      for (const level of levels) {
+        expect(native!.setSimd(level)).toBe(true);
+        for (const threads of [1, 3]) {
+          const g = g0.slice();
+          forwardOps().siluMul(g, u, threads);
+          ref ??= g;
+          expect(same(g, ref), `${level} ${threads} threads`).toBe(true);
+        }
+      }
+    } finally {
+      native!.setSimd("auto");
+    }
+    const want = g0.slice();
+    tsOps.siluMul(want, u, 1);
+    let worst = 0;
+    for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(ref![i]! - want[i]!) / Math.max(Math.abs(want[i]!), 1e-30));
+    expect(worst).toBeLessThan(5e-7);
   });
 });
 
