@@ -102,7 +102,9 @@ describe.runIf(native !== null)("SiLU product (vexp.h's exp)", () => {
     const n = 300_007; // above the threading threshold, with a tail of every lane count
     const g0 = Float32Array.from(rand(n, 21, 40), (v, i) => (i % 1000 === 0 ? [-200, 200, 0, -0, -87.5, 88.5][(i / 1000) % 6]! : v));
     const u = rand(n, 22, 2);
-    const levels = ["scalar", ...(native!.hasAvx2() ? ["avx2"] : []), ...(native!.hasAvx512() ? ["avx512"] : [])] as const;
+    const levels: ("scalar" | "avx2" | "avx512")[] = ["scalar"];
+    if (native!.hasAvx2()) levels.push("avx2");
+    if (native!.hasAvx512()) levels.push("avx512");
     let ref: Float32Array | undefined;
     try {
       for (const level of levels) {
@@ -145,6 +147,26 @@ function routeBySort(cfg: ModelConfig, logits: Float32Array, N: number, bias: Fl
   }
   return indices;
 }
+
+describe.runIf(native !== null)("scoring", () => {
+  it("the native log-softmax facts of a row equal the TypeScript twin's (lse to 1e-15 relative)", async () => {
+    const { rowFactsTs } = await import("../src/model/kld-stats.js");
+    const vocab = 2048;
+    const logits = rand(5 * vocab, 31, 12);
+    logits[2 * vocab + 77] = 40; // a clear argmax
+    logits[3 * vocab + 5] = logits[3 * vocab + 9] = 30; // a tie: the first wins
+    const out = new Float64Array(3);
+    for (let r = 0; r < 5; r++) {
+      native!.logitRowFacts(logits, r * vocab, vocab, out);
+      const t = rowFactsTs(logits, r * vocab, vocab);
+      expect(out[0]).toBe(t.max);
+      expect(out[1]).toBe(t.argmax);
+      expect(Math.abs(out[2]! - t.lse) / Math.abs(t.lse)).toBeLessThan(1e-15);
+      if (r === 2) expect(out[1]).toBe(77);
+      if (r === 3) expect(out[1]).toBe(5);
+    }
+  });
+});
 
 describe("router top-k", () => {
   it("selects what a stable descending sort selects, with ties and masked groups", () => {

@@ -61,6 +61,9 @@ export interface AddonTypes {
   gatherRows(x: View, rows: Int32Array, dim: number, y: View): void;
   scatterAddScaled(y: View, out: View, rows: Int32Array, scale: View, dim: number): void;
 
+  // ---- scores.cc: out = [max, first argmax, log sum exp] of logits[off .. off + vocab), float64
+  logitRowFacts(logits: View, off: number, vocab: number, out: Float64Array): void;
+
   // ---- ggml_iq3.cc: the IQ3_XXS (256) / IQ3_S (512) lattice tables, for checking against ggml's
   ggmlIq3Lattice(size: 256 | 512): { grid: Uint32Array; kmap: Int32Array; neighbours: Uint16Array };
 
@@ -105,6 +108,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   mlaKv: 0,
   gatherRows: 0,
   scatterAddScaled: 0,
+  logitRowFacts: 0,
   ggmlIq3Lattice: 0,
   cudaInit: 0,
   cudaAvailable: 0,

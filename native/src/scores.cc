@@ -1,0 +1,48 @@
+// Scoring (src/model/kld-stats.ts): the log-softmax facts of one float32 logit row in float64 --
+// max, first argmax, log sum exp -- the TypeScript twin's loops with the C library's exp (it and
+// V8's Math.exp may differ in the last bit of a double; the sums agree to ~1e-16 relative).
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "napi_util.h"
+#include "registry.h"
+
+namespace deepcast {
+namespace {
+
+// logitRowFacts(logits f32, off, vocab, out f64[3]): out = [max, argmax, lse].
+Napi::Value LogitRowFacts(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Bytes lb, ob;
+  size_t off = 0, vocab = 0;
+  if (!get_bytes(info, 0, "logits", lb) || !get_size(info, 1, "off", off) || !get_size(info, 2, "vocab", vocab) ||
+      !get_bytes(info, 3, "out", ob))
+    return env.Undefined();
+  if (!require(env, reinterpret_cast<uintptr_t>(lb.data) % 4 == 0 && reinterpret_cast<uintptr_t>(ob.data) % 8 == 0 &&
+                        ob.size >= 24 && vocab > 0 && off + vocab <= lb.size / 4,
+               "logitRowFacts: sizes out of range"))
+    return env.Undefined();
+  const float* x = reinterpret_cast<const float*>(lb.data) + off;
+  double* out = reinterpret_cast<double*>(ob.data);
+  double max = -INFINITY;
+  size_t argmax = 0;
+  for (size_t j = 0; j < vocab; j++) {
+    if (x[j] > max) {
+      max = x[j];
+      argmax = j;
+    }
+  }
+  double sum = 0;
+  for (size_t j = 0; j < vocab; j++) sum += std::exp(static_cast<double>(x[j]) - max);
+  out[0] = max;
+  out[1] = static_cast<double>(argmax);
+  out[2] = max + std::log(sum);
+  return env.Undefined();
+}
+
+}  // namespace
+
+DEEPCAST_EXPORT("logitRowFacts", LogitRowFacts);
+
+}  // namespace deepcast
