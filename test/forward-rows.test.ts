@@ -148,7 +148,20 @@ function routeBySort(cfg: ModelConfig, logits: Float32Array, N: number, bias: Fl
   return indices;
 }
 
-describe.runIf(native !== null)("scoring", () => {
+describe.runIf(native !== null)("statistics over the pass's outputs", () => {
+  it("imatrix's in_sum2 accumulation: native bytes = the TypeScript loop's", async () => {
+    const { addSquaresTs } = await import("../src/model/imatrix-collect.js");
+    const [rows, cols, stride] = [33, 96, 100];
+    const x = rand(rows * stride, 41, 50);
+    const a = Float64Array.from({ length: 3 * cols }, (_, i) => i * 0.37);
+    const b = a.slice();
+    native!.addSquares(a, cols, x, rows, cols, stride);
+    addSquaresTs(b, cols, x, rows, cols, stride);
+    expect(Buffer.from(a.buffer).equals(Buffer.from(b.buffer))).toBe(true);
+    expect(a[0]).toBe(0);
+    expect(() => native!.addSquares(a, 2 * cols + 1, x, rows, cols, stride)).toThrow(/out of range/);
+  });
+
   it("the native log-softmax facts of a row equal the TypeScript twin's (lse to 1e-15 relative)", async () => {
     const { rowFactsTs } = await import("../src/model/kld-stats.js");
     const vocab = 2048;

@@ -63,6 +63,8 @@ export interface AddonTypes {
 
   // ---- scores.cc: out = [max, first argmax, log sum exp] of logits[off .. off + vocab), float64
   logitRowFacts(logits: View, off: number, vocab: number, out: Float64Array): void;
+  /** acc[off + j] += x[r*stride + j]^2 (float64, rows in order): imatrix's in_sum2. */
+  addSquares(acc: Float64Array, off: number, x: View, rows: number, cols: number, stride: number): void;
 
   // ---- ggml_iq3.cc: the IQ3_XXS (256) / IQ3_S (512) lattice tables, for checking against ggml's
   ggmlIq3Lattice(size: 256 | 512): { grid: Uint32Array; kmap: Int32Array; neighbours: Uint16Array };
@@ -109,6 +111,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   gatherRows: 0,
   scatterAddScaled: 0,
   logitRowFacts: 0,
+  addSquares: 0,
   ggmlIq3Lattice: 0,
   cudaInit: 0,
   cudaAvailable: 0,
