@@ -5,7 +5,10 @@
  * all take their dimensions from a config that passed it.
  */
 import { DeepcastError } from "../errors.js";
+import { checkpointGeneration, GENERATION_NAME } from "../formats/generation.js";
 import { locate, type Checkpoint } from "./checkpoint.js";
+import { checkV32Indexer } from "./hf-config-v32.js";
+import { checkV4Config } from "./hf-config-v4.js";
 
 export interface RopeScaling {
   type: "yarn";
@@ -336,7 +339,18 @@ export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full" | "present"
     if (mode === "present") return null;
     throw new DeepcastError("the checkpoint has no config.json", { file: ckpt.source.description, code: "NOT_FOUND" });
   }
-  return checkModelConfig(ckpt.config, { names: () => ckpt.weightMap.keys(), shape: (n) => locate(ckpt, n)?.entry.shape }, file, mode);
+  const tensors = { names: () => ckpt.weightMap.keys(), shape: (n: string) => locate(ckpt, n)?.entry.shape, dtype: (n: string) => locate(ckpt, n)?.entry.dtype };
+  const generation = checkpointGeneration(ckpt.config, ckpt.weightMap.keys());
+  if (generation === "deepseek-v4") {
+    if (mode === "full") {
+      throw new DeepcastError(`${GENERATION_NAME[generation]} checkpoints are not supported by this command yet (fp8-to-bf16 converts them)`, { file, code: "UNSUPPORTED" });
+    }
+    checkV4Config(ckpt.config, tensors, file);
+    return null;
+  }
+  const parsed = checkModelConfig(ckpt.config, tensors, file, mode);
+  if (generation === "deepseek-v32") checkV32Indexer(ckpt.config, tensors, file);
+  return parsed;
 }
 
 /** The HF config.json keys a parsed config came from (for a GGUF or demo config turned back into one). */
