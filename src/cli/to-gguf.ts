@@ -11,6 +11,7 @@ import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
 import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
 import { calibrationImatrix } from "./calibration.js";
 import { memoryBudget } from "./imatrix.js";
 
@@ -52,7 +53,9 @@ type Args = ArgumentsCamelCase<ReturnType<typeof builder> extends Argv<infer T> 
 export async function handler(argv: Args): Promise<void> {
   const started = performance.now();
   const k = selectKernels(argv.simd);
-  const source = await openSource(argv.in, { revision: argv.revision });
+  // a repo id's shards download while the run reads them: their progress goes to the run's view
+  let onDownload: OnEvent = () => undefined;
+  const source = await openSource(argv.in, { revision: argv.revision, onEvent: (e) => onDownload(e) });
   const split = {
     ...(argv.splitMaxSize !== undefined ? { maxBytes: parseSplitSize(argv.splitMaxSize) } : {}),
     ...(argv.splitMaxTensors !== undefined ? { maxTensors: argv.splitMaxTensors } : {}),
@@ -108,15 +111,17 @@ export async function handler(argv: Args): Promise<void> {
 
   const summary = await withProgress(
     { label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
-    (onEvent) =>
-      runToGguf(plan, {
+    (progress) => {
+      onDownload = progress.onEvent;
+      return runToGguf(plan, {
         kernels: k,
         threads: argv.threads,
         force: argv.force,
         skipSpaceCheck: argv.skipSpaceCheck,
         allowNonFinite: argv.allowNonFinite,
-        onEvent,
-      }),
+        onEvent: progress.onEvent,
+      });
+    },
   );
   if (tp) await writeFileAtomic(recipePathOf(argv.output), tp.recipe);
   const facts = runFacts(started, k, argv.threads);

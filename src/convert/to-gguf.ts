@@ -6,7 +6,7 @@
  */
 import { basename, dirname, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
-import type { OnEvent } from "../events.js";
+import { progressMeter, type OnEvent } from "../events.js";
 import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
 import { checkCheckpointConfig } from "../io/hf-config.js";
@@ -343,10 +343,15 @@ async function runOpened(plan: ToGgufPlan, opts: ToGgufRunOptions, state: RunSta
   const start = writer.position;
   summary.resumedTensors = layout.files.slice(0, start.file).reduce((a, f) => a + f.tensors.length, 0) + start.tensor;
   let sinceCheckpoint = 0;
+  // progress counts tensor data; what an interrupted run already wrote counts as resumed
+  const kept = (placed: { file: number }, index: number) => skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor);
+  const placements = [...placedAt.values()];
+  const meter = progressMeter(emit, "to-gguf", "bytes", placements.reduce((a, p) => a + p.placed.nbytes, 0));
+  meter.skip(placements.reduce((a, p) => a + (kept(p.placed, p.index) ? p.placed.nbytes : 0), 0));
   try {
     for (const [i, t] of output.tensors.entries()) {
       const { placed, index } = placedAt.get(t.name)!;
-      if (skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor)) continue;
+      if (kept(placed, index)) continue;
       ctx.scales.clear();
       for (const src of sourcesOf(t)) {
         if (!src.scaleInv) continue;
@@ -355,6 +360,7 @@ async function runOpened(plan: ToGgufPlan, opts: ToGgufRunOptions, state: RunSta
       await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
         summary.bytesRead += inB;
         emit({ kind: "bytes", inBytes: inB, outBytes: outB });
+        meter.add(outB);
       });
       emit({ kind: "tensor", tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
       sinceCheckpoint += placed.nbytes;
