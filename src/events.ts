@@ -46,11 +46,10 @@ export interface ProgressMeter {
   set(done: number): void;
 }
 
-/** Starts a task's progress (emitting done = 0 at once). */
-export function progressMeter(emit: OnEvent, task: string, unit: ProgressUnit, total: number): ProgressMeter {
+/** Starts a task's progress, `resumed` of it already done (emitted at once). */
+export function progressMeter(emit: OnEvent, task: string, unit: ProgressUnit, total: number, resumed = 0): ProgressMeter {
   const t0 = performance.now();
-  let done = 0;
-  let resumed = 0;
+  let done = resumed;
   const send = () => emit({ kind: "progress", task, unit, done, total, resumed, seconds: (performance.now() - t0) / 1000 });
   send();
   return {

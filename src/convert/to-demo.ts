@@ -254,14 +254,13 @@ async function runOpened(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOption
     const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0) + small;
     if (!opts.skipSpaceCheck) await checkFreeSpace(dir, needed, ckpt.source, ckpt.shards);
     emit({ kind: "start", command: "to-demo", total: plan.outputBytes, unit: "bytes" });
-    const meter = progressMeter(emit, "to-demo", "bytes", plan.outputBytes);
-    meter.skip(plan.ranks.filter((r) => !pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0));
+    const meter = progressMeter(emit, "to-demo", "bytes", plan.outputBytes, plan.ranks.filter((r) => !pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0));
     await writeRanks(ckpt, plan, emit, meter, opts, state, fp, pendingRank, summary);
     meter.set(plan.outputBytes); // the rank files' headers
   } else {
     emit({ kind: "start", command: "to-demo", total: plan.outputBytes, unit: "bytes" });
     emit({ kind: "bytes", inBytes: 0, outBytes: plan.outputBytes });
-    progressMeter(emit, "to-demo", "bytes", plan.outputBytes).skip(plan.outputBytes);
+    progressMeter(emit, "to-demo", "bytes", plan.outputBytes, plan.outputBytes);
   }
   await writeSmallFiles(ckpt, plan, dir);
   await state.markComplete();

@@ -346,8 +346,8 @@ async function runOpened(plan: ToGgufPlan, opts: ToGgufRunOptions, state: RunSta
   // progress counts tensor data; what an interrupted run already wrote counts as resumed
   const kept = (placed: { file: number }, index: number) => skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor);
   const placements = [...placedAt.values()];
-  const meter = progressMeter(emit, "to-gguf", "bytes", placements.reduce((a, p) => a + p.placed.nbytes, 0));
-  meter.skip(placements.reduce((a, p) => a + (kept(p.placed, p.index) ? p.placed.nbytes : 0), 0));
+  const meter = progressMeter(emit, "to-gguf", "bytes", placements.reduce((a, p) => a + p.placed.nbytes, 0),
+    placements.reduce((a, p) => a + (kept(p.placed, p.index) ? p.placed.nbytes : 0), 0));
   try {
     for (const [i, t] of output.tensors.entries()) {
       const { placed, index } = placedAt.get(t.name)!;

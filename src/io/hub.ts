@@ -288,8 +288,7 @@ export class HubSource implements CheckpointSource {
     const expected = entry.lfs?.oid && /^[0-9a-f]{64}$/.test(entry.lfs.oid) ? entry.lfs.oid : undefined;
     const hash = expected ? createHash("sha256") : undefined;
     if (hash && start > 0) for await (const chunk of createReadStream(incomplete, { end: start - 1 })) hash.update(chunk as Buffer);
-    const meter = this.onEvent ? progressMeter(this.onEvent, `download ${file}`, "bytes", entry.size) : undefined;
-    meter?.skip(start);
+    const meter = this.onEvent ? progressMeter(this.onEvent, `download ${file}`, "bytes", entry.size, start) : undefined;
     try {
       if (!res.body) throw new Error("empty response body");
       const tap = new Transform({
