@@ -5,7 +5,8 @@ import { DeepcastError } from "../errors.js";
 import { writeImatrix, type ImatrixFormat } from "../io/imatrix-write.js";
 import { planImatrixChunks, planImatrixMemory, runImatrix } from "../model/imatrix-run.js";
 import { openWeights } from "../model/open-weights.js";
-import { findTokenizerDir, hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
+import { findTokenizerDirOrHub } from "../model/open-tokenizer.js";
+import { hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
 import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
 import type { ProgressView } from "./progress.js";
@@ -56,11 +57,11 @@ export function parseMemory(s: string): number {
 }
 
 /** The text's token ids (no BOS) and the BOS convention, checked against the model. */
-export async function imatrixTokens(model: WeightSource, opts: { text?: string; tokens?: string; tokenizer?: string; modelPath: string }):
+export async function imatrixTokens(model: WeightSource, opts: { text?: string; tokens?: string; tokenizer?: string; modelPath: string; revision?: string }):
   Promise<{ ids: number[]; bos: number | null; addBos: boolean; tokenizer: TextTokenizer | null; input: string }> {
   const cfg = model.config;
   if (opts.tokenizer && !(await hasTokenizer(opts.tokenizer))) throw new DeepcastError("--tokenizer: no tokenizer.json in this folder", { file: opts.tokenizer, code: "NOT_FOUND" });
-  const dir = await findTokenizerDir([opts.tokenizer, opts.modelPath]);
+  const dir = await findTokenizerDirOrHub([opts.tokenizer, opts.modelPath], { revision: opts.revision });
   let tokenizer: TextTokenizer | null = null;
   let ids: number[];
   const input = (opts.tokens ?? opts.text)!;
@@ -147,7 +148,7 @@ async function imatrixWith(job: ImatrixJob, progress: ProgressView, started: num
   }
   try {
     const cfg = model.config;
-    const tok = await imatrixTokens(model, { text: job.text, tokens: job.tokens, tokenizer: job.tokenizer, modelPath: job.model });
+    const tok = await imatrixTokens(model, { text: job.text, tokens: job.tokens, tokenizer: job.tokenizer, modelPath: job.model, revision: job.revision });
     if (job.ctx > cfg.maxPositionEmbeddings) throw new DeepcastError(`--ctx ${job.ctx} is longer than the model's max_position_embeddings ${cfg.maxPositionEmbeddings}`, { file: model.description, code: "USAGE" });
     const plan = planImatrixChunks(tok.ids, { ctx: job.ctx, chunks: job.chunks, bos: tok.bos, addBos: tok.addBos, file: tok.input });
     const mem = planImatrixMemory(cfg, job.ctx, plan.sequences.length, budget, { processOutput: job.processOutput, ppl: job.ppl });

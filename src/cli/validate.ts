@@ -107,7 +107,7 @@ export async function handler(argv: Args): Promise<void> {
     // Token ids of the text (no BOS) and the model's BOS convention.
     if (argv.tokenizer && !(await hasTokenizer(argv.tokenizer))) throw new DeepcastError("--tokenizer: no tokenizer.json in this folder", { file: argv.tokenizer });
     const places = [argv.tokenizer, argv.candidate, argv.reference];
-    const tokenizerOpts = { fallbackBos: candidate.config.bosTokenId };
+    const tokenizerOpts = { fallbackBos: candidate.config.bosTokenId, revision: argv.revision };
     // With --tokens the tokenizer only gives BOS; a GGUF whose tokenizer cannot be rebuilt falls back to the config's BOS.
     const tokenizer: TextTokenizer | null = argv.tokens
       ? await findTokenizer(places, tokenizerOpts).catch((e: unknown) => { if (e instanceof DeepcastError) return null; throw e; })
