@@ -91,6 +91,8 @@ interface Task {
   t0: number;
   /** When its last plain line was printed (or when it began). */
   printed: number;
+  /** When its last event came. */
+  updated: number;
   lines: number;
 }
 
@@ -115,6 +117,9 @@ export function progressView(opts: ProgressOptions): ProgressView {
     bar = null;
   };
   const showBar = (t: Task, now: number) => {
+    // two tasks at once (a download starting while a conversion finishes its shard): the bar stays
+    // with the one it shows until that one ends or goes quiet
+    if (bar && bar.task !== t && bar.task.last.done < bar.task.last.total && now - bar.task.updated < 1000) return;
     if (bar?.task !== t) {
       stopBar();
       const b = new cliProgress.SingleBar(
@@ -150,10 +155,11 @@ export function progressView(opts: ProgressOptions): ProgressView {
         const now = performance.now();
         let t = tasks.get(e.task);
         if (!t) {
-          t = { name: e.task.startsWith("download ") ? e.task : opts.label, last: e, t0: now - 1000 * e.seconds, printed: now, lines: 0 };
+          t = { name: e.task.startsWith("download ") ? e.task : opts.label, last: e, t0: now - 1000 * e.seconds, printed: now, updated: now, lines: 0 };
           tasks.set(e.task, t);
         }
         t.last = e;
+        t.updated = now;
         if (live) {
           showBar(t, now);
         } else {
