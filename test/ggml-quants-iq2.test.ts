@@ -228,3 +228,70 @@ describe.skipIf(!hasKernels)("lattice tables", () => {
     expect(checked).toBeGreaterThan(100);
   });
 });
+
+// With AVX2, all five types search the neighbour lists 8 entries at a time, and IQ1_S/IQ1_M also
+// sort each block and IQ1_S searches its boundary pairs in AVX2 lanes (a block with a NaN sorts on
+// the scalar path); the scalar level must give the same bytes, and both must be ggml's.
+const canCompareSimd = hasKernels && native!.hasAvx2();
+describe.runIf(canCompareSimd)("IQ2/IQ1 scalar and AVX2", () => {
+  const atLevel = <T>(level: "scalar" | "avx2", f: () => T): T => {
+    expect(native!.setSimd(level)).toBe(true);
+    try {
+      return f();
+    } finally {
+      native!.setSimd("auto");
+    }
+  };
+
+  it("both levels reproduce every golden case", () => {
+    for (const level of ["scalar", "avx2"] as const) {
+      atLevel(level, () => {
+        for (const c of cases) {
+          const im = c.files.imatrix ? floats(c.files.imatrix) : null;
+          const got = quantizeRows(c.type.toUpperCase(), floats(c.files.input), c.rows, c.n_per_row, im, 1);
+          const want = file(c.files.expected);
+          if (!Buffer.from(got).equals(want)) expect.fail(`${c.id} (${level}): ${firstBadRow(got, want, c.row_bytes)}`);
+        }
+      });
+    }
+  });
+
+  it("both levels give identical bytes on rows with ties, zeros, spikes, NaN and infinities", () => {
+    let s = 0x2545f491;
+    const r = () => {
+      s ^= s << 13;
+      s >>>= 0;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      s >>>= 0;
+      return s / 4294967296;
+    };
+    const gauss = () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
+    const rows = 96, n = 2048;
+    const x = new Float32Array(rows * n);
+    // Blocks of 16 from different families, so 32-value blocks mix them.
+    for (let seg = 0; seg < x.length; seg += 16) {
+      const kind = Math.floor(r() * 10);
+      const scale = 10 ** (r() * 8 - 6);
+      for (let i = seg; i < seg + 16; i++) {
+        switch (kind) {
+          case 0: x[i] = 0; break;
+          case 1: x[i] = scale; break; // all equal: ties everywhere in the sort
+          case 2: x[i] = Math.round(gauss() * 2) * scale; break; // few distinct values
+          case 3: x[i] = i === seg + 3 ? scale * 1e3 : gauss() * scale; break; // a spike
+          case 4: x[i] = r() < 0.1 ? [NaN, Infinity, -Infinity][Math.floor(r() * 3)]! : gauss() * scale; break;
+          case 5: x[i] = r() < 0.5 ? -0 : 0; break;
+          default: x[i] = gauss() * scale * (r() < 0.05 ? 20 : 1); // heavy tail
+        }
+      }
+    }
+    const im = new Float32Array(n).map(() => (r() < 0.05 ? 0 : Math.exp(4 * r() - 2)));
+    for (const name of TYPES.map((t) => t.toUpperCase())) {
+      for (const imatrix of ggmlRequiresImatrix(name) ? [im] : [null, im]) {
+        const scalar = atLevel("scalar", () => quantizeRows(name, x, rows, n, imatrix, 2));
+        const avx2 = atLevel("avx2", () => quantizeRows(name, x, rows, n, imatrix, 2));
+        if (!Buffer.from(avx2).equals(scalar)) expect.fail(`${name}${imatrix ? " imatrix" : ""}: ${firstBadRow(avx2, scalar, scalar.length / rows)}`);
+      }
+    }
+  });
+});

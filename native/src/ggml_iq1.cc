@@ -1,9 +1,16 @@
 // IQ1_S and IQ1_M: quantize_row_iq1_{s,m}_impl and dequantize_row_iq1_{s,m} of ggml/src/ggml-quants.c
 // (llama.cpp v0.4.0), float operations in ggml's order (see ggml_quants.h). Both use the 2048-entry
 // lattice with levels 0..2 standing for -1, 0, +1, shifted by +-delta.
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <cstring>
+#include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
+#include "cpu.h"
 #include "ggml_iq2.h"
 #include "ggml_quants.h"
 
@@ -21,7 +28,7 @@ const float kXm[3] = {-1 - kDelta, -kDelta, 1 - kDelta};  // shift -1
 
 // The order ggml's qsort(iq1_sort_helper) leaves the indices in: by value, ties in index order
 // (glibc's qsort is a stable merge sort for these sizes). Insertion sort is stable.
-void sort_by_value(const float* xb, int n, int* idx) {
+void sort_by_value_scalar(const float* xb, int n, int* idx) {
   for (int i = 0; i < n; i++) idx[i] = i;
   for (int i = 1; i < n; i++) {
     const int v = idx[i];
@@ -38,27 +45,19 @@ void sort_by_value(const float* xb, int n, int* idx) {
 // The term of coordinate i only depends on its level l, so the three possible terms are computed
 // once and each entry's sum adds the same floats in ggml's order. ggml's fallback over the whole
 // lattice only runs when every distance is NaN, and then aborts; here the entry 0 is returned.
-int best_neighbour(const IqLattice& g, int u, const float* xval, const float* weight, float scale, const float* xg) {
-  const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
-  const int count = nb[0];
-  float term[8][3];
+inline void level_terms(const float* xval, const float* weight, float scale, const float* xg, float (*term)[3]) {
   for (int i = 0; i < 8; i++) {
     for (int lv = 0; lv < 3; lv++) {
       const float diff = scale * xg[lv] - xval[i];
       term[i][lv] = weight[i] * diff * diff;
     }
   }
-  float best_score = kFltMax;
-  int best = -1;
-  for (int j = 1; j <= count; j++) {
-    const uint64_t p = g.point[nb[j]];
-    float d2 = 0;
-    for (int i = 0; i < 8; i++) d2 += term[i][(p >> (8 * i + 1)) & 3];
-    if (d2 < best_score) {
-      best_score = d2;
-      best = nb[j];
-    }
-  }
+}
+
+int best_neighbour(const IqLattice& g, int u, const float* xval, const float* weight, float scale, const float* xg) {
+  float term[8][3];
+  level_terms(xval, weight, scale, xg, term);
+  const int best = nearest_listed(g, u, term);
   return best < 0 ? 0 : best;
 }
 
@@ -88,15 +87,160 @@ float abs_max(const float* xb, int n) {
   return max;
 }
 
+
+// ---- IQ1_S: the search over the two boundaries --------------------------------------------------
+// ggml tries, for the 32 values sorted, every split i1 <= i2 into levels 0 (below i1), 1 and 2 (from
+// i2 on), each with both shifts: candidate (i1, i2, s) in that order (i1 outer, s inner). Its sums are
+// sumqx = (a(i1) + b(i1, i2)) + c(i2) and sumq2 alike, each term computed as ggml computes it; a and c
+// are hoisted. A candidate wins when sumq2 > 0 and sumqx^2 > best_score * sumq2 (best_score of the
+// running winner), so the result depends on the order of the trials.
+constexpr int kS = 32;        // values per IQ1_S block
+constexpr int kPad = kS + 8;  // prefix arrays padded for 8-lane loads past i2 = 32
+
+struct Iq1sSums {
+  float sumx[kPad], sumw[kPad];    // prefix sums over the sorted values: [j] = sum of the first j
+  float cx[2][kPad], cw[2][kPad];  // c(i2) of shift +1 (s = 0) and -1 (s = 1)
+};
+
+struct Iq1sChoice {
+  float best_score = -kFltMax, scale;
+  int i1 = -1, i2 = -1, shift = 0;
+
+  // ggml's test and update for one candidate.
+  void trial(float sumqx, float sumq2, int c1, int c2, int s) {
+    if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
+      scale = sumqx / sumq2;
+      best_score = scale * sumqx;
+      i1 = c1;
+      i2 = c2;
+      shift = s == 0 ? 1 : -1;
+    }
+  }
+};
+
+inline void a_terms(const Iq1sSums& t, int i1, float* ax, float* aw) {
+  ax[0] = (t.sumx[i1] - t.sumx[0]) * kXp[0];
+  ax[1] = (t.sumx[i1] - t.sumx[0]) * kXm[0];
+  aw[0] = (t.sumw[i1] - t.sumw[0]) * kXp[0] * kXp[0];
+  aw[1] = (t.sumw[i1] - t.sumw[0]) * kXm[0] * kXm[0];
+}
+
+void iq1s_search_scalar(const Iq1sSums& t, Iq1sChoice& c) {
+  for (int i1 = 0; i1 <= kS; i1++) {
+    float ax[2], aw[2];
+    a_terms(t, i1, ax, aw);
+    for (int i2 = i1; i2 <= kS; i2++) {
+      const float dx = t.sumx[i2] - t.sumx[i1], dw = t.sumw[i2] - t.sumw[i1];
+      for (int s = 0; s < 2; s++) {
+        const float* xv = s == 0 ? kXp : kXm;
+        c.trial(ax[s] + dx * xv[1] + t.cx[s][i2], aw[s] + dw * xv[1] * xv[1] + t.cw[s][i2], i1, i2, s);
+      }
+    }
+  }
+}
+
+#if defined(__x86_64__)
+#define DC_IQ1_AVX2 __attribute__((target("avx2")))
+
+// Lanes i2 .. i2+7 of one i1, both shifts: the scalar operations per lane. When no lane of the 16
+// passes the test against the current best_score, none would in the scalar order either (nothing
+// changes best_score between them), so they are skipped; otherwise the 16 candidates are replayed
+// through the scalar test in ggml's order. Both paths therefore pick the same winner.
+DC_IQ1_AVX2 void iq1s_search_avx2(const Iq1sSums& t, Iq1sChoice& c) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 xv1[2] = {_mm256_set1_ps(kXp[1]), _mm256_set1_ps(kXm[1])};
+  for (int i1 = 0; i1 <= kS; i1++) {
+    float ax[2], aw[2];
+    a_terms(t, i1, ax, aw);
+    const __m256 sx1 = _mm256_set1_ps(t.sumx[i1]), sw1 = _mm256_set1_ps(t.sumw[i1]);
+    for (int base = i1; base <= kS; base += 8) {
+      const __m256 dx = _mm256_sub_ps(_mm256_loadu_ps(t.sumx + base), sx1);
+      const __m256 dw = _mm256_sub_ps(_mm256_loadu_ps(t.sumw + base), sw1);
+      const __m256 best = _mm256_set1_ps(c.best_score);
+      __m256 qx[2], q2[2];
+      int pass = 0;
+      for (int s = 0; s < 2; s++) {
+        qx[s] = _mm256_add_ps(_mm256_add_ps(_mm256_set1_ps(ax[s]), _mm256_mul_ps(dx, xv1[s])), _mm256_loadu_ps(t.cx[s] + base));
+        q2[s] = _mm256_add_ps(_mm256_add_ps(_mm256_set1_ps(aw[s]), _mm256_mul_ps(_mm256_mul_ps(dw, xv1[s]), xv1[s])),
+                              _mm256_loadu_ps(t.cw[s] + base));
+        const __m256 win = _mm256_and_ps(_mm256_cmp_ps(q2[s], zero, _CMP_GT_OQ),
+                                         _mm256_cmp_ps(_mm256_mul_ps(qx[s], qx[s]), _mm256_mul_ps(best, q2[s]), _CMP_GT_OQ));
+        pass |= _mm256_movemask_ps(win);
+      }
+      const int lanes = kS + 1 - base < 8 ? kS + 1 - base : 8;
+      if ((pass & ((1 << lanes) - 1)) == 0) continue;
+      alignas(32) float fx[2][8], f2[2][8];
+      for (int s = 0; s < 2; s++) {
+        _mm256_store_ps(fx[s], qx[s]);
+        _mm256_store_ps(f2[s], q2[s]);
+      }
+      for (int k = 0; k < lanes; k++)
+        for (int s = 0; s < 2; s++) c.trial(fx[s][k], f2[s][k], i1, base + k, s);
+    }
+  }
+}
+
+// The stable order for 32 or 16 values none of which is NaN: the position of value i is the number
+// of values below it plus the number of equal ones before it, which is exactly where a stable sort
+// by < puts it (< is a strict weak order without NaN).
+DC_IQ1_AVX2 bool sort_by_value_avx2(const float* xb, int n, int* idx) {
+  __m256 v[4];
+  const int nv = n / 8;
+  int nan = 0;
+  for (int k = 0; k < nv; k++) {
+    v[k] = _mm256_loadu_ps(xb + 8 * k);
+    nan |= _mm256_movemask_ps(_mm256_cmp_ps(v[k], v[k], _CMP_UNORD_Q));
+  }
+  if (nan) return false;
+  for (int i = 0; i < n; i++) {
+    const __m256 xi = _mm256_set1_ps(xb[i]);
+    uint32_t lt = 0, eq = 0;
+    for (int k = 0; k < nv; k++) {
+      lt |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v[k], xi, _CMP_LT_OQ))) << (8 * k);
+      eq |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(v[k], xi, _CMP_EQ_OQ))) << (8 * k);
+    }
+    const uint32_t before = (1u << i) - 1;  // i < 32
+    idx[__builtin_popcount(lt | (eq & before))] = i;
+  }
+  return true;
+}
+
+#endif
+
+inline void iq1s_search(const Iq1sSums& t, Iq1sChoice& c) {
+#if defined(__x86_64__)
+  if (use_avx2()) return iq1s_search_avx2(t, c);
+#endif
+  iq1s_search_scalar(t, c);
+}
+
+inline void sort_by_value(const float* xb, int n, int* idx) {
+#if defined(__x86_64__)
+  if (use_avx2() && sort_by_value_avx2(xb, n, idx)) return;
+#endif
+  sort_by_value_scalar(xb, n, idx);
+}
+
+
 }  // namespace
 
 void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant_weights) {
-  constexpr int kBlock = 32;
+  constexpr int kBlock = kS;
+  constexpr int kNb = QK_K / kBlock;
   const IqLattice& g = iq2_lattice(kIQ1_S);
-  float scales[QK_K / kBlock], weight[kBlock], sumx[kBlock + 1], sumw[kBlock + 1];
+  float scales[kNb], weight[QK_K];
   int idx[kBlock];
-  int8_t L[kBlock], shifts[QK_K / kBlock];
-  uint16_t index[kBlock / 8];
+  int8_t L[kBlock], shifts[kNb];
+  bool searched[kNb];
+  uint16_t keys[kNb][kBlock / 8];
+  Iq1sSums t;
+  // The padding lanes (i2 > 32) are computed but never tried; keep them defined.
+  std::fill(std::begin(t.sumx), std::end(t.sumx), 0.f);
+  std::fill(std::begin(t.sumw), std::end(t.sumw), 0.f);
+  for (int s = 0; s < 2; s++) {
+    std::fill(std::begin(t.cx[s]), std::end(t.cx[s]), 0.f);
+    std::fill(std::begin(t.cw[s]), std::end(t.cw[s]), 0.f);
+  }
   for (size_t ibl = 0; ibl < n / QK_K; ibl++, y += kIQ1_SBytes) {
     std::memset(y, 0, kIQ1_SBytes);
     uint8_t* qs = y + 2;
@@ -104,10 +248,15 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
     float max_scale = 0;
     const float* xbl = x + QK_K * ibl;
     const float sigma2 = block_sigma2(xbl);
-    for (int ib = 0; ib < QK_K / kBlock; ib++) {
+    // Pass 1, per block: the boundary search and the levels it gives. The lattice look-ups of all
+    // blocks follow in pass 2, their neighbour records fetched from memory meanwhile (each block's
+    // result depends on its own values only, so the split changes no operation).
+    for (int ib = 0; ib < kNb; ib++) {
+      searched[ib] = false;
       const float* xb = xbl + kBlock * ib;
       const float* qw = quant_weights + QK_K * ibl + kBlock * ib;
-      for (int i = 0; i < kBlock; i++) weight[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
+      float* wb = weight + kBlock * ib;
+      for (int i = 0; i < kBlock; i++) wb[i] = qw[i] * std::sqrt(sigma2 + xb[i] * xb[i]);
       const float max = abs_max(xb, kBlock);
       if (max < kEpsIq1S) {
         scales[ib] = 0;
@@ -116,64 +265,68 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
       }
       // Exhaustive search over the two boundaries splitting the sorted values into levels 0/1/2.
       sort_by_value(xb, kBlock, idx);
-      sumx[0] = sumw[0] = 0;
+      t.sumx[0] = t.sumw[0] = 0;
       for (int j = 0; j < kBlock; j++) {
         const int i = idx[j];
-        sumx[j + 1] = sumx[j] + weight[i] * xb[i];
-        sumw[j + 1] = sumw[j] + weight[i];
+        t.sumx[j + 1] = t.sumx[j] + wb[i] * xb[i];
+        t.sumw[j + 1] = t.sumw[j] + wb[i];
       }
-      float best_score = -kFltMax, scale = max;
-      int besti1 = -1, besti2 = -1, best_shift = 0;
-      // ggml's candidate (i1, i2, shift) is sumqx = (a(i1) + b(i1,i2)) + c(i2) (and sumq2 alike),
-      // each term computed by itself; a and c are hoisted out of the double loop, unchanged.
-      float cx[2][kBlock + 1], cw[2][kBlock + 1];
       for (int s = 0; s < 2; s++) {
         const float* xv = s == 0 ? kXp : kXm;
         for (int i2 = 0; i2 <= kBlock; i2++) {
-          cx[s][i2] = (sumx[kBlock] - sumx[i2]) * xv[2];
-          cw[s][i2] = (sumw[kBlock] - sumw[i2]) * xv[2] * xv[2];
+          t.cx[s][i2] = (t.sumx[kBlock] - t.sumx[i2]) * xv[2];
+          t.cw[s][i2] = (t.sumw[kBlock] - t.sumw[i2]) * xv[2] * xv[2];
         }
       }
-      for (int i1 = 0; i1 <= kBlock; i1++) {
-        const float ax[2] = {(sumx[i1] - sumx[0]) * kXp[0], (sumx[i1] - sumx[0]) * kXm[0]};
-        const float aw[2] = {(sumw[i1] - sumw[0]) * kXp[0] * kXp[0], (sumw[i1] - sumw[0]) * kXm[0] * kXm[0]};
-        for (int i2 = i1; i2 <= kBlock; i2++) {
-          const float dx = sumx[i2] - sumx[i1], dw = sumw[i2] - sumw[i1];
-          for (int s = 0; s < 2; s++) {
-            const float* xv = s == 0 ? kXp : kXm;
-            const float sumqx = ax[s] + dx * xv[1] + cx[s][i2];
-            const float sumq2 = aw[s] + dw * xv[1] * xv[1] + cw[s][i2];
-            if (sumq2 > 0 && sumqx * sumqx > best_score * sumq2) {
-              scale = sumqx / sumq2;
-              best_score = scale * sumqx;
-              besti1 = i1;
-              besti2 = i2;
-              best_shift = s == 0 ? 1 : -1;
-            }
-          }
-        }
-      }
-      if (besti1 < 0 || besti2 < 0 || best_shift == 0) {
+      Iq1sChoice c;
+      c.scale = max;
+      iq1s_search(t, c);
+      float scale = c.scale;
+      int best_shift = c.shift;
+      if (c.i1 < 0 || c.i2 < 0 || best_shift == 0) {
         scales[ib] = 0;
         shifts[ib] = 1;
         continue;
       }
-      for (int j = 0; j < besti1; j++) L[idx[j]] = 0;
-      for (int j = besti1; j < besti2; j++) L[idx[j]] = 1;
-      for (int j = besti2; j < kBlock; j++) L[idx[j]] = 2;
+      for (int j = 0; j < c.i1; j++) L[idx[j]] = 0;
+      for (int j = c.i1; j < c.i2; j++) L[idx[j]] = 1;
+      for (int j = c.i2; j < kBlock; j++) L[idx[j]] = 2;
       if (scale < 0) {
         for (int j = 0; j < kBlock; j++) L[j] = static_cast<int8_t>(2 - L[j]);
         scale = -scale;
         best_shift = -best_shift;
       }
-      bool all_on_grid = true;
-      const float* xx = best_shift == 1 ? kXp : kXm;
       for (int k = 0; k < kBlock / 8; k++) {
-        const uint16_t u = levels_key(L + 8 * k);
+        keys[ib][k] = levels_key(L + 8 * k);
+        const int32_t m = g.kmap[keys[ib][k]];
+        if (m < 0) {
+          const uint16_t* nb = g.neighbours - m - 1;
+          const uint16_t* lv = g.record_levels - m - 1;
+          __builtin_prefetch(nb);
+          __builtin_prefetch(lv);
+          __builtin_prefetch(lv + 32);
+        }
+      }
+      searched[ib] = true;
+      scales[ib] = scale;
+      shifts[ib] = static_cast<int8_t>(best_shift);
+    }
+    // Pass 2: lattice entries (nearest listed neighbour for an off-lattice group), the refitted
+    // scale, the packed block.
+    for (int ib = 0; ib < kNb; ib++) {
+      if (!searched[ib]) continue;
+      const float* xb = xbl + kBlock * ib;
+      const float* wb = weight + kBlock * ib;
+      float scale = scales[ib];
+      uint16_t index[kBlock / 8];
+      bool all_on_grid = true;
+      const float* xx = shifts[ib] == 1 ? kXp : kXm;
+      for (int k = 0; k < kBlock / 8; k++) {
+        const uint16_t u = keys[ib][k];
         int j = g.kmap[u];
         if (j < 0) {
           all_on_grid = false;
-          j = best_neighbour(g, u, xb + 8 * k, weight + 8 * k, scale, xx);
+          j = best_neighbour(g, u, xb + 8 * k, wb + 8 * k, scale, xx);
         }
         index[k] = static_cast<uint16_t>(j);
       }
@@ -182,7 +335,7 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
         for (int k = 0; k < kBlock / 8; k++) {
           const uint8_t* pg = reinterpret_cast<const uint8_t*>(g.point + index[k]);
           for (int j = 0; j < 8; j++) {
-            const float w = weight[8 * k + j];
+            const float w = wb[8 * k + j];
             const float q = xx[(pg[j] - 1) / 2];
             sumqx += w * q * xb[8 * k + j];
             sumq2 += w * q * q;
@@ -197,14 +350,13 @@ void quantize_row_iq1_s(const float* x, uint8_t* y, size_t n, const float* quant
       }
       store_u16(qh + 2 * ib, h);
       scales[ib] = scale;
-      shifts[ib] = static_cast<int8_t>(best_shift);
       max_scale = max_scale > scale ? max_scale : scale;
     }
     if (!max_scale) continue;
     const float d = max_scale / 15;
     store_u16(y, f32_to_f16(d * 1.125f));
     const float id = 1 / d;
-    for (int ib = 0; ib < QK_K / kBlock; ib++) {
+    for (int ib = 0; ib < kNb; ib++) {
       int l = scale_level(id, scales[ib]);
       if (shifts[ib] == -1) l |= 8;
       store_u16(qh + 2 * ib, static_cast<uint16_t>(load_u16(qh + 2 * ib) | (l << 12)));

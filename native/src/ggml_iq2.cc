@@ -24,8 +24,6 @@ inline int project(float id, float x) { return clamp_level(nearest_int(0.5f * (i
 // every entry; the term of coordinate i only depends on its lattice value 1, 3 or 5, so the three
 // possible terms are computed once and each entry's sum adds the same floats in the same order.
 int best_neighbour(const IqLattice& g, int u, const float* xval, const float* waux, float scale, int8_t* L) {
-  const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
-  const int count = nb[0];
   float term[8][3];
   for (int i = 0; i < 8; i++) {
     for (int lv = 0; lv < 3; lv++) {
@@ -33,19 +31,9 @@ int best_neighbour(const IqLattice& g, int u, const float* xval, const float* wa
       term[i][lv] = waux[i] * diff * diff;
     }
   }
-  float best_d2 = 3.40282347e+38f;
-  int best = -1;
-  for (int j = 1; j <= count; j++) {
-    const uint64_t p = g.point[nb[j]];
-    float d2 = 0;
-    for (int i = 0; i < 8; i++) d2 += term[i][(p >> (8 * i + 1)) & 3];
-    if (d2 < best_d2) {
-      best_d2 = d2;
-      best = nb[j];
-    }
-  }
+  int best = nearest_listed(g, u, term);
   // Every distance NaN (non-finite input): ggml aborts here; take the first listed entry.
-  if (best < 0) best = nb[1];
+  if (best < 0) best = (g.neighbours - g.kmap[u] - 1)[1];
   const uint8_t* pg = reinterpret_cast<const uint8_t*>(g.point + best);
   for (int i = 0; i < 8; i++) L[i] = static_cast<int8_t>((pg[i] - 1) / 2);
   return best;
@@ -166,8 +154,10 @@ inline int scale_nibble(float id, float s, int max) {
 
 void quantize_row_iq2_xxs(const float* x, uint8_t* y, size_t n, const float* quant_weights) {
   const IqLattice& g = iq2_lattice(kIQ2_XXS);
+  constexpr int kTrials = 13;  // is = -6..6
   float scales[QK_K / 32], weight[32], xval[32], waux[32];
-  int8_t L[32], Laux[32];
+  int8_t L[32], Lt[kTrials][32];
+  uint16_t ut[kTrials][4];
   uint8_t block_signs[4];
   uint32_t q2[2 * (QK_K / 32)];
   for (size_t ibl = 0; ibl < n / QK_K; ibl++, y += kIQ2_XXSBytes) {
@@ -194,21 +184,34 @@ void quantize_row_iq2_xxs(const float* x, uint8_t* y, size_t n, const float* qua
         scales[ib] = 0;
         continue;
       }
+      // The 13 trial scales: first every trial's projected levels (they do not depend on earlier
+      // trials), fetching the neighbour records they will need, then ggml's trials in order.
       float best = 0;
-      for (int is = -6; is <= 6; is++) {
-        const float id = (2 * kMaxQ - 1 + static_cast<float>(is) * 0.1f) / eff_max;
+      for (int t = 0; t < kTrials; t++) {
+        const float id = (2 * kMaxQ - 1 + static_cast<float>(t - 6) * 0.1f) / eff_max;
+        for (int k = 0; k < 4; k++) {
+          for (int i = 0; i < 8; i++) Lt[t][8 * k + i] = static_cast<int8_t>(project(id, xval[8 * k + i]));
+          ut[t][k] = levels_key(Lt[t] + 8 * k);
+          const int32_t m = g.kmap[ut[t][k]];
+          if (m < 0) {
+            __builtin_prefetch(g.neighbours - m - 1);
+            __builtin_prefetch(g.record_levels - m - 1);
+          }
+        }
+      }
+      for (int t = 0; t < kTrials; t++) {
+        const float id = (2 * kMaxQ - 1 + static_cast<float>(t - 6) * 0.1f) / eff_max;
         const float this_scale = 1 / id;
         for (int k = 0; k < 4; k++) {
-          for (int i = 0; i < 8; i++) Laux[8 * k + i] = static_cast<int8_t>(project(id, xval[8 * k + i]));
-          const uint16_t u = levels_key(Laux + 8 * k);
-          if (g.kmap[u] < 0) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Laux + 8 * k);
+          const uint16_t u = ut[t][k];
+          if (g.kmap[u] < 0) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Lt[t] + 8 * k);
         }
         float sumqx, sumq2;
-        sums(32, weight, xval, Laux, sumqx, sumq2);
+        sums(32, weight, xval, Lt[t], sumqx, sumq2);
         if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
           scale = sumqx / sumq2;
           best = scale * sumqx;
-          std::memcpy(L, Laux, 32);
+          std::memcpy(L, Lt[t], 32);
         }
       }
       if (scale > 0) {

@@ -29,6 +29,8 @@ inline bool iq2_requires_imatrix(int id) { return id == kIQ2_XXS || id == kIQ2_X
 //             smallest distinct squared distances, ordered by (distance, index).
 //   codebook[j]: the 8 bytes dequantization reads for entry j (ggml-common.h's iq2xxs_grid,
 //             iq2xs_grid, iq2s_grid, iq1s_grid): tuned magnitudes 8/25/43 for IQ2, int8 -1/0/+1 for IQ1.
+//   record_levels[i]: the 2-bit levels (bits 2k..2k+1) of entry neighbours[i], at the same offsets,
+//             plus 8 entries of padding (what the AVX2 search loads, 8 listed entries at a time).
 struct IqLattice {
   int size;
   const uint64_t* point;
@@ -36,11 +38,18 @@ struct IqLattice {
   const uint16_t* neighbours;
   size_t neighbours_len;
   const uint64_t* codebook;
+  const uint16_t* record_levels;
 };
 constexpr int kIqKmapSize = 43692;
 
 // The lattice a type uses (IQ1_S and IQ1_M share one), built once per process, thread-safe.
 const IqLattice& iq2_lattice(int id);
+
+// The loop of ggml's iq2_find_best_neighbour / iq1_find_best_neighbour2 over the record of the
+// off-lattice slot u: the first listed entry minimising d2 = sum over i of term[i][level i of the
+// entry] (added in i order from 0), or -1 when no d2 is below FLT_MAX (NaN terms). Lanes of AVX2
+// when active (cpu.h), with the same result as the scalar loop.
+int nearest_listed(const IqLattice& g, int u, const float (*term)[3]);
 
 // ggml's ksigns_iq2xs: 7 sign bits completed to even parity by bit 7.
 inline uint8_t iq2_signs8(uint32_t s7) {

@@ -2,11 +2,16 @@
 // Reproduces iq2xs_init_impl of ggml/src/ggml-quants.c (llama.cpp v0.4.0): same kmap, same
 // neighbour records, same record order (slot u ascending), built once per lattice at first use.
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
+#include "cpu.h"
 #include "ggml_iq2.h"
 #include "napi_util.h"
 #include "parallel.h"
@@ -47,39 +52,68 @@ int lattice_index(int id) {
 struct Built {
   std::vector<uint64_t> point, codebook;
   std::vector<int32_t> kmap;
-  std::vector<uint16_t> neighbours;
+  std::vector<uint16_t> neighbours, record_levels;
   IqLattice view{};
 };
 
-// Neighbour record of the off-lattice slot u: the entries j whose integer squared distance to the
-// point of u (coordinates 2*l+1, l in 0..3) is among the nwant smallest distinct distances, ordered
-// by (distance, j) -- what ggml's qsort with iq2_compare_func (a total order) produces.
-void neighbour_record(const LatticeSpec& s, const uint8_t* pts, int u, std::vector<int>& d2,
-                      std::vector<uint16_t>& out) {
-  int pos[8];
-  for (int k = 0; k < 8; k++) pos[k] = 2 * ((u >> (2 * k)) & 3) + 1;
-  int best[3];
-  int nbest = 0;
-  for (int j = 0; j < s.size; j++) {
-    const uint8_t* pg = pts + 8 * j;
-    int d = 0;
-    for (int k = 0; k < 8; k++) d += (pg[k] - pos[k]) * (pg[k] - pos[k]);
-    d2[j] = d;
-    // Keep the nwant smallest distinct distances, ascending.
-    int p = 0;
-    while (p < nbest && best[p] < d) p++;
-    if (p < nbest && best[p] == d) continue;
-    if (p >= s.nwant) continue;
-    for (int q = std::min(nbest, s.nwant - 1); q > p; q--) best[q] = best[q - 1];
-    best[p] = d;
-    if (nbest < s.nwant) nbest++;
+// Squared distance between two groups of four 2-bit levels (bits 2k..2k+1 each), in units of
+// ggml's: its coordinates are 2*l+1, so its distances are 4x these, in the same order.
+int quad_distance(int a, int c) {
+  int sum = 0;
+  for (int k = 0; k < 4; k++) {
+    const int diff = ((a >> (2 * k)) & 3) - ((c >> (2 * k)) & 3);
+    sum += diff * diff;
   }
-  const size_t head = out.size();
-  out.push_back(0);
-  for (int b = 0; b < nbest; b++)
-    for (int j = 0; j < s.size; j++)
-      if (d2[j] == best[b]) out.push_back(static_cast<uint16_t>(j));
-  out[head] = static_cast<uint16_t>(out.size() - head - 1);
+  return sum;
+}
+
+// Neighbour record of the off-lattice slot u: the entries j whose squared distance to the point of
+// u is among the nwant smallest distinct distances, ordered by (distance, j) -- what ggml's qsort
+// with iq2_compare_func (a total order) produces. tlo[j] / thi[j]: entry j's distance to u over
+// coordinates 0..3 / 4..7 (at most 36 each), so every loop below is over bytes, and vectorizes.
+void neighbour_record(const LatticeSpec& s, const uint8_t* tlo, const uint8_t* thi, uint8_t* d2,
+                      std::vector<uint16_t>& out) {
+  const int n = s.size;  // a multiple of 8
+  uint8_t m = 255;
+  for (int j = 0; j < n; j++) {
+    d2[j] = static_cast<uint8_t>(tlo[j] + thi[j]);
+    m = d2[j] < m ? d2[j] : m;
+  }
+  // The nwant smallest distinct distances, ascending.
+  int best[3] = {m, 0, 0};
+  int nbest = 1;
+  for (; nbest < s.nwant; nbest++) {
+    // d - (floor + 1) in bytes: 0..71 above floor, 184 or more (wrapped) at or below it.
+    const uint8_t shift = static_cast<uint8_t>(best[nbest - 1] + 1);
+    uint8_t next = 255;
+    for (int j = 0; j < n; j++) {
+      const uint8_t v = static_cast<uint8_t>(d2[j] - shift);
+      next = v < next ? v : next;
+    }
+    if (next > 72) break;
+    best[nbest] = next + shift;
+  }
+  // One pass over the entries, 8 at a time: a word with no byte <= last is skipped (the byte test
+  // of "Bit Twiddling Hacks", valid for bytes and bound below 128); each kept entry goes to the
+  // list of its distance, in j order.
+  uint16_t kept[3][2048];
+  int nkept[3] = {0, 0, 0};
+  const int last = best[nbest - 1];
+  const uint64_t ones = 0x0101010101010101ull, below = ones * static_cast<uint64_t>(last + 1);
+  for (int j0 = 0; j0 < n; j0 += 8) {
+    uint64_t w;
+    std::memcpy(&w, d2 + j0, 8);
+    if (((w - below) & ~w & (ones << 7)) == 0) continue;
+    for (int j = j0; j < j0 + 8; j++) {
+      const int d = d2[j];
+      if (d > last) continue;
+      int r = 0;
+      while (best[r] != d) r++;  // every distance <= last is a kept one
+      kept[r][nkept[r]++] = static_cast<uint16_t>(j);
+    }
+  }
+  out.push_back(static_cast<uint16_t>(nkept[0] + nkept[1] + nkept[2]));
+  for (int r = 0; r < nbest; r++) out.insert(out.end(), kept[r], kept[r] + nkept[r]);
 }
 
 void build(const LatticeSpec& s, Built& b) {
@@ -101,16 +135,27 @@ void build(const LatticeSpec& s, Built& b) {
   for (int j = 0; j < s.size; j++) b.kmap[s.levels[j]] = j;
 
   // Records of the off-lattice slots, in slot order; threads fill contiguous slot ranges.
-  const uint8_t* pts = reinterpret_cast<const uint8_t*>(b.point.data());
+  // Per group value a (four levels) and entry j: the distance over the low / high coordinates.
+  const size_t size = static_cast<size_t>(s.size);
+  std::vector<uint8_t> tlo(256 * size), thi(256 * size);
+  for (int a = 0; a < 256; a++) {
+    int q[256];
+    for (int c = 0; c < 256; c++) q[c] = quad_distance(a, c);
+    for (size_t j = 0; j < size; j++) {
+      tlo[a * size + j] = static_cast<uint8_t>(q[s.levels[j] & 255]);
+      thi[a * size + j] = static_cast<uint8_t>(q[s.levels[j] >> 8]);
+    }
+  }
   const int nthreads = static_cast<int>(std::max(1u, std::min(8u, std::thread::hardware_concurrency())));
   const size_t chunk = (kIqKmapSize + nthreads - 1) / nthreads;
   std::vector<std::vector<uint16_t>> parts(static_cast<size_t>(nthreads));
   parallel_for(static_cast<size_t>(nthreads), nthreads, 1, [&](size_t t0, size_t t1) {
-    std::vector<int> d2(static_cast<size_t>(s.size));
+    std::vector<uint8_t> d2(size);
     for (size_t t = t0; t < t1; t++) {
       const size_t u1 = std::min<size_t>(kIqKmapSize, (t + 1) * chunk);
       for (size_t u = t * chunk; u < u1; u++)
-        if (b.kmap[u] < 0) neighbour_record(s, pts, static_cast<int>(u), d2, parts[t]);
+        if (b.kmap[u] < 0)
+          neighbour_record(s, tlo.data() + (u & 255) * size, thi.data() + (u >> 8) * size, d2.data(), parts[t]);
     }
   });
   size_t total = 0;
@@ -123,13 +168,82 @@ void build(const LatticeSpec& s, Built& b) {
     b.kmap[u] = -static_cast<int32_t>(off + 1);
     off += 1 + b.neighbours[off];
   }
-  b.view = {s.size, b.point.data(), b.kmap.data(), b.neighbours.data(), b.neighbours.size(), b.codebook.data()};
+  // Record heads (counts) get a meaningless value; they are never read as levels.
+  b.record_levels.assign(b.neighbours.size() + 8, 0);
+  for (size_t i = 0; i < b.neighbours.size(); i++) b.record_levels[i] = s.levels[b.neighbours[i] % size];
+  b.view = {s.size,         b.point.data(),    b.kmap.data(), b.neighbours.data(), b.neighbours.size(),
+            b.codebook.data(), b.record_levels.data()};
 }
 
 Built g_built[4];
 std::once_flag g_once[4];
 
 }  // namespace
+
+namespace {
+
+int nearest_listed_scalar(const IqLattice& g, int u, const float (*term)[3]) {
+  const uint16_t* nb = g.neighbours - g.kmap[u] - 1;
+  const int count = nb[0];
+  float best_d2 = 3.40282347e+38f;
+  int best = -1;
+  for (int j = 1; j <= count; j++) {
+    const uint64_t p = g.point[nb[j]];
+    float d2 = 0;
+    for (int i = 0; i < 8; i++) d2 += term[i][(p >> (8 * i + 1)) & 3];
+    if (d2 < best_d2) {
+      best_d2 = d2;
+      best = nb[j];
+    }
+  }
+  return best;
+}
+
+#if defined(__x86_64__)
+// 8 listed entries per step, their levels loaded from record_levels: lane sums add the same terms
+// in the same order. A step none of whose lanes is below the best so far changes nothing; otherwise
+// its lanes are replayed in list order with the scalar test.
+__attribute__((target("avx2"))) int nearest_listed_avx2(const IqLattice& g, int u, const float (*term)[3]) {
+  const size_t off = static_cast<size_t>(-g.kmap[u] - 1);
+  const uint16_t* nb = g.neighbours + off;
+  const uint16_t* lvs = g.record_levels + off;
+  const int count = nb[0];
+  __m256 tv[8];
+  for (int i = 0; i < 8; i++) tv[i] = _mm256_setr_ps(term[i][0], term[i][1], term[i][2], 0, 0, 0, 0, 0);
+  const __m256i three = _mm256_set1_epi32(3);
+  float best_d2 = 3.40282347e+38f;
+  int best = -1;
+  for (int j = 1; j <= count; j += 8) {
+    const int lanes = count + 1 - j < 8 ? count + 1 - j : 8;
+    __m256i lv = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lvs + j)));
+    __m256 d2 = _mm256_setzero_ps();
+    for (int i = 0; i < 8; i++) {
+      d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(tv[i], _mm256_and_si256(lv, three)));
+      lv = _mm256_srli_epi32(lv, 2);
+    }
+    const int below = _mm256_movemask_ps(_mm256_cmp_ps(d2, _mm256_set1_ps(best_d2), _CMP_LT_OQ)) & ((1 << lanes) - 1);
+    if (!below) continue;
+    alignas(32) float d[8];
+    _mm256_store_ps(d, d2);
+    for (int k = 0; k < lanes; k++) {
+      if (d[k] < best_d2) {
+        best_d2 = d[k];
+        best = nb[j + k];
+      }
+    }
+  }
+  return best;
+}
+#endif
+
+}  // namespace
+
+int nearest_listed(const IqLattice& g, int u, const float (*term)[3]) {
+#if defined(__x86_64__)
+  if (use_avx2()) return nearest_listed_avx2(g, u, term);
+#endif
+  return nearest_listed_scalar(g, u, term);
+}
 
 const IqLattice& iq2_lattice(int id) {
   const int g = lattice_index(id);

@@ -7,6 +7,7 @@
 #include "ggml_iq2.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <string>
@@ -34,6 +35,7 @@ const TypeTraits kTypes[] = {
     {kIQ2_XXS, "iq2_xxs", QK_K, kIQ2_XXSBytes, false}, {kIQ2_XS, "iq2_xs", QK_K, kIQ2_XSBytes, false},
     {kIQ2_S, "iq2_s", QK_K, kIQ2_SBytes, false}, {kIQ1_S, "iq1_s", QK_K, kIQ1_SBytes, false},
     {kIQ1_M, "iq1_m", QK_K, kIQ1_MBytes, false},
+    {kMXFP4, "mxfp4", QK, kMXFP4Bytes, false},
 };
 
 // Clamp used by the legacy _ref paths: MIN(nmax, (int8_t)(v)) with C's float -> int8 narrowing.
@@ -346,6 +348,7 @@ void dequantize_row(int id, const uint8_t* x, float* y, size_t n) {
     case kIQ2_S: dequantize_row_iq2_s(x, y, n); break;
     case kIQ1_S: dequantize_row_iq1_s(x, y, n); break;
     case kIQ1_M: dequantize_row_iq1_m(x, y, n); break;
+    case kMXFP4: dequantize_row_mxfp4(x, y, n); break;
     default: break;
   }
 }
@@ -405,8 +408,18 @@ Napi::Value GgmlQuantize(const Napi::CallbackInfo& info) {
   const float* x = reinterpret_cast<const float*>(src.data);
   const float* qw = has_imatrix ? reinterpret_cast<const float*>(imat.data) : nullptr;
   const int id = t->id;
-  parallel_for(rows, threads, std::max<size_t>(1, kMinValuesPerThread / n), [&](size_t r0, size_t r1) {
-    for (size_t r = r0; r < r1; r++) ggml::quantize_row(id, x + r * n, dst.data + r * row_bytes, n, qw);
+  // Rows go out in short runs from a counter, not in one fixed share per thread: on a shared machine
+  // a thread the system delays does not leave the others idle at the end (the slow IQ types take
+  // ~0.1 ms per row). A row's bytes do not depend on which thread quantizes it.
+  const size_t min_rows = std::max<size_t>(1, kMinValuesPerThread / n);
+  const size_t nt = std::min<size_t>(static_cast<size_t>(std::max(threads, 1)), std::max<size_t>(1, rows / min_rows));
+  const size_t grain = std::max<size_t>(1, std::min(min_rows, (rows + 16 * nt - 1) / (16 * nt)));
+  std::atomic<size_t> next{0};
+  parallel_for(nt, static_cast<int>(nt), 1, [&](size_t, size_t) {
+    for (size_t r0; (r0 = next.fetch_add(grain)) < rows;) {
+      const size_t r1 = std::min(rows, r0 + grain);
+      for (size_t r = r0; r < r1; r++) ggml::quantize_row(id, x + r * n, dst.data + r * row_bytes, n, qw);
+    }
   });
   return Napi::Number::New(env, static_cast<double>(rows * row_bytes));
 }

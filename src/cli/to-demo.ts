@@ -40,7 +40,7 @@ export async function handler(argv: Args): Promise<void> {
   const done = await withProgress({ label: "to-demo", resumeHint: "rerun the same command to resume", ranks: argv.modelParallel }, async (progress) => {
     const source = await openSource(argv.in, { revision: argv.revision, onEvent: progress.onEvent });
     const ckpt = await loadCheckpoint(source);
-    checkCheckpointConfig(ckpt, "full");
+    checkCheckpointConfig(ckpt, "full", { accept: ["deepseek-v32"] });
     const plan = planToDemo(ckpt, { modelParallel: argv.modelParallel, nExperts: argv.nExperts, dtype: argv.dtype, maxSeqLen: argv.maxSeqLen });
 
     if (argv.dryRun) {
