@@ -91,8 +91,9 @@ try {
     let last = performance.now();
     await runImatrix(src, plan, {
       chunksPerBatch: 1, threads, ppl: false,
-      onProgress: (p) => {
-        if (p.layer < p.layers) {
+      onEvent: (e) => {
+        // one progress event per decoder layer (done strictly between 0 and the total)
+        if (e.kind === "progress" && e.done > 0 && e.done < e.total) {
           const now = performance.now();
           t.push((now - last) / 1000);
           last = now;

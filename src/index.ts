@@ -7,7 +7,7 @@
  */
 export { VERSION } from "./version.js";
 export { DeepcastError, ERROR_CODES, type ErrorCode } from "./errors.js";
-export type { OnEvent, RunEvent } from "./events.js";
+export type { OnEvent, RunEvent, ProgressUnit } from "./events.js";
 
 // kernels and the ggml type table
 export { quantize, dequantize, quantizeRows, dequantizeRows } from "./quant/ggml.js";

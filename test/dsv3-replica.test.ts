@@ -5,7 +5,7 @@
  */
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { readdir, readFile, stat } from "node:fs/promises";
+import { mkdir, readdir, readFile, stat, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -27,6 +27,7 @@ import { planGgufLayout } from "../src/io/gguf-layout.js";
 import { LocalSource } from "../src/io/source.js";
 import { ftypeNames, planQuantMix } from "../src/quant/mix.js";
 import { ROOT, tempDir } from "./helpers.js";
+import { fmtBytes } from "../src/units.js";
 import { planTargetGguf } from "../src/convert/target-plan.js";
 import { planToGguf } from "../src/convert/to-gguf.js";
 import type { Imatrix } from "../src/io/imatrix.js";
@@ -262,6 +263,44 @@ describe("replica on disk", () => {
       "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0"]));
     expect(checked).toHaveLength(ftypeNames().length);
   });
+
+  it("the README quick start's commands run (--dry-run) on the replica as the cached deepseek-ai/DeepSeek-V3-0324, with the sizes it states", async () => {
+    const readme = await readFile(join(ROOT, "README.md"), "utf8");
+    const commands = [...readme.matchAll(/```sh\n([\s\S]*?)```/g)]
+      .flatMap((m) => m[1]!.replace(/\\\n/g, " ").split("\n"))
+      .map((l) => l.replace(/\s+#.*$/, "").trim().split(/\s+/))
+      .filter((w) => w[0] === "node" && w[1] === "bin/deepcast.js" && w.includes("deepseek-ai/DeepSeek-V3-0324"));
+    expect(commands.map((w) => w[2])).toEqual(["to-gguf", "to-gguf", "fp8-to-bf16", "to-demo"]);
+
+    // the replica as the Hugging Face cache's snapshot of the repo, used offline
+    const work = await tempDir("deepcast-readme-");
+    const sha = "0123456789abcdef0123456789abcdef01234567";
+    const repo = join(work, "hub", "models--deepseek-ai--DeepSeek-V3-0324");
+    await mkdir(join(repo, "snapshots", sha), { recursive: true });
+    await mkdir(join(repo, "refs"));
+    await writeFile(join(repo, "refs", "main"), sha);
+    for (const f of await readdir(dir)) await symlink(join(dir, f), join(repo, "snapshots", sha, f));
+    // 15 copies of the eval text: over 200 chunks of 512 with the replica's stand-in tokenizer
+    await writeFile(join(work, "calibration.txt"), (await readFile(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.txt"), "utf8")).repeat(15));
+    const env = { ...process.env, HF_HUB_CACHE: join(work, "hub"), HF_HUB_OFFLINE: "1", HF_TOKEN: "" };
+    const results: { json: { outputBytes: number; files?: unknown[] }; stderr: string }[] = [];
+    for (const w of commands) {
+      const r = await promisify(execFile)(process.execPath, [join(ROOT, "bin", "deepcast.js"), ...w.slice(2), "--dry-run", "--json"], { cwd: work, env, maxBuffer: 64 << 20 });
+      results.push({ json: JSON.parse(r.stdout), stderr: r.stderr });
+    }
+    const [q4, iq2, bf16, demo] = results;
+    // the figures the README states
+    expect(fmtBytes(q4!.json.outputBytes)).toBe("404.49 GB");
+    expect(q4!.json.files).toHaveLength(9);
+    expect(fmtBytes(iq2!.json.outputBytes)).toBe("174.58 GB");
+    expect(iq2!.json.files).toHaveLength(4);
+    expect(iq2!.stderr).toMatch(/over 200 chunks of 512 .* in 1 pass\(es\) .*estimated peak 58\.94 GB/);
+    expect(fmtBytes(bf16!.json.outputBytes)).toBe("1.37 TB");
+    expect(fmtBytes(demo!.json.outputBytes)).toBe("690.24 GB");
+    for (const figure of ["404.49 GB", "174.58 GB", "58.9 GB", "1.37 TB", "690.24 GB", "Q4_K_M-00001-of-00009.gguf", "IQ2_XXS-00001-of-00004.gguf"]) {
+      expect(readme).toContain(figure);
+    }
+  }, 300_000);
 });
 
 /** The snapshot format of llama.cpp's test-quant-type-selection: `[FTYPE] default` then `name type` lines that differ. */

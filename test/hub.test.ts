@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest";
 import { DeepcastError } from "../src/errors.js";
+import type { OnEvent, RunEvent } from "../src/events.js";
 import { planToGguf } from "../src/convert/to-gguf.js";
 import { hfHubOffline, hfToken, hubCacheModelName } from "../src/io/hub-cache.js";
 import { hfHubCacheDir, HubSource, isHubRepoId } from "../src/io/hub.js";
@@ -159,7 +160,7 @@ afterEach(async () => {
   await rm(cacheDir, { recursive: true, force: true });
 });
 
-function hubSource(hub: ReturnType<typeof fakeHub>, extra: { revision?: string; accessToken?: string; offline?: boolean; notice?: (m: string) => void } = {}) {
+function hubSource(hub: ReturnType<typeof fakeHub>, extra: { revision?: string; accessToken?: string; offline?: boolean; notice?: (m: string) => void; onEvent?: OnEvent } = {}) {
   return new HubSource(REPO, { hubUrl: ENDPOINT, cacheDir, fetch: hub.fetch, ...extra });
 }
 
@@ -513,6 +514,27 @@ describe("Hugging Face habits: saved token, offline cache, resume, concurrent do
     const gets = hub.log.filter((r) => r.url === resolveUrl(shard) && r.range !== "bytes=0-0");
     expect(gets.map((r) => r.range)).toEqual([`bytes=${half}-`]);
     expect(await readdir(join(repoDir(), "blobs"))).toEqual([f.sha256]);
+  });
+
+  it("reports a download's progress as events: bytes done of the file's size, a resumed part as resumed", async () => {
+    const shard = SHARDS[2]!;
+    const size = files.get(shard)!.content.length;
+    type Progress = Extract<RunEvent, { kind: "progress" }>;
+    const seen = (events: Progress[]) => events.filter((e) => e.task === `download ${REPO}@main/${shard}`);
+    const first: Progress[] = [];
+    await expect(hubSource(fakeHub({ truncate: true }), { onEvent: (e) => { if (e.kind === "progress") first.push(e); } }).localPath(shard)).rejects.toThrow(/download incomplete/);
+    const half = size >> 1;
+    expect(seen(first).length).toBeGreaterThan(1);
+    expect(seen(first).every((e) => e.unit === "bytes" && e.total === size && e.resumed === 0)).toBe(true);
+    expect(seen(first).at(-1)!.done).toBe(half);
+
+    const again: Progress[] = [];
+    await hubSource(fakeHub(), { onEvent: (e) => { if (e.kind === "progress") again.push(e); } }).localPath(shard);
+    const events = seen(again);
+    expect(events[0]).toMatchObject({ done: half, resumed: half, total: size });
+    expect(events.at(-1)).toMatchObject({ done: size, resumed: half, total: size });
+    for (let i = 1; i < events.length; i++) expect(events[i]!.done).toBeGreaterThanOrEqual(events[i - 1]!.done);
+    expect(again.filter((e) => !seen(again).includes(e))).toEqual([]);
   });
 
   it("restarts when the server ignores the Range, and never keeps a file whose sha256 is wrong", async () => {

@@ -4,7 +4,7 @@
  * ctx 256), the writer's bytes, the file round trip, and the errors.
  */
 import { spawnSync } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { parseImatrix, readImatrix } from "../src/io/imatrix.js";
@@ -52,7 +52,7 @@ describe("deepcast imatrix on the FP8 fixture vs llama-imatrix on llama.cpp's BF
     expect(j).toMatchObject({ command: "imatrix", chunks: 29, chunkCount: 29, chunkSize: 256, entries: 48, batches: 1, chunksPerBatch: 29, weightReads: 1 });
     expect(j.ppl).toBeGreaterThan(42.5); // llama-imatrix: 42.9355 on the BF16 GGUF
     expect(j.ppl).toBeLessThan(43.4);
-    expect(r.stderr).toMatch(/\[29\/29\] chunks, batch 1\/1 done, [\d.]+ tokens\/s, ETA 0:00, PPL 42\.9/);
+    expect(r.stderr).toMatch(/^\[29\/29\] chunks, 7424 tokens in [\d.]+ s \([\d.]+ tokens\/s\), PPL 42\.9/m);
 
     const ref = await readImatrix(`${GOLD}.gguf`);
     const ours = await readImatrix(out);
@@ -156,6 +156,27 @@ describe("to-gguf --calibration: imatrix first pass, quantize second, resumable"
     expect(again.stderr).toMatch(/calibration: reusing one\.imatrix\.gguf/);
     expect(JSON.parse(again.stdout).calibration).toEqual({ file: "one.imatrix.gguf", reused: true });
   }, 120_000);
+});
+
+describe("a Hugging Face repo id as the model", () => {
+  it("imatrix and to-gguf --calibration use the repo's own tokenizer (here the cached snapshot, HF_HUB_OFFLINE=1)", async () => {
+    const dir = await tempDir();
+    const sha = "0123456789abcdef0123456789abcdef01234567";
+    const repo = join(dir, "hub", "models--deepseek-ai--DeepSeek-V3");
+    await mkdir(join(repo, "snapshots", sha), { recursive: true });
+    await mkdir(join(repo, "refs"));
+    await writeFile(join(repo, "refs", "main"), sha);
+    for (const f of await readdir(FIXTURE)) await symlink(join(FIXTURE, f), join(repo, "snapshots", sha, f));
+    const env = { ...process.env, HF_HUB_OFFLINE: "1", HF_HUB_CACHE: join(dir, "hub"), HF_TOKEN: "" };
+    const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", env, cwd: dir });
+    const im = run("imatrix", "deepseek-ai/DeepSeek-V3", "-f", TEXT, "-c", "128", "--chunks", "2", "-o", "im.gguf", "--json", "--threads", "1");
+    expect(im.status, im.stderr).toBe(0);
+    expect(JSON.parse(im.stdout)).toMatchObject({ chunks: 2, tokenizer: expect.stringContaining(join("snapshots", sha)) });
+    const q = run("to-gguf", "deepseek-ai/DeepSeek-V3", "-q", "IQ2_XXS", "--calibration", TEXT, "--calibration-ctx", "128", "--calibration-chunks", "2",
+      "-o", "q.gguf", "--dry-run", "--threads", "1");
+    expect(q.status, q.stderr).toBe(0);
+    expect(q.stderr).toMatch(/calibration: would compute the importance matrix over 2 chunks of 128/);
+  });
 });
 
 describe("imatrix memory plan", () => {

@@ -4,9 +4,8 @@ import type { Argv } from "yargs";
 import { kernels, type Kernels } from "../quant/kernels.js";
 import { loadNative } from "../quant/native.js";
 import { VERSION } from "../version.js";
-import type { OnEvent } from "../events.js";
 import { describePlan, type PlanDescription } from "../io/dry-run.js";
-import { byteProgress } from "./progress.js";
+import { progressView, type ProgressOptions, type ProgressView } from "./progress.js";
 
 export function withCommonOptions<T>(y: Argv<T>) {
   return y
@@ -31,14 +30,12 @@ export function peakRssBytes(): number {
 }
 
 /**
- * Runs `body` with its event stream shown on stderr. Ctrl-C or SIGTERM stops at once (exit 130) with
- * a word on how to resume: outputs are only ever complete under their final names.
+ * Runs `body` with a progress view on stderr (its `onEvent` goes to the run and to a Hub source's
+ * downloads). Ctrl-C or SIGTERM stops at once (exit 130) with a word on how to resume: outputs are
+ * only ever complete under their final names.
  */
-export async function withProgress<T>(
-  opts: { label: string; resumeHint: string; ranks?: number },
-  body: (onEvent: OnEvent) => Promise<T>,
-): Promise<T> {
-  const progress = byteProgress(opts.label, opts.ranks !== undefined ? { ranks: opts.ranks } : {});
+export async function withProgress<T>(opts: ProgressOptions & { resumeHint: string }, body: (progress: ProgressView) => Promise<T>): Promise<T> {
+  const progress = progressView(opts);
   const onSignal = () => {
     progress.stop();
     process.stderr.write(`\ninterrupted: ${opts.resumeHint}\n`);
@@ -47,7 +44,7 @@ export async function withProgress<T>(
   process.once("SIGINT", onSignal);
   process.once("SIGTERM", onSignal);
   try {
-    return await body(progress.onEvent);
+    return await body(progress);
   } finally {
     progress.stop();
     process.off("SIGINT", onSignal);

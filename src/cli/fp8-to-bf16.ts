@@ -34,26 +34,32 @@ type Args = ArgumentsCamelCase<ReturnType<typeof builder> extends Argv<infer T> 
 export async function handler(argv: Args): Promise<void> {
   const started = performance.now();
   const k = selectKernels(argv.simd);
-  const source = await openSource(argv.in, { revision: argv.revision });
-  const ckpt = await loadCheckpoint(source);
-  checkCheckpointConfig(ckpt, "present");
-  const plan = planFp8ToBf16(ckpt, { experts: argv.experts as "bf16" | "fp8" });
+  const done = await withProgress({ label: "fp8-to-bf16", resumeHint: "rerun the same command to resume" }, async (progress) => {
+    const source = await openSource(argv.in, { revision: argv.revision, onEvent: progress.onEvent });
+    const ckpt = await loadCheckpoint(source);
+    checkCheckpointConfig(ckpt, "present");
+    const plan = planFp8ToBf16(ckpt, { experts: argv.experts as "bf16" | "fp8" });
 
-  if (argv.dryRun) {
-    await printDryRun(argv.json, describeFp8ToBf16(plan, source.description, argv.out));
-    return;
-  }
-
-  const summary = await withProgress({ label: "fp8-to-bf16", resumeHint: "rerun the same command to resume" }, (onEvent) =>
-    runFp8ToBf16(ckpt, plan, {
-      out: argv.out,
-      kernels: k,
-      threads: argv.threads,
-      force: argv.force,
-      skipSpaceCheck: argv.skipSpaceCheck,
-      allowNonFinite: argv.allowNonFinite,
-      onEvent,
-    }));
+    if (argv.dryRun) {
+      await printDryRun(argv.json, describeFp8ToBf16(plan, source.description, argv.out));
+      return null;
+    }
+    return {
+      source,
+      plan,
+      summary: await runFp8ToBf16(ckpt, plan, {
+        out: argv.out,
+        kernels: k,
+        threads: argv.threads,
+        force: argv.force,
+        skipSpaceCheck: argv.skipSpaceCheck,
+        allowNonFinite: argv.allowNonFinite,
+        onEvent: progress.onEvent,
+      }),
+    };
+  });
+  if (!done) return;
+  const { source, plan, summary } = done;
   const facts = runFacts(started, k, argv.threads);
   const result = { command: "fp8-to-bf16", input: source.description, output: argv.out, ...summary, ...facts, gbPerSecond: summary.bytesWritten / 1e9 / facts.seconds };
   printResult(argv.json, result,

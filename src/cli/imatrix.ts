@@ -3,12 +3,14 @@ import { readFile, stat } from "node:fs/promises";
 import { totalmem } from "node:os";
 import { DeepcastError } from "../errors.js";
 import { writeImatrix, type ImatrixFormat } from "../io/imatrix-write.js";
-import { planImatrixChunks, planImatrixMemory, runImatrix, type ImatrixProgress } from "../model/imatrix-run.js";
+import { planImatrixChunks, planImatrixMemory, runImatrix } from "../model/imatrix-run.js";
 import { openWeights } from "../model/open-weights.js";
-import { findTokenizerDir, hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
+import { findTokenizerDirOrHub } from "../model/open-tokenizer.js";
+import { hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
 import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
-import { printResult, runFacts, selectKernels, withCommonOptions } from "./common.js";
+import type { ProgressView } from "./progress.js";
+import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
 export const command = "imatrix <model>";
 export const describe = "Importance matrix (llama-imatrix's statistics) from the layer-streamed forward pass, in bounded memory";
@@ -54,26 +56,12 @@ export function parseMemory(s: string): number {
   return Math.floor(v);
 }
 
-const clock = (s: number) => {
-  if (!Number.isFinite(s)) return "?";
-  const t = Math.round(s);
-  const h = Math.floor(t / 3600);
-  const mm = String(Math.floor((t % 3600) / 60)).padStart(h ? 2 : 1, "0");
-  return `${h ? `${h}:` : ""}${mm}:${String(t % 60).padStart(2, "0")}`;
-};
-
-export function formatProgress(p: ImatrixProgress): string {
-  const where = p.layer < p.layers ? `layer ${p.layer}/${p.layers - 1}` : "done";
-  return `[${p.chunksDone}/${p.chunks}] chunks, batch ${p.batch + 1}/${p.batches} ${where}, ${p.tokensPerSecond.toFixed(1)} tokens/s, ` +
-    `ETA ${clock(p.etaSeconds)}` + (p.ppl !== undefined ? `, PPL ${p.ppl.toFixed(4)}` : "");
-}
-
 /** The text's token ids (no BOS) and the BOS convention, checked against the model. */
-export async function imatrixTokens(model: WeightSource, opts: { text?: string; tokens?: string; tokenizer?: string; modelPath: string }):
+export async function imatrixTokens(model: WeightSource, opts: { text?: string; tokens?: string; tokenizer?: string; modelPath: string; revision?: string }):
   Promise<{ ids: number[]; bos: number | null; addBos: boolean; tokenizer: TextTokenizer | null; input: string }> {
   const cfg = model.config;
   if (opts.tokenizer && !(await hasTokenizer(opts.tokenizer))) throw new DeepcastError("--tokenizer: no tokenizer.json in this folder", { file: opts.tokenizer, code: "NOT_FOUND" });
-  const dir = await findTokenizerDir([opts.tokenizer, opts.modelPath]);
+  const dir = await findTokenizerDirOrHub([opts.tokenizer, opts.modelPath], { revision: opts.revision });
   let tokenizer: TextTokenizer | null = null;
   let ids: number[];
   const input = (opts.tokens ?? opts.text)!;
@@ -138,24 +126,29 @@ export interface ImatrixJobResult {
 /** Opens the model, tokenizes, plans the passes, runs them and writes the file (progress on stderr). */
 export async function makeImatrix(job: ImatrixJob): Promise<ImatrixJobResult> {
   const started = performance.now();
-  const { threads, format, budget } = job;
   if (!job.text && !job.tokens) throw new DeepcastError("give the calibration text with -f/--text FILE or its token ids with --tokens FILE.json", { code: "USAGE" });
   if (job.chunks !== undefined && (!Number.isInteger(job.chunks) || job.chunks < 1)) throw new DeepcastError(`--chunks must be a positive integer, got ${job.chunks}`, { code: "USAGE" });
-  const out = job.output;
-  const exists = await stat(out).catch(() => null);
-  if (exists?.isDirectory()) throw new DeepcastError("-o names a folder", { file: out, code: "NOT_A_FILE" });
-  if (exists && !job.force && !job.dryRun) throw new DeepcastError("the output exists: use --force to overwrite it", { file: out, code: "OUTPUT_EXISTS" });
+  const exists = await stat(job.output).catch(() => null);
+  if (exists?.isDirectory()) throw new DeepcastError("-o names a folder", { file: job.output, code: "NOT_A_FILE" });
+  if (exists && !job.force && !job.dryRun) throw new DeepcastError("the output exists: use --force to overwrite it", { file: job.output, code: "OUTPUT_EXISTS" });
 
+  return withProgress({ label: "imatrix", unit: "chunks", resumeHint: "nothing was written: rerun the same command to start over" },
+    (progress) => imatrixWith(job, progress, started));
+}
+
+async function imatrixWith(job: ImatrixJob, progress: ProgressView, started: number): Promise<ImatrixJobResult> {
+  const { threads, format, budget } = job;
+  const out = job.output;
   let model: WeightSource;
   try {
-    model = await openWeights(job.model, { threads, revision: job.revision });
+    model = await openWeights(job.model, { threads, revision: job.revision, onEvent: progress.onEvent });
   } catch (e) {
     if (e instanceof DeepcastError) throw e;
     throw new DeepcastError(`cannot open the model: ${(e as Error).message}`, { file: job.model }, { cause: e });
   }
   try {
     const cfg = model.config;
-    const tok = await imatrixTokens(model, { text: job.text, tokens: job.tokens, tokenizer: job.tokenizer, modelPath: job.model });
+    const tok = await imatrixTokens(model, { text: job.text, tokens: job.tokens, tokenizer: job.tokenizer, modelPath: job.model, revision: job.revision });
     if (job.ctx > cfg.maxPositionEmbeddings) throw new DeepcastError(`--ctx ${job.ctx} is longer than the model's max_position_embeddings ${cfg.maxPositionEmbeddings}`, { file: model.description, code: "USAGE" });
     const plan = planImatrixChunks(tok.ids, { ctx: job.ctx, chunks: job.chunks, bos: tok.bos, addBos: tok.addBos, file: tok.input });
     const mem = planImatrixMemory(cfg, job.ctx, plan.sequences.length, budget, { processOutput: job.processOutput, ppl: job.ppl });
@@ -183,21 +176,12 @@ export async function makeImatrix(job: ImatrixJob): Promise<ImatrixJobResult> {
     if (job.dryRun) return { report: planInfo, summary: `would compute the importance matrix over ${batchLine}; output ${out} (${format})` };
     if (mem.estimatedPeakBytes > budget) err.write(`imatrix: warning: one chunk per pass already needs about ${fmtBytes(mem.estimatedPeakBytes)}, over the --memory budget\n`);
     err.write(`imatrix: ${batchLine}\n`);
-    const live = err.isTTY === true;
-    let lastLine = performance.now();
     const r = await runImatrix(model, plan, {
       chunksPerBatch: mem.chunksPerBatch,
       threads,
       processOutput: job.processOutput,
       ppl: job.ppl,
-      onProgress: (p) => {
-        const end = p.layer === p.layers;
-        if (live) err.write(`\r\x1b[K${formatProgress(p)}${end ? "\n" : ""}`);
-        else if (end || performance.now() - lastLine > 10_000) {
-          err.write(formatProgress(p) + "\n");
-          lastLine = performance.now();
-        }
-      },
+      onEvent: progress.onEvent,
     });
     const data = {
       entries: new Map([...r.collector.stats].map(([n, e]) => [n, { sums: e.sums, counts: e.counts }])),

@@ -1,58 +1,46 @@
 /**
- * Progress on stderr, from a run's event stream (src/events.ts): a live bar with bytes, GB/s and ETA
- * on a terminal, plain lines otherwise (CI logs, pipes). Machine-readable results go to stdout with
+ * Progress on stderr, rendered from a run's event stream (src/events.ts), for every command: on a
+ * terminal a live bar with done/total, rate and ETA; otherwise (CI logs, nohup, pipes) the same
+ * figures as a plain line every DEEPCAST_PROGRESS_INTERVAL seconds (default 10), plus the events'
+ * own lines (shards, thinned tensors, scored batches). Machine-readable results go to stdout with
  * --json, never mixed with this.
  */
 import cliProgress from "cli-progress";
 import type { OnEvent, RunEvent } from "../events.js";
 import { fmtBytes } from "../units.js";
 
-export interface Progress {
-  add(bytes: number): void;
-  line(text: string): void;
-  stop(): void;
+/** Seconds between progress lines without a terminal: `DEEPCAST_PROGRESS_INTERVAL` (default 10). */
+export function progressIntervalSeconds(env: NodeJS.ProcessEnv = process.env): number {
+  const v = Number(env["DEEPCAST_PROGRESS_INTERVAL"]);
+  return env["DEEPCAST_PROGRESS_INTERVAL"] !== undefined && env["DEEPCAST_PROGRESS_INTERVAL"] !== "" && Number.isFinite(v) && v >= 0 ? v : 10;
 }
 
-const gb = (n: number) => (n / 1e9).toFixed(2);
-
-export function createProgress(opts: { total: number; label: string; quiet?: boolean }): Progress {
-  const stream = process.stderr;
-  if (opts.quiet) return { add: () => undefined, line: () => undefined, stop: () => undefined };
-  if (!stream.isTTY) {
-    return { add: () => undefined, line: (t) => stream.write(t + "\n"), stop: () => undefined };
-  }
-  const start = performance.now();
-  let done = 0;
-  const bar = new cliProgress.SingleBar(
-    {
-      stream,
-      format: `${opts.label} [{bar}] {percentage}% | {doneGb}/{totalGb} GB | {rate} GB/s | ETA {eta_formatted}`,
-      hideCursor: true,
-      etaBuffer: 50,
-      fps: 5,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  bar.start(opts.total, 0, { doneGb: gb(0), totalGb: gb(opts.total), rate: "0.00" });
-  return {
-    add(bytes) {
-      done += bytes;
-      const secs = (performance.now() - start) / 1000;
-      bar.update(done, { doneGb: gb(done), rate: secs > 0 ? gb(done / secs) : "0.00" });
-    },
-    line(text) {
-      bar.stop();
-      stream.write(text + "\n");
-      bar.start(opts.total, done, { doneGb: gb(done), totalGb: gb(opts.total), rate: "…" });
-    },
-    stop() {
-      bar.stop();
-    },
-  };
+/** h:mm:ss (m:ss under an hour); "?" when unknown. */
+export function clock(s: number): string {
+  if (!Number.isFinite(s) || s < 0) return "?";
+  const t = Math.round(s);
+  const h = Math.floor(t / 3600);
+  const mm = String(Math.floor((t % 3600) / 60)).padStart(h ? 2 : 1, "0");
+  return `${h ? `${h}:` : ""}${mm}:${String(t % 60).padStart(2, "0")}`;
 }
 
-/** The line an event prints, or null (bytes move the bar; start/done print nothing). */
-export function eventLine(e: RunEvent, opts: { ranks?: number } = {}): string | null {
+type ProgressEvent = Extract<RunEvent, { kind: "progress" }>;
+
+/** "1.20 GB/4.30 GB (27.9%), 152.31 MB/s, ETA 0:22": a task's figures `elapsed` seconds after it began. */
+export function progressFigures(e: Pick<ProgressEvent, "unit" | "done" | "total" | "resumed">, elapsed: number): string {
+  const rate = elapsed > 0 ? (e.done - e.resumed) / elapsed : 0;
+  const left = Math.max(0, e.total - e.done);
+  const eta = left === 0 ? 0 : rate > 0 ? left / rate : NaN;
+  const pct = e.total > 0 ? ((100 * e.done) / e.total).toFixed(1) : "100.0";
+  const amount = e.unit === "bytes"
+    ? `${fmtBytes(e.done)}/${fmtBytes(e.total)}`
+    : `${Math.floor(e.done)}/${Math.round(e.total)} tokens`;
+  const speed = e.unit === "bytes" ? `${fmtBytes(rate)}/s` : `${rate.toFixed(1)} tokens/s`;
+  return `${amount} (${pct}%), ${speed}, ETA ${clock(eta)}, elapsed ${clock(elapsed)}`;
+}
+
+/** The line a discrete event prints, or null (progress, bytes, start, layer and done print none). */
+export function eventLine(e: RunEvent, opts: { ranks?: number; unit?: string; withReference?: boolean } = {}): string | null {
   switch (e.kind) {
     case "shard":
       if (e.skipped) return `[${e.index + 1}/${e.count}] ${e.shard}: already complete, skipped`;
@@ -61,55 +49,151 @@ export function eventLine(e: RunEvent, opts: { ranks?: number } = {}): string | 
         : `[${e.index + 1}/${e.count}] ${e.shard}: ${fmtBytes(e.bytes)} in ${e.seconds.toFixed(1)} s (${(e.bytes / 1e9 / Math.max(e.seconds, 1e-9)).toFixed(2)} GB/s)`;
     case "tensor":
       return `[${e.index + 1}/${e.count}] ${e.tensor} ${e.type} ${fmtBytes(e.bytes)}`;
+    case "batch": {
+      const models = opts.withReference ? 2 : 1;
+      return `[${e.done}/${e.total}] ${opts.unit ?? "sequences"}, ${e.tokens} tokens${opts.withReference ? " through each model" : ""} in ${e.seconds.toFixed(1)} s ` +
+        `(${((e.tokens * models) / Math.max(e.seconds, 1e-9)).toFixed(1)} tokens/s)` +
+        (e.ppl !== undefined ? `, PPL ${e.ppl.toFixed(4)}` : "") +
+        (e.pplBase !== undefined ? `, PPL(base) ${e.pplBase.toFixed(4)}` : "") +
+        (e.meanKld !== undefined ? `, mean KLD ${e.meanKld.toFixed(6)}` : "");
+    }
     default:
       return null;
   }
 }
 
-/**
- * An event consumer for a byte-counting run (fp8-to-bf16, to-demo, to-gguf): the bar is created at
- * `start`; on a non-terminal, tensor lines are thinned to one per 5% of the tensors.
- */
-export function byteProgress(label: string, opts: { ranks?: number } = {}): { onEvent: OnEvent; stop(): void } {
-  let progress: Progress | null = null;
-  let lastTensorLine = 0;
-  return {
-    onEvent(e) {
-      if (e.kind === "start") {
-        progress?.stop();
-        progress = createProgress({ total: e.total, label });
-        return;
-      }
-      if (!progress) return;
-      if (e.kind === "bytes") {
-        progress.add(e.outBytes);
-        return;
-      }
-      if (e.kind === "tensor" && !(process.stderr.isTTY || e.index + 1 === e.count || e.index + 1 >= lastTensorLine + Math.max(1, Math.floor(e.count / 20)))) return;
-      const line = eventLine(e, opts);
-      if (line === null) return;
-      if (e.kind === "tensor") lastTensorLine = e.index + 1;
-      progress.line(line);
-    },
-    stop() {
-      progress?.stop();
-    },
-  };
+export interface ProgressOptions {
+  /** Names the command's own task in progress lines ("to-gguf Q4_K_M"); downloads are named by their file. */
+  label: string;
+  /** to-demo: the rank files a shard goes to, for shard lines. */
+  ranks?: number;
+  /** What `batch` events count ("windows", "chunks"). */
+  unit?: string;
+  /** validate with a reference: batch lines count tokens through each model. */
+  withReference?: boolean;
+  /** Default process.stderr; `tty` and `intervalSeconds` default from it and the environment. */
+  stream?: NodeJS.WritableStream & { isTTY?: boolean };
+  tty?: boolean;
+  intervalSeconds?: number;
 }
 
-/** An event consumer for `validate`: per-layer status on a terminal, a line per scored batch. */
-export function validateProgress(unit: string, withReference: boolean): OnEvent {
-  const err = process.stderr;
-  const live = err.isTTY === true;
-  return (e) => {
-    if (e.kind === "layer" && live) {
-      err.write(`\r\x1b[Kbatch ${e.batch + 1}/${e.batches}: ${e.model} ${e.layer < e.layers ? `layer ${e.layer + 1}/${e.layers}` : "head"}`);
-    } else if (e.kind === "batch") {
-      if (live) err.write("\r\x1b[K");
-      const models = withReference ? 2 : 1;
-      err.write(`[${e.done}/${e.total}] ${unit}, ${e.tokens} tokens${withReference ? " through each model" : ""} in ${e.seconds.toFixed(1)} s ` +
-        `(${((e.tokens * models) / Math.max(e.seconds, 1e-9)).toFixed(1)} tokens/s), ` +
-        `PPL ${e.ppl.toFixed(4)}` + (e.pplBase !== undefined ? `, PPL(base) ${e.pplBase.toFixed(4)}, mean KLD ${e.meanKld!.toFixed(6)}` : "") + "\n");
+export interface ProgressView {
+  onEvent: OnEvent;
+  /** Writes a line of its own without breaking the live bar. */
+  line(text: string): void;
+  stop(): void;
+}
+
+interface Task {
+  name: string;
+  last: ProgressEvent;
+  /** performance.now() when the task began. */
+  t0: number;
+  /** When its last plain line was printed (or when it began). */
+  printed: number;
+  /** When its last event came. */
+  updated: number;
+  lines: number;
+}
+
+/** One event consumer for every command's progress. */
+export function progressView(opts: ProgressOptions): ProgressView {
+  const stream = opts.stream ?? process.stderr;
+  const live = opts.tty ?? stream.isTTY === true;
+  const intervalMs = 1000 * (opts.intervalSeconds ?? progressIntervalSeconds());
+  const tasks = new Map<string, Task>();
+  let bar: { task: Task; bar: cliProgress.SingleBar } | null = null;
+  let timer: NodeJS.Timeout | null = null;
+  let lastTensorLine = 0;
+
+  const figures = (t: Task, now: number) => progressFigures(t.last, (now - t.t0) / 1000);
+  const plain = (t: Task, now: number) => {
+    stream.write(`${t.name}: ${figures(t, now)}\n`);
+    t.printed = now;
+    t.lines++;
+  };
+  const stopBar = () => {
+    bar?.bar.stop();
+    bar = null;
+  };
+  const showBar = (t: Task, now: number) => {
+    // two tasks at once (a download starting while a conversion finishes its shard): the bar stays
+    // with the one it shows until that one ends or goes quiet
+    if (bar && bar.task !== t && bar.task.last.done < bar.task.last.total && now - bar.task.updated < 1000) return;
+    if (bar?.task !== t) {
+      stopBar();
+      const b = new cliProgress.SingleBar(
+        { stream: stream as NodeJS.WriteStream, format: `${t.name} [{bar}] {text}`, hideCursor: true, fps: 5, barsize: 30 },
+        cliProgress.Presets.shades_classic,
+      );
+      b.start(t.last.total, t.last.done, { text: figures(t, now) });
+      bar = { task: t, bar: b };
+    } else {
+      bar.bar.update(t.last.done, { text: figures(t, now) });
     }
+    if (t.last.done >= t.last.total && t.name.startsWith("download ")) stopBar();
+  };
+  /** Plain mode: every unfinished task that has been quiet for an interval gets a line. */
+  const tick = () => {
+    const now = performance.now();
+    for (const t of tasks.values()) if (t.last.done < t.last.total && now - t.printed >= intervalMs) plain(t, now);
+  };
+  const write = (text: string) => {
+    if (bar) {
+      const { task } = bar;
+      stopBar();
+      stream.write(text + "\n");
+      if (task.last.done < task.last.total) showBar(task, performance.now());
+    } else {
+      stream.write(text + "\n");
+    }
+  };
+
+  return {
+    onEvent(e) {
+      if (e.kind === "progress") {
+        const now = performance.now();
+        let t = tasks.get(e.task);
+        if (!t) {
+          t = { name: e.task.startsWith("download ") ? e.task : opts.label, last: e, t0: now - 1000 * e.seconds, printed: now, updated: now, lines: 0 };
+          tasks.set(e.task, t);
+        }
+        t.last = e;
+        t.updated = now;
+        if (live) {
+          showBar(t, now);
+        } else {
+          if (e.done >= e.total) {
+            // the end of a task that printed along the way; a short one stays silent
+            if (t.lines > 0) plain(t, now);
+            tasks.delete(e.task);
+          } else if (now - t.printed >= intervalMs) {
+            plain(t, now);
+          }
+          if (!timer) {
+            timer = setInterval(tick, Math.max(10, Math.min(1000, intervalMs / 4)));
+            timer.unref();
+          }
+        }
+        return;
+      }
+      if (e.kind === "done") {
+        // the run is over: no more live bar or interval lines for it
+        stopBar();
+        tasks.clear();
+        return;
+      }
+      if (e.kind === "tensor" && !(live || e.index + 1 === e.count || e.index + 1 >= lastTensorLine + Math.max(1, Math.floor(e.count / 20)))) return;
+      const text = eventLine(e, opts);
+      if (text === null) return;
+      if (e.kind === "tensor") lastTensorLine = e.index + 1;
+      write(text);
+    },
+    line: write,
+    stop() {
+      stopBar();
+      if (timer) clearInterval(timer);
+      timer = null;
+    },
   };
 }

@@ -37,26 +37,29 @@ type Args = ArgumentsCamelCase<ReturnType<typeof builder> extends Argv<infer T> 
 export async function handler(argv: Args): Promise<void> {
   const started = performance.now();
   const k = selectKernels(argv.simd);
-  const source = await openSource(argv.in, { revision: argv.revision });
-  const ckpt = await loadCheckpoint(source);
-  checkCheckpointConfig(ckpt, "full", { accept: ["deepseek-v32"] });
-  const plan = planToDemo(ckpt, { modelParallel: argv.modelParallel, nExperts: argv.nExperts, dtype: argv.dtype, maxSeqLen: argv.maxSeqLen });
+  const done = await withProgress({ label: "to-demo", resumeHint: "rerun the same command to resume", ranks: argv.modelParallel }, async (progress) => {
+    const source = await openSource(argv.in, { revision: argv.revision, onEvent: progress.onEvent });
+    const ckpt = await loadCheckpoint(source);
+    checkCheckpointConfig(ckpt, "full", { accept: ["deepseek-v32"] });
+    const plan = planToDemo(ckpt, { modelParallel: argv.modelParallel, nExperts: argv.nExperts, dtype: argv.dtype, maxSeqLen: argv.maxSeqLen });
 
-  if (argv.dryRun) {
-    await printDryRun(argv.json, describeToDemo(plan, source.description, argv.out));
-    return;
-  }
-
-  const summary = await withProgress({ label: "to-demo", resumeHint: "rerun the same command to resume", ranks: plan.mp }, (onEvent) =>
-    runToDemo(ckpt, plan, {
+    if (argv.dryRun) {
+      await printDryRun(argv.json, describeToDemo(plan, source.description, argv.out));
+      return null;
+    }
+    const summary = await runToDemo(ckpt, plan, {
       out: argv.out,
       kernels: k,
       threads: argv.threads,
       force: argv.force,
       skipSpaceCheck: argv.skipSpaceCheck,
       allowNonFinite: argv.allowNonFinite,
-      onEvent,
-    }));
+      onEvent: progress.onEvent,
+    });
+    return { source, plan, summary };
+  });
+  if (!done) return;
+  const { source, plan, summary } = done;
   const facts = runFacts(started, k, argv.threads);
   const result = {
     command: "to-demo",

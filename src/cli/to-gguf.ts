@@ -15,6 +15,7 @@ import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
 import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
 import { calibrationImatrix } from "./calibration.js";
 import { memoryBudget } from "./imatrix.js";
 
@@ -62,7 +63,9 @@ export async function handler(argv: Args): Promise<void> {
   const started = performance.now();
   const k = selectKernels(argv.simd);
   if (await isGgufInput(argv.in)) return ggufHandler(argv, started, k);
-  const source = await openSource(argv.in, { revision: argv.revision });
+  // a repo id's shards download while the run reads them: their progress goes to the run's view
+  let onDownload: OnEvent = () => undefined;
+  const source = await openSource(argv.in, { revision: argv.revision, onEvent: (e) => onDownload(e) });
   const { calibration, planOpts: common } = await planInputs(argv);
   if (argv.targetSize !== undefined && argv.targetBpw !== undefined) throw new DeepcastError("give --target-size or --target-bpw, not both", { code: "USAGE" });
   const target = argv.targetSize !== undefined ? { bytes: parseTargetSize(argv.targetSize) } : argv.targetBpw !== undefined ? { bpw: argv.targetBpw } : undefined;
@@ -95,15 +98,17 @@ export async function handler(argv: Args): Promise<void> {
 
   const summary = await withProgress(
     { label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
-    (onEvent) =>
-      runToGguf(plan, {
+    (progress) => {
+      onDownload = progress.onEvent;
+      return runToGguf(plan, {
         kernels: k,
         threads: argv.threads,
         force: argv.force,
         skipSpaceCheck: argv.skipSpaceCheck,
         allowNonFinite: argv.allowNonFinite,
-        onEvent,
-      }),
+        onEvent: progress.onEvent,
+      });
+    },
   );
   if (tp) await writeFileAtomic(recipePathOf(argv.output), tp.recipe);
   const facts = runFacts(started, k, argv.threads);
@@ -192,12 +197,12 @@ async function ggufHandler(argv: Args, started: number, k: Kernels): Promise<voi
   if (!argv.json && plan.requantized.length) process.stderr.write(`requantizing ${plan.requantized.length} already quantized tensor(s) (--allow-requantize)\n`);
   const summary = await withProgress(
     { label: `to-gguf ${plan.output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
-    (onEvent) => runGgufSource(plan, {
+    (progress) => runGgufSource(plan, {
       threads: argv.threads,
       force: argv.force,
       skipSpaceCheck: argv.skipSpaceCheck,
       allowNonFinite: argv.allowNonFinite,
-      onEvent,
+      onEvent: progress.onEvent,
     }),
   );
   const facts = runFacts(started, k, argv.threads);

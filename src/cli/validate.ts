@@ -15,7 +15,7 @@ import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
 import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions } from "./common.js";
 import { formatKldSummary } from "./kld-format.js";
-import { validateProgress } from "./progress.js";
+import { progressView } from "./progress.js";
 
 export const command = "validate [candidate]";
 export const describe = "Perplexity of a converted model on a text, and with --reference, llama.cpp's KL-divergence statistics against the original";
@@ -81,7 +81,9 @@ export async function handler(argv: Args): Promise<void> {
 
   const opened: WeightSource[] = [];
   let writer: LogitsFileWriter | null = null;
+  const progress = progressView({ label: "validate", unit: protocol === "llama" ? "chunks" : "windows", withReference: argv.reference !== undefined });
   const onSignal = () => {
+    progress.stop();
     if (writer) {
       try {
         unlinkSync(writer.tempFile);
@@ -93,9 +95,9 @@ export async function handler(argv: Args): Promise<void> {
     process.exit(130);
   };
   try {
-    const candidate = await openWeights(argv.candidate, { threads, revision: argv.revision });
+    const candidate = await openWeights(argv.candidate, { threads, revision: argv.revision, onEvent: progress.onEvent });
     opened.push(candidate);
-    const reference = argv.reference ? await openWeights(argv.reference, { threads, revision: argv.revision }) : null;
+    const reference = argv.reference ? await openWeights(argv.reference, { threads, revision: argv.revision, onEvent: progress.onEvent }) : null;
     if (reference) opened.push(reference);
     const vocab = candidate.config.vocabSize;
     if (reference && reference.config.vocabSize !== vocab) {
@@ -105,7 +107,7 @@ export async function handler(argv: Args): Promise<void> {
     // Token ids of the text (no BOS) and the model's BOS convention.
     if (argv.tokenizer && !(await hasTokenizer(argv.tokenizer))) throw new DeepcastError("--tokenizer: no tokenizer.json in this folder", { file: argv.tokenizer });
     const places = [argv.tokenizer, argv.candidate, argv.reference];
-    const tokenizerOpts = { fallbackBos: candidate.config.bosTokenId };
+    const tokenizerOpts = { fallbackBos: candidate.config.bosTokenId, revision: argv.revision };
     // With --tokens the tokenizer only gives BOS; a GGUF whose tokenizer cannot be rebuilt falls back to the config's BOS.
     const tokenizer: TextTokenizer | null = argv.tokens
       ? await findTokenizer(places, tokenizerOpts).catch((e: unknown) => { if (e instanceof DeepcastError) return null; throw e; })
@@ -201,7 +203,7 @@ export async function handler(argv: Args): Promise<void> {
       threads,
       batchSequences: batch,
       logits: writer ?? undefined,
-      onEvent: validateProgress(unit, reference !== null),
+      onEvent: progress.onEvent,
     });
     // A NaN or Inf figure means the model (or the file) is broken: report it, keep no logits, exit non-zero.
     const nonFinite = [
@@ -252,6 +254,7 @@ export async function handler(argv: Args): Promise<void> {
         { file: candidate.description, code: "NON_FINITE" });
     }
   } finally {
+    progress.stop();
     process.off("SIGINT", onSignal);
     process.off("SIGTERM", onSignal);
     if (writer) await writer.abort();

@@ -8,7 +8,7 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import type { OnEvent } from "../events.js";
+import { progressMeter, type OnEvent } from "../events.js";
 import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, locate, INDEX_FILE, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel, safetensorsOrder, type Dtype } from "../io/dtypes.js";
@@ -282,6 +282,7 @@ async function runOpened(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: RunOptions
   const emit: OnEvent = opts.onEvent ?? (() => undefined);
   const started = performance.now();
   emit({ kind: "start", command: "fp8-to-bf16", total: plan.outputBytes, unit: "bytes" });
+  const meter = progressMeter(emit, "fp8-to-bf16", "bytes", plan.outputBytes);
   const reader = new ShardReader(ckpt.source);
   const summary: RunSummary = { shards: plan.shards.length, resumedShards: 0, tensors: 0, fp8Tensors: 0, bytesRead: 0, bytesWritten: 0 };
   const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
@@ -294,6 +295,7 @@ async function runOpened(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: RunOptions
       if (!pending.includes(s)) {
         summary.resumedShards++;
         emit({ kind: "bytes", inBytes: s.tensors.reduce((a, t) => a + t.from.entry.end - t.from.entry.begin, 0), outBytes: s.bytes });
+        meter.skip(s.bytes);
         emit({ kind: "shard", shard: s.name, index: i, count: plan.shards.length, skipped: true, bytes: s.bytes, seconds: 0 });
         continue;
       }
@@ -306,11 +308,15 @@ async function runOpened(ckpt: Checkpoint, plan: Fp8ToBf16Plan, opts: RunOptions
       }
       const chunks = s.tensors.flatMap((t) => tensorChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
       const writer = await SafetensorsWriter.create(join(state.dir, s.name), s.tensors, s.metadata);
+      let shardOut = 0;
       try {
         await pump(chunks, reader, writer, (inB, outB) => {
           summary.bytesRead += inB;
+          shardOut += outB;
           emit({ kind: "bytes", inBytes: inB, outBytes: outB });
+          meter.add(outB);
         });
+        meter.add(s.bytes - shardOut); // the header
       } catch (e) {
         await writer.abort();
         throw e;

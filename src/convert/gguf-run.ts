@@ -5,7 +5,7 @@
  * being written. Each input says only how a tensor's chunks are made.
  */
 import { basename, dirname } from "node:path";
-import type { OnEvent } from "../events.js";
+import { progressMeter, type OnEvent } from "../events.js";
 import type { GgmlType } from "../formats/ggml-types.js";
 import type { GgufLayout } from "../io/gguf-layout.js";
 import { GgufWriter } from "../io/gguf-writer.js";
@@ -97,14 +97,20 @@ export async function runGgufJob(job: GgufRunJob, opts: GgufRunOptions): Promise
     });
     const start = writer.position;
     summary.resumedTensors = layout.files.slice(0, start.file).reduce((a, f) => a + f.tensors.length, 0) + start.tensor;
+    // progress counts tensor data; what an interrupted run already wrote counts as resumed
+    const kept = (placed: { file: number }, index: number) => skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor);
+    const placements = [...placedAt.values()];
+    const meter = progressMeter(emit, "to-gguf", "bytes", placements.reduce((a, q) => a + q.placed.nbytes, 0),
+      placements.reduce((a, q) => a + (kept(q.placed, q.index) ? q.placed.nbytes : 0), 0));
     let sinceCheckpoint = 0;
     try {
       for (const [i, t] of job.tensors.entries()) {
         const { placed, index } = placedAt.get(t.name)!;
-        if (skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor)) continue;
+        if (kept(placed, index)) continue;
         await pump(await job.chunks(i), job.reader, writer, (inB, outB) => {
           summary.bytesRead += inB;
           emit({ kind: "bytes", inBytes: inB, outBytes: outB });
+          meter.add(outB);
         });
         emit({ kind: "tensor", tensor: t.name, index: i, count: job.tensors.length, type: t.type.name, bytes: placed.nbytes });
         sinceCheckpoint += placed.nbytes;

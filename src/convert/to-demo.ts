@@ -14,7 +14,7 @@
  */
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
-import type { OnEvent } from "../events.js";
+import { progressMeter, type OnEvent, type ProgressMeter } from "../events.js";
 import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, type Checkpoint } from "../io/checkpoint.js";
 import { DTYPE_SIZE, numel } from "../io/dtypes.js";
@@ -254,10 +254,13 @@ async function runOpened(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOption
     const needed = plan.ranks.filter((r) => pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0) + small;
     if (!opts.skipSpaceCheck) await checkFreeSpace(dir, needed, ckpt.source, ckpt.shards);
     emit({ kind: "start", command: "to-demo", total: plan.outputBytes, unit: "bytes" });
-    await writeRanks(ckpt, plan, emit, opts, state, fp, pendingRank, summary);
+    const meter = progressMeter(emit, "to-demo", "bytes", plan.outputBytes, plan.ranks.filter((r) => !pendingRank[r.rank]).reduce((a, r) => a + r.bytes, 0));
+    await writeRanks(ckpt, plan, emit, meter, opts, state, fp, pendingRank, summary);
+    meter.set(plan.outputBytes); // the rank files' headers
   } else {
     emit({ kind: "start", command: "to-demo", total: plan.outputBytes, unit: "bytes" });
     emit({ kind: "bytes", inBytes: 0, outBytes: plan.outputBytes });
+    progressMeter(emit, "to-demo", "bytes", plan.outputBytes, plan.outputBytes);
   }
   await writeSmallFiles(ckpt, plan, dir);
   await state.markComplete();
@@ -266,7 +269,7 @@ async function runOpened(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOption
 }
 
 async function writeRanks(
-  ckpt: Checkpoint, plan: DemoPlan, emit: OnEvent, opts: ToDemoRunOptions, state: RunState, fp: string, pendingRank: boolean[], summary: ToDemoSummary,
+  ckpt: Checkpoint, plan: DemoPlan, emit: OnEvent, meter: ProgressMeter, opts: ToDemoRunOptions, state: RunState, fp: string, pendingRank: boolean[], summary: ToDemoSummary,
 ): Promise<void> {
   const dir = state.dir;
   const mp = plan.mp;
@@ -309,6 +312,7 @@ async function writeRanks(
   const sink = new RankScatter(byHf, writers, (n) => {
     summary.bytesWritten += n;
     emit({ kind: "bytes", inBytes: 0, outBytes: n });
+    meter.add(n);
   });
   const reader = new ShardReader(ckpt.source);
   const chunkBytes = opts.chunkBytes ?? DEFAULT_CHUNK_BYTES;
@@ -322,6 +326,7 @@ async function writeRanks(
       if (k < startShard) {
         summary.resumedShards++;
         emit({ kind: "bytes", inBytes: 0, outBytes: shardOut });
+        meter.skip(shardOut);
         emit({ kind: "shard", shard, index: k, count: ckpt.shards.length, skipped: true, bytes: shardOut, seconds: 0 });
         continue;
       }

@@ -23,6 +23,7 @@ import { pipeline } from "node:stream/promises";
 import type { ReadableStream as NodeReadableStream } from "node:stream/web";
 import type { ListFileEntry } from "@huggingface/hub";
 import { DeepcastError } from "../errors.js";
+import { progressMeter, type OnEvent } from "../events.js";
 import { cachedSnapshot, hfHubCacheDir, hfHubOffline, hfToken, lockBlob, repoCacheDir, snapshotBlobName, type CachedSnapshot } from "./hub-cache.js";
 import type { SafetensorsHeader } from "./safetensors.js";
 import { LocalSource, readHeaderByRanges, type CheckpointSource, type SourceFile } from "./source.js";
@@ -65,6 +66,8 @@ export interface HubSourceOptions {
   offline?: boolean;
   /** Where notices go (cached snapshot used, waiting for another download); default stderr. */
   notice?: (message: string) => void;
+  /** Download progress: `progress` events of task `download <file>` (bytes; a resumed part counts as resumed). */
+  onEvent?: OnEvent;
 }
 
 /** Errors of a Hub call that never reached the Hub (DNS, refused, timeout), as opposed to its answers. */
@@ -80,6 +83,7 @@ export class HubSource implements CheckpointSource {
   private readonly fetchFn: typeof fetch | undefined;
   private readonly offline: boolean;
   private readonly notice: (message: string) => void;
+  private readonly onEvent: OnEvent | undefined;
   /** Resolves to the cached snapshot when it stands in for the Hub, else to null. */
   private mode?: Promise<LocalSource | null>;
   private commitSha?: Promise<string>;
@@ -99,6 +103,7 @@ export class HubSource implements CheckpointSource {
     this.fetchFn = opts.fetch;
     this.offline = opts.offline ?? hfHubOffline();
     this.notice = opts.notice ?? ((m) => process.stderr.write(`deepcast: ${m}\n`));
+    this.onEvent = opts.onEvent;
     // The library rejects other tokens with a bare TypeError deep inside the first request.
     if (this.accessToken !== undefined && !this.accessToken.startsWith("hf_")) {
       const where = this.tokenFrom === "HF_TOKEN" ? "HF_TOKEN" : `the token file ${this.tokenFrom}`;
@@ -289,11 +294,18 @@ export class HubSource implements CheckpointSource {
     const expected = entry.lfs?.oid && /^[0-9a-f]{64}$/.test(entry.lfs.oid) ? entry.lfs.oid : undefined;
     const hash = expected ? createHash("sha256") : undefined;
     if (hash && start > 0) for await (const chunk of createReadStream(incomplete, { end: start - 1 })) hash.update(chunk as Buffer);
+    const meter = this.onEvent ? progressMeter(this.onEvent, `download ${file}`, "bytes", entry.size, start) : undefined;
     try {
       if (!res.body) throw new Error("empty response body");
       const tap = new Transform({
         transform(chunk: Buffer, _enc, done) {
           hash?.update(chunk);
+          try {
+            meter?.add(chunk.length);
+          } catch (e) {
+            done(e as Error);
+            return;
+          }
           done(null, chunk);
         },
       });

@@ -1,12 +1,13 @@
 /** Turns the user's input argument into a checkpoint source: a local folder or a Hugging Face repo id. */
 import { stat } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
 import { HubSource, isHubRepoId } from "./hub.js";
 import { LocalSource, type CheckpointSource } from "./source.js";
 
 export async function openSource(
   spec: string,
-  opts: { revision?: string; fetch?: typeof fetch; cacheDir?: string } = {},
+  opts: { revision?: string; fetch?: typeof fetch; cacheDir?: string; onEvent?: OnEvent } = {},
 ): Promise<CheckpointSource> {
   const s = await stat(spec).catch(() => null);
   if (s?.isDirectory()) return new LocalSource(spec);

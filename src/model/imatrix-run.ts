@@ -10,6 +10,7 @@
  * streamed in row blocks, so no batch's logits are ever whole), unless `ppl` is false.
  */
 import { DeepcastError } from "../errors.js";
+import { progressMeter, type OnEvent } from "../events.js";
 import { forward, headName, type ForwardOptions } from "./forward.js";
 import { forwardBytesPerToken, forwardWeightBytes } from "./forward-memory.js";
 import { ImatrixCollector } from "./imatrix-collect.js";
@@ -115,23 +116,6 @@ export class ReadCounter implements WeightSource {
   }
 }
 
-export interface ImatrixProgress {
-  batch: number;
-  batches: number;
-  /** Layers done in this batch (the head counts as one) and per batch. */
-  layer: number;
-  layers: number;
-  chunksDone: number;
-  chunks: number;
-  /** Tokens through the model so far (fraction of the batch included) and seconds since the start. */
-  tokens: number;
-  seconds: number;
-  tokensPerSecond: number;
-  etaSeconds: number;
-  /** Running perplexity after a batch (positions ctx/2 … ctx−2, as llama-imatrix prints it). */
-  ppl?: number;
-}
-
 export interface ImatrixRunOptions {
   chunksPerBatch: number;
   threads?: number;
@@ -139,8 +123,11 @@ export interface ImatrixRunOptions {
   processOutput?: boolean;
   /** Compute the perplexity on the way, as llama-imatrix does (default true). */
   ppl?: boolean;
-  /** After every layer of every batch, and (with ppl) after each batch. */
-  onProgress?: (p: ImatrixProgress) => void;
+  /**
+   * Progress (src/events.ts): start (chunks), progress (tokens, after every layer of every batch),
+   * batch (chunks done, running perplexity with ppl), done.
+   */
+  onEvent?: OnEvent;
 }
 
 export interface ImatrixRunResult {
@@ -174,17 +161,9 @@ export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, o
   let scored = 0;
   let tokensDone = 0;
 
-  const progress = (b: number, layer: number, batchTokens: number, chunksDone: number, ppl?: number) => {
-    const seconds = (performance.now() - started) / 1000;
-    const tokens = tokensDone + (batchTokens * layer) / layers;
-    const frac = tokens / totalTokens;
-    opts.onProgress?.({
-      batch: b, batches, layer, layers, chunksDone, chunks: seqs.length, tokens, seconds,
-      tokensPerSecond: tokens / Math.max(seconds, 1e-9),
-      etaSeconds: frac > 0 ? (seconds * (1 - frac)) / frac : NaN,
-      ...(ppl !== undefined ? { ppl } : {}),
-    });
-  };
+  const emit: OnEvent = opts.onEvent ?? (() => undefined);
+  emit({ kind: "start", command: "imatrix", total: seqs.length, unit: "sequences" });
+  const meter = progressMeter(emit, "imatrix", "tokens", totalTokens);
 
   for (let b = 0; b < batches; b++) {
     const batch = seqs.slice(b * per, (b + 1) * per);
@@ -192,7 +171,7 @@ export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, o
     const fwd: ForwardOptions = {
       threads, ops, observer: collector, output: "hidden",
       onLayer: (l) => {
-        if (l < cfg.nLayers) progress(b, l + 1, batchTokens, b * per);
+        if (l < cfg.nLayers) meter.set(tokensDone + (batchTokens * (l + 1)) / layers);
       },
     };
     const r = await forward(src, batch.map((s) => s.input), fwd);
@@ -207,8 +186,13 @@ export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, o
       scored += rows.length;
     }
     tokensDone += batchTokens;
-    progress(b, layers, 0, Math.min(seqs.length, (b + 1) * per), wantPpl ? Math.exp(nll / scored) : undefined);
+    meter.set(tokensDone);
+    emit({
+      kind: "batch", done: Math.min(seqs.length, (b + 1) * per), total: seqs.length, tokens: tokensDone, seconds: (performance.now() - started) / 1000,
+      ...(wantPpl ? { ppl: Math.exp(nll / scored) } : {}),
+    });
   }
+  emit({ kind: "done", command: "imatrix", seconds: (performance.now() - started) / 1000 });
   const chunkSize = plan.ctx;
   return {
     collector,

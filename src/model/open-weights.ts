@@ -11,6 +11,7 @@
 import { open as openFile, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { DeepcastError } from "../errors.js";
+import type { OnEvent } from "../events.js";
 import { GGUF_MAGIC } from "../io/gguf-layout.js";
 import { parseSplitPath } from "../io/gguf-reader.js";
 import { checkModelConfig, hfConfigOf } from "../io/hf-config.js";
@@ -33,6 +34,8 @@ export interface OpenWeightsOptions {
   fetch?: typeof fetch;
   /** Hub: cache folder. */
   cacheDir?: string;
+  /** Hub: download progress (src/events.ts). */
+  onEvent?: OnEvent;
 }
 
 async function startsWithGgufMagic(path: string): Promise<boolean> {
@@ -92,6 +95,7 @@ export async function openWeights(spec: string, opts: OpenWeightsOptions = {}): 
         ...(opts.revision !== undefined ? { revision: opts.revision } : {}),
         ...(opts.fetch !== undefined ? { fetch: opts.fetch } : {}),
         ...(opts.cacheDir !== undefined ? { cacheDir: opts.cacheDir } : {}),
+        ...(opts.onEvent !== undefined ? { onEvent: opts.onEvent } : {}),
       };
       return HfWeightSource.open(await openSource(spec, hub), { threads, bf16Round: opts.bf16Round ?? false });
     }

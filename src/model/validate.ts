@@ -6,7 +6,7 @@
  * batch's logits of each model are ever held. The statistics are ./kld-stats.ts.
  */
 import { DeepcastError } from "../errors.js";
-import type { OnEvent } from "../events.js";
+import { progressMeter, type OnEvent } from "../events.js";
 import type { EvalSequence } from "./eval-protocol.js";
 import { forward, type ForwardOptions } from "./forward.js";
 import { Scores, type KldSummary, type PerplexityStats } from "./kld-stats.js";
@@ -68,18 +68,30 @@ export async function validate(candidate: WeightSource, reference: WeightSource 
   const batches = Math.ceil(sequences.length / per);
   // Without a logits dump or a routing observer, only the scored positions' logits are made.
   const scoredOnly = !opts.logits && !opts.onRouting;
-  const fwd = (model: "reference" | "candidate", batch: number, seqs: readonly EvalSequence[]): ForwardOptions => ({
-    threads: opts.threads,
-    ops: opts.ops,
-    onRouting: opts.onRouting,
-    onLayer: opts.onEvent
-      ? (layer) => emit({ kind: "layer", model, layer, layers: (model === "candidate" ? candidate : reference!).config.nLayers, batch, batches })
-      : undefined,
-    ...(scoredOnly ? { logitsFrom: seqs.map((q) => q.first) } : {}),
-  });
+  // progress: tokens through each model, a forward pass's batch counted layer by layer (the head as one more)
+  let passed = 0;
+  const fwd = (model: "reference" | "candidate", batch: number, seqs: readonly EvalSequence[]): ForwardOptions => {
+    const layers = (model === "candidate" ? candidate : reference!).config.nLayers;
+    const tokens = seqs.reduce((n, q) => n + q.input.length, 0);
+    return {
+      threads: opts.threads,
+      ops: opts.ops,
+      onRouting: opts.onRouting,
+      onLayer: opts.onEvent
+        ? (layer) => {
+          emit({ kind: "layer", model, layer, layers, batch, batches });
+          meter.set(passed + (tokens * (layer + 1)) / (layers + 1));
+          if (layer === layers) passed += tokens;
+        }
+        : undefined,
+      ...(scoredOnly ? { logitsFrom: seqs.map((q) => q.first) } : {}),
+    };
+  };
   const emit: OnEvent = opts.onEvent ?? (() => undefined);
   const started = performance.now();
   emit({ kind: "start", command: "validate", total: sequences.length, unit: "sequences" });
+  const models = reference ? 2 : 1;
+  const meter = progressMeter(emit, "validate", "tokens", models * sequences.reduce((n, q) => n + q.input.length, 0));
   const total = sequences.reduce((n, q) => n + q.targets.length, 0);
   const scores = new Scores(total, reference !== null);
   let candidateSeconds = 0;
