@@ -31,7 +31,7 @@ export interface HfSourceRef {
   dtype: Dtype;
   /** PyTorch order. */
   shape: number[];
-  /** Block scale of an FP8 weight (multiply, 128x128 blocks). */
+  /** Block scale of an FP8 weight (multiply, 128x128 blocks): F32 (V3 `_scale_inv`) or F8_E8M0 (V4 `.scale`). */
   scaleInv?: { file: string; name: string; dtype: Dtype; shape: number[] };
 }
 
@@ -40,7 +40,16 @@ export type GgufTensorSource =
   /** Experts 0..E-1 stacked along a new outer dim: output slab e = experts[e]. */
   | { kind: "stack"; experts: HfSourceRef[] }
   /** One half of kv_b_proj, see kvBSplit. */
-  | { kind: "kv_b"; part: "k_b" | "v_b"; src: HfSourceRef; nHead: number; qkNope: number; vHead: number; kvLora: number };
+  | { kind: "kv_b"; part: "k_b" | "v_b"; src: HfSourceRef; nHead: number; qkNope: number; vHead: number; kvLora: number }
+  /**
+   * V4 routed experts: each expert's I8 weight [rows, cols/2] (two FP4 codes per byte, element 2k in the
+   * low nibble) and its E8M0 scale [rows, cols/32], repacked into ggml MXFP4 blocks; slab e = expert e.
+   */
+  | { kind: "mxfp4"; experts: { weight: HfSourceRef; scale: HfSourceRef }[] }
+  /** An integer table cast to I32 (V4's tid2eid, I64 or I32 in the checkpoint). */
+  | { kind: "i32"; src: HfSourceRef }
+  /** Row-wise concatenation along the last dim: out[r] = [parts[0][r], parts[1][r], ...] (V4's MTP eh_proj). */
+  | { kind: "concat"; parts: HfSourceRef[] };
 
 export interface GgufModelTensor {
   name: string;
@@ -53,6 +62,11 @@ export interface GgufModelTensor {
   forceF32: boolean;
   /** Dequantized from FP8 (its sources have `_scale_inv` companions). */
   fp8: boolean;
+  /**
+   * The type convert writes whatever --outtype (V4: Q8_0 for FP8 sources, MXFP4 experts, BF16/F32 as the
+   * source, I32 tables); absent: F32 when forceF32, else the output type.
+   */
+  convertType?: string;
 }
 
 export interface Deepseek2Hparams {
@@ -69,8 +83,24 @@ export interface Deepseek2Hparams {
   kvLora: number;
 }
 
-export interface Deepseek2GgufModel {
-  architecture: "deepseek2";
+/** What the output planner needs of any generation's plan. */
+export interface GgufModel {
+  /** general.architecture. */
+  architecture: string;
+  hparams: { blockCount: number; nHead: number; nHeadKv: number; nExpert: number };
+  /** KVs in convert_hf_to_gguf order. */
+  kvs: GgufKV[];
+  /** In convert_hf_to_gguf order. */
+  tensors: GgufModelTensor[];
+  params: ParamCounts;
+  /** HF tensors that were skipped. */
+  skipped: string[];
+  /** general.file_type convert writes whatever --outtype (V4: MOSTLY_MXFP4_MOE); absent: the output type's. */
+  convertFileType?: number;
+}
+
+export interface Deepseek2GgufModel extends GgufModel {
+  architecture: string;
   hparams: Deepseek2Hparams;
   /** KVs in convert_hf_to_gguf order; general.file_type = 32 (BF16) until an output type is chosen. */
   kvs: GgufKV[];
@@ -222,25 +252,7 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions 
   const leftover = [...experts.values()].flatMap((b) => [...b.keys()]);
   if (leftover.length) throw new DeepcastError(`unprocessed expert tensors (incomplete layer): ${leftover.slice(0, 3).join(", ")}`, { tensor: leftover[0] });
 
-  // --- gguf_writer.get_total_parameter_count
-  let total = 0;
-  let shared = 0;
-  let expert = 0;
-  let expertSum = 0;
-  let nExpertTensors = 0;
-  for (const t of tensors) {
-    const size = t.shape.reduce((a, b) => a * b, 1);
-    if (t.name.includes("_exps.") && t.shape.length >= 3) {
-      const count = t.shape[t.shape.length - (t.name.includes(".bias") ? 2 : 3)]!;
-      expert += Math.floor(size / count);
-      expertSum += count;
-      nExpertTensors++;
-    } else {
-      shared += size;
-    }
-    total += size;
-  }
-  const params = { total, shared, expert, expertCount: nExpertTensors > 0 ? Math.floor(expertSum / nExpertTensors) : 0 };
+  const params = paramCounts(tensors);
 
   const kvs = buildDeepseek2Kvs(files, opts, params, { blockCount, kvLora, qkNope, qkRope, vHead, nExpert });
   return {
@@ -261,6 +273,28 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions 
     params,
     skipped,
   };
+}
+
+/** gguf_writer.get_total_parameter_count over the tensors as written (logical shapes). */
+export function paramCounts(tensors: readonly { name: string; shape: readonly number[] }[]): ParamCounts {
+  let total = 0;
+  let shared = 0;
+  let expert = 0;
+  let expertSum = 0;
+  let nExpertTensors = 0;
+  for (const t of tensors) {
+    const size = t.shape.reduce((a, b) => a * b, 1);
+    if (t.name.includes("_exps.") && t.shape.length >= 3) {
+      const count = t.shape[t.shape.length - (t.name.includes(".bias") ? 2 : 3)]!;
+      expert += Math.floor(size / count);
+      expertSum += count;
+      nExpertTensors++;
+    } else {
+      shared += size;
+    }
+    total += size;
+  }
+  return { total, shared, expert, expertCount: nExpertTensors > 0 ? Math.floor(expertSum / nExpertTensors) : 0 };
 }
 
 // ---------------------------------------------------------------------------------------------
