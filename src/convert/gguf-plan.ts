@@ -13,12 +13,13 @@
  *  - "kv_b": see `kvBSplit`.
  */
 import { DeepcastError } from "../errors.js";
-import { deepseek2Format, fillBid, namePattern, type MapEntry } from "../formats/deepseek2-names.js";
+import { fillBid, mlaFormats, namePattern, type MapEntry } from "../formats/deepseek2-names.js";
 import { FP8_BLOCK, weightOfScale } from "../formats/fp8.js";
 import type { Dtype } from "../io/dtypes.js";
 import type { GgufKV } from "../io/gguf-kv.js";
 import { configNumber, type HfModelFiles, type HfTensorHeader } from "./hf-model-files.js";
 import { buildDeepseek2Kvs, type Deepseek2KvOptions, type ParamCounts } from "./gguf-kvs.js";
+import { deepseek32Kvs } from "./gguf-kvs-deepseek32.js";
 import { compareCodePoints, isObj } from "./python-compat.js";
 
 interface CompiledEntry extends MapEntry {
@@ -115,14 +116,27 @@ export interface Deepseek2GgufModel extends GgufModel {
  * Builds the GGUF tensor list (with sources) and metadata that llama.cpp's convert_hf_to_gguf.py
  * produces for a DeepSeek-V2/V3 checkpoint.
  */
-export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions = {}): Deepseek2GgufModel {
-  const fmt = deepseek2Format();
+export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions & { mtp?: "default" | "only" | "none" } = {}): Deepseek2GgufModel {
   const h = files.config;
   const arch = Array.isArray(h.architectures) ? h.architectures[0] : undefined;
-  if (typeof arch !== "string" || !fmt.hfArchitectures.includes(arch)) {
-    throw new DeepcastError(`unsupported architecture ${JSON.stringify(arch)}: expected one of ${fmt.hfArchitectures.join(", ")}`, { file: "config.json" });
+  const formats = mlaFormats();
+  const fmt = formats.find((f) => typeof arch === "string" && f.hfArchitectures.includes(arch));
+  if (!fmt) {
+    throw new DeepcastError(`unsupported architecture ${JSON.stringify(arch)}: expected one of ${formats.flatMap((f) => f.hfArchitectures).join(", ")}`, { file: "config.json" });
   }
-  const blockCount = configNumber(h, "num_hidden_layers");
+  const nMain = configNumber(h, "num_hidden_layers");
+  // deepseek32 keeps the MTP block (block_count + num_nextn_predict_layers) unless --no-mtp
+  const keepMtp = fmt.mtp?.keepLayers === true && opts.mtp !== "none";
+  const mtpOnly = keepMtp && opts.mtp === "only";
+  if (opts.mtp === "only" && !keepMtp) throw new DeepcastError(`--mtp: llama.cpp does not export the MTP block of ${arch}`, { code: "USAGE" });
+  const nNextn = typeof h.num_nextn_predict_layers === "number" ? h.num_nextn_predict_layers : 0;
+  const blockCount = nMain + (keepMtp ? nNextn : 0);
+  if (fmt.mtp?.requireAddBosToken) {
+    const tc = files.tokenizerConfig;
+    if (!isObj(tc) || tc.add_bos_token !== true) {
+      throw new DeepcastError("tokenizer_config.json must set add_bos_token to true (llama.cpp's converter asserts it for this model)", { file: "tokenizer_config.json" });
+    }
+  }
   const nKvHeadHf = configNumber(h, "num_key_value_heads");
   const qkNope = configNumber(h, "qk_nope_head_dim");
   const qkRope = configNumber(h, "qk_rope_head_dim");
@@ -204,6 +218,10 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions 
       skipped.push(name);
       continue;
     }
+    if (mtpOnly && !(layer && Number(layer[1]) >= nMain) && !fmt.mtp!.trunkForMtpOnly.includes(name)) {
+      skipped.push(name);
+      continue;
+    }
     const entry = entries.find((e) => e.re.test(name));
     const m = entry?.re.exec(name);
     const bid = m?.groups?.bid;
@@ -254,9 +272,10 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions 
 
   const params = paramCounts(tensors);
 
-  const kvs = buildDeepseek2Kvs(files, opts, params, { blockCount, kvLora, qkNope, qkRope, vHead, nExpert });
+  const kvs = buildDeepseek2Kvs(files, opts, params, { blockCount, kvLora, qkNope, qkRope, vHead, nExpert },
+    fmt.architecture === "deepseek32" ? deepseek32Kvs(keepMtp) : { name: fmt.architecture });
   return {
-    architecture: "deepseek2",
+    architecture: fmt.architecture,
     hparams: {
       blockCount,
       nHead: configNumber(h, "num_attention_heads"),
