@@ -34,6 +34,7 @@ const TypeTraits kTypes[] = {
     {kIQ2_XXS, "iq2_xxs", QK_K, kIQ2_XXSBytes, false}, {kIQ2_XS, "iq2_xs", QK_K, kIQ2_XSBytes, false},
     {kIQ2_S, "iq2_s", QK_K, kIQ2_SBytes, false}, {kIQ1_S, "iq1_s", QK_K, kIQ1_SBytes, false},
     {kIQ1_M, "iq1_m", QK_K, kIQ1_MBytes, false},
+    {kMXFP4, "mxfp4", QK, kMXFP4Bytes, false},
 };
 
 // Clamp used by the legacy _ref paths: MIN(nmax, (int8_t)(v)) with C's float -> int8 narrowing.
@@ -346,6 +347,7 @@ void dequantize_row(int id, const uint8_t* x, float* y, size_t n) {
     case kIQ2_S: dequantize_row_iq2_s(x, y, n); break;
     case kIQ1_S: dequantize_row_iq1_s(x, y, n); break;
     case kIQ1_M: dequantize_row_iq1_m(x, y, n); break;
+    case kMXFP4: dequantize_row_mxfp4(x, y, n); break;
     default: break;
   }
 }

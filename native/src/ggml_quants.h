@@ -40,6 +40,7 @@ enum TypeId : int {
   kQ5_K = 13,
   kQ6_K = 14,
   kBF16 = 30,
+  kMXFP4 = 39,
 };
 
 constexpr int QK = 32;    // legacy block
@@ -51,6 +52,7 @@ constexpr size_t kQ4_1Bytes = 2 + 2 + QK / 2;                   // 20
 constexpr size_t kQ5_0Bytes = 2 + 4 + QK / 2;                   // 22
 constexpr size_t kQ5_1Bytes = 2 + 2 + 4 + QK / 2;               // 24
 constexpr size_t kQ8_0Bytes = 2 + QK;                           // 34
+constexpr size_t kMXFP4Bytes = 1 + QK / 2;                      // 17 (block_mxfp4: e8m0 byte + 16 nibble pairs)
 constexpr size_t kQ2_KBytes = QK_K / 16 + QK_K / 4 + 2 + 2;     // 84
 constexpr size_t kQ3_KBytes = QK_K / 8 + QK_K / 4 + 12 + 2;     // 110
 constexpr size_t kQ4_KBytes = 2 + 2 + 12 + QK_K / 2;            // 144
@@ -76,6 +78,9 @@ size_t row_size(int id, size_t n);
 // One row of n values (n a multiple of the block size). imatrix: n importance weights or nullptr.
 void quantize_row(int id, const float* x, uint8_t* y, size_t n, const float* imatrix);
 void dequantize_row(int id, const uint8_t* x, float* y, size_t n);
+
+// MXFP4 (ggml_mxfp4.cc): dequantize only; deepcast never re-quantizes to it.
+void dequantize_row_mxfp4(const uint8_t* x, float* y, size_t n);
 
 // ---- numeric primitives shared by the quantizer files --------------------------------------
 

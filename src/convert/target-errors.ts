@@ -17,7 +17,7 @@ import type { GgufOutputTensor } from "./gguf-output.js";
 import { kvBSplit, type HfSourceRef } from "./gguf-plan.js";
 import { decodeRows, elemSize, type DecodeCtx } from "./to-gguf.js";
 import { decodeFp4 } from "../formats/mxfp4-repack.js";
-import { e8m0Scales } from "./block-scale.js";
+import { e8m0ToF32Array } from "../formats/e8m0.js";
 
 export interface SampleOptions {
   kernels: Kernels;
@@ -161,6 +161,6 @@ async function loadScale(reader: ShardReader, ctx: DecodeCtx, src: HfSourceRef):
   if (!src.scaleInv) return;
   const raw = await reader.readTensor(src.scaleInv.file, src.scaleInv.name);
   ctx.scales.set(src.name, src.scaleInv.dtype === "F8_E8M0"
-    ? e8m0Scales(raw, { file: src.scaleInv.file, tensor: src.scaleInv.name }, true)
+    ? e8m0ToF32Array(raw)
     : new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
 }

@@ -22,8 +22,9 @@ import { fp8NanError, type Kernels } from "../quant/kernels.js";
 import { kvBSplit, planDeepseek2Gguf, type GgufModel, type HfSourceRef } from "./gguf-plan.js";
 import { planDeepseek4Gguf, type MtpMode } from "./gguf-plan-deepseek4.js";
 import { deepseek4Format } from "../formats/deepseek4-names.js";
-import { decodeFp4, MXFP4_BLOCK_BYTES, repackFp4ToMxfp4 } from "../formats/mxfp4-repack.js";
-import { checkE8m0, readBlockScale } from "./block-scale.js";
+import { decodeFp4, repackFp4ToMxfp4 } from "../formats/mxfp4-repack.js";
+import { readBlockScale } from "./block-scale.js";
+import { checkE8m0 } from "../formats/e8m0.js";
 import { planGgufOutput, type GgufOutputOptions, type GgufOutputPlan, type GgufOutputTensor } from "./gguf-output.js";
 import { hfModelFiles } from "./hf-model-files.js";
 import { ShardReader } from "../io/shard-reader.js";
@@ -264,7 +265,7 @@ function mxfp4Group(ctx: Ctx, t: GgufOutputTensor, reader: ShardReader, weight: 
   return {
     prepare: async () => {
       scales = await reader.readTensor(scale.file, scale.name);
-      checkE8m0(scales, { file: `${ctx.where}/${scale.file}`, tensor: scale.name }, ctx.allowNonFinite);
+      if (!ctx.allowNonFinite) checkE8m0(scales, nb, { file: `${ctx.where}/${scale.file}`, tensor: scale.name });
     },
     chunks,
   };

@@ -38,13 +38,15 @@ export interface GgmlType {
   readonly fallback: string | null;
   /** deepcast quantizes and dequantizes it byte-identically to ggml. */
   readonly quantizer: boolean;
+  /** deepcast dequantizes it bit-identically to ggml (every quantizer type, and MXFP4). */
+  readonly dequantizer: boolean;
 }
 
 /** A type given by name, id, or as itself. */
 export type GgmlTypeRef = string | number | GgmlType;
 
 interface TableJson {
-  types: Omit<GgmlType, "quantized">[];
+  types: (Omit<GgmlType, "quantized" | "dequantizer"> & { dequantizer?: boolean })[];
 }
 
 let all: readonly GgmlType[] | undefined;
@@ -55,7 +57,7 @@ let byId: Map<number, GgmlType>;
 export function ggmlTypes(): readonly GgmlType[] {
   if (!all) {
     const json = readFormat<TableJson>("ggml-types.json");
-    all = Object.freeze(json.types.map((t) => Object.freeze({ ...t, quantized: t.blockSize > 1 })));
+    all = Object.freeze(json.types.map((t) => Object.freeze({ ...t, quantized: t.blockSize > 1, dequantizer: t.quantizer || t.dequantizer === true })));
     byName = new Map(all.map((t) => [t.name.toLowerCase(), t]));
     byId = new Map(all.map((t) => [t.id, t]));
   }
@@ -89,6 +91,25 @@ export function ggmlQuantType(t: GgmlTypeRef): GgmlType {
   if (!found?.quantizer) {
     throw new DeepcastError(
       `ggml type ${JSON.stringify(typeof t === "object" ? t.name : t)} is not supported for quantization (supported: ${ggmlQuantTypes().map((x) => x.name).join(", ")})`,
+    );
+  }
+  return found;
+}
+
+let dequantTypes: readonly GgmlType[] | undefined;
+
+/** The types deepcast dequantizes (what a GGUF's tensors may be for the forward pass). */
+export function ggmlDequantTypes(): readonly GgmlType[] {
+  dequantTypes ??= Object.freeze(ggmlTypes().filter((t) => t.dequantizer));
+  return dequantTypes;
+}
+
+/** Looks up a type deepcast dequantizes; throws a DeepcastError for an unknown or unsupported one. */
+export function ggmlDequantType(t: GgmlTypeRef): GgmlType {
+  const found = typeof t === "object" ? t : find(t);
+  if (!found?.dequantizer) {
+    throw new DeepcastError(
+      `ggml type ${JSON.stringify(typeof t === "object" ? t.name : t)} is not supported for dequantization (supported: ${ggmlDequantTypes().map((x) => x.name).join(", ")})`,
     );
   }
   return found;

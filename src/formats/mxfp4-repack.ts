@@ -8,14 +8,11 @@
  * ggml's block_mxfp4 (ggml-common.h): per 32 elements, the exponent byte e, then 16 bytes where byte j
  * holds element j in the low nibble and element j+16 in the high one; dequantize_row_mxfp4 reads
  * kvalues_mxfp4[code] (= 2 * E2M1[code], as int8) times GGML_E8M0_TO_FP32_HALF(e) (= 2^(e-128)), so the
- * codes carry over unchanged and the values are identical: the repack only moves bits.
+ * codes carry over unchanged and the values are identical: the repack only moves bits. (The code
+ * table and E8M0 bytes are ./fp4.ts and ./e8m0.ts; ggml's MXFP4 dequantizer is quant/ggml.ts.)
  */
-
-/** e2m1 code -> value (DeepSeek's FP4_TABLE; code 8 is +0). */
-export const E2M1 = Object.freeze([0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6]);
-
-/** ggml's kvalues_mxfp4: the int8 values a code stands for before the half scale. */
-export const KVALUES_MXFP4 = Object.freeze([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]);
+import { E8M0_TABLE } from "./e8m0.js";
+import { FP4_VALUES } from "./fp4.js";
 
 /** Bytes of one MXFP4 block (32 elements). */
 export const MXFP4_BLOCK_BYTES = 17;
@@ -44,11 +41,6 @@ export function repackFp4ToMxfp4(packed: Uint8Array, scales: Uint8Array, rows: n
   }
 }
 
-/** 2^(e-127) as float32 (E8M0; 255 is NaN in the OCP format, callers reject it first). */
-export function e8m0ToF32(e: number): number {
-  return e === 255 ? NaN : Math.pow(2, e - 127);
-}
-
 /** DeepSeek's FP4 decode of `rows` x `cols` elements: E2M1[code] * 2^(e-127), in float32. */
 export function decodeFp4(packed: Uint8Array, scales: Uint8Array, rows: number, cols: number, out: Float32Array): void {
   const nb = cols / 32;
@@ -56,28 +48,7 @@ export function decodeFp4(packed: Uint8Array, scales: Uint8Array, rows: number, 
     for (let c = 0; c < cols; c++) {
       const byte = packed[r * (cols / 2) + (c >> 1)]!;
       const code = c & 1 ? byte >> 4 : byte & 0x0f;
-      out[r * cols + c] = E2M1[code]! * e8m0ToF32(scales[r * nb + (c >> 5)]!);
-    }
-  }
-}
-
-/** GGML_E8M0_TO_FP32_HALF: 2^(e-128), with ggml's bit patterns for e < 2. */
-function e8m0Half(e: number): number {
-  return Math.pow(2, e - 128);
-}
-
-/** dequantize_row_mxfp4's arithmetic over `rows` rows of `cols` values (float32 products). */
-export function dequantizeMxfp4(blocks: Uint8Array, rows: number, cols: number, out: Float32Array): void {
-  const nb = (rows * cols) / 32;
-  const f = new Float32Array(1);
-  for (let blk = 0; blk < nb; blk++) {
-    const base = blk * MXFP4_BLOCK_BYTES;
-    f[0] = e8m0Half(blocks[base]!);
-    const d = f[0];
-    for (let j = 0; j < 16; j++) {
-      const q = blocks[base + 1 + j]!;
-      out[blk * 32 + j] = KVALUES_MXFP4[q & 0x0f]! * d;
-      out[blk * 32 + j + 16] = KVALUES_MXFP4[q >> 4]! * d;
+      out[r * cols + c] = FP4_VALUES[code]! * E8M0_TABLE[scales[r * nb + (c >> 5)]!]!;
     }
   }
 }

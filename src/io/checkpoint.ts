@@ -4,7 +4,8 @@
  */
 import { posix } from "node:path";
 import { DeepcastError } from "../errors.js";
-import { scaleNameOf, scaleShape, weightOfScale } from "../formats/fp8.js";
+import { blockScaleRules, E8M0_SCALE_SUFFIX, weightOfBlockScale, type BlockScaleRule } from "../formats/block-scales.js";
+import { FP4_GROUP } from "../formats/fp4.js";
 import type { SafetensorsHeader, TensorEntry } from "./safetensors.js";
 import type { CheckpointSource, SourceFile } from "./source.js";
 
@@ -108,39 +109,68 @@ export async function loadCheckpoint(source: CheckpointSource): Promise<Checkpoi
   return ckpt;
 }
 
+/** A weight's block scale: which rule it follows and where the scale is. */
+export interface BlockScale {
+  rule: BlockScaleRule;
+  loc: TensorLocation;
+}
+
+/** The block scale of `weight` (FP8 with `_scale_inv` or `.scale`, packed FP4 with `.scale`), if any. */
+export function blockScaleOf(ckpt: Checkpoint, weight: string): BlockScale | undefined {
+  const w = locate(ckpt, weight);
+  if (!w) return undefined;
+  for (const rule of blockScaleRules(weight, w.entry.dtype, w.entry.shape)) {
+    const loc = locate(ckpt, rule.scale);
+    if (loc) return { rule, loc };
+  }
+  return undefined;
+}
+
 /**
- * Every FP8 weight has an F32 scale of the right grid, and every scale belongs to an FP8 weight:
- * checked once for every command, so none reads I32 bits as floats or copies a U8 "FP8" weight raw.
+ * Every quantized weight has a scale of the right dtype and grid, and every scale belongs to such a
+ * weight: FP8 e4m3 with an F32 `_scale_inv` (V3.x) or an E8M0 `.scale` (V4) on the 128x128 tile grid,
+ * packed FP4 (I8) with an E8M0 `.scale` per 32 elements of a row (V4 experts). Checked once for every
+ * command, so none reads I32 bits as floats or copies a U8 "FP8" weight raw.
  */
 export function checkFp8Scales(ckpt: Checkpoint): void {
   const where = (f: string) => `${ckpt.source.description}/${f}`;
   for (const [name, file] of ckpt.weightMap) {
     const loc = locate(ckpt, name)!;
-    const of = weightOfScale(name);
+    const of = weightOfBlockScale(name);
     if (of !== null) {
       const weight = locate(ckpt, of);
-      if (weight && weight.entry.dtype !== "F8_E4M3") {
-        throw new DeepcastError(`${weight.entry.dtype} weight carries a block scale ${name}: only F8_E4M3 weights have one`, { file: where(weight.file), tensor: weight.entry.name, code: "BAD_SCALE" });
+      if (weight && weight.entry.dtype !== "F8_E4M3" && !(weight.entry.dtype === "I8" && name.endsWith(E8M0_SCALE_SUFFIX))) {
+        throw new DeepcastError(`${weight.entry.dtype} weight carries a block scale ${name}: only F8_E4M3 (and, with a .scale, packed FP4 I8) weights have one`, { file: where(weight.file), tensor: weight.entry.name, code: "BAD_SCALE" });
       }
-      continue;
+      if (weight) continue;
     }
-    if (loc.entry.dtype !== "F8_E4M3") continue;
+    if (loc.entry.dtype === "F8_E8M0") {
+      throw new DeepcastError(`F8_E8M0 scale tensor belongs to no weight${of ? ` (no ${of} in the checkpoint)` : " (scales are named <name>.scale beside <name>.weight)"}`, { file: where(file), tensor: name, code: "BAD_SCALE" });
+    }
+    const rules = blockScaleRules(name, loc.entry.dtype, loc.entry.shape);
+    if (loc.entry.dtype !== "F8_E4M3" && !(loc.entry.dtype === "I8" && rules.length > 0)) continue;
     const w = loc.entry;
-    const scale = locate(ckpt, scaleNameOf(name));
-    if (!scale) {
-      throw new DeepcastError(`FP8 weight has no ${scaleNameOf(name)} in the checkpoint: cannot dequantize it`, { file: where(file), tensor: name, code: "BAD_SCALE" });
+    const found = blockScaleOf(ckpt, name);
+    if (!found) {
+      const names = rules.map((r) => r.scale).join(" or ") || `${name}.scale`;
+      const what = w.dtype === "I8" ? "packed FP4 (I8) weight" : "FP8 weight";
+      throw new DeepcastError(`${what} has no ${names} in the checkpoint: cannot dequantize it`, { file: where(file), tensor: name, code: "BAD_SCALE" });
     }
     if (w.shape.length !== 2) {
-      throw new DeepcastError(`FP8 weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(file), tensor: name, code: "UNSUPPORTED" });
+      throw new DeepcastError(`${w.dtype === "I8" ? "packed FP4" : "FP8"} weight must be 2-D, found shape ${JSON.stringify(w.shape)}`, { file: where(file), tensor: name, code: "UNSUPPORTED" });
     }
+    const { rule, loc: scale } = found;
     const s = scale.entry;
-    if (s.dtype !== "F32") {
-      throw new DeepcastError(`scale must be F32, found ${s.dtype}`, { file: where(scale.file), tensor: s.name, code: "BAD_SCALE" });
+    if (s.dtype !== rule.dtype) {
+      throw new DeepcastError(`scale must be ${rule.dtype}, found ${s.dtype}`, { file: where(scale.file), tensor: s.name, code: "BAD_SCALE" });
     }
-    const expected = scaleShape(w.shape[0]!, w.shape[1]!);
+    if (rule.kind === "fp4-e8m0" && (w.shape[1]! * 2) % FP4_GROUP !== 0) {
+      throw new DeepcastError(`packed FP4 weight has ${w.shape[1]! * 2} columns (shape ${JSON.stringify(w.shape)}, two per byte), not a multiple of the ${FP4_GROUP}-element scale group`, { file: where(file), tensor: name, code: "UNSUPPORTED" });
+    }
+    const expected = rule.shape;
     if (s.shape.length !== 2 || s.shape[0] !== expected[0] || s.shape[1] !== expected[1]) {
       throw new DeepcastError(
-        `scale shape ${JSON.stringify(s.shape)} does not match weight ${JSON.stringify(w.shape)}: expected ${JSON.stringify(expected)} (ceil(rows/128) x ceil(cols/128))`,
+        `scale shape ${JSON.stringify(s.shape)} does not match weight ${JSON.stringify(w.shape)} (${w.dtype}): expected ${JSON.stringify(expected)} (${rule.grid})`,
         { file: where(scale.file), tensor: s.name, code: "BAD_SCALE" });
     }
   }

@@ -1,10 +1,14 @@
-/** safetensors dtype tags, their element sizes, and the order the safetensors library writes them in. */
+/**
+ * safetensors dtype tags, their element sizes, and the order the safetensors library writes them in
+ * (the declaration order of the Rust crate's `Dtype` enum: ... F8_E5M2, F8_E4M3, F8_E8M0, I16 ...).
+ */
 export const DTYPE_SIZE = {
   BOOL: 1,
   U8: 1,
   I8: 1,
   F8_E5M2: 1,
   F8_E4M3: 1,
+  /** OCP E8M0 power-of-two scale byte (DeepSeek-V4 `.scale`): 2^(e-127); 255 is NaN. */
   F8_E8M0: 1,
   I16: 2,
   U16: 2,

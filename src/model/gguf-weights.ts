@@ -20,7 +20,7 @@ import { DeepcastError } from "../errors.js";
 import { GgufReader, type GgufTensorInfo } from "../io/gguf-reader.js";
 import { deepseek2Format } from "../formats/deepseek2-names.js";
 import { archKey, Keys } from "../formats/gguf-keys.js";
-import { ggmlQuantTypes, rowBytes } from "../formats/ggml-types.js";
+import { ggmlDequantTypes, rowBytes } from "../formats/ggml-types.js";
 import { dequantizeRows } from "../quant/ggml.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { StoredMatrix } from "./ops.js";
@@ -121,11 +121,11 @@ export class GgufWeightSource implements WeightSource {
 
   /** Fails now, not layers into a pass, when a tensor has a type we cannot dequantize. */
   private checkTypes(): void {
-    const bad = this.reader.tensors.filter((t) => !t.type.quantizer);
+    const bad = this.reader.tensors.filter((t) => !t.type.dequantizer);
     if (bad.length) {
       const kinds = [...new Set(bad.map((t) => t.type.name))].join(", ");
       throw new DeepcastError(
-        `${bad.length} tensor(s) are ${kinds}, which the forward pass cannot dequantize (supported: ${ggmlQuantTypes().map((t) => t.name).join(", ")})`,
+        `${bad.length} tensor(s) are ${kinds}, which the forward pass cannot dequantize (supported: ${ggmlDequantTypes().map((t) => t.name).join(", ")})`,
         { file: this.description, tensor: bad[0]!.name });
     }
   }

@@ -1,7 +1,7 @@
 /**
  * ggml block quantization, byte-identical to ggml-base of llama.cpp v0.4.0 (what llama-quantize
  * writes on x86-64): Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K, IQ1_S IQ1_M IQ2_XXS IQ2_XS
- * IQ2_S IQ3_XXS IQ3_S IQ4_NL IQ4_XS TQ1_0 TQ2_0, plus F32/F16/BF16.
+ * IQ2_S IQ3_XXS IQ3_S IQ4_NL IQ4_XS TQ1_0 TQ2_0, plus F32/F16/BF16; MXFP4 is dequantized only.
  *
  * Without an imatrix the K-quants run ggml's `quantize_row_*_ref` (as `ggml_quantize_chunk` does
  * with `quant_weights = NULL`); with one, the weighted `quantize_row_*_impl`. Q8_0/F16/BF16/F32
@@ -13,7 +13,7 @@
  */
 
 import { DeepcastError } from "../errors.js";
-import { ggmlQuantType, rowBytes, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
+import { ggmlDequantType, ggmlQuantType, rowBytes, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
 import { kernels } from "./kernels.js";
 import { loadNative, nativeMissingReason, type NativeAddon } from "./native.js";
 
@@ -97,7 +97,7 @@ export function dequantizeRows(
   threads = 1,
   dst?: Float32Array,
 ): Float32Array {
-  const t = ggmlQuantType(type);
+  const t = ggmlDequantType(type);
   checkRows(rows);
   const rb = rowBytes(t, nPerRow);
   if (src.length !== rows * rb) throw new DeepcastError(`src has ${src.length} bytes, expected ${rows} x ${rb}`);
@@ -136,6 +136,6 @@ export function quantize(type: string, values: Float32Array, nPerRow: number, op
 
 /** ggml's dequantizer: the float32 values `bytes` (whole rows of `nPerRow` values of `type`) stand for. */
 export function dequantize(type: string, bytes: Uint8Array, nPerRow: number, opts: { threads?: number } = {}): Float32Array {
-  const rb = rowBytes(ggmlQuantType(type), nPerRow);
+  const rb = rowBytes(ggmlDequantType(type), nPerRow);
   return dequantizeRows(type, bytes, rowsOf(bytes.length, rb, "a byte count"), nPerRow, opts.threads ?? 1);
 }

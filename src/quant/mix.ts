@@ -30,6 +30,8 @@ interface RuleWhen {
   nExpertAtLeast?: number;
   layerMiddle?: boolean;
   counterBelowFraction?: number;
+  /** tensor->ne[2] >= N */
+  ne2AtLeast?: number;
 }
 
 interface Rule {
@@ -293,6 +295,8 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
     layer: () => [number, number];
     counter: number;
   }
+  /** The shape of the tensor being planned (for ne2AtLeast). */
+  let curNe: readonly number[] = [];
   const holds = (when: RuleWhen | undefined, current: GgmlType, ne0: number, pos: Position | null): boolean => {
     if (!when) return true;
     if (when.nExpert !== undefined && nExpert !== when.nExpert) return false;
@@ -302,6 +306,7 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
     if (when.imatrix !== undefined && hasImatrix !== when.imatrix) return false;
     if (when.ne0NotMultipleOfBlock && ne0 % current.blockSize === 0) return false;
     if (when.currentNot !== undefined && current === ggmlType(when.currentNot)) return false;
+    if (when.ne2AtLeast !== undefined && !((curNe[2] ?? 1) >= when.ne2AtLeast)) return false;
     const needsPosition = when.useMoreBits || when.layerBelowFraction !== undefined || when.indexBelow !== undefined ||
       when.layerMiddle || when.counterBelowFraction !== undefined;
     if (needsPosition) {
@@ -319,6 +324,11 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
   };
 
   const applyRules = (key: string, current: GgmlType, ne0: number, pos: Position | null): GgmlType => {
+    const anyCategory = key !== "output" ? m.rules[ftype.name]?.["*"] : undefined;
+    if (anyCategory) {
+      for (const r of anyCategory) if (holds(r.when, current, ne0, pos)) return ggmlType(r.type);
+      return current;
+    }
     const own = m.rules[ftype.name]?.[key] ?? [];
     const onlyOwn = ftype.ownRulesOnly && key !== "output" && key !== "token_embd";
     const rules = onlyOwn ? own : [...(m.rules.common?.[key] ?? []), ...own, ...(m.rules.commonLast?.[key] ?? [])];
@@ -372,6 +382,7 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
   for (const t of sorted) {
     const inputType = ggmlType(t.type);
     const ne = [...t.ne].slice(0, ggmlNDims(t.ne));
+    curNe = ne;
     const ne0 = ne[0] ?? 1;
     const quantizable = tensorAllowsQuantization(t.name, t.ne, opts.leaveOutputTensor);
     const cat = tensorCategory(t.name);
