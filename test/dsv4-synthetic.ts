@@ -9,7 +9,9 @@ import { join } from "node:path";
 import { dsv4TensorList, dsv4ConfigJson, type V4Dims } from "../fixtures/dsv4-replica.js";
 import { encodeHeader } from "../src/io/safetensors.js";
 import { safetensorsOrder } from "../src/io/dtypes.js";
-import { FIXTURE } from "./helpers.js";
+import { fileURLToPath } from "node:url";
+
+const FIXTURE = fileURLToPath(new URL("../fixtures/tiny-dsv3", import.meta.url));
 
 export const TINY_V4: V4Dims = {
   vocab: 2048, dim: 256, headDim: 512, indexHeads: 2, indexDim: 128,

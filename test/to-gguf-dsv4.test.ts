@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { getLlama, type Token } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { decodeFp4, repackFp4ToMxfp4 } from "../src/formats/mxfp4-repack.js";
@@ -176,4 +177,30 @@ describe("to-gguf of a DeepSeek-V4 checkpoint (deepseek4)", () => {
       }, 120_000);
     }
   });
+
+  it("the bundled llama.cpp (node-llama-cpp) loads our deepseek4 GGUFs (converted, Q4_K_M, MXFP4_MOE) and evaluates: finite distributions", async () => {
+    const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
+    try {
+      for (const [ftype, file] of [["BF16", bf16], ["Q4_K_M", await convert("Q4_K_M", "v4-load-q4km.gguf")], ["MXFP4_MOE", await convert("MXFP4_MOE", "v4-load-mxfp4.gguf")]] as const) {
+        const model = await llama.loadModel({ modelPath: file });
+        try {
+          const ctx = await model.createContext({ contextSize: 256, batchSize: 64, threads: 2, sequences: 1 });
+          const tokens = [0, 17, 300, 1999, 5, 64, 128, 1000] as Token[];
+          const res = await ctx.getSequence().controlledEvaluate(tokens.map((t) => [t, { generateNext: { probabilities: true } }]));
+          expect(res, ftype).toHaveLength(tokens.length);
+          for (const r of res) {
+            const p = [...r!.next!.probabilities!.values()];
+            expect(p.length, ftype).toBe(2048);
+            expect(p.every(Number.isFinite), ftype).toBe(true);
+            expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1), ftype).toBeLessThan(1e-3);
+          }
+          await ctx.dispose();
+        } finally {
+          await model.dispose();
+        }
+      }
+    } finally {
+      await llama.dispose();
+    }
+  }, 180_000);
 });

@@ -41,6 +41,8 @@ export interface GgufOutputPlan {
    * KVs with general.quantization_version and general.file_type moved to the end, trailing 1-dims dropped.
    */
   style: "convert" | "quantize";
+  /** general.file_type as written (V4's convert: MOSTLY_MXFP4_MOE whatever --outtype). */
+  fileType: number;
   kvs: GgufKV[];
   tensors: GgufOutputTensor[];
   mix?: MixPlan;
@@ -67,7 +69,7 @@ export function planGgufOutput(model: GgufModel, opts: GgufOutputOptions): GgufO
       if (opts.fp8AsQ8 && t.fp8 && !t.forceF32 && t.shape.length >= 2) type = t.ne[0]! % Q8_0.blockSize === 0 ? Q8_0 : ggmlType("F16");
       return { name: t.name, ne: [...t.ne], type, inputType: t.forceF32 ? F32 : BF16, source: t.source, shape: t.shape, fp8: t.fp8 };
     });
-    return { ftype, style: "convert", kvs, tensors };
+    return { ftype, style: "convert", fileType: model.convertFileType ?? ftype.id, kvs, tensors };
   }
   // llama-quantize's input: convert --outtype bf16 (V4's fixed types stay; quantized ones are requantized)
   const input = model.tensors.map((t) => ({ name: t.name, ne: t.ne, type: t.convertType ?? (t.forceF32 ? F32 : BF16) }));
@@ -94,5 +96,5 @@ export function planGgufOutput(model: GgufModel, opts: GgufOutputOptions): GgufO
   const kvs = [...model.kvs];
   setKvLast(kvs, kv.u32(Keys.General.QUANTIZATION_VERSION, 2));
   setKvLast(kvs, kv.u32(Keys.General.FILE_TYPE, ftype.id));
-  return { ftype, style: "quantize", kvs, tensors, mix };
+  return { ftype, style: "quantize", fileType: ftype.id, kvs, tensors, mix };
 }

@@ -376,7 +376,7 @@ export function describeToGguf(plan: ToGgufPlan, input: string, out: string): Pl
     output: out,
     fields: {
       quant: output.ftype.name,
-      fileType: output.mix?.fileType ?? output.ftype.id,
+      fileType: output.mix?.fileType ?? output.fileType,
       tensorCount: layout.tensorCount,
       totalBytes: layout.totalBytes,
       files,
