@@ -25,6 +25,8 @@ function nativeAt(level: "scalar" | "avx2"): Kernels {
     bf16ToF32: wrap((s, d, t) => n.bf16ToF32(s, d, t)),
     f32ToF16: wrap((s, d, t) => n.f32ToF16(s, d, t)),
     f16ToF32: wrap((s, d, t) => n.f16ToF32(s, d, t)),
+    fp4ToBf16: wrap((s, r, c, sc, d, t) => n.fp4ToBf16(s, r, c, sc, d, t)),
+    fp4ToFp8: wrap((s, r, c, sc, d, t) => n.fp4ToFp8(s, r, c, sc, d, t)),
   };
 }
 
@@ -203,4 +205,88 @@ describe("backend", () => {
     expect(native, "run npm install to build the addon").not.toBeNull();
     if (native!.hasAvx2()) expect(native!.simdLevel()).toBe("avx2");
   });
+});
+
+/** e2m1 decoded straight from the format: sign bit 3, exponent bits 2..1 (bias 1), mantissa bit 0; no -0. */
+function e2m1Spec(code: number): number {
+  const e = (code >> 1) & 3;
+  const m = code & 1;
+  const mag = e === 0 ? m * 0.5 : (1 + m / 2) * 2 ** (e - 1);
+  return code & 8 && mag !== 0 ? -mag : mag;
+}
+
+describe("packed FP4 (DeepSeek-V4 experts)", () => {
+  // Every byte (two codes) under every scale byte whose values stay finite (0..252), 16 groups a row.
+  const rows = 255;
+  const cols = 512;
+  const src = new Uint8Array((rows * cols) / 2);
+  const scale = new Uint8Array((rows * cols) / 32);
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < cols / 2; i++) src[(r * cols) / 2 + i] = (i + r * 7) & 255;
+    for (let g = 0; g < cols / 32; g++) scale[(r * cols) / 32 + g] = (r + g * 37) % 253;
+  }
+  const want = new Uint16Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    for (let c = 0; c < cols; c++) {
+      const b = src[(r * cols + c) >> 1]!;
+      const v = e2m1Spec(c & 1 ? b >> 4 : b & 15) * 2 ** (scale[(r * cols) / 32 + (c >> 5)]! - 127);
+      const bits = f32Bits(v);
+      expect(f32FromBits(bits)).toBe(v); // exact in f32 ...
+      expect(bits & 0xffff).toBe(0); // ... and in bf16
+      want[r * cols + c] = bits >>> 16;
+    }
+  }
+  for (const [name, k] of impls) {
+    it(`${name}: fp4ToBf16 is e2m1 x 2^(e-127) exactly for every byte and scale byte (code 8 is +0)`, () => {
+      const dst = new Uint16Array(rows * cols);
+      k.fp4ToBf16(src, rows, cols, scale, dst, 3);
+      expect(Buffer.from(dst.buffer).equals(Buffer.from(want.buffer))).toBe(true);
+      expect(dst.includes(0x8000)).toBe(false);
+    });
+  }
+
+  /** A [256, 256] FP4 weight whose tile scales are lossless except where `poison` puts a wide gap. */
+  function tiles(poison?: { row: number; group: number; zeroCodes: boolean }) {
+    const r = 256, c = 256;
+    const s = new Uint8Array(r * c / 2);
+    const sc = new Uint8Array(r * c / 32);
+    for (let i = 0; i < s.length; i++) s[i] = (i * 131 + 17) & 255;
+    for (let i = 0; i < sc.length; i++) sc[i] = 118 + (i % 15); // spread 14 in every tile: still exact
+    if (poison) {
+      const g = poison.row * (c / 32) + poison.group;
+      sc[g] = 117; // 15 below the tile's maximum 132
+      if (poison.zeroCodes) s.fill(0x88, g * 16, g * 16 + 16); // -0 codes only: nothing to lose
+    }
+    return { r, c, s, sc };
+  }
+
+  for (const [name, k] of impls) {
+    it(`${name}: fp4ToFp8 casts every tile exactly (value = fp8 x 2^(tileMax-6-127)) and refuses a tile that would round`, () => {
+      const { r, c, s, sc } = tiles();
+      const dst = new Uint8Array(r * c);
+      expect(k.fp4ToFp8(s, r, c, sc, dst, 2)).toBe(-1);
+      for (let i = 0; i < r * c; i++) {
+        const row = Math.floor(i / c), col = i % c;
+        const g = row * (c / 32) + (col >> 5);
+        let tmax = 0;
+        const tr = row >> 7, tc = col >> 7;
+        for (let rr = tr * 128; rr < tr * 128 + 128; rr++) for (let gg = tc * 4; gg < tc * 4 + 4; gg++) tmax = Math.max(tmax, sc[rr * (c / 32) + gg]!);
+        const b = s[i >> 1]!;
+        const fp4 = e2m1Spec(i & 1 ? b >> 4 : b & 15) * 2 ** (sc[g]! - 127);
+        const fp8 = e4m3Spec(dst[i]!) * 2 ** (tmax - 6 - 127);
+        if (fp8 !== fp4 || (fp8 === 0 && dst[i] !== 0)) throw new Error(`element ${i}: ${fp8} (code ${dst[i]}) != ${fp4}`);
+      }
+      // Tile (1, 0) gets a group 15 below its maximum with nonzero codes: refused, naming that tile.
+      const bad = tiles({ row: 200, group: 1, zeroCodes: false });
+      expect(k.fp4ToFp8(bad.s, bad.r, bad.c, bad.sc, new Uint8Array(r * c), 2)).toBe(1 * 2 + 0);
+      // The same gap over codes that are all zero loses nothing.
+      const zero = tiles({ row: 200, group: 1, zeroCodes: true });
+      expect(k.fp4ToFp8(zero.s, zero.r, zero.c, zero.sc, new Uint8Array(r * c), 2)).toBe(-1);
+      // A tile whose largest scale byte is below 6 has no E8M0 tile scale (it would be negative).
+      const tiny = tiles();
+      tiny.sc.fill(5, 0, 8); // tile (0, 1) keeps its bytes above 6
+      for (let rr = 0; rr < 128; rr++) tiny.sc.fill(5, rr * 8, rr * 8 + 4);
+      expect(k.fp4ToFp8(tiny.s, tiny.r, tiny.c, tiny.sc, new Uint8Array(r * c), 2)).toBe(0);
+    });
+  }
 });

@@ -9,6 +9,7 @@
 
 #include "cpu.h"
 #include "floats.h"
+#include "floats_avx2.h"
 #include "napi_util.h"
 #include "parallel.h"
 #include "registry.h"
@@ -45,7 +46,6 @@ size_t fp8_row_f32_scalar(const uint8_t* src, const float* srow, size_t cols, fl
 
 // ---- AVX2 rows ----------------------------------------------------------------------------
 #if defined(__x86_64__)
-#define DC_AVX2 __attribute__((target("avx2,f16c,fma")))
 
 // 8 FP8 codes (low 8 bytes of the xmm) -> 8 f32, exactly as fp8_e4m3fn_to_f32.
 DC_AVX2 inline __m256 fp8x8_to_f32(__m128i codes8) {
@@ -56,24 +56,6 @@ DC_AVX2 inline __m256 fp8x8_to_f32(__m128i codes8) {
   const __m256i is_nan = _mm256_cmpeq_epi32(nonsign, _mm256_set1_epi32(0x7F));
   __m256i bits = _mm256_blendv_epi8(_mm256_castps_si256(mag), _mm256_set1_epi32(0x7FF00000), is_nan);
   return _mm256_castsi256_ps(_mm256_or_si256(bits, sign));
-}
-
-// 8 f32 -> 8 bf16 in the low 16 bits of each 32-bit lane, exactly as f32_to_bf16.
-DC_AVX2 inline __m256i f32x8_to_bf16_lanes(__m256 v) {
-  const __m256i u = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
-  const __m256i absu = _mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF));
-  const __m256i is_nan = _mm256_cmpgt_epi32(absu, _mm256_set1_epi32(0x7F800000));
-  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-  return _mm256_blendv_epi8(rounded, quiet, is_nan);
-}
-
-// Two vectors of 8 bf16-in-lanes -> 16 packed uint16 in order.
-DC_AVX2 inline void store_bf16x16(uint16_t* dst, __m256i a, __m256i b) {
-  __m256i packed = _mm256_packus_epi32(a, b);
-  packed = _mm256_permute4x64_epi64(packed, 0xD8);
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), packed);
 }
 
 // Lanes of `codes` (16 bytes) that are e4m3fn NaN codes, as a 16-bit mask.

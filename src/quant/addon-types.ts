@@ -29,6 +29,11 @@ export interface AddonTypes {
   f32ToF16(src: View, dst: View, threads: number): void;
   f16ToF32(src: View, dst: View, threads: number): void;
 
+  // ---- fp4.cc: DeepSeek-V4 packed FP4 experts (I8 [rows, cols/2] + one E8M0 byte per 32 of a row)
+  fp4ToBf16(src: View, rows: number, cols: number, scale: View, dst: View, threads: number): void;
+  /** e4m3fn codes per 128x128 tile; -1, or the index of the first tile the cast cannot make exact. */
+  fp4ToFp8(src: View, rows: number, cols: number, scale: View, dst: View, threads: number): number;
+
   // ---- ggml_quants.cc: ggml block quantization by ggml type id; each returns bytes/values written
   /** `imatrix` holds nPerRow weights used for every row (ggml's quant_weights), or null. */
   ggmlQuantize(type: number, src: Float32Array, rows: number, nPerRow: number, dst: Uint8Array, imatrix: Float32Array | null, threads: number): number;
@@ -77,6 +82,8 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   bf16ToF32: 0,
   f32ToF16: 0,
   f16ToF32: 0,
+  fp4ToBf16: 0,
+  fp4ToFp8: 0,
   ggmlQuantize: 0,
   ggmlDequantize: 0,
   ggmlRowBytes: 0,

@@ -5,7 +5,9 @@
 import { DeepcastError } from "../errors.js";
 import { FP8_BLOCK } from "../formats/fp8.js";
 import { loadNative } from "./native.js";
-import { bf16FromF32Bits, f16ToF32, f32ToF16, FP8_E4M3_TABLE } from "./floats.js";
+import { bf16FromF32Bits, f16ToF32, f32ToBf16, f32ToF16, FP8_E4M3_TABLE } from "./floats.js";
+import { FP4_GROUP, FP4_VALUES } from "../formats/fp4.js";
+import { E8M0_TABLE } from "../formats/e8m0.js";
 
 export interface Kernels {
   readonly backend: "native" | "ts";
@@ -22,6 +24,17 @@ export interface Kernels {
   bf16ToF32(src: Uint16Array, dst: Float32Array, threads: number): void;
   f32ToF16(src: Float32Array, dst: Uint16Array, threads: number): void;
   f16ToF32(src: Uint16Array, dst: Float32Array, threads: number): void;
+  /**
+   * Packed FP4 [rows, cols] (src: rows*cols/2 bytes, element 2k in the low nibble) x E8M0 scale per 32
+   * elements of a row -> BF16: e2m1(code) * 2^(e-127), exact (code 8 is +0). Scales must hold no 255.
+   */
+  fp4ToBf16(src: Uint8Array, rows: number, cols: number, scale: Uint8Array, dst: Uint16Array, threads: number): void;
+  /**
+   * The same to e4m3fn codes [rows, cols] by 128x128 tiles (cast_e2m1fn_to_e4m3fn; the tile scales are
+   * fp4TileScales'): -1 when every tile is exact, else the index (tileRow * tileCols + tileCol) of the first
+   * tile that is not, and the output is incomplete.
+   */
+  fp4ToFp8(src: Uint8Array, rows: number, cols: number, scale: Uint8Array, dst: Uint8Array, threads: number): number;
 }
 
 function checkFp8(src: Uint8Array, rows: number, cols: number, scale: Float32Array, dstLen: number): number {
@@ -85,7 +98,64 @@ export const tsKernels: Kernels = {
     if (dst.length !== src.length) throw new RangeError("src/dst sizes do not match");
     for (let i = 0; i < src.length; i++) dst[i] = f16ToF32(src[i]!);
   },
+  fp4ToBf16(src, rows, cols, scale, dst) {
+    checkFp4(src, rows, cols, scale, dst.length);
+    const groups = cols / FP4_GROUP;
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const b = src[(r * cols + c) >> 1]!;
+        const code = c & 1 ? b >> 4 : b & 15;
+        dst[r * cols + c] = f32ToBf16(FP4_VALUES[code]! * E8M0_TABLE[scale[r * groups + Math.floor(c / FP4_GROUP)]!]!);
+      }
+    }
+  },
+  fp4ToFp8(src, rows, cols, scale, dst) {
+    checkFp4(src, rows, cols, scale, dst.length);
+    const groups = cols / FP4_GROUP;
+    const tilesC = Math.ceil(cols / FP8_BLOCK);
+    for (let tr = 0; tr * FP8_BLOCK < rows; tr++) {
+      for (let tc = 0; tc < tilesC; tc++) {
+        const r0 = tr * FP8_BLOCK, r1 = Math.min(rows, r0 + FP8_BLOCK);
+        const g0 = (tc * FP8_BLOCK) / FP4_GROUP, g1 = Math.min(groups, g0 + FP8_BLOCK / FP4_GROUP);
+        let emax = 0;
+        for (let r = r0; r < r1; r++) for (let g = g0; g < g1; g++) emax = Math.max(emax, scale[r * groups + g]!);
+        if (emax < 6) return tr * tilesC + tc;
+        for (let r = r0; r < r1; r++) {
+          for (let g = g0; g < g1; g++) {
+            const k = scale[r * groups + g]! - emax + 6;
+            for (let j = 0; j < FP4_GROUP; j++) {
+              const i = r * cols + g * FP4_GROUP + j;
+              const b = src[i >> 1]!;
+              const code = j & 1 ? b >> 4 : b & 15;
+              if (k < -8) {
+                if (code & 7) return tr * tilesC + tc;
+                dst[i] = 0;
+              } else {
+                dst[i] = fp8CodeOf(FP4_VALUES[code]! * 2 ** k);
+              }
+            }
+          }
+        }
+      }
+    }
+    return -1;
+  },
 };
+
+function checkFp4(src: Uint8Array, rows: number, cols: number, scale: Uint8Array, dstLen: number): void {
+  if (cols % FP4_GROUP !== 0) throw new RangeError(`cols must be a multiple of ${FP4_GROUP}, got ${cols}`);
+  if (src.length * 2 !== rows * cols) throw new RangeError(`src has ${src.length} bytes, expected ${(rows * cols) / 2}`);
+  if (scale.length !== (rows * cols) / FP4_GROUP) throw new RangeError(`scale has ${scale.length} bytes, expected ${(rows * cols) / FP4_GROUP}`);
+  if (dstLen !== rows * cols) throw new RangeError("dst has the wrong size");
+}
+
+/** The e4m3fn code of a value it represents exactly (+0 for zero of either sign). */
+function fp8CodeOf(v: number): number {
+  if (v === 0) return 0;
+  const code = FP8_E4M3_TABLE.indexOf(Math.abs(v));
+  if (code < 0 || code >= 0x7f) throw new Error(`internal: ${v} is not an e4m3fn value`);
+  return v < 0 ? code | 0x80 : code;
+}
 
 function nativeKernels(): Kernels | null {
   const n = loadNative();
@@ -99,6 +169,8 @@ function nativeKernels(): Kernels | null {
     bf16ToF32: (src, dst, threads) => n.bf16ToF32(src, dst, threads),
     f32ToF16: (src, dst, threads) => n.f32ToF16(src, dst, threads),
     f16ToF32: (src, dst, threads) => n.f16ToF32(src, dst, threads),
+    fp4ToBf16: (src, rows, cols, scale, dst, threads) => n.fp4ToBf16(src, rows, cols, scale, dst, threads),
+    fp4ToFp8: (src, rows, cols, scale, dst, threads) => n.fp4ToFp8(src, rows, cols, scale, dst, threads),
   };
 }
 
