@@ -6,7 +6,7 @@
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { getLlama, type Token } from "node-llama-cpp";
@@ -22,6 +22,12 @@ import { kernels } from "../src/quant/kernels.js";
 import { loadNative } from "../src/quant/native.js";
 import { writeTinyDsv4 } from "./dsv4-synthetic.js";
 import { lacking, sha256, tempDir } from "./helpers.js";
+import { readImatrix } from "../src/io/imatrix.js";
+import { writeImatrix } from "../src/io/imatrix-write.js";
+import { planTargetGguf } from "../src/convert/target-plan.js";
+
+const IMATRIX = "/tmp/llama.cpp-bench/build/bin/llama-imatrix";
+const noImatrix = lacking(existsSync(IMATRIX), `no llama.cpp build at ${IMATRIX} (imatrix for the IQ oracle)`);
 
 const QUANTIZE = "/tmp/llama.cpp-bench/build/bin/llama-quantize";
 const noNative = lacking(loadNative() !== null, "the native addon did not load (MXFP4 dequantizer, quantizers)");
@@ -166,7 +172,7 @@ describe("to-gguf of a DeepSeek-V4 checkpoint (deepseek4)", () => {
   });
 
   describe.skipIf(noNative || noQuantize)("quantized outputs equal llama-quantize --allow-requantize on the converted file", () => {
-    for (const ftype of ["Q8_0", "Q4_K_M", "Q2_K", "MXFP4_MOE", "Q5_0"]) {
+    for (const ftype of ["Q8_0", "Q4_K_M", "Q2_K", "MXFP4_MOE", "IQ3_M", "TQ2_0"]) {
       it(ftype, async () => {
         const ours = await convert(ftype, `v4-${ftype}.gguf`);
         const theirs = join(dir, `llama-${ftype}.gguf`);
@@ -203,4 +209,52 @@ describe("to-gguf of a DeepSeek-V4 checkpoint (deepseek4)", () => {
       await llama.dispose();
     }
   }, 180_000);
+
+  describe.skipIf(noNative || noQuantize || noImatrix)("with llama-imatrix's importance matrix of our converted file", () => {
+    let full: string;
+    let usable: string;
+    beforeAll(async () => {
+      const text = join(dir, "calib.txt");
+      await writeFile(text, "In the beginning God created the heaven and the earth. And the earth was without form, and void. ".repeat(60));
+      full = join(dir, "v4.imatrix.gguf");
+      await promisify(execFile)(IMATRIX, ["-m", bf16, "-f", text, "-o", full, "-c", "64", "--chunks", "4", "-t", "2"], { maxBuffer: 64 << 20 });
+      // llama-imatrix records attn_output_a as the loader's 3-D view (ne0 x o_groups values), which
+      // llama-quantize then refuses against the file's 2-D tensor: leave those entries out
+      const im = await readImatrix(full);
+      const entries = new Map([...im.raw!].filter(([n]) => !n.includes("attn_output_a")).map(([n, e]) => [n, { sums: e.sums, counts: e.counts }]));
+      usable = join(dir, "v4-usable.imatrix.gguf");
+      await writeImatrix(usable, { entries, datasets: im.datasets, chunkCount: im.chunkCount, chunkSize: im.chunkSize }, "gguf");
+    }, 120_000);
+
+    it("refuses it as llama-quantize does: attn_output_a's entry does not fit the 2-D tensor", async () => {
+      await expect(convert("IQ4_XS", "v4-bad-im.gguf", { imatrix: await readImatrix(full) })).rejects.toMatchObject({ code: "INVALID_INPUT", tensor: expect.stringContaining("attn_output_a") });
+      await expect(promisify(execFile)(QUANTIZE, ["--allow-requantize", "--imatrix", full, bf16, join(dir, "x.gguf"), "IQ4_XS", "2"])).rejects.toThrow(/attn_output_a/);
+    });
+
+    for (const ftype of ["IQ4_XS", "Q4_K_M"]) {
+      it(`${ftype} with the imatrix equals llama-quantize --imatrix`, async () => {
+        const ours = await convert(ftype, `v4-im-${ftype}.gguf`, { imatrix: await readImatrix(usable) });
+        const theirs = join(dir, `llama-im-${ftype}.gguf`);
+        await promisify(execFile)(QUANTIZE, ["--allow-requantize", "--imatrix", usable, bf16, theirs, ftype, "2"], { maxBuffer: 64 << 20 });
+        expect(sha256(await readFile(ours))).toBe(sha256(await readFile(theirs)));
+      }, 120_000);
+    }
+  });
+
+  it.skipIf(noNative || noQuantize)("--target-size plans V4 (MXFP4 experts measured from their exact values), lands within 3% below, and llama-quantize with its recipe writes the same bytes", async () => {
+    const out = join(dir, "v4-target.gguf");
+    const q8 = (await readFile(await convert("Q8_0", "v4-target-ref.gguf"))).length;
+    const targetBytes = Math.round(q8 * 0.6);
+    const plan = await planTargetGguf(new LocalSource(ckpt), out, { target: { bytes: targetBytes }, kernels: kernels() });
+    await runToGguf(plan, { kernels: kernels(), threads: 2, force: true, skipSpaceCheck: true });
+    const size = (await readFile(out)).length;
+    expect(size).toBeLessThanOrEqual(targetBytes);
+    expect(size).toBeGreaterThan(targetBytes * 0.97);
+    expect(plan.target.analyticTensors).toBe(0);
+    const recipe = join(dir, "v4-target.recipe.txt");
+    await writeFile(recipe, plan.target.recipe);
+    const theirs = join(dir, "llama-v4-target.gguf");
+    await promisify(execFile)(QUANTIZE, ["--allow-requantize", "--tensor-type-file", recipe, bf16, theirs, plan.output.ftype.name, "2"], { maxBuffer: 64 << 20 });
+    expect(sha256(await readFile(out))).toBe(sha256(await readFile(theirs)));
+  }, 300_000);
 });
