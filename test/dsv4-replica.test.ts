@@ -10,7 +10,12 @@ import { planDeepseek4Gguf } from "../src/convert/gguf-plan-deepseek4.js";
 import { planGgufOutput } from "../src/convert/gguf-output.js";
 import type { HfModelFiles } from "../src/convert/hf-model-files.js";
 import { planGgufLayout } from "../src/io/gguf-layout.js";
-import { FIXTURE } from "./helpers.js";
+import { FIXTURE, tempDir } from "./helpers.js";
+import { writeDsv4Replica } from "../fixtures/dsv4-replica.js";
+import { planToGguf } from "../src/convert/to-gguf.js";
+import { LocalSource } from "../src/io/source.js";
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
 
 function replicaFiles(variant: V4Variant): HfModelFiles {
   const plan = planDsv4Replica({ variant });
@@ -61,4 +66,22 @@ describe("DeepSeek-V4 full-scale replicas (headers only)", () => {
     expect(kvValue(out.kvs, "general.size_label")).toBe("384x30B");
     expect(kvValue(out.kvs, "deepseek4.block_count")).toBe(61);
   });
+
+  it("on disk: 46 sparse shards the loader validates; to-gguf's dry run plans the Flash GGUF (1328 tensors) and its MXFP4_MOE requantization in seconds", async () => {
+    const dir = join(await tempDir("deepcast-dsv4-replica-"), "DeepSeek-V4-Flash");
+    const plan = await writeDsv4Replica(dir, { variant: "flash" });
+    const first = await stat(join(dir, plan.shards[0]!.file));
+    expect(first.size).toBe(plan.shards[0]!.fileSize);
+    expect(first.blocks * 512).toBeLessThan(first.size / 100); // a hole, not data
+    const t0 = performance.now();
+    const convert = await planToGguf(new LocalSource(dir), join(dir, "out.gguf"), { ftype: "BF16", dryRun: true });
+    expect(convert.layout.tensorCount).toBe(DSV4_REAL.flash.ggufTensors);
+    expect(convert.layout.totalBytes / 1e9).toBeGreaterThan(155.5);
+    expect(convert.layout.totalBytes / 1e9).toBeLessThan(157);
+    const mxfp4 = await planToGguf(new LocalSource(dir), join(dir, "out-mxfp4.gguf"), { ftype: "MXFP4_MOE", dryRun: true });
+    // llama-quantize MXFP4_MOE: experts stay MXFP4, everything else Q8_0 (the BF16/F32 tensors shrink)
+    expect(mxfp4.output.tensors.filter((t) => t.type.name === "MXFP4")).toHaveLength(129);
+    expect(mxfp4.layout.totalBytes).toBeLessThan(convert.layout.totalBytes);
+    expect((performance.now() - t0) / 1000).toBeLessThan(30);
+  }, 120_000);
 });
