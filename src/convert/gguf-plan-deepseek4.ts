@@ -236,7 +236,7 @@ export function planDeepseek4Gguf(files: HfModelFiles, opts: Deepseek4PlanOption
     handle(g.name, [e.shape[0]!, e.shape[1]! + hh.shape[1]!], { kind: "concat", parts: g.parts }, "F32", true);
   }
   for (const [name, v] of tensors) {
-    if (v.t.dtype === "I8" || v.t.dtype === "U8" || v.t.dtype === "F8_E8M0" as string) {
+    if (v.t.dtype === "I8" || v.t.dtype === "U8" || v.t.dtype === "F8_E8M0") {
       throw new DeepcastError(`${v.t.dtype} tensor that is no routed expert of a converted layer: llama.cpp's converter cannot map it`, { tensor: name, file: v.file });
     }
     const r = srcRef(name);
