@@ -39,7 +39,7 @@ export async function handler(argv: Args): Promise<void> {
   const k = selectKernels(argv.simd);
   const source = await openSource(argv.in, { revision: argv.revision });
   const ckpt = await loadCheckpoint(source);
-  checkCheckpointConfig(ckpt, "full");
+  checkCheckpointConfig(ckpt, "full", { accept: ["deepseek-v32"] });
   const plan = planToDemo(ckpt, { modelParallel: argv.modelParallel, nExperts: argv.nExperts, dtype: argv.dtype, maxSeqLen: argv.maxSeqLen });
 
   if (argv.dryRun) {

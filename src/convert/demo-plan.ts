@@ -100,6 +100,7 @@ export function demoModelArgs(config: Record<string, unknown>, opts: { dtype: "f
   for (const m of f.modelArgs) {
     const v = config[m.hf];
     if (v === undefined || v === null) {
+      if (m.optional) continue;
       if (m.default === undefined) throw bad(`config.json has no ${m.hf}, needed for the demo's ${m.demo}`);
       args[m.demo] = m.default;
     } else {

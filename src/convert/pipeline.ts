@@ -4,6 +4,7 @@
  * rotate, so memory is a few chunks, never a tensor, a shard or a model.
  */
 import { DeepcastError } from "../errors.js";
+import { checkE8m0, E8M0_MAX_FOR_FP8, e8m0ToF32Array } from "../formats/e8m0.js";
 import { FP8_BLOCK } from "../formats/fp8.js";
 import type { ShardReader, TensorRange } from "../io/shard-reader.js";
 import { checkFp8ScaleValues, fp8NanError, type Kernels } from "../quant/kernels.js";
@@ -100,6 +101,19 @@ export async function readFp8Scale(
   const values = new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4);
   if (!allowNonFinite) checkFp8ScaleValues(values, Math.ceil(weightCols / FP8_BLOCK), { file: where, tensor: scale.name });
   return values;
+}
+
+/**
+ * Reads a V4 FP8 weight's E8M0 tile scales (F8_E8M0 [ceil(rows/128), ceil(cols/128)], checked by
+ * loadCheckpoint) as float32 2^(e-127): byte 255 (NaN) is always refused, a byte whose scale makes
+ * 448 overflow unless `allowNonFinite`.
+ */
+export async function readE8m0Scale(
+  reader: ShardReader, scale: { file: string; name: string }, weightCols: number, where: string, allowNonFinite: boolean,
+): Promise<Float32Array> {
+  const raw = await reader.readTensor(scale.file, scale.name);
+  checkE8m0(raw, Math.ceil(weightCols / FP8_BLOCK), { file: where, tensor: scale.name }, allowNonFinite ? 254 : E8M0_MAX_FOR_FP8);
+  return e8m0ToF32Array(raw);
 }
 
 /**

@@ -13,7 +13,7 @@ export interface DemoNamesFormat {
   routedExperts: { contains: string; excludes: string; indexComponent: number };
   copyFiles: string;
   outputFile: string;
-  modelArgs: { demo: string; hf: string; default?: number | string }[];
+  modelArgs: { demo: string; hf: string; default?: number | string; optional?: boolean }[];
 }
 
 export function demoNamesFormat(): DemoNamesFormat {

@@ -8,6 +8,9 @@ import { DeepcastError } from "../errors.js";
 /** The E8M0 NaN byte. */
 export const E8M0_NAN = 255;
 
+/** Largest E8M0 byte whose scale keeps the largest e4m3fn value (448) finite: 448 * 2^119 < 2^128. */
+export const E8M0_MAX_FOR_FP8 = 246;
+
 /** 2^(e-127) as a float32 value (exact); NaN for 255. */
 export function e8m0ToF32(e: number): number {
   if (e === E8M0_NAN) return NaN;

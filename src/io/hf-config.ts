@@ -5,7 +5,10 @@
  * all take their dimensions from a config that passed it.
  */
 import { DeepcastError } from "../errors.js";
+import { checkpointGeneration, GENERATION_NAME, type Generation } from "../formats/generation.js";
 import { locate, type Checkpoint } from "./checkpoint.js";
+import { checkV32Indexer } from "./hf-config-v32.js";
+import { checkV4Config } from "./hf-config-v4.js";
 
 export interface RopeScaling {
   type: "yarn";
@@ -328,16 +331,36 @@ export function checkModelConfig(raw: unknown, tensors: TensorShapes, file: stri
   return parsed;
 }
 
-/** checkModelConfig for a loaded checkpoint: its config.json against its shards' tensors. */
-export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full"): ModelConfig;
+/**
+ * checkModelConfig for a loaded checkpoint: its config.json against its shards' tensors, by generation.
+ * DeepSeek-V4 is checked by ./hf-config-v4.ts ("present" only: no command but fp8-to-bf16 reads it yet).
+ * DeepSeek-V3.2 is V3 plus the indexer (./hf-config-v32.ts); in "full" mode only for a command that
+ * lists it in `accept` (to-demo), since the others do not implement its indexer.
+ */
+export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full", opts?: { accept?: Generation[] }): ModelConfig;
 export function checkCheckpointConfig(ckpt: Checkpoint, mode: "present"): ModelConfig | null;
-export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full" | "present"): ModelConfig | null {
+export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full" | "present", opts: { accept?: Generation[] } = {}): ModelConfig | null {
   const file = `${ckpt.source.description}/config.json`;
   if (!ckpt.config) {
     if (mode === "present") return null;
     throw new DeepcastError("the checkpoint has no config.json", { file: ckpt.source.description, code: "NOT_FOUND" });
   }
-  return checkModelConfig(ckpt.config, { names: () => ckpt.weightMap.keys(), shape: (n) => locate(ckpt, n)?.entry.shape }, file, mode);
+  const tensors = { names: () => ckpt.weightMap.keys(), shape: (n: string) => locate(ckpt, n)?.entry.shape, dtype: (n: string) => locate(ckpt, n)?.entry.dtype };
+  const generation = checkpointGeneration(ckpt.config, ckpt.weightMap.keys());
+  const unsupported = () => new DeepcastError(`${GENERATION_NAME[generation]} checkpoints are not supported by this command yet`, { file, code: "UNSUPPORTED" });
+  if (generation === "deepseek-v4") {
+    if (mode === "full") throw unsupported();
+    checkV4Config(ckpt.config, tensors, file);
+    return null;
+  }
+  if (generation === "deepseek-v32") {
+    if (mode === "full" && !opts.accept?.includes(generation)) throw unsupported();
+    // V3's layout and hyper-parameters (parsed as V3), plus the indexer.
+    const parsed = checkModelConfig({ ...ckpt.config, model_type: "deepseek_v3" }, tensors, file, mode);
+    checkV32Indexer(ckpt.config, tensors, file);
+    return parsed;
+  }
+  return checkModelConfig(ckpt.config, tensors, file, mode);
 }
 
 /** The HF config.json keys a parsed config came from (for a GGUF or demo config turned back into one). */
