@@ -70,9 +70,12 @@ export async function planToGguf(
 /** The generation's planner, by config.json's architecture (V4 has its own; V2/V3/V3.2 share one). */
 export async function planGgufModel(ckpt: Checkpoint, opts: { name?: string; mtp?: MtpMode }): Promise<GgufModel> {
   const arch = Array.isArray(ckpt.config?.architectures) ? ckpt.config!.architectures[0] : undefined;
-  if (deepseek4Format().hfArchitectures.includes(arch as string)) return planDeepseek4Gguf(await hfModelFiles(ckpt), opts);
   // The GGUF metadata takes its dimensions from config.json: they must agree with the tensors.
-  checkCheckpointConfig(ckpt, "full");
+  if (deepseek4Format().hfArchitectures.includes(arch as string)) {
+    checkCheckpointConfig(ckpt, "present");
+    return planDeepseek4Gguf(await hfModelFiles(ckpt), opts);
+  }
+  checkCheckpointConfig(ckpt, "full", { accept: ["deepseek-v32"] });
   return planDeepseek2Gguf(await hfModelFiles(ckpt), opts);
 }
 

@@ -90,8 +90,7 @@ export function parseModelConfig(raw: unknown, file = "config.json"): ModelConfi
   }
   const cfg = raw as Record<string, unknown>;
   const modelType = cfg.model_type;
-  // V3.2 (deepseek_v32) is V3 plus the indexer: the same dimensions are checked
-  if (modelType !== undefined && modelType !== "deepseek_v3" && modelType !== "deepseek_v2" && modelType !== "deepseek_v32") {
+  if (modelType !== undefined && modelType !== "deepseek_v3" && modelType !== "deepseek_v2") {
     throw new DeepcastError(`config.json: model_type ${JSON.stringify(modelType)} is not deepseek_v3`, { file, code: "UNSUPPORTED" });
   }
   const scoreFunc = (cfg.scoring_func ?? "softmax") as string;
