@@ -331,6 +331,23 @@ describe("fp8-to-bf16 refuses bad E8M0 scales, naming the file, tensor and posit
     await expect(convert(d, join(await tempDir(), "o"), { allowNonFinite: true })).resolves.toBeTruthy();
   });
 
+  it("a hash-routing table entry that names no expert", async () => {
+    const d = await copyV4();
+    // tid2eid is I64 [2048, 2]: entry [100, 1] becomes 8 (experts are 0..7).
+    await patchTensor(d, "layers.1.ffn.gate.tid2eid", (b) => { new DataView(b.buffer, b.byteOffset).setBigInt64((100 * 2 + 1) * 8, 8n, true); });
+    const e = await convert(d, join(await tempDir(), "o"), { chunkBytes: 1024 }).then(() => null, (x: unknown) => x) as DeepcastError;
+    expect(e).toBeInstanceOf(DeepcastError);
+    expect(e.message).toMatch(/hash-routing table entry \[100, 1\] = 8 is not an expert index \(n_routed_experts 8\).*layers\.1\.ffn\.gate\.tid2eid/s);
+  });
+
+  it("--experts fp8 keeps FP8 weights as stored but still refuses their NaN codes", async () => {
+    const d = await copyV4();
+    await patchTensor(d, "layers.2.attn.wo_b.weight", (b) => { b[256 * 3 + 5] = 0xff; });
+    const e = await convert(d, join(await tempDir(), "o"), { experts: "fp8" }).then(() => null, (x: unknown) => x) as DeepcastError;
+    expect(e.code).toBe("NON_FINITE");
+    expect(e.message).toMatch(/1 FP8 NaN code.*row 3, column 5.*layers\.2\.attn\.wo_b\.weight/s);
+  });
+
   it("a config that contradicts the tensors (compress ratio without a compressor)", async () => {
     const d = await copyV4();
     const cfg = JSON.parse(await readFile(join(d, "config.json"), "utf8"));

@@ -208,6 +208,7 @@ async function materialize(t: GgufOutputTensor): Promise<Uint8Array[]> {
   const s = t.source;
   if (s.kind === "tensor") return [bytesOf(await load(s.src, as))];
   if (s.kind === "stack") return Promise.all(s.experts.map(async (e) => bytesOf(await load(e, as))));
+  if (s.kind !== "kv_b") throw new Error(`no V4 sources in a V3 plan: ${s.kind}`);
   return [bytesOf(kvBSplit(await load(s.src, as), s.part, s))];
 }
 

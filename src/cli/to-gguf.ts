@@ -20,7 +20,7 @@ import { calibrationImatrix } from "./calibration.js";
 import { memoryBudget } from "./imatrix.js";
 
 export const command = "to-gguf <in>";
-export const describe = "Convert an FP8 or BF16 DeepSeek-V3 checkpoint straight to GGUF (llama.cpp), quantized in one pass; or requantize a deepseek2 GGUF, as llama-quantize";
+export const describe = "Convert an FP8 or BF16 DeepSeek-V3/V3.2/V4 checkpoint straight to GGUF (llama.cpp), quantized in one pass; or requantize a deepseek2 GGUF, as llama-quantize";
 
 export function builder(y: Argv) {
   return withCommonOptions(
@@ -47,10 +47,17 @@ export function builder(y: Argv) {
       .option("memory", { type: "string", describe: "Memory budget of the --calibration pass (e.g. 64G; default 75% of RAM)" })
       .conflicts("calibration", "imatrix")
       .option("name", { type: "string", describe: "general.name (default: derived from the input folder name, like llama.cpp)" })
+      .option("mtp", {
+        type: "boolean",
+        describe: "--mtp: write only the multi-token-prediction block (DeepSeek-V3.2/V4); --no-mtp: leave it out (V3.2 keeps it by default); as convert_hf_to_gguf's flags",
+      })
   ).epilogue(
     "Tensor data and metadata are those of llama.cpp v0.4.0's convert_hf_to_gguf.py (--outtype bf16) followed by " +
       "llama-quantize, byte for byte, without a BF16 intermediate on disk: FP8 weights are dequantized in memory to the " +
-      "values a BF16 checkpoint would hold. The MTP layer is skipped, as llama.cpp does.\n\n" +
+      "values a BF16 checkpoint would hold. The MTP layer is skipped for V3 and V4 and kept for V3.2, as llama.cpp does " +
+      "(--mtp / --no-mtp as its flags). DeepSeek-V4 (deepseek4): FP8 tensors are Q8_0 and the FP4 routed experts MXFP4 " +
+      "(their bits repacked, values identical) whatever --quant F32/F16/BF16 says; other --quant types requantize them as " +
+      "llama-quantize --allow-requantize does.\n\n" +
       "With a .gguf input (deepseek2, F32/F16/BF16 tensors, or quantized ones with --allow-requantize) the output is " +
       "llama-quantize's: the same tensor order, types, bytes and metadata (general.file_type, quantization_version, " +
       "quantize.imatrix.*; split keys dropped). A split input is read whole; --split-max-* splits the output.",
@@ -71,7 +78,11 @@ export async function handler(argv: Args): Promise<void> {
   const target = argv.targetSize !== undefined ? { bytes: parseTargetSize(argv.targetSize) } : argv.targetBpw !== undefined ? { bpw: argv.targetBpw } : undefined;
   if (!target && argv.quant === undefined) throw new DeepcastError("missing --quant (or --target-size / --target-bpw)", { code: "USAGE" });
   if (!target && argv.targetAnalytic) throw new DeepcastError("--target-analytic needs --target-size or --target-bpw", { code: "USAGE" });
-  const planOpts = { ...common, ...(argv.name !== undefined ? { name: argv.name } : {}) };
+  const planOpts = {
+    ...common,
+    ...(argv.name !== undefined ? { name: argv.name } : {}),
+    ...(argv.mtp === true ? { mtp: "only" as const } : argv.mtp === false ? { mtp: "none" as const } : {}),
+  };
   const plan: ToGgufPlan & { target?: TargetReport } = target
     ? await planTargetGguf(source, argv.output, {
       ...planOpts,

@@ -16,7 +16,7 @@ import { checkE8m0 } from "../formats/e8m0.js";
 import { SafetensorsWriter, safetensorsFileSize, type TensorSpec } from "../io/safetensors.js";
 import { weightOfBlockScale } from "../formats/block-scales.js";
 import { SCALE_SUFFIX } from "../formats/fp8.js";
-import type { Kernels } from "../quant/kernels.js";
+import { fp8NanError, type Kernels } from "../quant/kernels.js";
 import { ShardReader } from "../io/shard-reader.js";
 import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readE8m0Scale, readFp8Scale, type Chunk } from "./pipeline.js";
 import { fp4TileScaleChunk, fp4ToBf16Chunks, fp4ToFp8Chunks } from "./fp4-chunks.js";
@@ -26,8 +26,17 @@ import { fmtBytes } from "../units.js";
 import { fingerprint, RunState } from "./run-state.js";
 
 
+/** What a copied tensor's bytes are checked for on the way. */
+export type CopyCheck =
+  /** An E8M0 scale [rows, cols]: no NaN byte 255. */
+  | { kind: "e8m0"; cols: number }
+  /** An FP8 e4m3 weight kept as FP8 [rows, cols]: no NaN code (unless allowNonFinite). */
+  | { kind: "fp8"; cols: number }
+  /** A hash-routing table (I64/I32 [vocab, k]): every entry an expert index below `experts`. */
+  | { kind: "expert-ids"; experts: number; cols: number };
+
 export type OutTensor = TensorSpec &
-  (| { op: "copy"; from: TensorLocation }
+  (| { op: "copy"; from: TensorLocation; check?: CopyCheck }
    /** FP8 -> BF16 with F32 `_scale_inv` (V3.x) or E8M0 `.scale` (V4) tiles. */
    | { op: "fp8"; from: TensorLocation; scale: TensorLocation; scaleKind: "f32" | "e8m0" }
    /** Packed FP4 -> BF16 [rows, cols]. */
@@ -35,9 +44,7 @@ export type OutTensor = TensorSpec &
    /** Packed FP4 -> FP8 e4m3 codes [rows, cols] (lossless cast by 128x128 tiles). */
    | { op: "fp4-fp8"; from: TensorLocation; scale: TensorLocation }
    /** The FP8 cast's E8M0 tile scales, computed from the FP4 scale `from` of the weight [rows, cols]. */
-   | { op: "fp4-fp8-scale"; from: TensorLocation; rows: number; cols: number }
-   /** An E8M0 scale kept as it is, its bytes checked (no 255). */
-   | { op: "e8m0-copy"; from: TensorLocation; cols: number });
+   | { op: "fp4-fp8-scale"; from: TensorLocation; rows: number; cols: number });
 
 /** What becomes of routed experts stored as packed FP4 (DeepSeek-V4). */
 export type ExpertsMode = "bf16" | "fp8";
@@ -97,7 +104,7 @@ export function planFp8ToBf16(ckpt: Checkpoint, opts: PlanOptions = {}): Fp8ToBf
         if (experts === "fp8" && owner.rule.kind === "fp4-e8m0") {
           tensors.push({ name: entry.name, dtype: "F8_E8M0", shape: [Math.ceil(w.shape[0]! / 128), Math.ceil((w.shape[1]! * 2) / 128)], op: "fp4-fp8-scale", from, rows: w.shape[0]!, cols: w.shape[1]! * 2 });
         } else if (experts === "fp8" && owner.rule.kind === "fp8-e8m0") {
-          tensors.push({ name: entry.name, dtype: entry.dtype, shape: entry.shape, op: "e8m0-copy", from, cols: entry.shape[1]! });
+          tensors.push({ name: entry.name, dtype: entry.dtype, shape: entry.shape, op: "copy", from, check: { kind: "e8m0", cols: entry.shape[1]! } });
         } else {
           droppedScales++;
         }
@@ -111,7 +118,7 @@ export function planFp8ToBf16(ckpt: Checkpoint, opts: PlanOptions = {}): Fp8ToBf
       const scale = blockScaleOf(ckpt, entry.name);
       if (entry.dtype === "F8_E4M3" && scale) {
         if (experts === "fp8" && scale.rule.kind === "fp8-e8m0") {
-          tensors.push({ name: entry.name, dtype: entry.dtype, shape: entry.shape, op: "copy", from });
+          tensors.push({ name: entry.name, dtype: entry.dtype, shape: entry.shape, op: "copy", from, check: { kind: "fp8", cols: entry.shape[1]! } });
           continue;
         }
         tensors.push({ name: entry.name, dtype: "BF16", shape: entry.shape, op: "fp8", from, scale: scale.loc, scaleKind: scale.rule.kind === "fp8-f32" ? "f32" : "e8m0" });
@@ -122,6 +129,9 @@ export function planFp8ToBf16(ckpt: Checkpoint, opts: PlanOptions = {}): Fp8ToBf
         else tensors.push({ name: entry.name, dtype: "BF16", shape, op: "fp4", from, scale: scale.loc });
         fp8Tensors++;
         fp4Tensors++;
+      } else if (/\.gate\.tid2eid$/.test(entry.name) && (entry.dtype === "I64" || entry.dtype === "I32") && entry.shape.length === 2 && typeof ckpt.config?.n_routed_experts === "number") {
+        // DeepSeek-V4's hash-routing table, kept as stored (I64); its entries must name experts.
+        tensors.push({ name: entry.name, dtype: entry.dtype, shape: entry.shape, op: "copy", from, check: { kind: "expert-ids", experts: ckpt.config.n_routed_experts, cols: entry.shape[1]! } });
       } else if (entry.dtype === "F8_E5M2") {
         throw new DeepcastError("F8_E5M2 weights are not supported (DeepSeek checkpoints use F8_E4M3)", { file: where(name), tensor: entry.name });
       } else {
@@ -172,19 +182,26 @@ export function planFp8ToBf16(ckpt: Checkpoint, opts: PlanOptions = {}): Fp8ToBf
 function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>, where: string, allowNonFinite: boolean): Chunk[] {
   const size = t.from.entry.end - t.from.entry.begin;
   const chunks: Chunk[] = [];
-  if (t.op === "copy" || t.op === "e8m0-copy") {
-    const check = t.op === "e8m0-copy"
-      ? (input: Uint8Array, out: Uint8Array) => {
-          checkE8m0(input, t.cols, { file: `${where}/${t.from.file}`, tensor: t.name }, 254);
-          out.set(input);
-        }
-      : undefined;
+  if (t.op === "copy") {
+    const at = { file: `${where}/${t.from.file}`, tensor: t.name };
+    const c = t.check;
+    // A checked tensor is cut at whole rows, so an error names its row; an E8M0 scale is read whole.
+    const rowBytes = Math.max(1, !c ? 1 : c.kind === "e8m0" ? size : c.kind === "fp8" ? c.cols : c.cols * DTYPE_SIZE[t.dtype]);
+    const step = Math.max(rowBytes, Math.floor(chunkBytes / rowBytes) * rowBytes);
     // An empty tensor still gets one (empty) chunk, so the writer sees it.
     let off = 0;
     do {
-      // A checked scale is read whole, so the error names its row.
-      const length = check ? size : Math.min(chunkBytes, size - off);
-      chunks.push({ tensor: t.name, src: { file: t.from.file, tensor: t.name, offset: off, length }, outBytes: length, ...(check ? { convert: check } : {}) });
+      const length = Math.min(step, size - off);
+      const row0 = off / rowBytes;
+      const convert = !c ? undefined : (input: Uint8Array, out: Uint8Array) => {
+        if (c.kind === "e8m0") checkE8m0(input, c.cols, at, 254);
+        else if (c.kind === "fp8") {
+          const nan = input.reduce((n, b) => n + ((b & 0x7f) === 0x7f ? 1 : 0), 0);
+          if (nan > 0 && !allowNonFinite) throw fp8NanError(nan, input, row0, c.cols, at);
+        } else checkExpertIds(input, t.dtype, c.experts, c.cols, row0, at);
+        out.set(input);
+      };
+      chunks.push({ tensor: t.name, src: { file: t.from.file, tensor: t.name, offset: off, length }, outBytes: length, ...(convert ? { convert } : {}) });
       off += length;
     } while (off < size);
     return chunks;
@@ -203,6 +220,17 @@ function tensorChunks(t: OutTensor, k: Kernels, threads: number, chunkBytes: num
       return fp4ToFp8Chunks(fp4(t.scale));
     case "fp4-fp8-scale":
       return [fp4TileScaleChunk({ tensor: t.name, weight: { file: "", name: "" }, scale: { file: t.from.file, name: t.name }, rows: t.rows, cols: t.cols, where, allowNonFinite })];
+  }
+}
+
+/** Every entry of a hash-routing table chunk (rows from `row0`) is an expert index below `experts`. */
+function checkExpertIds(bytes: Uint8Array, dtype: Dtype, experts: number, cols: number, row0: number, at: { file: string; tensor: string }): void {
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const size = DTYPE_SIZE[dtype];
+  for (let i = 0; i < bytes.length / size; i++) {
+    const v = size === 8 ? Number(dv.getBigInt64(i * 8, true)) : dv.getInt32(i * 4, true);
+    if (v >= 0 && v < experts) continue;
+    throw new DeepcastError(`hash-routing table entry [${row0 + Math.floor(i / cols)}, ${i % cols}] = ${v} is not an expert index (n_routed_experts ${experts})`, at);
   }
 }
 

@@ -38,26 +38,100 @@ export interface Deepseek2KvOptions {
   extraGeneral?: GgufKV[];
 }
 
+/** The KV list being built, with gguf-py's add_* semantics (an existing key keeps its position). */
+export interface KvBuilder {
+  kvs: GgufKV[];
+  add(e: GgufKV): void;
+  addStr(key: string, v: unknown): void;
+  /** add_uint32 / add_float32 of a config value (a clear error when it is not a number). */
+  u32(key: string, v: unknown): void;
+  f32(key: string, v: unknown): void;
+}
+
+export function kvBuilder(): KvBuilder {
+  const kvs: GgufKV[] = [];
+  const add = (e: GgufKV) => setKvInPlace(kvs, e);
+  return {
+    kvs,
+    add,
+    addStr: (key, v) => {
+      if (typeof v === "string" && v.length > 0) add(kv.str(key, v));
+    },
+    u32: (key, v) => {
+      if (typeof v !== "number") throw new DeepcastError(`config.json: value for ${key} is not a number`, { file: "config.json" });
+      add(kv.u32(key, v));
+    },
+    f32: (key, v) => {
+      if (typeof v !== "number") throw new DeepcastError(`config.json: value for ${key} is not a number`, { file: "config.json" });
+      add(kv.f32(key, v));
+    },
+  };
+}
+
 /**
- * Every metadata KV of convert_hf_to_gguf.py for a DeepSeek-V2/V3 checkpoint, in its order; general.file_type
- * is BF16's until an output type is chosen.
+ * Every metadata KV of convert_hf_to_gguf.py for a DeepSeek-V2/V3 checkpoint (and V3.2, whose class
+ * extends V3's: its KVs come through `archKvs`, called after DeepseekV2Model's), in its order;
+ * general.file_type is BF16's until an output type is chosen.
  */
 export function buildDeepseek2Kvs(
   files: HfModelFiles,
   opts: Deepseek2KvOptions,
   params: ParamCounts,
   d: { blockCount: number; kvLora: number; qkNope: number; qkRope: number; vHead: number; nExpert: number },
+  arch: { name: string; kvs?: (b: KvBuilder, h: Record<string, unknown>) => void } = { name: deepseek2Format().architecture },
 ): GgufKV[] {
-  const fmt = deepseek2Format();
-  const A = fmt.architecture;
+  const A = arch.name;
   const h = { ...files.config };
-  const kvs: GgufKV[] = [];
-  const add = (e: GgufKV) => setKvInPlace(kvs, e);
-  const addStr = (key: string, v: unknown) => {
-    if (typeof v === "string" && v.length > 0) add(kv.str(key, v));
-  };
+  const b = generalKvs(files, opts, params, A);
+  const { kvs, add, u32, f32 } = b;
+
+  // DeepseekV2Model.set_gguf_parameters -> TextModel.set_gguf_parameters
+  h.num_key_value_heads = 1;
+  if (!("rms_norm_eps" in h)) h.rms_norm_eps = 1e-6;
+  if ((opts.transformersKnowsModel ?? true) && !("head_dim" in h)) h.head_dim = d.qkRope;
+  const rope = textModelKvs(b, h, A, d.blockCount, FILE_TYPE_BF16);
+
+  // DeepseekV2Model part
+  const hasMoe = h.n_routed_experts !== undefined && h.n_routed_experts !== null;
+  const firstDense = h.first_k_dense_replace ?? (hasMoe ? 0 : d.blockCount);
+  u32(archKey(Keys.LLM.LEADING_DENSE_BLOCK_COUNT, A), firstDense);
+  u32(archKey(Keys.LLM.VOCAB_SIZE, A), h.vocab_size);
+  if (h.q_lora_rank !== undefined && h.q_lora_rank !== null) u32(archKey(Keys.Attention.Q_LORA_RANK, A), h.q_lora_rank);
+  u32(archKey(Keys.Attention.KV_LORA_RANK, A), d.kvLora);
+  u32(archKey(Keys.Attention.KEY_LENGTH, A), d.kvLora + d.qkRope);
+  u32(archKey(Keys.Attention.VALUE_LENGTH, A), d.kvLora);
+  u32(archKey(Keys.Attention.KEY_LENGTH_MLA, A), d.qkNope + d.qkRope);
+  u32(archKey(Keys.Attention.VALUE_LENGTH_MLA, A), d.vHead);
+  const moeFf = findHparam(h, ["moe_intermediate_size", "intermediate_size"]);
+  if (moeFf === undefined) throw new DeepcastError("config.json: moe_intermediate_size is missing", { file: "config.json" });
+  u32(archKey(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, A), moeFf);
+  if (hasMoe) u32(archKey(Keys.LLM.EXPERT_COUNT, A), h.n_routed_experts);
+  u32(archKey(Keys.LLM.EXPERT_SHARED_COUNT, A), h.n_shared_experts ?? 0);
+  if (h.routed_scaling_factor !== undefined && h.routed_scaling_factor !== null) f32(archKey(Keys.LLM.EXPERT_WEIGHTS_SCALE, A), h.routed_scaling_factor);
+  if (truthy(h.norm_topk_prob)) add(kv.bool(archKey(Keys.LLM.EXPERT_WEIGHTS_NORM, A), true));
+  u32(archKey(Keys.Rope.DIMENSION_COUNT, A), d.qkRope);
+  const mscaleAll = rope.mscale_all_dim;
+  if (typeof mscaleAll === "number") add(kv.f32(archKey(Keys.Rope.SCALING_YARN_LOG_MUL, A), 0.1 * mscaleAll));
+  arch.kvs?.(b, h);
+
+  add(kv.u32(Keys.General.QUANTIZATION_VERSION, 2));
+
+  for (const e of tokenizerKvs(files, opts.tokenizerPre ?? "deepseek-v3", typeof h.vocab_size === "number" ? h.vocab_size : undefined)) add(e);
+  return kvs;
+}
+
+/**
+ * ModelBase.prepare_metadata up to set_gguf_parameters: general.architecture, then `early` (KVs a
+ * model class adds in its __init__, e.g. V4's default chat template), general.type and gguf-py's
+ * Metadata heuristics (name, basename, size label, ...), generation_config's sampling keys.
+ */
+export function generalKvs(files: HfModelFiles, opts: Deepseek2KvOptions, params: ParamCounts, A: string, early: GgufKV[] = []): KvBuilder {
+  const b = kvBuilder();
+  const { add, addStr } = b;
+  const h = files.config;
 
   add(kv.str(Keys.General.ARCHITECTURE, A));
+  for (const e of early) add(e);
   add(kv.str(Keys.General.TYPE, "model"));
 
   // Metadata.load: heuristics from config _name_or_path and the folder name, then generation_config
@@ -102,11 +176,16 @@ export function buildDeepseek2Kvs(
   const label = meta.sizeLabel ?? (params.total > 0 ? sizeLabel(params.total, params.shared, params.expert, params.expertCount) : undefined);
   addStr(Keys.General.SIZE_LABEL, label);
   for (const e of opts.extraGeneral ?? []) add(e);
+  return b;
+}
 
-  // DeepseekV2Model.set_gguf_parameters -> TextModel.set_gguf_parameters
-  h.num_key_value_heads = 1;
-  if (!("rms_norm_eps" in h)) h.rms_norm_eps = 1e-6;
-  if ((opts.transformersKnowsModel ?? true) && !("head_dim" in h)) h.head_dim = d.qkRope;
+/**
+ * TextModel.set_gguf_parameters (with TextModel.__init__'s rope_parameters mirroring): block count,
+ * context, sizes, RoPE, norms, experts, gating, head_dim, general.file_type. Returns the
+ * rope parameters (a class's own KVs read mscale_all_dim from them).
+ */
+export function textModelKvs(b: KvBuilder, h: Record<string, unknown>, A: string, blockCount: number, fileType: number): Record<string, unknown> {
+  const { add, u32, f32 } = b;
   const rope: Record<string, unknown> = { ...(isObj(h.rope_parameters) ? h.rope_parameters : isObj(h.rope_scaling) ? h.rope_scaling : {}) };
   const ropeTheta = findHparam(h, ["global_rope_theta", "rope_global_theta", "rope_theta_global", "rope_theta", "rotary_emb_base"]);
   const origMax = findHparam(h, ["original_max_position_embeddings"]);
@@ -115,20 +194,12 @@ export function buildDeepseek2Kvs(
     if (!("rope_type" in rope) && rope.type !== undefined && rope.type !== null) rope.rope_type = rope.type;
     if (!("original_max_position_embeddings" in rope) && origMax !== undefined && origMax !== null) rope.original_max_position_embeddings = origMax;
   }
-  const u32 = (key: string, v: unknown) => {
-    if (typeof v !== "number") throw new DeepcastError(`config.json: value for ${key} is not a number`, { file: "config.json" });
-    add(kv.u32(key, v));
-  };
-  const f32 = (key: string, v: unknown) => {
-    if (typeof v !== "number") throw new DeepcastError(`config.json: value for ${key} is not a number`, { file: "config.json" });
-    add(kv.f32(key, v));
-  };
   const opt = (keys: string[]) => {
     const v = findHparam(h, keys);
     return v === null ? undefined : v;
   };
 
-  u32(archKey(Keys.LLM.BLOCK_COUNT, A), d.blockCount);
+  u32(archKey(Keys.LLM.BLOCK_COUNT, A), blockCount);
   const nCtx = opt(["max_position_embeddings", "n_ctx", "n_positions", "max_length", "max_sequence_length", "model_max_length"]);
   if (nCtx !== undefined) u32(archKey(Keys.LLM.CONTEXT_LENGTH, A), nCtx);
   const nEmbd = opt(["hidden_size", "n_embd", "dim"]);
@@ -180,32 +251,7 @@ export function buildDeepseek2Kvs(
     u32(archKey(Keys.Attention.KEY_LENGTH, A), h.head_dim);
     u32(archKey(Keys.Attention.VALUE_LENGTH, A), h.head_dim);
   }
-  add(kv.u32(Keys.General.FILE_TYPE, FILE_TYPE_BF16));
+  add(kv.u32(Keys.General.FILE_TYPE, fileType));
 
-  // DeepseekV2Model part
-  const hasMoe = h.n_routed_experts !== undefined && h.n_routed_experts !== null;
-  const firstDense = h.first_k_dense_replace ?? (hasMoe ? 0 : d.blockCount);
-  u32(archKey(Keys.LLM.LEADING_DENSE_BLOCK_COUNT, A), firstDense);
-  u32(archKey(Keys.LLM.VOCAB_SIZE, A), h.vocab_size);
-  if (h.q_lora_rank !== undefined && h.q_lora_rank !== null) u32(archKey(Keys.Attention.Q_LORA_RANK, A), h.q_lora_rank);
-  u32(archKey(Keys.Attention.KV_LORA_RANK, A), d.kvLora);
-  u32(archKey(Keys.Attention.KEY_LENGTH, A), d.kvLora + d.qkRope);
-  u32(archKey(Keys.Attention.VALUE_LENGTH, A), d.kvLora);
-  u32(archKey(Keys.Attention.KEY_LENGTH_MLA, A), d.qkNope + d.qkRope);
-  u32(archKey(Keys.Attention.VALUE_LENGTH_MLA, A), d.vHead);
-  const moeFf = findHparam(h, ["moe_intermediate_size", "intermediate_size"]);
-  if (moeFf === undefined) throw new DeepcastError("config.json: moe_intermediate_size is missing", { file: "config.json" });
-  u32(archKey(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH, A), moeFf);
-  if (hasMoe) u32(archKey(Keys.LLM.EXPERT_COUNT, A), h.n_routed_experts);
-  u32(archKey(Keys.LLM.EXPERT_SHARED_COUNT, A), h.n_shared_experts ?? 0);
-  if (h.routed_scaling_factor !== undefined && h.routed_scaling_factor !== null) f32(archKey(Keys.LLM.EXPERT_WEIGHTS_SCALE, A), h.routed_scaling_factor);
-  if (truthy(h.norm_topk_prob)) add(kv.bool(archKey(Keys.LLM.EXPERT_WEIGHTS_NORM, A), true));
-  u32(archKey(Keys.Rope.DIMENSION_COUNT, A), d.qkRope);
-  const mscaleAll = rope.mscale_all_dim;
-  if (typeof mscaleAll === "number") add(kv.f32(archKey(Keys.Rope.SCALING_YARN_LOG_MUL, A), 0.1 * mscaleAll));
-
-  add(kv.u32(Keys.General.QUANTIZATION_VERSION, 2));
-
-  for (const e of tokenizerKvs(files, opts.tokenizerPre ?? "deepseek-v3", typeof h.vocab_size === "number" ? h.vocab_size : undefined)) add(e);
-  return kvs;
+  return rope;
 }

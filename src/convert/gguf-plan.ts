@@ -13,12 +13,13 @@
  *  - "kv_b": see `kvBSplit`.
  */
 import { DeepcastError } from "../errors.js";
-import { deepseek2Format, fillBid, namePattern, type MapEntry } from "../formats/deepseek2-names.js";
+import { fillBid, mlaFormats, namePattern, type MapEntry } from "../formats/deepseek2-names.js";
 import { FP8_BLOCK, weightOfScale } from "../formats/fp8.js";
 import type { Dtype } from "../io/dtypes.js";
 import type { GgufKV } from "../io/gguf-kv.js";
 import { configNumber, type HfModelFiles, type HfTensorHeader } from "./hf-model-files.js";
 import { buildDeepseek2Kvs, type Deepseek2KvOptions, type ParamCounts } from "./gguf-kvs.js";
+import { deepseek32Kvs } from "./gguf-kvs-deepseek32.js";
 import { compareCodePoints, isObj } from "./python-compat.js";
 
 interface CompiledEntry extends MapEntry {
@@ -31,7 +32,7 @@ export interface HfSourceRef {
   dtype: Dtype;
   /** PyTorch order. */
   shape: number[];
-  /** Block scale of an FP8 weight (multiply, 128x128 blocks). */
+  /** Block scale of an FP8 weight (multiply, 128x128 blocks): F32 (V3 `_scale_inv`) or F8_E8M0 (V4 `.scale`). */
   scaleInv?: { file: string; name: string; dtype: Dtype; shape: number[] };
 }
 
@@ -40,7 +41,16 @@ export type GgufTensorSource =
   /** Experts 0..E-1 stacked along a new outer dim: output slab e = experts[e]. */
   | { kind: "stack"; experts: HfSourceRef[] }
   /** One half of kv_b_proj, see kvBSplit. */
-  | { kind: "kv_b"; part: "k_b" | "v_b"; src: HfSourceRef; nHead: number; qkNope: number; vHead: number; kvLora: number };
+  | { kind: "kv_b"; part: "k_b" | "v_b"; src: HfSourceRef; nHead: number; qkNope: number; vHead: number; kvLora: number }
+  /**
+   * V4 routed experts: each expert's I8 weight [rows, cols/2] (two FP4 codes per byte, element 2k in the
+   * low nibble) and its E8M0 scale [rows, cols/32], repacked into ggml MXFP4 blocks; slab e = expert e.
+   */
+  | { kind: "mxfp4"; experts: { weight: HfSourceRef; scale: HfSourceRef }[] }
+  /** An integer table cast to I32 (V4's tid2eid, I64 or I32 in the checkpoint). */
+  | { kind: "i32"; src: HfSourceRef }
+  /** Row-wise concatenation along the last dim: out[r] = [parts[0][r], parts[1][r], ...] (V4's MTP eh_proj). */
+  | { kind: "concat"; parts: HfSourceRef[] };
 
 export interface GgufModelTensor {
   name: string;
@@ -53,6 +63,11 @@ export interface GgufModelTensor {
   forceF32: boolean;
   /** Dequantized from FP8 (its sources have `_scale_inv` companions). */
   fp8: boolean;
+  /**
+   * The type convert writes whatever --outtype (V4: Q8_0 for FP8 sources, MXFP4 experts, BF16/F32 as the
+   * source, I32 tables); absent: F32 when forceF32, else the output type.
+   */
+  convertType?: string;
 }
 
 export interface Deepseek2Hparams {
@@ -69,8 +84,24 @@ export interface Deepseek2Hparams {
   kvLora: number;
 }
 
-export interface Deepseek2GgufModel {
-  architecture: "deepseek2";
+/** What the output planner needs of any generation's plan. */
+export interface GgufModel {
+  /** general.architecture. */
+  architecture: string;
+  hparams: { blockCount: number; nHead: number; nHeadKv: number; nExpert: number };
+  /** KVs in convert_hf_to_gguf order. */
+  kvs: GgufKV[];
+  /** In convert_hf_to_gguf order. */
+  tensors: GgufModelTensor[];
+  params: ParamCounts;
+  /** HF tensors that were skipped. */
+  skipped: string[];
+  /** general.file_type convert writes whatever --outtype (V4: MOSTLY_MXFP4_MOE); absent: the output type's. */
+  convertFileType?: number;
+}
+
+export interface Deepseek2GgufModel extends GgufModel {
+  architecture: string;
   hparams: Deepseek2Hparams;
   /** KVs in convert_hf_to_gguf order; general.file_type = 32 (BF16) until an output type is chosen. */
   kvs: GgufKV[];
@@ -85,14 +116,27 @@ export interface Deepseek2GgufModel {
  * Builds the GGUF tensor list (with sources) and metadata that llama.cpp's convert_hf_to_gguf.py
  * produces for a DeepSeek-V2/V3 checkpoint.
  */
-export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions = {}): Deepseek2GgufModel {
-  const fmt = deepseek2Format();
+export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions & { mtp?: "default" | "only" | "none" } = {}): Deepseek2GgufModel {
   const h = files.config;
   const arch = Array.isArray(h.architectures) ? h.architectures[0] : undefined;
-  if (typeof arch !== "string" || !fmt.hfArchitectures.includes(arch)) {
-    throw new DeepcastError(`unsupported architecture ${JSON.stringify(arch)}: expected one of ${fmt.hfArchitectures.join(", ")}`, { file: "config.json" });
+  const formats = mlaFormats();
+  const fmt = formats.find((f) => typeof arch === "string" && f.hfArchitectures.includes(arch));
+  if (!fmt) {
+    throw new DeepcastError(`unsupported architecture ${JSON.stringify(arch)}: expected one of ${formats.flatMap((f) => f.hfArchitectures).join(", ")}`, { file: "config.json" });
   }
-  const blockCount = configNumber(h, "num_hidden_layers");
+  const nMain = configNumber(h, "num_hidden_layers");
+  // deepseek32 keeps the MTP block (block_count + num_nextn_predict_layers) unless --no-mtp
+  const keepMtp = fmt.mtp?.keepLayers === true && opts.mtp !== "none";
+  const mtpOnly = keepMtp && opts.mtp === "only";
+  if (opts.mtp === "only" && !keepMtp) throw new DeepcastError(`--mtp: llama.cpp does not export the MTP block of ${arch}`, { code: "USAGE" });
+  const nNextn = typeof h.num_nextn_predict_layers === "number" ? h.num_nextn_predict_layers : 0;
+  const blockCount = nMain + (keepMtp ? nNextn : 0);
+  if (fmt.mtp?.requireAddBosToken) {
+    const tc = files.tokenizerConfig;
+    if (!isObj(tc) || tc.add_bos_token !== true) {
+      throw new DeepcastError("tokenizer_config.json must set add_bos_token to true (llama.cpp's converter asserts it for this model)", { file: "tokenizer_config.json" });
+    }
+  }
   const nKvHeadHf = configNumber(h, "num_key_value_heads");
   const qkNope = configNumber(h, "qk_nope_head_dim");
   const qkRope = configNumber(h, "qk_rope_head_dim");
@@ -174,6 +218,10 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions 
       skipped.push(name);
       continue;
     }
+    if (mtpOnly && !(layer && Number(layer[1]) >= nMain) && !fmt.mtp!.trunkForMtpOnly.includes(name)) {
+      skipped.push(name);
+      continue;
+    }
     const entry = entries.find((e) => e.re.test(name));
     const m = entry?.re.exec(name);
     const bid = m?.groups?.bid;
@@ -222,7 +270,32 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions 
   const leftover = [...experts.values()].flatMap((b) => [...b.keys()]);
   if (leftover.length) throw new DeepcastError(`unprocessed expert tensors (incomplete layer): ${leftover.slice(0, 3).join(", ")}`, { tensor: leftover[0] });
 
-  // --- gguf_writer.get_total_parameter_count
+  const params = paramCounts(tensors);
+
+  const kvs = buildDeepseek2Kvs(files, opts, params, { blockCount, kvLora, qkNope, qkRope, vHead, nExpert },
+    fmt.architecture === "deepseek32" ? deepseek32Kvs(keepMtp) : { name: fmt.architecture });
+  return {
+    architecture: fmt.architecture,
+    hparams: {
+      blockCount,
+      nHead: configNumber(h, "num_attention_heads"),
+      nHeadKv: 1,
+      nKvHeadHf,
+      nExpert,
+      qkNope,
+      qkRope,
+      vHead,
+      kvLora,
+    },
+    kvs,
+    tensors,
+    params,
+    skipped,
+  };
+}
+
+/** gguf_writer.get_total_parameter_count over the tensors as written (logical shapes). */
+export function paramCounts(tensors: readonly { name: string; shape: readonly number[] }[]): ParamCounts {
   let total = 0;
   let shared = 0;
   let expert = 0;
@@ -240,27 +313,7 @@ export function planDeepseek2Gguf(files: HfModelFiles, opts: Deepseek2KvOptions 
     }
     total += size;
   }
-  const params = { total, shared, expert, expertCount: nExpertTensors > 0 ? Math.floor(expertSum / nExpertTensors) : 0 };
-
-  const kvs = buildDeepseek2Kvs(files, opts, params, { blockCount, kvLora, qkNope, qkRope, vHead, nExpert });
-  return {
-    architecture: "deepseek2",
-    hparams: {
-      blockCount,
-      nHead: configNumber(h, "num_attention_heads"),
-      nHeadKv: 1,
-      nKvHeadHf,
-      nExpert,
-      qkNope,
-      qkRope,
-      vHead,
-      kvLora,
-    },
-    kvs,
-    tensors,
-    params,
-    skipped,
-  };
+  return { total, shared, expert, expertCount: nExpertTensors > 0 ? Math.floor(expertSum / nExpertTensors) : 0 };
 }
 
 // ---------------------------------------------------------------------------------------------

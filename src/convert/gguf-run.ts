@@ -27,6 +27,12 @@ export interface ToGgufSummary {
 /** How much output is written between syncs that an interrupted run can resume from. */
 export const CHECKPOINT_BYTES = 2e9;
 
+/** Chunks of one output tensor, after something small is read first (an expert's FP4 scales, MTP's h_proj). */
+export interface ChunkGroup {
+  prepare?: () => Promise<void>;
+  chunks: Chunk[];
+}
+
 export interface GgufRunJob {
   layout: GgufLayout;
   /** Output tensors in the order they are produced. */
@@ -36,8 +42,8 @@ export interface GgufRunJob {
   /** The input folder: the output may not lie inside it (absent: the input checks this itself). */
   inputDir?: string;
   reader: RangeReader & { close(): Promise<void> };
-  /** The chunks that produce tensor i, in order (may first read small things, e.g. FP8 scales). */
-  chunks(i: number): Promise<Chunk[]>;
+  /** The chunks that produce tensor i, in order, in groups (may first read small things, e.g. FP8 scales). */
+  groups(i: number): Promise<ChunkGroup[]>;
   /** Refuses to start when `bytes` more do not fit in `dir`. */
   checkSpace(dir: string, bytes: number): Promise<void>;
 }
@@ -107,11 +113,14 @@ export async function runGgufJob(job: GgufRunJob, opts: GgufRunOptions): Promise
       for (const [i, t] of job.tensors.entries()) {
         const { placed, index } = placedAt.get(t.name)!;
         if (kept(placed, index)) continue;
-        await pump(await job.chunks(i), job.reader, writer, (inB, outB) => {
-          summary.bytesRead += inB;
-          emit({ kind: "bytes", inBytes: inB, outBytes: outB });
-          meter.add(outB);
-        });
+        for (const g of await job.groups(i)) {
+          await g.prepare?.();
+          await pump(g.chunks, job.reader, writer, (inB, outB) => {
+            summary.bytesRead += inB;
+            emit({ kind: "bytes", inBytes: inB, outBytes: outB });
+            meter.add(outB);
+          });
+        }
         emit({ kind: "tensor", tensor: t.name, index: i, count: job.tensors.length, type: t.type.name, bytes: placed.nbytes });
         sinceCheckpoint += placed.nbytes;
         if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {

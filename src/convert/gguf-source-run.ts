@@ -147,6 +147,6 @@ export async function runGgufSource(plan: GgufSourcePlan, opts: GgufSourceRunOpt
     identity: { input: "gguf", inputs, ...(plan.imatrix ? { imatrix: plan.imatrix.loaded.sha256 } : {}) },
     reader: new GgufRangeReader(reader),
     checkSpace: (dir, bytes) => checkFreeSpace(dir, bytes, new LocalSource(dirname(reader.path)), []),
-    chunks: async (i) => tensorChunks(ctx, output.tensors[i]!),
+    groups: async (i) => [{ chunks: tensorChunks(ctx, output.tensors[i]!) }],
   }, opts);
 }

@@ -26,6 +26,8 @@ export interface HfModelFiles {
   /** Name of the model folder ("DeepSeek-V3"): llama.cpp derives general.name and friends from it. */
   dirName?: string;
   config: Record<string, unknown>;
+  /** config.json as text (Python's int/float distinction, which JSON.parse loses). */
+  configText?: string;
   shards: readonly HfShardHeader[];
   /** tokenizer.json, parsed. */
   tokenizer?: unknown;
@@ -57,6 +59,7 @@ export async function hfModelFiles(ckpt: Checkpoint, dirName?: string): Promise<
   return {
     ...(dn ? { dirName: dn } : {}),
     config: ckpt.config,
+    ...(names.has("config.json") ? { configText: (await ckpt.source.readFile("config.json")).toString("utf8") } : {}),
     shards: ckpt.shards.map((file) => ({ file, tensors: ckpt.headers.get(file)!.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape })) })),
     tokenizer: await json("tokenizer.json"),
     tokenizerConfig: await json("tokenizer_config.json"),

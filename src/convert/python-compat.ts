@@ -35,3 +35,14 @@ export function pyEq(a: unknown, b: unknown): boolean {
 export function isPyInt(v: unknown): v is number {
   return typeof v === "number" && Number.isInteger(v);
 }
+
+/**
+ * Whether Python's json module reads the value of top-level `key` in `text` as a float (a number
+ * literal with a fraction or an exponent: 10.0, 1e1) rather than an int (10): gguf-py picks a GGUF
+ * array's element type from it. False when the key is absent or not a number.
+ */
+export function pyJsonIsFloat(text: string, key: string): boolean {
+  const esc = key.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  const m = new RegExp(`"${esc}"\\s*:\\s*(-?\\d+(\\.\\d*)?([eE][+-]?\\d+)?)`).exec(text);
+  return m !== null && (m[2] !== undefined || m[3] !== undefined);
+}

@@ -16,6 +16,8 @@ import { rowErrorSums, type ErrorSums } from "../quant/target-mix.js";
 import type { GgufOutputTensor } from "./gguf-output.js";
 import { kvBSplit, type HfSourceRef } from "./gguf-plan.js";
 import { decodeRows, elemSize, type DecodeCtx } from "./to-gguf.js";
+import { decodeFp4 } from "../formats/mxfp4-repack.js";
+import { e8m0ToF32Array } from "../formats/e8m0.js";
 
 export interface SampleOptions {
   kernels: Kernels;
@@ -126,6 +128,21 @@ export async function readOutputRows(reader: ShardReader, ctx: DecodeCtx, t: Ggu
     }
     return out;
   }
+  if (s.kind === "mxfp4") {
+    // V4 routed experts: the exact FP4 values (what ggml's MXFP4 dequantizer gives) of the sampled rows
+    const cols = ne0;
+    for (const [k, row] of rows.entries()) {
+      const { weight, scale } = s.experts[Math.floor(row / ne1)]!;
+      const r = row % ne1;
+      const packed = new Uint8Array(cols / 2);
+      const sc = new Uint8Array(cols / 32);
+      await reader.read({ file: weight.file, tensor: weight.name, offset: r * (cols / 2), length: cols / 2 }, packed);
+      await reader.read({ file: scale.file, tensor: scale.name, offset: r * (cols / 32), length: cols / 32 }, sc);
+      decodeFp4(packed, sc, 1, cols, out.subarray(k * ne0, (k + 1) * ne0));
+    }
+    return out;
+  }
+  if (s.kind === "i32" || s.kind === "concat") throw new DeepcastError(`internal: ${s.kind} tensors are not sampled`, { tensor: t.name });
   for (const [k, row] of rows.entries()) {
     const [src, r] = s.kind === "stack" ? [s.experts[Math.floor(row / ne1)]!, row % ne1] : [s.src, row];
     const cols = src.shape[src.shape.length - 1] ?? 1;
@@ -143,5 +160,7 @@ export async function readOutputRows(reader: ShardReader, ctx: DecodeCtx, t: Ggu
 async function loadScale(reader: ShardReader, ctx: DecodeCtx, src: HfSourceRef): Promise<void> {
   if (!src.scaleInv) return;
   const raw = await reader.readTensor(src.scaleInv.file, src.scaleInv.name);
-  ctx.scales.set(src.name, new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
+  ctx.scales.set(src.name, src.scaleInv.dtype === "F8_E8M0"
+    ? e8m0ToF32Array(raw)
+    : new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4));
 }

@@ -26,6 +26,7 @@ import { fmtBytes } from "../units.js";
 import type { GgufOutputOptions } from "./gguf-output.js";
 import { measureErrorTable } from "./target-errors.js";
 import { planToGguf, type ToGgufPlan } from "./to-gguf.js";
+import type { MtpMode } from "./gguf-plan-deepseek4.js";
 
 export type Target = { bytes: number } | { bpw: number };
 
@@ -35,6 +36,7 @@ export interface TargetPlanOptions extends Omit<GgufOutputOptions, "ftype"> {
   split?: GgufSplitOptions;
   name?: string;
   imatrix?: Imatrix;
+  mtp?: MtpMode;
   target: Target;
   kernels: Kernels;
   /** Skip reading the weights: every estimate is the gaussian stand-in. */

@@ -13,17 +13,23 @@ import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gg
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
 import { rowBytes, type GgmlType } from "../formats/ggml-types.js";
-import { quantizeRows } from "../quant/ggml.js";
 import type { FtypeInfo, MixPlan } from "../quant/mix.js";
+import { DTYPE_SIZE } from "../io/dtypes.js";
+import { dequantizeRows, quantizeRows } from "../quant/ggml.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
 import { fp8NanError, type Kernels } from "../quant/kernels.js";
-import { kvBSplit, planDeepseek2Gguf, type HfSourceRef } from "./gguf-plan.js";
+import { kvBSplit, planDeepseek2Gguf, type GgufModel, type HfSourceRef } from "./gguf-plan.js";
+import { planDeepseek4Gguf, type MtpMode } from "./gguf-plan-deepseek4.js";
+import { deepseek4Format } from "../formats/deepseek4-names.js";
+import { decodeFp4, repackFp4ToMxfp4 } from "../formats/mxfp4-repack.js";
+import { readBlockScale } from "./block-scale.js";
+import { checkE8m0 } from "../formats/e8m0.js";
 import { planGgufOutput, type GgufOutputOptions, type GgufOutputPlan, type GgufOutputTensor } from "./gguf-output.js";
 import { hfModelFiles } from "./hf-model-files.js";
 import { ShardReader } from "../io/shard-reader.js";
-import { DEFAULT_CHUNK_BYTES, readFp8Scale, type Chunk } from "./pipeline.js";
-import { runGgufJob, type GgufRunOptions, type ToGgufSummary } from "./gguf-run.js";
-import { checkFreeSpace } from "../io/write.js";
+import { DEFAULT_CHUNK_BYTES, type Chunk } from "./pipeline.js";
+import { runGgufJob, type ChunkGroup, type GgufRunOptions, type ToGgufSummary } from "./gguf-run.js";
+import { checkFreeSpace, freeBytes } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 
 export interface ToGgufPlan {
@@ -37,12 +43,10 @@ export interface ToGgufPlan {
 export async function planToGguf(
   source: CheckpointSource,
   out: string,
-  opts: GgufOutputOptions & { split?: GgufSplitOptions; name?: string; imatrix?: Imatrix },
+  opts: GgufOutputOptions & { split?: GgufSplitOptions; name?: string; imatrix?: Imatrix; mtp?: MtpMode },
 ): Promise<ToGgufPlan> {
   const ckpt = await loadCheckpoint(source);
-  // The GGUF metadata takes its dimensions from config.json: they must agree with the tensors.
-  checkCheckpointConfig(ckpt, "full");
-  const model = planDeepseek2Gguf(await hfModelFiles(ckpt), opts.name ? { name: opts.name } : {});
+  const model = await planGgufModel(ckpt, { ...(opts.name ? { name: opts.name } : {}), ...(opts.mtp ? { mtp: opts.mtp } : {}) });
   const { imatrix: im, ...outOpts } = opts;
   const output = planGgufOutput(model, im ? { ...outOpts, hasImatrix: true } : outOpts);
   let imatrix: ToGgufPlan["imatrix"];
@@ -60,6 +64,18 @@ export async function planToGguf(
     { style: output.style === "convert" ? "gguf-py" : "gguf-split", ...opts.split },
   );
   return { ckpt, output, layout, ...(imatrix ? { imatrix } : {}) };
+}
+
+/** The generation's planner, by config.json's architecture (V4 has its own; V2/V3/V3.2 share one). */
+export async function planGgufModel(ckpt: Checkpoint, opts: { name?: string; mtp?: MtpMode }): Promise<GgufModel> {
+  const arch = Array.isArray(ckpt.config?.architectures) ? ckpt.config!.architectures[0] : undefined;
+  // The GGUF metadata takes its dimensions from config.json: they must agree with the tensors.
+  if (deepseek4Format().hfArchitectures.includes(arch as string)) {
+    checkCheckpointConfig(ckpt, "present");
+    return planDeepseek4Gguf(await hfModelFiles(ckpt), opts);
+  }
+  checkCheckpointConfig(ckpt, "full", { accept: ["deepseek-v32"] });
+  return planDeepseek2Gguf(await hfModelFiles(ckpt), opts);
 }
 
 /** Reused float32 scratch (conversions run one at a time on the main thread). */
@@ -131,7 +147,7 @@ export function decodeRows(ctx: DecodeCtx, src: HfSourceRef, input: Uint8Array, 
   }
 }
 
-export const elemSize = (src: HfSourceRef) => (src.dtype === "F8_E4M3" ? 1 : src.dtype === "F32" ? 4 : 2);
+export const elemSize = (src: HfSourceRef) => DTYPE_SIZE[src.dtype];
 
 /**
  * Quantizes rows [row0, row0+rows) of a tensor of `type` (ne0 values per row, `rowsPerMat` rows per
@@ -155,13 +171,21 @@ export function encodeRows(
   }
 }
 
-/** Chunks that produce output tensor `t`, in order. */
-function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
+
+/** Chunks that produce output tensor `t`, in order, in groups. */
+function tensorGroups(ctx: Ctx, t: GgufOutputTensor, reader: ShardReader): ChunkGroup[] {
   const round = t.inputType.name === "BF16";
   const weights = ctx.imatrix?.get(t.name);
   const rowsPerMat = t.ne[1] ?? 1;
-  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number) =>
+  // llama-quantize reads a quantized input tensor (V4's Q8_0) back through ggml's dequantizer first
+  const requant = t.inputType.quantized && t.inputType !== t.type && t.source.kind !== "mxfp4";
+  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number) => {
+    if (requant) {
+      const q = quantizeRows(t.inputType.name, values, rows, ne0, null, ctx.threads);
+      dequantizeRows(t.inputType.name, q, rows, ne0, ctx.threads, values);
+    }
     encodeRows(t.type, values, rows, ne0, out, row0, rowsPerMat, weights, ctx.threads);
+  };
   const rowChunks = (src: HfSourceRef, base: number): Chunk[] => {
     const cols = src.shape.length === 0 ? 1 : src.shape[src.shape.length - 1]!;
     const totalRows = src.shape.slice(0, -1).reduce((a, b) => a * b, 1);
@@ -183,13 +207,25 @@ function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
     return chunks;
   };
   const s = t.source;
-  if (s.kind === "tensor") return rowChunks(s.src, 0);
-  if (s.kind === "stack") return s.experts.flatMap((src, e) => rowChunks(src, e * rowsPerMat));
+  switch (s.kind) {
+    case "tensor":
+      return [{ chunks: rowChunks(s.src, 0) }];
+    case "stack":
+      return [{ chunks: s.experts.flatMap((src, e) => rowChunks(src, e * rowsPerMat)) }];
+    case "mxfp4":
+      return s.experts.map(({ weight, scale }, e) => mxfp4Group(ctx, t, reader, weight, scale, e * rowsPerMat, encode));
+    case "i32":
+      return [{ chunks: i32Chunks(ctx, t, s.src) }];
+    case "concat":
+      return [concatGroup(ctx, t, reader, s.parts, round, encode)];
+    case "kv_b":
+      break;
+  }
   // kv_b_proj is small (32768 x 512 in the real model): decode it whole, then split and transpose.
   const [rows, cols] = s.src.shape as [number, number];
   const ne0 = s.part === "k_b" ? s.qkNope : s.kvLora;
   const n = s.nHead * (s.part === "k_b" ? s.qkNope : s.vHead) * s.kvLora;
-  return [{
+  return [{ chunks: [{
     tensor: t.name,
     src: { file: s.src.file, tensor: s.src.name, offset: 0, length: rows * cols * elemSize(s.src) },
     outBytes: (n / ne0) * rowBytes(t.type.name, ne0),
@@ -199,12 +235,120 @@ function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
       const part = kvBSplit(values, s.part, s, ctx.split.get(n));
       encode(part, n / ne0, ne0, out, 0);
     },
-  }];
+  }] }];
+}
+
+type Encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number) => void;
+
+/**
+ * One routed expert of a V4 MXFP4 tensor: its E8M0 scales are read first; rows of packed FP4 are then
+ * repacked into ggml MXFP4 blocks (an MXFP4 output: bits moved, values identical), or decoded to their
+ * exact values and quantized (any other output type, as llama-quantize on the converted file).
+ */
+function mxfp4Group(ctx: Ctx, t: GgufOutputTensor, reader: ShardReader, weight: HfSourceRef, scale: HfSourceRef, base: number, encode: Encode): ChunkGroup {
+  const rows = weight.shape[0]!;
+  const cols = weight.shape[1]! * 2;
+  const nb = cols / 32;
+  let scales: Uint8Array = new Uint8Array(0);
+  const step = Math.max(1, Math.floor(ctx.chunkBytes / (cols * 4)));
+  const chunks: Chunk[] = [];
+  for (let r0 = 0; r0 < rows; r0 += step) {
+    const n = Math.min(step, rows - r0);
+    chunks.push({
+      tensor: t.name,
+      src: { file: weight.file, tensor: weight.name, offset: r0 * (cols / 2), length: n * (cols / 2) },
+      outBytes: n * rowBytes(t.type.name, cols),
+      convert: (input, out) => {
+        const sc = scales.subarray(r0 * nb, (r0 + n) * nb);
+        if (t.type.name === "MXFP4") {
+          repackFp4ToMxfp4(input, sc, n, cols, out);
+        } else {
+          const values = ctx.scratch.get(n * cols);
+          decodeFp4(input, sc, n, cols, values);
+          encode(values, n, cols, out, base + r0);
+        }
+      },
+    });
+  }
+  return {
+    prepare: async () => {
+      scales = await reader.readTensor(scale.file, scale.name);
+      if (!ctx.allowNonFinite) checkE8m0(scales, nb, { file: `${ctx.where}/${scale.file}`, tensor: scale.name });
+    },
+    chunks,
+  };
+}
+
+/** An integer table (V4's tid2eid, I64 or I32) as I32: torch's .to(int32) keeps the low 32 bits. */
+function i32Chunks(ctx: Ctx, t: GgufOutputTensor, src: HfSourceRef): Chunk[] {
+  const es = elemSize(src);
+  const cols = src.shape[src.shape.length - 1] ?? 1;
+  const totalRows = src.shape.slice(0, -1).reduce((a, b) => a * b, 1);
+  const step = Math.max(1, Math.floor(ctx.chunkBytes / (cols * es)));
+  const chunks: Chunk[] = [];
+  for (let r0 = 0; r0 < totalRows; r0 += step) {
+    const rows = Math.min(step, totalRows - r0);
+    chunks.push({
+      tensor: t.name,
+      src: { file: src.file, tensor: src.name, offset: r0 * cols * es, length: rows * cols * es },
+      outBytes: rows * cols * 4,
+      convert: (input, out) => {
+        if (es === 4) out.set(input);
+        else for (let i = 0; i < rows * cols; i++) out.set(input.subarray(i * 8, i * 8 + 4), i * 4); // little-endian low word
+      },
+    });
+  }
+  return chunks;
+}
+
+/**
+ * V4's MTP eh_proj = cat(e_proj, h_proj, dim=1), both FP8: h_proj (4096 x 4096 in Flash) is read whole
+ * first; each chunk of e_proj rows is joined with the same rows of h_proj.
+ */
+function concatGroup(ctx: Ctx, t: GgufOutputTensor, reader: ShardReader, parts: HfSourceRef[], round: boolean, encode: Encode): ChunkGroup {
+  const [e, h] = parts as [HfSourceRef, HfSourceRef];
+  const rows = e.shape[0]!;
+  const ce = e.shape[1]!;
+  const ch = h.shape[1]!;
+  let hRaw: Uint8Array = new Uint8Array(0);
+  const step = Math.max(FP8_BLOCK, Math.floor(ctx.chunkBytes / ((ce + ch) * 4) / FP8_BLOCK) * FP8_BLOCK);
+  const chunks: Chunk[] = [];
+  for (let r0 = 0; r0 < rows; r0 += step) {
+    const n = Math.min(step, rows - r0);
+    chunks.push({
+      tensor: t.name,
+      src: { file: e.file, tensor: e.name, offset: r0 * ce * elemSize(e), length: n * ce * elemSize(e) },
+      outBytes: n * rowBytes(t.type.name, ce + ch),
+      convert: (input, out) => {
+        const ve = new Float32Array(n * ce);
+        const vh = new Float32Array(n * ch);
+        decodeRows(ctx, e, input, r0, n, ce, round, ve);
+        decodeRows(ctx, h, hRaw.subarray(r0 * ch * elemSize(h), (r0 + n) * ch * elemSize(h)), r0, n, ch, round, vh);
+        const values = ctx.scratch.get(n * (ce + ch));
+        for (let r = 0; r < n; r++) {
+          values.set(ve.subarray(r * ce, (r + 1) * ce), r * (ce + ch));
+          values.set(vh.subarray(r * ch, (r + 1) * ch), r * (ce + ch) + ce);
+        }
+        encode(values, n, ce + ch, out, r0);
+      },
+    });
+  }
+  return {
+    prepare: async () => {
+      hRaw = await reader.readTensor(h.file, h.name);
+    },
+    chunks,
+  };
 }
 
 function sourcesOf(t: GgufOutputTensor): HfSourceRef[] {
   const s = t.source;
-  return s.kind === "stack" ? s.experts : [s.src];
+  switch (s.kind) {
+    case "stack": return s.experts;
+    case "mxfp4": return [];
+    case "concat": return s.parts;
+    default: return [s.src];
+  }
 }
 
 /** What the imatrix of a plan covers, for reports. */
@@ -222,7 +366,7 @@ export function imatrixSummary(plan: Pick<ToGgufPlan, "imatrix">) {
 
 /** The --dry-run description of a plan: files, per-type totals, every tensor. */
 export function describeToGguf(
-  plan: Pick<ToGgufPlan, "layout" | "imatrix"> & { output: { ftype: FtypeInfo; mix?: MixPlan | undefined } },
+  plan: Pick<ToGgufPlan, "layout" | "imatrix"> & { output: { ftype: FtypeInfo; mix?: MixPlan | undefined; fileType?: number } },
   input: string,
   out: string,
 ): PlanDescription {
@@ -244,7 +388,7 @@ export function describeToGguf(
     output: out,
     fields: {
       quant: output.ftype.name,
-      fileType: output.mix?.fileType ?? output.ftype.id,
+      fileType: output.mix?.fileType ?? output.fileType ?? output.ftype.id,
       tensorCount: layout.tensorCount,
       totalBytes: layout.totalBytes,
       files,
@@ -299,14 +443,14 @@ export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promi
     inputDir: ckpt.source.description,
     reader,
     checkSpace: (dir, bytes) => checkFreeSpace(dir, bytes, ckpt.source, ckpt.shards),
-    chunks: async (i) => {
+    groups: async (i) => {
       const t = output.tensors[i]!;
       ctx.scales.clear();
       for (const src of sourcesOf(t)) {
         if (!src.scaleInv) continue;
-        ctx.scales.set(src.name, await readFp8Scale(reader, src.scaleInv, src.shape[1]!, `${ckpt.source.description}/${src.scaleInv.file}`, ctx.allowNonFinite));
+        ctx.scales.set(src.name, await readBlockScale(reader, src.scaleInv, src.shape[1]!, `${ckpt.source.description}/${src.scaleInv.file}`, ctx.allowNonFinite));
       }
-      return tensorChunks(ctx, t);
+      return tensorGroups(ctx, t, reader);
     },
   }, opts);
 }

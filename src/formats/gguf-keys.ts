@@ -47,6 +47,10 @@ export const Keys = {
     EXPERT_WEIGHTS_NORM: "{arch}.expert_weights_norm",
     EXPERT_GATING_FUNC: "{arch}.expert_gating_func",
     NEXTN_PREDICT_LAYERS: "{arch}.nextn_predict_layers",
+    EMBEDDING_LENGTH_OUT: "{arch}.embedding_length_out",
+    HASH_LAYER_COUNT: "{arch}.hash_layer_count",
+    SWIGLU_CLAMP_EXP: "{arch}.swiglu_clamp_exp",
+    SWIGLU_CLAMP_SHEXP: "{arch}.swiglu_clamp_shexp",
   },
   Attention: {
     HEAD_COUNT: "{arch}.attention.head_count",
@@ -60,6 +64,22 @@ export const Keys = {
     KV_LORA_RANK: "{arch}.attention.kv_lora_rank",
     KEY_LENGTH_MLA: "{arch}.attention.key_length_mla",
     VALUE_LENGTH_MLA: "{arch}.attention.value_length_mla",
+    SLIDING_WINDOW: "{arch}.attention.sliding_window",
+    OUTPUT_GROUP_COUNT: "{arch}.attention.output_group_count",
+    OUTPUT_LORA_RANK: "{arch}.attention.output_lora_rank",
+    COMPRESS_RATIOS: "{arch}.attention.compress_ratios",
+    COMPRESS_ROPE_FREQ_BASE: "{arch}.attention.compress_rope_freq_base",
+  },
+  /** Keys.Attention.Indexer (DeepSeek sparse attention). */
+  Indexer: {
+    HEAD_COUNT: "{arch}.attention.indexer.head_count",
+    KEY_LENGTH: "{arch}.attention.indexer.key_length",
+    TOP_K: "{arch}.attention.indexer.top_k",
+  },
+  HyperConnection: {
+    COUNT: "{arch}.hyper_connection.count",
+    SINKHORN_ITERATIONS: "{arch}.hyper_connection.sinkhorn_iterations",
+    EPSILON: "{arch}.hyper_connection.epsilon",
   },
   Rope: {
     DIMENSION_COUNT: "{arch}.rope.dimension_count",
