@@ -6,6 +6,7 @@
  *
  * Input: gaussian rows of 4096 values (sigma 0.02, a fixed seed) and a positive imatrix; the
  * lattice tables are built before timing (a one-time cost per process, printed separately).
+ * `DEEPCAST_SIMD=scalar` times the scalar kernels.
  */
 import { parseArgs } from "node:util";
 
@@ -21,22 +22,27 @@ const im = new Float32Array(n).map(() => Math.exp(3 * rand() - 1));
 const mb = x.byteLength / 1e6;
 
 console.log(`${rows} rows x ${n} (${mb.toFixed(1)} MB of f32), best of ${values.repeat}\n`);
-console.log("| type | imatrix | lattice init s | 1 thread MB/s | 2 threads MB/s |");
-console.log("| --- | --- | --- | --- | --- |");
+console.log("| type | imatrix | lattice init s | 1 thread MB/s | 1 thread MB per CPU s | 2 threads MB/s |");
+console.log("| --- | --- | --- | --- | --- | --- |");
 for (const type of values.types!.split(",")) {
   let t0 = performance.now();
   quantizeRows(type, x.subarray(0, n), 1, n, im); // builds the lattice
   const init = (performance.now() - t0) / 1000;
   for (const imatrix of ggmlRequiresImatrix(type) ? [im] : [im, null]) {
+    // Wall time, and for 1 thread also the process CPU time (steadier on a shared machine).
+    let bestCpu = Infinity;
     const rate = [1, 2].map((threads) => {
       let best = Infinity;
       for (let r = 0; r < Number(values.repeat); r++) {
         t0 = performance.now();
+        const c0 = process.cpuUsage();
         quantizeRows(type, x, rows, n, imatrix, threads);
+        const c = process.cpuUsage(c0);
         best = Math.min(best, (performance.now() - t0) / 1000);
+        if (threads === 1) bestCpu = Math.min(bestCpu, (c.user + c.system) / 1e6);
       }
       return (mb / best).toFixed(2);
     });
-    console.log(`| ${type} | ${imatrix ? "yes" : "no"} | ${init.toFixed(2)} | ${rate[0]} | ${rate[1]} |`);
+    console.log(`| ${type} | ${imatrix ? "yes" : "no"} | ${init.toFixed(2)} | ${rate[0]} | ${(mb / bestCpu).toFixed(2)} | ${rate[1]} |`);
   }
 }
