@@ -127,6 +127,40 @@ describe.runIf(native !== null)("SiLU product (vexp.h's exp)", () => {
   });
 });
 
+describe.runIf(native !== null)("causal attention", () => {
+  it("gives the same bytes at every SIMD level and thread count, and stays within 1e-5 of float64 math", () => {
+    // Ragged sequences (one empty, lengths off the 16-key vectors and 16-query blocks), 3 heads.
+    const offsets = Int32Array.of(0, 37, 37, 40, 300);
+    const [H, dqk, dv] = [3, 48, 32];
+    const N = offsets[offsets.length - 1]!;
+    const q = rand(N * H * dqk, 51, 1.5);
+    const k = rand(N * H * dqk, 52, 1.5);
+    const v = rand(N * H * dv, 53);
+    const levels: ("scalar" | "avx2" | "avx512")[] = ["scalar"];
+    if (native!.hasAvx2()) levels.push("avx2");
+    if (native!.hasAvx512()) levels.push("avx512");
+    let ref: Float32Array | undefined;
+    try {
+      for (const level of levels) {
+        expect(native!.setSimd(level)).toBe(true);
+        for (const threads of [1, 2, 3]) {
+          const out = new Float32Array(N * H * dv);
+          native!.causalAttention(q, k, v, out, offsets, H, dqk, dv, 0.2, threads);
+          ref ??= out;
+          expect(same(out, ref), `${level} ${threads} threads`).toBe(true);
+        }
+      }
+    } finally {
+      native!.setSimd("auto");
+    }
+    const want = new Float32Array(N * H * dv);
+    tsOps.attention(q, k, v, want, offsets, H, dqk, dv, 0.2, 1);
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(ref![i]! - want[i]!));
+    expect(worst).toBeLessThan(1e-5);
+  });
+});
+
 /** model.py's Gate with a full stable sort per token (the implementation the insertion replaced). */
 function routeBySort(cfg: ModelConfig, logits: Float32Array, N: number, bias: Float32Array | null) {
   const E = cfg.nRoutedExperts, K = cfg.nActivatedExperts, G = cfg.nExpertGroups, per = E / G;

@@ -4,9 +4,10 @@
 //
 // Numerics: float32 throughout, float32 accumulation. Every output element is computed by one
 // fixed sequence of operations that does not depend on the tiling or on which thread runs it, so
-// results are bit-identical for any thread count. The matmul's AVX2 and scalar paths are
-// bit-identical (gemm.h); attention's are not (FMA, 8 lanes vs mul + add, 8 partial sums), both
-// float32-exact enough for the 1e-4 logits tolerance of the golden tests.
+// results are bit-identical for any thread count, and so are the scalar, AVX2 and AVX-512 paths of
+// the matmul (gemm.h), of attention (one fma chain per score over the head dimension, keys
+// transposed so a vector holds 16 or 8 of them; vexp.h's exp; fma for the weighted sum of values)
+// and of SwiGLU.
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
@@ -32,14 +33,7 @@ namespace {
 
 #if defined(__x86_64__)
 #define DC_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-DC_AVX2 inline float hsum8(__m256 v) {
-  // ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), the scalar twin's order.
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));  // l0+l4 .. l3+l7
-  __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));                                // (0+4)+(2+6), (1+5)+(3+7)
-  __m128 s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 0x55));
-  return _mm_cvtss_f32(s1);
-}
+#define DC_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
 
 #endif
 
@@ -155,39 +149,89 @@ void silu_mul_range(float* g, const float* u, size_t a, size_t b) {
 
 // ---- causal attention ---------------------------------------------------------------------
 
-float dot_scalar(const float* a, const float* b, size_t n) {
-  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  size_t k = 0;
-  for (; k + 8 <= n; k += 8)
-    for (int l = 0; l < 8; l++) lane[l] += a[k + l] * b[k + l];
-  float s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-  for (; k < n; k++) s += a[k] * b[k];
-  return s;
+// p[j] = (sum_c q[c] * kt[c*ld + j]) * scale for j < n: one fma chain over c per key, in the same
+// order at every level (16 or 8 keys per vector, or one at a time).
+void scores_scalar(const float* q, const float* kt, size_t ld, size_t dqk, size_t n, float scale, float* p, size_t j0) {
+  for (size_t j = j0; j < n; j++) {
+    float s = q[0] * kt[j];
+    for (size_t c = 1; c < dqk; c++) s = std::fma(q[c], kt[c * ld + j], s);
+    p[j] = s * scale;
+  }
 }
 
-// o += p * v
-void axpy_scalar(float* o, float p, const float* v, size_t n) {
-  for (size_t d = 0; d < n; d++) o[d] += p * v[d];
+// o[d] = sum_j (p[j] * inv) * v[j*ld + d] for d < dv, j < n: per element one fma chain over j in
+// order from 0, at every level (the vector paths keep 32 or 8 outputs in registers across j).
+void weighted_sum_scalar(float* o, const float* p, float inv, const float* v, size_t ld, size_t n, size_t d0, size_t dv) {
+  for (size_t d = d0; d < dv; d++) {
+    float acc = 0.0f;
+    for (size_t j = 0; j < n; j++) acc = std::fma(p[j] * inv, v[j * ld + d], acc);
+    o[d] = acc;
+  }
 }
 
 #if defined(__x86_64__)
-DC_AVX2 float dot_avx2(const float* a, const float* b, size_t n) {
-  __m256 acc = _mm256_setzero_ps();
-  size_t k = 0;
-  for (; k + 8 <= n; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
-  float s = hsum8(acc);
-  for (; k < n; k++) s += a[k] * b[k];
-  return s;
+DC_AVX2 void scores_avx2(const float* q, const float* kt, size_t ld, size_t dqk, size_t n, float scale, float* p) {
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    __m256 s = _mm256_mul_ps(_mm256_set1_ps(q[0]), _mm256_loadu_ps(kt + j));
+    for (size_t c = 1; c < dqk; c++) s = _mm256_fmadd_ps(_mm256_set1_ps(q[c]), _mm256_loadu_ps(kt + c * ld + j), s);
+    _mm256_storeu_ps(p + j, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
+  }
+  scores_scalar(q, kt, ld, dqk, n, scale, p, j);
 }
 
-DC_AVX2 void axpy_avx2(float* o, float p, const float* v, size_t n) {
-  const __m256 pv = _mm256_set1_ps(p);
+DC_AVX512 void scores_avx512(const float* q, const float* kt, size_t ld, size_t dqk, size_t n, float scale, float* p) {
+  size_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    __m512 s = _mm512_mul_ps(_mm512_set1_ps(q[0]), _mm512_loadu_ps(kt + j));
+    for (size_t c = 1; c < dqk; c++) s = _mm512_fmadd_ps(_mm512_set1_ps(q[c]), _mm512_loadu_ps(kt + c * ld + j), s);
+    _mm512_storeu_ps(p + j, _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+  }
+  scores_scalar(q, kt, ld, dqk, n, scale, p, j);
+}
+
+DC_AVX2 void weighted_sum_avx2(float* o, const float* p, float inv, const float* v, size_t ld, size_t n, size_t dv) {
   size_t d = 0;
-  for (; d + 8 <= n; d += 8)
-    _mm256_storeu_ps(o + d, _mm256_fmadd_ps(pv, _mm256_loadu_ps(v + d), _mm256_loadu_ps(o + d)));
-  for (; d < n; d++) o[d] += p * v[d];
+  for (; d + 32 <= dv; d += 32) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t j = 0; j < n; j++) {
+      const __m256 pj = _mm256_set1_ps(p[j] * inv);
+      const float* vj = v + j * ld + d;
+      a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a0);
+      a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8), a1);
+      a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 16), a2);
+      a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 24), a3);
+    }
+    _mm256_storeu_ps(o + d, a0);
+    _mm256_storeu_ps(o + d + 8, a1);
+    _mm256_storeu_ps(o + d + 16, a2);
+    _mm256_storeu_ps(o + d + 24, a3);
+  }
+  for (; d + 8 <= dv; d += 8) {
+    __m256 a = _mm256_setzero_ps();
+    for (size_t j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j] * inv), _mm256_loadu_ps(v + j * ld + d), a);
+    _mm256_storeu_ps(o + d, a);
+  }
+  weighted_sum_scalar(o, p, inv, v, ld, n, d, dv);
 }
 #endif
+
+void scores(const float* q, const float* kt, size_t ld, size_t dqk, size_t n, float scale, float* p, int level) {
+#if defined(__x86_64__)
+  if (level == 2) return scores_avx512(q, kt, ld, dqk, n, scale, p);
+  if (level == 1) return scores_avx2(q, kt, ld, dqk, n, scale, p);
+#endif
+  (void)level;
+  scores_scalar(q, kt, ld, dqk, n, scale, p, 0);
+}
+
+void weighted_sum(float* o, const float* p, float inv, const float* v, size_t ld, size_t n, size_t dv, int level) {
+#if defined(__x86_64__)
+  if (level >= 1) return weighted_sum_avx2(o, p, inv, v, ld, n, dv);
+#endif
+  (void)level;
+  weighted_sum_scalar(o, p, inv, v, ld, n, 0, dv);
+}
 
 // causalAttention(q f32[N*H*dqk], k f32[N*H*dqk], v f32[N*H*dv], out f32[N*H*dv],
 //                 offsets i32[B+1], H, dqk, dv, scale, threads)
@@ -220,61 +264,57 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   if (!require(env, qb.size / 4 == N * H * dqk, "q has the wrong size") ||
       !require(env, kb.size / 4 == N * H * dqk, "k has the wrong size") ||
       !require(env, vb.size / 4 == N * H * dv, "v has the wrong size") ||
-      !require(env, ob.size / 4 == N * H * dv, "out has the wrong size"))
+      !require(env, ob.size / 4 == N * H * dv, "out has the wrong size") ||
+      !require(env, dqk > 0, "dqk must be positive"))
     return env.Undefined();
 
-  std::vector<uint32_t> start(N);
   size_t maxlen = 0;
-  for (size_t b = 0; b < nseq; b++) {
-    for (int32_t i = off[b]; i < off[b + 1]; i++) start[i] = static_cast<uint32_t>(off[b]);
-    maxlen = std::max<size_t>(maxlen, static_cast<size_t>(off[b + 1] - off[b]));
-  }
+  for (size_t b = 0; b < nseq; b++) maxlen = std::max<size_t>(maxlen, static_cast<size_t>(off[b + 1] - off[b]));
   const float* q = reinterpret_cast<const float*>(qb.data);
   const float* k = reinterpret_cast<const float*>(kb.data);
   const float* v = reinterpret_cast<const float*>(vb.data);
   float* o = reinterpret_cast<float*>(ob.data);
-  const bool avx2 = use_avx2();
-  const size_t units = N * H;
-  const size_t grain = 8;
+  const int level = use_avx512() ? 2 : use_avx2() ? 1 : 0;
+  // Units: (sequence, head, block of 16 queries), dearer towards the end of a sequence; handed out
+  // from a counter. Each output is computed the same way whichever thread takes it and at every
+  // SIMD level (fma chains in the same order; vexp.h's exp), so the bytes never change.
+  constexpr size_t kQb = 16;
+  std::vector<size_t> unit_seq, unit_q0;
+  for (size_t b = 0; b < nseq; b++)
+    for (size_t h = 0; h < H; h++)
+      for (size_t q0 = 0; q0 < static_cast<size_t>(off[b + 1] - off[b]); q0 += kQb) {
+        unit_seq.push_back(b * H + h);
+        unit_q0.push_back(q0);
+      }
+  const size_t units = unit_seq.size();
   std::atomic<size_t> next{0};
-  const int t = units * maxlen * (dqk + dv) < (size_t{1} << 21) ? 1 : threads;
-  // Each (token, head) unit is computed the same way whichever thread takes it, so handing units
-  // out dynamically (the causal triangle makes later tokens dearer) keeps results deterministic.
+  const int t = N * H * maxlen * (dqk + dv) < (size_t{1} << 21) ? 1 : threads;
   parallel_for(static_cast<size_t>(t), t, 1, [&](size_t, size_t) {
-    std::vector<float> p(maxlen);
-    for (;;) {
-      const size_t u0 = next.fetch_add(grain);
-      if (u0 >= units) break;
-      const size_t u1 = std::min(units, u0 + grain);
-      for (size_t u = u0; u < u1; u++) {
-        const size_t i = u / H, h = u % H;
-        const size_t s0 = start[i], len = i - s0 + 1;
-        const float* qi = q + (i * H + h) * dqk;
-        float mx = -INFINITY;
+    std::vector<float> kt(dqk * maxlen), p(maxlen);
+    size_t have = SIZE_MAX;  // the (sequence, head) whose keys kt holds
+    for (size_t u; (u = next.fetch_add(1)) < units;) {
+      const size_t bh = unit_seq[u], b = bh / H, h = bh % H;
+      const size_t s0 = static_cast<size_t>(off[b]), len = static_cast<size_t>(off[b + 1]) - s0;
+      const size_t q0 = unit_q0[u], q1 = std::min(len, q0 + kQb);
+      if (have != bh) {
+        // kt[c * len + j] = K[s0 + j, h, c]: 16 keys per vector in the score loop.
         for (size_t j = 0; j < len; j++) {
           const float* kj = k + ((s0 + j) * H + h) * dqk;
-#if defined(__x86_64__)
-          const float d = avx2 ? dot_avx2(qi, kj, dqk) : dot_scalar(qi, kj, dqk);
-#else
-          const float d = dot_scalar(qi, kj, dqk);
-#endif
-          p[j] = d * scale;
-          mx = std::max(mx, p[j]);
+          for (size_t c = 0; c < dqk; c++) kt[c * len + j] = kj[c];
         }
-        exp_sub(p.data(), len, mx);
+        have = bh;
+      }
+      for (size_t i = q0; i < q1; i++) {
+        const float* qi = q + ((s0 + i) * H + h) * dqk;
+        const size_t n = i + 1;
+        scores(qi, kt.data(), len, dqk, n, scale, p.data(), level);
+        float mx = -INFINITY;
+        for (size_t j = 0; j < n; j++) mx = std::max(mx, p[j]);
+        exp_sub(p.data(), n, mx);
         float sum = 0.0f;
-        for (size_t j = 0; j < len; j++) sum += p[j];
+        for (size_t j = 0; j < n; j++) sum += p[j];
         const float inv = 1.0f / sum;
-        float* oi = o + (i * H + h) * dv;
-        std::memset(oi, 0, dv * sizeof(float));
-        for (size_t j = 0; j < len; j++) {
-          const float pj = p[j] * inv;
-          const float* vj = v + ((s0 + j) * H + h) * dv;
-#if defined(__x86_64__)
-          if (avx2) { axpy_avx2(oi, pj, vj, dv); continue; }
-#endif
-          axpy_scalar(oi, pj, vj, dv);
-        }
+        weighted_sum(o + ((s0 + i) * H + h) * dv, p.data(), inv, v + (s0 * H + h) * dv, H * dv, n, dv, level);
       }
     }
   });
