@@ -14,7 +14,7 @@ import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gg
 import { GgufWriter } from "../io/gguf-writer.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
-import { rowBytes } from "../formats/ggml-types.js";
+import { rowBytes, type GgmlType } from "../formats/ggml-types.js";
 import { quantizeRows } from "../quant/ggml.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
 import { fp8NanError, type Kernels } from "../quant/kernels.js";
@@ -134,25 +134,32 @@ export function decodeRows(ctx: DecodeCtx, src: HfSourceRef, input: Uint8Array, 
 
 export const elemSize = (src: HfSourceRef) => (src.dtype === "F8_E4M3" ? 1 : src.dtype === "F32" ? 4 : 2);
 
+/**
+ * Encodes rows [row0, row0+rows) of an output tensor as `type` into `out`: F32 as it is, else
+ * quantized; with imatrix `weights`, matrix m (`rowsPerMat` rows) gets [m*ne0, (m+1)*ne0), as llama-quantize.
+ */
+export function encodeOutputRows(type: GgmlType, weights: Float32Array | undefined, rowsPerMat: number, values: Float32Array, rows: number, ne0: number, row0: number, threads: number, out: Uint8Array): void {
+  if (type.name === "F32") out.set(new Uint8Array(values.buffer, values.byteOffset, rows * ne0 * 4));
+  else if (!weights) quantizeRows(type.name, values, rows, ne0, null, threads, out);
+  else {
+    const rb = rowBytes(type.name, ne0);
+    for (let r = 0; r < rows;) {
+      const m = Math.floor((row0 + r) / rowsPerMat);
+      const n = Math.min(rows - r, (m + 1) * rowsPerMat - (row0 + r));
+      quantizeRows(type.name, values.subarray(r * ne0, (r + n) * ne0), n, ne0, weights.subarray(m * ne0, (m + 1) * ne0), threads, out.subarray(r * rb, (r + n) * rb));
+      r += n;
+    }
+  }
+}
+
 /** Chunks that produce output tensor `t`, in order. */
 function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
   const round = t.inputType.name === "BF16";
   const weights = ctx.imatrix?.get(t.name);
   const rowsPerMat = t.ne[1] ?? 1;
   /** Rows [row0, row0+rows) of the output tensor; matrix m (ne1 rows) gets imatrix weights [m*ne0, (m+1)*ne0), as llama-quantize. */
-  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number) => {
-    if (t.type.name === "F32") out.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
-    else if (!weights) quantizeRows(t.type.name, values, rows, ne0, null, ctx.threads, out);
-    else {
-      const rb = rowBytes(t.type.name, ne0);
-      for (let r = 0; r < rows;) {
-        const m = Math.floor((row0 + r) / rowsPerMat);
-        const n = Math.min(rows - r, (m + 1) * rowsPerMat - (row0 + r));
-        quantizeRows(t.type.name, values.subarray(r * ne0, (r + n) * ne0), n, ne0, weights.subarray(m * ne0, (m + 1) * ne0), ctx.threads, out.subarray(r * rb, (r + n) * rb));
-        r += n;
-      }
-    }
-  };
+  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number) =>
+    encodeOutputRows(t.type, weights, rowsPerMat, values, rows, ne0, row0, ctx.threads, out);
   const rowChunks = (src: HfSourceRef, base: number): Chunk[] => {
     const cols = src.shape.length === 0 ? 1 : src.shape[src.shape.length - 1]!;
     const totalRows = src.shape.slice(0, -1).reduce((a, b) => a * b, 1);
