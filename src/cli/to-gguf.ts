@@ -13,6 +13,7 @@ import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, w
 import { DeepcastError } from "../errors.js";
 import { calibrationImatrix } from "./calibration.js";
 import { memoryBudget } from "./imatrix.js";
+import { kldMeasure } from "./target-measure.js";
 
 export const command = "to-gguf <in>";
 export const describe = "Convert an FP8 or BF16 DeepSeek-V3 checkpoint straight to GGUF (llama.cpp), quantized in one pass";
@@ -33,6 +34,9 @@ export function builder(y: Argv) {
       .option("target-size", { type: "string", describe: "Choose every tensor's type so the file lands within 3% below this size (bytes, or K/M/G/T in powers of 1000, e.g. 180G)" })
       .option("target-bpw", { type: "number", describe: "Like --target-size, for this many bits per weight over all tensor data" })
       .option("target-analytic", { type: "boolean", default: false, describe: "With --target-*: skip reading the weights; estimate every error from the type's bits alone" })
+      .option("target-measure", { type: "string", describe: "With --target-*: calibrate the estimate by the KL divergence against the input, measured on this text (not your evaluation text); slower" })
+      .option("target-measure-ctx", { type: "number", default: 512, describe: "Chunk length of the --target-measure text" })
+      .option("target-measure-chunks", { type: "number", default: 16, describe: "At most this many chunks of the --target-measure text per measurement" })
       .option("imatrix", { type: "string", describe: "Importance matrix from llama-imatrix (GGUF or legacy .dat), used as llama-quantize --imatrix uses it (required by Q2_K_S)" })
       .option("calibration", { type: "string", describe: "Calibration text: compute the importance matrix first (deepcast imatrix, kept as <output>.imatrix.gguf) and quantize with it" })
       .option("calibration-ctx", { type: "number", default: 512, describe: "Chunk length of the --calibration pass" })
@@ -67,6 +71,12 @@ export async function handler(argv: Args): Promise<void> {
   const target = argv.targetSize !== undefined ? { bytes: parseTargetSize(argv.targetSize) } : argv.targetBpw !== undefined ? { bpw: argv.targetBpw } : undefined;
   if (!target && argv.quant === undefined) throw new DeepcastError("missing --quant (or --target-size / --target-bpw)", { code: "USAGE" });
   if (!target && argv.targetAnalytic) throw new DeepcastError("--target-analytic needs --target-size or --target-bpw", { code: "USAGE" });
+  if (!target && argv.targetMeasure !== undefined) throw new DeepcastError("--target-measure needs --target-size or --target-bpw", { code: "USAGE" });
+  if (argv.targetMeasure !== undefined && argv.targetAnalytic) throw new DeepcastError("--target-measure and --target-analytic exclude each other (the measurement reads the weights)", { code: "USAGE" });
+  const kld = target && argv.targetMeasure !== undefined
+    ? await kldMeasure({ model: argv.in, text: argv.targetMeasure, ctx: argv.targetMeasureCtx, chunks: argv.targetMeasureChunks, threads: Math.max(1, Math.floor(argv.threads)), ...(argv.revision !== undefined ? { revision: argv.revision } : {}) })
+    : undefined;
+  if (kld && !argv.json) process.stderr.write(`target-measure: ${kld.chunks} chunks, ${kld.positions} scored positions per measurement (reference pass ${kld.referenceSeconds.toFixed(1)} s)\n`);
   const tensorTypes = [...argv.tensorType, ...(argv.recipe !== undefined ? await readRecipe(argv.recipe) : [])];
   const planOpts = {
     split,
@@ -87,6 +97,13 @@ export async function handler(argv: Args): Promise<void> {
       onMeasure: (name, i, n) => {
         if (!argv.json && process.stderr.isTTY) process.stderr.write(`\rmeasuring [${i + 1}/${n}] ${name.padEnd(40)}`);
       },
+      ...(kld ? {
+        measureKld: kld.measure,
+        threads: argv.threads,
+        onKld: (what: string, v: number, i: number, n: number) => {
+          if (!argv.json) process.stderr.write(`\nKLD [${i + 1}/${n}] ${what}: ${v.toExponential(4)}`);
+        },
+      } : {}),
     })
     : await planToGguf(source, argv.output, { ...planOpts, ftype: argv.quant! });
   if (target && !argv.json && process.stderr.isTTY) process.stderr.write("\n");
