@@ -130,7 +130,8 @@ export async function calibratedTargetMix(problem: readonly TargetTensor[], budg
   const run = async (what: string, types: ReadonlyMap<string, GgmlType>) => {
     const k = await measure(types);
     if (!Number.isFinite(k)) throw new DeepcastError(`the KLD measurement of ${what} is not a number`);
-    opts.onMeasure?.(what, k, n++, count);
+    opts.onMeasure?.(what, k, n, count);
+    n++;
     return k;
   };
   const floor = await run("the reference types", new Map(problem.map((t) => [t.name, ref])));
