@@ -67,4 +67,6 @@ npx tsx test/e2e/imatrix-kld.ts --threads 2
 npx tsx test/e2e/imatrix-kld.ts --type Q2_K_S --threads 2
 echo "== e2e 7: our imatrix files in llama.cpp's llama-quantize (skipped without a llama.cpp build)"
 bash test/e2e/imatrix-llama.sh
+echo "== e2e 8: --target-size --target-measure at the IQ2_XXS and Q4_K_M mixes' sizes: mean KLD at most 0.9x theirs"
+npx tsx test/e2e/target-kld.ts --threads 2
 echo "e2e: all passed"
