@@ -1,6 +1,6 @@
 import type { Argv, ArgumentsCamelCase } from "yargs";
 import { describeToGguf, imatrixSummary, planToGguf, runToGguf, type ToGgufPlan } from "../convert/to-gguf.js";
-import { describeTarget, planTargetGguf, recipePathOf, targetSummary, type TargetReport } from "../convert/target-plan.js";
+import { describeTarget, measuredLines, planTargetGguf, recipePathOf, targetSummary, type TargetReport } from "../convert/target-plan.js";
 import { writeFileAtomic } from "../io/write.js";
 import { readRecipe } from "../quant/recipe.js";
 import { parseTargetSize } from "../quant/target-mix.js";
@@ -106,7 +106,7 @@ export async function handler(argv: Args): Promise<void> {
       } : {}),
     })
     : await planToGguf(source, argv.output, { ...planOpts, ftype: argv.quant! });
-  if (target && !argv.json && process.stderr.isTTY) process.stderr.write("\n");
+  if (target && !argv.json && (process.stderr.isTTY || kld)) process.stderr.write("\n");
   const { output } = plan;
   const tp = plan.target;
   const im = imatrixSummary(plan);
@@ -123,6 +123,7 @@ export async function handler(argv: Args): Promise<void> {
     return;
   }
 
+  if (tp?.measured && !argv.json) for (const line of measuredLines(tp.measured)) process.stderr.write(`${line}\n`);
   const summary = await withProgress(
     { label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
     (onEvent) =>

@@ -175,11 +175,10 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
     const t0 = performance.now();
     planned = new PlannedGguf(source, base, { kernels, threads: threads ?? 1 });
     try {
-      const c = await calibratedTargetMix(problem, Math.max(0, budget), measureTypes, onKld ? { onMeasure: onKld } : {});
+      const c = await calibratedTargetMix(problem, budget, measureTypes, onKld ? { onMeasure: onKld } : {});
       search = c.problem;
       first = c.solution;
-      measured = { floor: c.floor, fits: c.fits, predictedKld: c.predictedKld, measuredKld: c.measuredKld, measurements: c.measurements, seconds: 0 };
-      measured.seconds = (performance.now() - t0) / 1000;
+      measured = { floor: c.floor, fits: c.fits, predictedKld: c.predictedKld, measuredKld: c.measuredKld, measurements: c.measurements, seconds: (performance.now() - t0) / 1000 };
     } catch (e) {
       await planned.close();
       throw e;
@@ -192,60 +191,60 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
   }
 
   async function settle(): Promise<ToGgufPlan & { target: TargetReport }> {
-  for (let attempt = 0; ; attempt++) {
-    const sol = attempt === 0 && first ? first : solveTargetMix(search, budget);
-    const chosen = new Map(sol.choices.map((c) => [c.name, c]));
-    const byteShare = new Map<GgmlType, number>();
-    for (const c of sol.choices) byteShare.set(c.type, (byteShare.get(c.type) ?? 0) + c.bytes);
-    const mainType = [...byteShare].sort((a, b) => b[1] - a[1])[0]![0];
-    const overrides = sol.choices.map((c) => ({ name: c.name, type: c.type }));
-    const plan = await planToGguf(source, out, {
-      ...rest,
-      dryRun: opts.dryRun ?? false,
-      ftype: ftype ?? ftypeOfType(mainType),
-      tensorTypes: [...formatRecipe(overrides).trim().split("\n"), ...(rest.tensorTypes ?? [])],
-    });
-    const achieved = measureOf(plan);
-    if (achieved > targetBytes) {
-      if (attempt >= 3) throw new DeepcastError(`internal: the plan takes ${achieved} bytes, over the target ${targetBytes}`);
-      budget -= achieved - targetBytes;
-      continue;
+    for (let attempt = 0; ; attempt++) {
+      const sol = attempt === 0 && first ? first : solveTargetMix(search, budget);
+      const chosen = new Map(sol.choices.map((c) => [c.name, c]));
+      const byteShare = new Map<GgmlType, number>();
+      for (const c of sol.choices) byteShare.set(c.type, (byteShare.get(c.type) ?? 0) + c.bytes);
+      const mainType = [...byteShare].sort((a, b) => b[1] - a[1])[0]![0];
+      const overrides = sol.choices.map((c) => ({ name: c.name, type: c.type }));
+      const plan = await planToGguf(source, out, {
+        ...rest,
+        dryRun: opts.dryRun ?? false,
+        ftype: ftype ?? ftypeOfType(mainType),
+        tensorTypes: [...formatRecipe(overrides).trim().split("\n"), ...(rest.tensorTypes ?? [])],
+      });
+      const achieved = measureOf(plan);
+      if (achieved > targetBytes) {
+        if (attempt >= 3) throw new DeepcastError(`internal: the plan takes ${achieved} bytes, over the target ${targetBytes}`);
+        budget -= achieved - targetBytes;
+        continue;
+      }
+      if (measured && sol !== first) {
+        const t0 = performance.now();
+        measured.measuredKld = await measureTypes(new Map(sol.choices.map((c) => [c.name, c.type])));
+        measured.measurements++;
+        measured.seconds += (performance.now() - t0) / 1000;
+      }
+      if (achieved < targetBytes * (1 - TARGET_TOLERANCE)) {
+        throw new DeepcastError(
+          `the target is larger than this model needs: the largest useful types take ${achieved} bytes, more than 3% below the target ${targetBytes}`,
+          { code: "USAGE" },
+        );
+      }
+      const placed = new Map(plan.layout.files.flatMap((f) => f.tensors).map((t) => [t.name, t]));
+      const tensors = plan.output.tensors.map((t): TargetTensorReport => {
+        const c = chosen.get(t.name);
+        return { name: t.name, ne: t.ne, type: t.type, bytes: placed.get(t.name)!.nbytes, damage: c ? c.damage : null, analytic: !!c && analytic.has(`${t.name} ${c.type.name}`), fixed: !c, unwritable: !!c && !t.type.quantizer };
+      });
+      const recipe = formatRecipe(plan.output.tensors.filter((t) => t.mix?.quantizable).map((t) => ({ name: t.name, type: t.type })));
+      return {
+        ...plan,
+        target: {
+          targetBytes,
+          measure,
+          achievedBytes: achieved,
+          totalDamage: sol.damage,
+          method: sol.method,
+          analyticTensors: sol.choices.filter((c) => analytic.has(`${c.name} ${c.type.name}`)).length,
+          plannedTensors: free.length,
+          tensors,
+          ...(measured ? { measured } : {}),
+          recipe,
+          seconds: (performance.now() - started) / 1000,
+        },
+      };
     }
-    if (measured && sol !== first) {
-      const t0 = performance.now();
-      measured.measuredKld = await measureTypes(new Map(sol.choices.map((c) => [c.name, c.type])));
-      measured.measurements++;
-      measured.seconds += (performance.now() - t0) / 1000;
-    }
-    if (achieved < targetBytes * (1 - TARGET_TOLERANCE)) {
-      throw new DeepcastError(
-        `the target is larger than this model needs: the largest useful types take ${achieved} bytes, more than 3% below the target ${targetBytes}`,
-        { code: "USAGE" },
-      );
-    }
-    const placed = new Map(plan.layout.files.flatMap((f) => f.tensors).map((t) => [t.name, t]));
-    const tensors = plan.output.tensors.map((t): TargetTensorReport => {
-      const c = chosen.get(t.name);
-      return { name: t.name, ne: t.ne, type: t.type, bytes: placed.get(t.name)!.nbytes, damage: c ? c.damage : null, analytic: !!c && analytic.has(`${t.name} ${c.type.name}`), fixed: !c, unwritable: !!c && !t.type.quantizer };
-    });
-    const recipe = formatRecipe(plan.output.tensors.filter((t) => t.mix?.quantizable).map((t) => ({ name: t.name, type: t.type })));
-    return {
-      ...plan,
-      target: {
-        targetBytes,
-        measure,
-        achievedBytes: achieved,
-        totalDamage: sol.damage,
-        method: sol.method,
-        analyticTensors: sol.choices.filter((c) => analytic.has(`${c.name} ${c.type.name}`)).length,
-        plannedTensors: free.length,
-        tensors,
-        ...(measured ? { measured } : {}),
-        recipe,
-        seconds: (performance.now() - started) / 1000,
-      },
-    };
-  }
   }
 }
 
@@ -290,6 +289,7 @@ export function describeTarget(d: PlanDescription, t: TargetReport, out: string)
       ? [`${unwritable.length} tensor(s) are planned as ${[...new Set(unwritable.map((x) => x.type.name))].join(", ")}, which this build cannot write yet ` +
         "(dry runs plan with every type; a real run chooses among the types it can write)"]
       : []),
+    ...(t.measured ? measuredLines(t.measured) : []),
     `the plan as a recipe: ${recipePathOf(out)} is written with the output (reproduce with --recipe)`,
   ];
   return {
@@ -297,4 +297,13 @@ export function describeTarget(d: PlanDescription, t: TargetReport, out: string)
     fields: { ...d.fields, target: s, recipe: t.recipe, tensors },
     lines: [...tensors.map(line), ...d.lines.slice(fields.tensors.length), ...notes],
   };
+}
+
+/** What --target-measure found, for the dry-run and run summaries. */
+export function measuredLines(m: TargetMeasurement): string[] {
+  return [
+    `calibrated by measured KLD (--target-measure): ${m.measurements} measurements in ${m.seconds.toFixed(0)} s; errors above are calibrated KLD shares (nats); ` +
+      `with every planned tensor at BF16 ${m.floor.toExponential(3)}; the chosen plan: calibrated estimate ${m.predictedKld.toExponential(3)}, measured ${m.measuredKld.toExponential(3)}`,
+    `per group, KLD above that = a x (summed estimate)^b: ${m.fits.map((f) => `${f.group} ${f.a.toExponential(2)}^${f.b.toFixed(2)}`).join(", ")}`,
+  ];
 }
