@@ -44,6 +44,11 @@ class Lru {
   }
   set(key: string, v: Float32Array | Uint8Array): void {
     if (v.byteLength > this.cap) return;
+    const old = this.map.get(key);
+    if (old) {
+      this.map.delete(key);
+      this.bytes -= old.byteLength;
+    }
     this.map.set(key, v);
     this.bytes += v.byteLength;
     for (const [k, old] of this.map) {
