@@ -36,7 +36,7 @@ export function builder(y: Argv) {
       .option("target-analytic", { type: "boolean", default: false, describe: "With --target-*: skip reading the weights; estimate every error from the type's bits alone" })
       .option("target-measure", { type: "string", describe: "With --target-*: calibrate the estimate by the KL divergence against the input, measured on this text (not your evaluation text); slower" })
       .option("target-measure-ctx", { type: "number", default: 512, describe: "Chunk length of the --target-measure text" })
-      .option("target-measure-chunks", { type: "number", default: 16, describe: "At most this many chunks of the --target-measure text per measurement" })
+      .option("target-measure-chunks", { type: "number", default: 16, describe: "At most this many chunks of the --target-measure text per measurement (the reference's log-probabilities of the scored positions are kept: chunks x ctx/2 x vocab x 4 bytes, 2.1 GB for DeepSeek-V3 at the defaults)" })
       .option("imatrix", { type: "string", describe: "Importance matrix from llama-imatrix (GGUF or legacy .dat), used as llama-quantize --imatrix uses it (required by Q2_K_S)" })
       .option("calibration", { type: "string", describe: "Calibration text: compute the importance matrix first (deepcast imatrix, kept as <output>.imatrix.gguf) and quantize with it" })
       .option("calibration-ctx", { type: "number", default: 512, describe: "Chunk length of the --calibration pass" })
