@@ -2,7 +2,9 @@ import { spawnSync } from "node:child_process";
 import { readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { PlannedGguf } from "../src/convert/planned-gguf.js";
 import { planTargetGguf, recipePathOf } from "../src/convert/target-plan.js";
+import type { GgufTensorStore } from "../src/io/gguf-reader.js";
 import { readOutputRows, sampleRows } from "../src/convert/target-errors.js";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { GgufReader } from "../src/io/gguf-reader.js";
@@ -70,6 +72,45 @@ describe("to-gguf --target-size on the fixture", () => {
     expect(again.layout.totalBytes).toBe(plan.layout.totalBytes);
   });
 
+  it("with a KLD measurement: every allocation it is asked to score is a model of the right types, and the plan follows the measurement", async () => {
+    const dir = await tempDir();
+    const out = join(dir, "m.gguf");
+    const src = new LocalSource(FIXTURE);
+    const target = (await planToGguf(src, out, { ftype: "Q4_K_M" })).layout.totalBytes;
+    const estimate = await planTargetGguf(src, out, { target: { bytes: target }, kernels: kernels() });
+    // a stand-in measurement that reads the store: output.weight's noise costs 1000x everything else's
+    const seen: string[] = [];
+    const measureKld = async (store: GgufTensorStore) => {
+      let k = 0;
+      for (const t of store.tensors) {
+        if (!t.type.quantized) continue;
+        const bpw = (8 * t.nbytes) / t.ne.reduce((a, b) => a * b, 1);
+        k += (t.name === "output.weight" ? 1000 : 1) * 2 ** (-2 * bpw);
+      }
+      const head = store.tensor("output.weight")!;
+      const bytes = new Uint8Array(head.nbytes);
+      await store.read(head, 0, bytes); // made on demand, as the forward pass would read it
+      seen.push(head.type.name);
+      return k;
+    };
+    const plan = await planTargetGguf(src, out, { target: { bytes: target }, kernels: kernels(), measureKld });
+    const m = plan.target.measured!;
+    const groups = new Set(plan.target.tensors.filter((x) => !x.fixed).map((x) => x.name.replace(/^blk\.\d+\./, "").replace(/\.weight$/, ""))).size;
+    expect(m.measurements).toBe(2 + 2 * groups);
+    expect(seen.length).toBe(m.measurements);
+    expect(seen[0]).toBe("BF16"); // the floor: every planned tensor at BF16
+    expect(plan.layout.totalBytes).toBeLessThanOrEqual(target);
+    expect(plan.layout.totalBytes).toBeGreaterThanOrEqual(target * 0.97);
+    const typeOf = (p: typeof plan, name: string) => p.target.tensors.find((x) => x.name === name)!;
+    expect(typeOf(plan, "output.weight").bytes).toBeGreaterThan(typeOf(estimate, "output.weight").bytes);
+    const asEstimated = new PlannedGguf(src, estimate, { kernels: kernels() });
+    try {
+      expect(m.measuredKld).toBeLessThan(await measureKld(asEstimated.store(new Map())));
+    } finally {
+      await asEstimated.close();
+    }
+  });
+
   it("CLI: writes the file and OUT.recipe.txt; --recipe with it writes the same bytes", async () => {
     const dir = await tempDir();
     const a = join(dir, "a.gguf");
@@ -104,5 +145,14 @@ describe("to-gguf --target-size on the fixture", () => {
     const r4 = cli("to-gguf", FIXTURE, "-o", join(dir, "z.gguf"), "--dry-run");
     expect(r4.status).toBe(2);
     expect(r4.stderr).toMatch(/missing --quant/);
+    const r5 = cli("to-gguf", FIXTURE, "-o", join(dir, "z.gguf"), "-q", "Q4_K_M", "--target-measure", bad, "--dry-run");
+    expect(r5.status).toBe(2);
+    expect(r5.stderr).toMatch(/--target-measure needs --target-size or --target-bpw/);
+    const r6 = cli("to-gguf", FIXTURE, "-o", join(dir, "z.gguf"), "--target-size", "6M", "--target-analytic", "--target-measure", bad, "--dry-run");
+    expect(r6.status).toBe(2);
+    expect(r6.stderr).toMatch(/exclude each other/);
+    const r7 = cli("to-gguf", FIXTURE, "-o", join(dir, "z.gguf"), "--target-size", "6M", "--target-measure", join(dir, "missing.txt"), "--dry-run");
+    expect(r7.status).toBe(1);
+    expect(r7.stderr).toMatch(/cannot read the --target-measure text.*missing\.txt/);
   });
 });

@@ -4,7 +4,7 @@ import { describeToGguf, imatrixSummary, planToGguf, runToGguf, type ToGgufPlan,
 import { describeGgufSource, planGgufSource } from "../convert/gguf-source-plan.js";
 import { runGgufSource } from "../convert/gguf-source-run.js";
 import type { Kernels } from "../quant/kernels.js";
-import { describeTarget, planTargetGguf, recipePathOf, targetSummary, type TargetReport } from "../convert/target-plan.js";
+import { describeTarget, measuredLines, planTargetGguf, recipePathOf, targetSummary, type TargetReport } from "../convert/target-plan.js";
 import { writeFileAtomic } from "../io/write.js";
 import { readRecipe } from "../quant/recipe.js";
 import { parseTargetSize } from "../quant/target-mix.js";
@@ -18,6 +18,7 @@ import { DeepcastError } from "../errors.js";
 import type { OnEvent } from "../events.js";
 import { calibrationImatrix } from "./calibration.js";
 import { memoryBudget } from "./imatrix.js";
+import { kldMeasure } from "./target-measure.js";
 
 export const command = "to-gguf <in>";
 export const describe = "Convert an FP8 or BF16 DeepSeek-V3/V3.2/V4 checkpoint straight to GGUF (llama.cpp), quantized in one pass; or requantize a deepseek2 GGUF, as llama-quantize";
@@ -40,6 +41,9 @@ export function builder(y: Argv) {
       .option("target-size", { type: "string", describe: "Choose every tensor's type so the file lands within 3% below this size (bytes, or K/M/G/T in powers of 1000, e.g. 180G)" })
       .option("target-bpw", { type: "number", describe: "Like --target-size, for this many bits per weight over all tensor data" })
       .option("target-analytic", { type: "boolean", default: false, describe: "With --target-*: skip reading the weights; estimate every error from the type's bits alone" })
+      .option("target-measure", { type: "string", describe: "With --target-*: calibrate the estimate by the KL divergence against the input, measured on this text (not your evaluation text); slower" })
+      .option("target-measure-ctx", { type: "number", default: 512, describe: "Chunk length of the --target-measure text" })
+      .option("target-measure-chunks", { type: "number", default: 16, describe: "At most this many chunks of the --target-measure text per measurement (the reference's log-probabilities of the scored positions are kept: chunks x ctx/2 x vocab x 4 bytes, 2.1 GB for DeepSeek-V3 at the defaults)" })
       .option("imatrix", { type: "string", describe: "Importance matrix from llama-imatrix (GGUF or legacy .dat), used as llama-quantize --imatrix uses it (required by Q2_K_S)" })
       .option("calibration", { type: "string", describe: "Calibration text: compute the importance matrix first (deepcast imatrix, kept as <output>.imatrix.gguf) and quantize with it" })
       .option("calibration-ctx", { type: "number", default: 512, describe: "Chunk length of the --calibration pass" })
@@ -78,6 +82,12 @@ export async function handler(argv: Args): Promise<void> {
   const target = argv.targetSize !== undefined ? { bytes: parseTargetSize(argv.targetSize) } : argv.targetBpw !== undefined ? { bpw: argv.targetBpw } : undefined;
   if (!target && argv.quant === undefined) throw new DeepcastError("missing --quant (or --target-size / --target-bpw)", { code: "USAGE" });
   if (!target && argv.targetAnalytic) throw new DeepcastError("--target-analytic needs --target-size or --target-bpw", { code: "USAGE" });
+  if (!target && argv.targetMeasure !== undefined) throw new DeepcastError("--target-measure needs --target-size or --target-bpw", { code: "USAGE" });
+  if (argv.targetMeasure !== undefined && argv.targetAnalytic) throw new DeepcastError("--target-measure and --target-analytic exclude each other (the measurement reads the weights)", { code: "USAGE" });
+  const kld = target && argv.targetMeasure !== undefined
+    ? await kldMeasure({ model: argv.in, text: argv.targetMeasure, ctx: argv.targetMeasureCtx, chunks: argv.targetMeasureChunks, threads: Math.max(1, Math.floor(argv.threads)), ...(argv.revision !== undefined ? { revision: argv.revision } : {}) })
+    : undefined;
+  if (kld && !argv.json) process.stderr.write(`target-measure: ${kld.chunks} chunks, ${kld.positions} scored positions per measurement (reference pass ${kld.referenceSeconds.toFixed(1)} s)\n`);
   const planOpts = {
     ...common,
     ...(argv.name !== undefined ? { name: argv.name } : {}),
@@ -93,9 +103,16 @@ export async function handler(argv: Args): Promise<void> {
       onMeasure: (name, i, n) => {
         if (!argv.json && process.stderr.isTTY) process.stderr.write(`\rmeasuring [${i + 1}/${n}] ${name.padEnd(40)}`);
       },
+      ...(kld ? {
+        measureKld: kld.measure,
+        threads: argv.threads,
+        onKld: (what: string, v: number, i: number, n: number) => {
+          if (!argv.json) process.stderr.write(`\nKLD [${i + 1}/${n}] ${what}: ${v.toExponential(4)}`);
+        },
+      } : {}),
     })
     : await planToGguf(source, argv.output, { ...planOpts, ftype: argv.quant! });
-  if (target && !argv.json && process.stderr.isTTY) process.stderr.write("\n");
+  if (target && !argv.json && (process.stderr.isTTY || kld)) process.stderr.write("\n");
   const { output } = plan;
   const tp = plan.target;
   const im = imatrixSummary(plan);
@@ -107,6 +124,7 @@ export async function handler(argv: Args): Promise<void> {
     return;
   }
 
+  if (tp?.measured && !argv.json) for (const line of measuredLines(tp.measured)) process.stderr.write(`${line}\n`);
   const summary = await withProgress(
     { label: `to-gguf ${output.ftype.name}`, resumeHint: "rerun the same command to resume (completed split files are kept)" },
     (progress) => {
@@ -189,7 +207,8 @@ async function isGgufInput(spec: string): Promise<boolean> {
 /** to-gguf IN.gguf: requantize as llama-quantize. */
 async function ggufHandler(argv: Args, started: number, k: Kernels): Promise<void> {
   const notForGguf = [
-    ["--target-size", argv.targetSize], ["--target-bpw", argv.targetBpw], ["--name", argv.name],
+    ["--target-size", argv.targetSize], ["--target-bpw", argv.targetBpw], ["--target-measure", argv.targetMeasure], ["--name", argv.name],
+    ["--mtp/--no-mtp", argv.mtp],
   ].filter(([, v]) => v !== undefined).map(([o]) => o);
   if (argv.targetAnalytic) notForGguf.push("--target-analytic");
   if (notForGguf.length) throw new DeepcastError(`${notForGguf.join(", ")} apply to checkpoint inputs, not to a GGUF`, { code: "USAGE" });

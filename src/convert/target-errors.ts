@@ -157,7 +157,7 @@ export async function readOutputRows(reader: ShardReader, ctx: DecodeCtx, t: Ggu
   return out;
 }
 
-async function loadScale(reader: ShardReader, ctx: DecodeCtx, src: HfSourceRef): Promise<void> {
+export async function loadScale(reader: ShardReader, ctx: DecodeCtx, src: HfSourceRef): Promise<void> {
   if (!src.scaleInv) return;
   const raw = await reader.readTensor(src.scaleInv.file, src.scaleInv.name);
   ctx.scales.set(src.name, src.scaleInv.dtype === "F8_E8M0"

@@ -22,8 +22,11 @@ import {
   type TargetTensor,
 } from "../quant/target-mix.js";
 import type { PlanDescription } from "../io/dry-run.js";
+import { calibratedTargetMix, type GroupFit } from "../quant/target-calibrate.js";
+import type { GgufTensorStore } from "../io/gguf-reader.js";
 import { fmtBytes } from "../units.js";
 import type { GgufOutputOptions } from "./gguf-output.js";
+import { PlannedGguf } from "./planned-gguf.js";
 import { measureErrorTable } from "./target-errors.js";
 import { planToGguf, type ToGgufPlan } from "./to-gguf.js";
 import type { MtpMode } from "./gguf-plan-deepseek4.js";
@@ -45,6 +48,27 @@ export interface TargetPlanOptions extends Omit<GgufOutputOptions, "ftype"> {
   sampleRows?: number;
   sampleExperts?: number;
   onMeasure?: (name: string, index: number, count: number) => void;
+  /**
+   * Calibrate the estimate by measurement (quant/target-calibrate.ts): scores a model, given as a
+   * GGUF store made in memory, by mean KLD against the reference on a calibration text.
+   */
+  measureKld?: (model: GgufTensorStore) => Promise<number>;
+  /** Progress of the measurements. */
+  onKld?: (what: string, kld: number, index: number, count: number) => void;
+  /** Threads for quantizing the measured allocations (default 1). */
+  threads?: number;
+}
+
+/** What the measured calibration found (to-gguf --target-measure). */
+export interface TargetMeasurement {
+  /** KLD with every planned tensor at BF16 (the reference's own rounding). */
+  floor: number;
+  fits: GroupFit[];
+  /** The chosen allocation: the calibrated estimate's KLD and the measured one. */
+  predictedKld: number;
+  measuredKld: number;
+  measurements: number;
+  seconds: number;
 }
 
 export interface TargetTensorReport {
@@ -75,6 +99,8 @@ export interface TargetReport {
   analyticTensors: number;
   plannedTensors: number;
   tensors: TargetTensorReport[];
+  /** With measureKld: the calibration (damages are then calibrated KLD shares, in nats). */
+  measured?: TargetMeasurement;
   /** `^name$=type` per quantizable tensor: `--recipe` with this reproduces the types. */
   recipe: string;
   seconds: number;
@@ -89,7 +115,7 @@ function ftypeOfType(type: GgmlType): string {
 
 export async function planTargetGguf(source: CheckpointSource, out: string, opts: TargetPlanOptions): Promise<ToGgufPlan & { target: TargetReport }> {
   const started = performance.now();
-  const { target, kernels, analyticOnly, sampleRows, sampleExperts, onMeasure, ftype, ...rest } = opts;
+  const { target, kernels, analyticOnly, sampleRows, sampleExperts, onMeasure, ftype, measureKld, onKld, threads, ...rest } = opts;
   // a first plan, for the tensor list, which tensors are quantizable and what the user pinned
   const base = await planToGguf(source, out, { ...rest, ftype: ftype ?? "Q8_0", dryRun: true });
   const cat = (name: string) => tensorCategory(name);
@@ -102,7 +128,7 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
   const hp = base.ckpt.config ?? {};
   const moe = { nExpert: Number(hp.n_routed_experts ?? 0) || 0, topK: Number(hp.num_experts_per_tok ?? 0) || 0, nLayer: Number(hp.num_hidden_layers ?? 1) || 1 };
   const weights = base.imatrix?.weights;
-  const cands = free.map((t) => ({ tensor: t, candidates: candidateTypes(t.ne, { hasImatrix: weights?.has(t.name) ?? false, unwritable: opts.dryRun ?? false }) }));
+  const cands = free.map((t) => ({ tensor: t, candidates: candidateTypes(t.ne, { hasImatrix: weights?.has(t.name) ?? false, unwritable: (opts.dryRun ?? false) && !measureKld }) }));
 
   const table = analyticOnly ? new Map() : await measureErrorTable(source, cands, {
     kernels,
@@ -141,52 +167,86 @@ export async function planTargetGguf(source: CheckpointSource, out: string, opts
 
   let budget = targetBytes - fixed;
   if (budget <= 0) throw new DeepcastError(`the target is too small: the tensors it cannot change and the metadata already take ${fixed} bytes`, { code: "USAGE" });
-  for (let attempt = 0; ; attempt++) {
-    const sol = solveTargetMix(problem, budget);
-    const chosen = new Map(sol.choices.map((c) => [c.name, c]));
-    const byteShare = new Map<GgmlType, number>();
-    for (const c of sol.choices) byteShare.set(c.type, (byteShare.get(c.type) ?? 0) + c.bytes);
-    const mainType = [...byteShare].sort((a, b) => b[1] - a[1])[0]![0];
-    const overrides = sol.choices.map((c) => ({ name: c.name, type: c.type }));
-    const plan = await planToGguf(source, out, {
-      ...rest,
-      dryRun: opts.dryRun ?? false,
-      ftype: ftype ?? ftypeOfType(mainType),
-      tensorTypes: [...formatRecipe(overrides).trim().split("\n"), ...(rest.tensorTypes ?? [])],
-    });
-    const achieved = measureOf(plan);
-    if (achieved > targetBytes) {
-      if (attempt >= 3) throw new DeepcastError(`internal: the plan takes ${achieved} bytes, over the target ${targetBytes}`);
-      budget -= achieved - targetBytes;
-      continue;
+  // with a measurement: the estimate calibrated per group of tensors, the chosen allocation measured
+  let search = problem;
+  let measured: TargetMeasurement | undefined;
+  let first: ReturnType<typeof solveTargetMix> | undefined;
+  let planned: PlannedGguf | undefined;
+  const measureTypes = async (types: ReadonlyMap<string, GgmlType>) => measureKld!(planned!.store(new Map(types)));
+  if (measureKld) {
+    const t0 = performance.now();
+    planned = new PlannedGguf(source, base, { kernels, threads: threads ?? 1 });
+    try {
+      const c = await calibratedTargetMix(problem, budget, measureTypes, onKld ? { onMeasure: onKld } : {});
+      search = c.problem;
+      first = c.solution;
+      measured = { floor: c.floor, fits: c.fits, predictedKld: c.predictedKld, measuredKld: c.measuredKld, measurements: c.measurements, seconds: (performance.now() - t0) / 1000 };
+    } catch (e) {
+      await planned.close();
+      throw e;
     }
-    if (achieved < targetBytes * (1 - TARGET_TOLERANCE)) {
-      throw new DeepcastError(
-        `the target is larger than this model needs: the largest useful types take ${achieved} bytes, more than 3% below the target ${targetBytes}`,
-        { code: "USAGE" },
-      );
+  }
+  try {
+    return await settle();
+  } finally {
+    await planned?.close();
+  }
+
+  async function settle(): Promise<ToGgufPlan & { target: TargetReport }> {
+    for (let attempt = 0; ; attempt++) {
+      const sol = attempt === 0 && first ? first : solveTargetMix(search, budget);
+      const chosen = new Map(sol.choices.map((c) => [c.name, c]));
+      const byteShare = new Map<GgmlType, number>();
+      for (const c of sol.choices) byteShare.set(c.type, (byteShare.get(c.type) ?? 0) + c.bytes);
+      const mainType = [...byteShare].sort((a, b) => b[1] - a[1])[0]![0];
+      const overrides = sol.choices.map((c) => ({ name: c.name, type: c.type }));
+      const plan = await planToGguf(source, out, {
+        ...rest,
+        dryRun: opts.dryRun ?? false,
+        ftype: ftype ?? ftypeOfType(mainType),
+        tensorTypes: [...formatRecipe(overrides).trim().split("\n"), ...(rest.tensorTypes ?? [])],
+      });
+      const achieved = measureOf(plan);
+      if (achieved > targetBytes) {
+        if (attempt >= 3) throw new DeepcastError(`internal: the plan takes ${achieved} bytes, over the target ${targetBytes}`);
+        budget -= achieved - targetBytes;
+        continue;
+      }
+      if (measured && sol !== first) {
+        const t0 = performance.now();
+        measured.measuredKld = await measureTypes(new Map(sol.choices.map((c) => [c.name, c.type])));
+        measured.measurements++;
+        measured.seconds += (performance.now() - t0) / 1000;
+      }
+      if (achieved < targetBytes * (1 - TARGET_TOLERANCE)) {
+        throw new DeepcastError(
+          `the target is larger than this model needs: the largest useful types take ${achieved} bytes, more than 3% below the target ${targetBytes}`,
+          { code: "USAGE" },
+        );
+      }
+      const placed = new Map(plan.layout.files.flatMap((f) => f.tensors).map((t) => [t.name, t]));
+      const tensors = plan.output.tensors.map((t): TargetTensorReport => {
+        const c = chosen.get(t.name);
+        return { name: t.name, ne: t.ne, type: t.type, bytes: placed.get(t.name)!.nbytes, damage: c ? c.damage : null, analytic: !!c && analytic.has(`${t.name} ${c.type.name}`), fixed: !c, unwritable: !!c && !t.type.quantizer };
+      });
+      const recipe = formatRecipe(plan.output.tensors.filter((t) => t.mix?.quantizable).map((t) => ({ name: t.name, type: t.type })));
+      return {
+        ...plan,
+        target: {
+          targetBytes,
+          measure,
+          achievedBytes: achieved,
+          totalDamage: sol.damage,
+          method: sol.method,
+          analyticTensors: sol.choices.filter((c) => analytic.has(`${c.name} ${c.type.name}`)).length,
+          plannedTensors: free.length,
+          tensors,
+          ...(measured ? { measured } : {}),
+          recipe,
+          seconds: (performance.now() - started) / 1000,
+        },
+      };
     }
-    const placed = new Map(plan.layout.files.flatMap((f) => f.tensors).map((t) => [t.name, t]));
-    const tensors = plan.output.tensors.map((t): TargetTensorReport => {
-      const c = chosen.get(t.name);
-      return { name: t.name, ne: t.ne, type: t.type, bytes: placed.get(t.name)!.nbytes, damage: c ? c.damage : null, analytic: !!c && analytic.has(`${t.name} ${c.type.name}`), fixed: !c, unwritable: !!c && !t.type.quantizer };
-    });
-    const recipe = formatRecipe(plan.output.tensors.filter((t) => t.mix?.quantizable).map((t) => ({ name: t.name, type: t.type })));
-    return {
-      ...plan,
-      target: {
-        targetBytes,
-        measure,
-        achievedBytes: achieved,
-        totalDamage: sol.damage,
-        method: sol.method,
-        analyticTensors: sol.choices.filter((c) => analytic.has(`${c.name} ${c.type.name}`)).length,
-        plannedTensors: free.length,
-        tensors,
-        recipe,
-        seconds: (performance.now() - started) / 1000,
-      },
-    };
   }
 }
 
@@ -231,6 +291,7 @@ export function describeTarget(d: PlanDescription, t: TargetReport, out: string)
       ? [`${unwritable.length} tensor(s) are planned as ${[...new Set(unwritable.map((x) => x.type.name))].join(", ")}, which this build cannot write yet ` +
         "(dry runs plan with every type; a real run chooses among the types it can write)"]
       : []),
+    ...(t.measured ? measuredLines(t.measured) : []),
     `the plan as a recipe: ${recipePathOf(out)} is written with the output (reproduce with --recipe)`,
   ];
   return {
@@ -238,4 +299,13 @@ export function describeTarget(d: PlanDescription, t: TargetReport, out: string)
     fields: { ...d.fields, target: s, recipe: t.recipe, tensors },
     lines: [...tensors.map(line), ...d.lines.slice(fields.tensors.length), ...notes],
   };
+}
+
+/** What --target-measure found, for the dry-run and run summaries. */
+export function measuredLines(m: TargetMeasurement): string[] {
+  return [
+    `calibrated by measured KLD (--target-measure): ${m.measurements} measurements in ${m.seconds.toFixed(0)} s; errors above are calibrated KLD shares (nats); ` +
+      `with every planned tensor at BF16 ${m.floor.toExponential(3)}; the chosen plan: calibrated estimate ${m.predictedKld.toExponential(3)}, measured ${m.measuredKld.toExponential(3)}`,
+    `per group, KLD above that = a x (summed estimate)^b: ${m.fits.map((f) => `${f.group} ${f.a.toExponential(2)}^${f.b.toFixed(2)}`).join(", ")}`,
+  ];
 }

@@ -158,7 +158,7 @@ export function encodeRows(
   type: GgmlType, values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number, rowsPerMat: number,
   weights: Float32Array | undefined, threads: number,
 ): void {
-  if (type.name === "F32") out.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  if (type.name === "F32") out.set(new Uint8Array(values.buffer, values.byteOffset, rows * ne0 * 4));
   else if (!weights) quantizeRows(type.name, values, rows, ne0, null, threads, out);
   else {
     const rb = rowBytes(type.name, ne0);
@@ -170,7 +170,6 @@ export function encodeRows(
     }
   }
 }
-
 
 /** Chunks that produce output tensor `t`, in order, in groups. */
 function tensorGroups(ctx: Ctx, t: GgufOutputTensor, reader: ShardReader): ChunkGroup[] {

@@ -17,7 +17,7 @@
  * the config equals the HF one and the forward pass is bit-identical to the HF source's.
  */
 import { DeepcastError } from "../errors.js";
-import { GgufReader, type GgufTensorInfo } from "../io/gguf-reader.js";
+import { GgufReader, type GgufTensorInfo, type GgufTensorStore } from "../io/gguf-reader.js";
 import { deepseek2Format } from "../formats/deepseek2-names.js";
 import { archKey, Keys } from "../formats/gguf-keys.js";
 import { ggmlDequantTypes, rowBytes } from "../formats/ggml-types.js";
@@ -92,18 +92,22 @@ export function f32Decimal(x: number): number {
   return f;
 }
 
-export class GgufWeightSource implements WeightSource {
+export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements WeightSource {
   private readonly cache = new Map<string, Resolved | null>();
 
   private constructor(
-    readonly reader: GgufReader,
+    readonly reader: R,
     readonly config: ModelConfig,
     private readonly threads: number,
   ) {}
 
   /** Opens a GGUF (a single file, or any file of a split model) and reads its metadata. */
-  static async open(path: string, opts: GgufWeightSourceOptions = {}): Promise<GgufWeightSource> {
-    const reader = await GgufReader.open(path);
+  static async open(path: string, opts: GgufWeightSourceOptions = {}): Promise<GgufWeightSource<GgufReader>> {
+    return GgufWeightSource.fromStore(await GgufReader.open(path), opts);
+  }
+
+  /** The model of a GGUF tensor store (a file's reader, or tensors made on demand); closes the store on failure. */
+  static async fromStore<S extends GgufTensorStore>(reader: S, opts: GgufWeightSourceOptions = {}): Promise<GgufWeightSource<S>> {
     try {
       const config = ggufModelConfig(reader);
       const src = new GgufWeightSource(reader, config, Math.max(1, opts.threads ?? 1));
@@ -319,7 +323,7 @@ export class GgufWeightSource implements WeightSource {
  * softmax, as llama.cpp assumes); leading_dense_block_count = first_k_dense_replace (absent: 0 with
  * experts); yarn_log_multiplier = 0.1 * mscale_all_dim; the vocabulary is token_embd's row count.
  */
-export function ggufModelConfig(reader: GgufReader): ModelConfig {
+export function ggufModelConfig(reader: GgufTensorStore): ModelConfig {
   const file = reader.path;
   const bad = (msg: string) => new DeepcastError(msg, { file });
   const arch = reader.value(Keys.General.ARCHITECTURE);
