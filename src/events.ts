@@ -4,7 +4,8 @@
  * cli/progress.ts turns the events into a live line on a terminal and a line every few seconds
  * otherwise. An exception thrown by the callback aborts the run like any other failure.
  */
-export type ProgressUnit = "bytes" | "tokens";
+/** What a progress event counts: bytes written, tokens through the model, tensors or KLD measurements of a plan search. */
+export type ProgressUnit = "bytes" | "tokens" | "tensors" | "measurements";
 
 export type RunEvent =
   /**

@@ -106,6 +106,18 @@ describe("the CLI without a terminal", () => {
     expect(pct).toEqual([...pct].sort((a, b) => a - b));
   });
 
+  it("to-gguf --target-size: the plan search reports tensors done/total, rate and ETA too", async () => {
+    const out = join(await tempDir(), "t.gguf");
+    const imatrix = join(ROOT, "fixtures", "llama-cpp-tiny-dsv3", "tiny-dsv3.imatrix.gguf");
+    const r = deepcast("0.05", "to-gguf", FIXTURE, "--target-size", "5M", "--imatrix", imatrix, "-o", out, "--dry-run", "--json", "--threads", "1");
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ command: "to-gguf" });
+    const search = /^to-gguf plan search: (\d+)\/(\d+) tensors \((\d+\.\d)%\), [\d.]+ tensors\/s, ETA \d+:\d\d, elapsed \d+:\d\d$/;
+    const lines = r.stderr.split("\n").map((l) => search.exec(l)).filter((m) => m !== null);
+    expect(lines.length, r.stderr).toBeGreaterThanOrEqual(2);
+    expect(lines.at(-1)![1]).toBe(lines.at(-1)![2]);
+  });
+
   it("to-gguf with the default interval (10 s): a short run prints no progress line", async () => {
     const out = join(await tempDir(), "bf16.gguf");
     const r = deepcast("", "to-gguf", FIXTURE, "-q", "BF16", "-o", out, "--threads", "1");

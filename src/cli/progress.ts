@@ -34,8 +34,8 @@ export function progressFigures(e: Pick<ProgressEvent, "unit" | "done" | "total"
   const pct = e.total > 0 ? ((100 * e.done) / e.total).toFixed(1) : "100.0";
   const amount = e.unit === "bytes"
     ? `${fmtBytes(e.done)}/${fmtBytes(e.total)}`
-    : `${Math.floor(e.done)}/${Math.round(e.total)} tokens`;
-  const speed = e.unit === "bytes" ? `${fmtBytes(rate)}/s` : `${rate.toFixed(1)} tokens/s`;
+    : `${Math.floor(e.done)}/${Math.round(e.total)} ${e.unit}`;
+  const speed = e.unit === "bytes" ? `${fmtBytes(rate)}/s` : `${rate.toFixed(e.unit === "tokens" ? 1 : 2)} ${e.unit}/s`;
   return `${amount} (${pct}%), ${speed}, ETA ${clock(eta)}, elapsed ${clock(elapsed)}`;
 }
 

@@ -15,7 +15,7 @@ import { ftypeNames } from "../quant/mix.js";
 import { fmtBytes } from "../units.js";
 import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 import { DeepcastError } from "../errors.js";
-import type { OnEvent } from "../events.js";
+import { progressMeter, type OnEvent, type ProgressMeter, type ProgressUnit } from "../events.js";
 import { calibrationImatrix } from "./calibration.js";
 import { memoryBudget } from "./imatrix.js";
 import { kldMeasure } from "./target-measure.js";
@@ -94,25 +94,32 @@ export async function handler(argv: Args): Promise<void> {
     ...(argv.mtp === true ? { mtp: "only" as const } : argv.mtp === false ? { mtp: "none" as const } : {}),
   };
   const plan: ToGgufPlan & { target?: TargetReport } = target
-    ? await planTargetGguf(source, argv.output, {
-      ...planOpts,
-      ...(argv.quant !== undefined ? { ftype: argv.quant } : {}),
-      target,
-      kernels: k,
-      analyticOnly: argv.targetAnalytic,
-      onMeasure: (name, i, n) => {
-        if (!argv.json && process.stderr.isTTY) process.stderr.write(`\rmeasuring [${i + 1}/${n}] ${name.padEnd(40)}`);
-      },
-      ...(kld ? {
-        measureKld: kld.measure,
-        threads: argv.threads,
-        onKld: (what: string, v: number, i: number, n: number) => {
-          if (!argv.json) process.stderr.write(`\nKLD [${i + 1}/${n}] ${what}: ${v.toExponential(4)}`);
-        },
-      } : {}),
+    ? await withProgress({ label: "to-gguf plan search", resumeHint: "the plan search starts over when rerun" }, (progress) => {
+      // the search's two long phases (per-tensor error estimates, KLD measurements) report as any run does
+      const meters = new Map<ProgressUnit, ProgressMeter>();
+      const step = (unit: ProgressUnit, i: number, n: number) => {
+        let m = meters.get(unit);
+        if (!m) meters.set(unit, (m = progressMeter(progress.onEvent, `target ${unit}`, unit, n)));
+        m.set(i + 1);
+      };
+      return planTargetGguf(source, argv.output, {
+        ...planOpts,
+        ...(argv.quant !== undefined ? { ftype: argv.quant } : {}),
+        target,
+        kernels: k,
+        analyticOnly: argv.targetAnalytic,
+        onMeasure: (_name, i, n) => step("tensors", i, n),
+        ...(kld ? {
+          measureKld: kld.measure,
+          threads: argv.threads,
+          onKld: (what: string, v: number, i: number, n: number) => {
+            if (!argv.json) progress.line(`KLD [${i + 1}/${n}] ${what}: ${v.toExponential(4)}`);
+            step("measurements", i, n);
+          },
+        } : {}),
+      });
     })
     : await planToGguf(source, argv.output, { ...planOpts, ftype: argv.quant! });
-  if (target && !argv.json && (process.stderr.isTTY || kld)) process.stderr.write("\n");
   const { output } = plan;
   const tp = plan.target;
   const im = imatrixSummary(plan);
@@ -120,6 +127,8 @@ export async function handler(argv: Args): Promise<void> {
 
   if (argv.dryRun) {
     const d = describeToGguf(plan, source.description, argv.output);
+    // a dry run computes no importance matrix: the real run makes it first from the calibration text
+    if (argv.calibration !== undefined) d.lines = d.lines.map((l) => l.replace(/tensor\(s\) \(--imatrix\)$/, "tensor(s): computed first from --calibration"));
     await printDryRun(argv.json, tp ? describeTarget(d, tp, argv.output) : d);
     return;
   }
