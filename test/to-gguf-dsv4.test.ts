@@ -21,7 +21,7 @@ import { dequantize, quantize } from "../src/quant/ggml.js";
 import { kernels } from "../src/quant/kernels.js";
 import { loadNative } from "../src/quant/native.js";
 import { writeTinyDsv4 } from "./dsv4-synthetic.js";
-import { lacking, sha256, tempDir } from "./helpers.js";
+import { lacking, ROOT, sha256, tempDir } from "./helpers.js";
 import { readImatrix } from "../src/io/imatrix.js";
 import { writeImatrix } from "../src/io/imatrix-write.js";
 import { planTargetGguf } from "../src/convert/target-plan.js";
@@ -257,4 +257,47 @@ describe("to-gguf of a DeepSeek-V4 checkpoint (deepseek4)", () => {
     await promisify(execFile)(QUANTIZE, ["--allow-requantize", "--tensor-type-file", recipe, bf16, theirs, plan.output.ftype.name, "2"], { maxBuffer: 64 << 20 });
     expect(sha256(await readFile(out))).toBe(sha256(await readFile(theirs)));
   }, 300_000);
+});
+
+describe("to-gguf of fixtures/tiny-dsv4 (the hub's file layout and config text)", () => {
+  it("writes FLOAT32 clamp arrays (config swiglu_limit 10.0), and the bundled llama.cpp loads and evaluates its deepseek4 GGUFs (BF16, Q4_K_M): peaked, finite distributions", async () => {
+    const fix = join(ROOT, "fixtures", "tiny-dsv4");
+    const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
+    try {
+      for (const ftype of ["BF16", "Q4_K_M"]) {
+        const file = join(dir, `tiny-dsv4-${ftype}.gguf`);
+        const plan = await planToGguf(new LocalSource(fix), file, { ftype });
+        await runToGguf(plan, { kernels: kernels(), threads: 2, force: true, skipSpaceCheck: true });
+        const g = await GgufReader.open(file);
+        try {
+          for (const key of ["deepseek4.swiglu_clamp_exp", "deepseek4.swiglu_clamp_shexp"]) {
+            const kv = g.kv(key)!;
+            expect(kv.type === "ARRAY" && kv.elementType, key).toBe("FLOAT32");
+            expect(kv.type === "ARRAY" && kv.value.every((v) => v === 10), key).toBe(true);
+          }
+        } finally {
+          await g.close();
+        }
+        const model = await llama.loadModel({ modelPath: file });
+        try {
+          const ctx = await model.createContext({ contextSize: 256, batchSize: 64, threads: 2, sequences: 1 });
+          const tokens = [0, 17, 300, 1999, 5, 64, 128, 1000] as Token[];
+          const res = await ctx.getSequence().controlledEvaluate(tokens.map((t) => [t, { generateNext: { probabilities: true } }]));
+          expect(res, ftype).toHaveLength(tokens.length);
+          for (const r of res) {
+            const p = [...r!.next!.probabilities!.values()];
+            expect(p.length, ftype).toBe(2048);
+            expect(p.every(Number.isFinite), ftype).toBe(true);
+            expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1), ftype).toBeLessThan(1e-3);
+            expect(Math.max(...p), ftype).toBeGreaterThan(10 / 2048); // the fixture's weights make predictions far from uniform
+          }
+          await ctx.dispose();
+        } finally {
+          await model.dispose();
+        }
+      }
+    } finally {
+      await llama.dispose();
+    }
+  }, 180_000);
 });
