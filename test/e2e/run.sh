@@ -69,4 +69,6 @@ echo "== e2e 7: our imatrix files in llama.cpp's llama-quantize (skipped without
 bash test/e2e/imatrix-llama.sh
 echo "== e2e 8: to-gguf IN.gguf next to llama-quantize on the same GGUFs, and on 4.9 GB in bounded memory (skipped without a llama.cpp build)"
 bash test/e2e/requant-llama.sh
+echo "== e2e 9: to-gguf of DeepSeek-V3.2 / V4 next to llama-quantize and llama-imatrix, live (skipped without a llama.cpp build)"
+bash test/e2e/dsv4-llama.sh
 echo "e2e: all passed"
