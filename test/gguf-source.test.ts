@@ -18,7 +18,7 @@ import { parseImatrix } from "../src/io/imatrix.js";
 import { LocalSource } from "../src/io/source.js";
 import { kernels } from "../src/quant/kernels.js";
 import { ggufListing, type GgufListing } from "../fixtures/gguf-listing.js";
-import { FIXTURE, ROOT, sha256, tempDir } from "./helpers.js";
+import { expectGgufListing, FIXTURE, ROOT, sha256, tempDir } from "./helpers.js";
 
 const BIN = join(ROOT, "bin", "deepcast.js");
 const GOLD = join(ROOT, "fixtures", "llama-cpp-tiny-dsv3");
@@ -35,14 +35,7 @@ function deepcast(cwd: string, ...args: string[]) {
 
 /** The file is llama-quantize's: the same KVs, tensor infos and tensor bytes (which differ, if any), and the same whole file. */
 async function expectListing(path: string, listing: string): Promise<void> {
-  const want = await gold(listing);
-  const got = await ggufListing(path);
-  expect(got.kv, listing).toEqual(want.kv);
-  const info = (l: GgufListing) => l.tensors.map((t) => [t.name, t.type, t.ne, t.offset, t.nbytes]);
-  expect(info(got), listing).toEqual(info(want));
-  const shas = new Map(want.tensors.map((t) => [t.name, t.sha256]));
-  expect(got.tensors.filter((t) => shas.get(t.name) !== t.sha256).map((t) => `${t.name} (${t.type})`), listing).toEqual([]);
-  expect([got.file_size, got.file_sha256], listing).toEqual([want.file_size, want.file_sha256]);
+  await expectGgufListing(path, await gold(listing), listing);
 }
 
 async function requant(input: string, out: string, opts: GgufSourceOptions, run: { checkpointBytes?: number; onEvent?: Parameters<typeof runGgufSource>[1]["onEvent"] } = {}) {

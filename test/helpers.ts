@@ -2,7 +2,8 @@ import { createHash } from "node:crypto";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { afterAll, it } from "vitest";
+import { afterAll, expect, it } from "vitest";
+import { ggufListing, type GgufListing } from "../fixtures/gguf-listing.js";
 
 export const ROOT = resolve(import.meta.dirname, "..");
 export const FIXTURE = join(ROOT, "fixtures", "tiny-dsv3");
@@ -41,4 +42,18 @@ export function lacking(ok: boolean, why: string): boolean {
     it.skip(`skipped: ${why}`, () => undefined);
   }
   return true;
+}
+
+/**
+ * The GGUF at `path` is the file a listing records (llama-quantize's output, fixtures/llama-cpp-*): the same KVs,
+ * tensor infos and tensor bytes (naming the tensors that differ, if any), and the same whole file.
+ */
+export async function expectGgufListing(path: string, want: GgufListing, label: string): Promise<void> {
+  const got = await ggufListing(path);
+  expect(got.kv, label).toEqual(want.kv);
+  const info = (l: GgufListing) => l.tensors.map((t) => [t.name, t.type, t.ne, t.offset, t.nbytes]);
+  expect(info(got), label).toEqual(info(want));
+  const shas = new Map(want.tensors.map((t) => [t.name, t.sha256]));
+  expect(got.tensors.filter((t) => shas.get(t.name) !== t.sha256).map((t) => `${t.name} (${t.type})`), label).toEqual([]);
+  expect([got.file_size, got.file_sha256], label).toEqual([want.file_size, want.file_sha256]);
 }

@@ -2,13 +2,11 @@
  * to-gguf on DeepSeek-V3.2 (fixtures/tiny-dsv32) writes llama.cpp's deepseek32 GGUF: V3's conversion
  * plus the lightning indexer (indexer.proj forced to F32) and the MTP block kept as blk.N with its
  * nextn.* tensors (block_count = layers + 1) unless --no-mtp; --mtp keeps only that block. Quantized
- * outputs equal llama-quantize on the converted file, and the bundled llama.cpp loads and runs them.
+ * outputs equal llama-quantize on the converted file (its listings in fixtures/llama-cpp-dsv4/, made by
+ * make.ts there), and the bundled llama.cpp loads and runs them.
  */
-import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { getLlama, type Token } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
@@ -16,12 +14,14 @@ import { GgufReader } from "../src/io/gguf-reader.js";
 import { LocalSource } from "../src/io/source.js";
 import { kernels } from "../src/quant/kernels.js";
 import { loadNative } from "../src/quant/native.js";
-import { lacking, ROOT, sha256, tempDir } from "./helpers.js";
+import type { GgufListing } from "../fixtures/gguf-listing.js";
+import { type Manifest, V32_TYPES, v32Listing } from "../fixtures/llama-cpp-dsv4/make.js";
+import { expectGgufListing, lacking, ROOT, sha256, tempDir } from "./helpers.js";
 
 const FIX = join(ROOT, "fixtures", "tiny-dsv32");
-const QUANTIZE = "/tmp/llama.cpp-bench/build/bin/llama-quantize";
+const LLAMA = join(ROOT, "fixtures", "llama-cpp-dsv4");
 const noNative = lacking(loadNative() !== null, "the native addon did not load (quantizers)");
-const noQuantize = lacking(existsSync(QUANTIZE), `no llama.cpp build at ${QUANTIZE} (llama-quantize oracle)`);
+const fixture = async <T>(name: string): Promise<T> => JSON.parse(await readFile(join(LLAMA, name), "utf8")) as T;
 
 let dir: string;
 
@@ -81,15 +81,15 @@ describe("to-gguf of DeepSeek-V3.2 (deepseek32)", () => {
     expect(only.tensors.filter((t) => !t.name.startsWith("blk.4.")).map((t) => t.name)).toEqual(["token_embd.weight", "output.weight", "output_norm.weight"]);
   });
 
-  describe.skipIf(noNative || noQuantize)("quantized outputs equal llama-quantize on the converted file", () => {
-    for (const ftype of ["Q4_K_M", "Q3_K_M", "Q6_K", "Q8_0"]) {
+  describe.skipIf(noNative)("quantized outputs equal llama-quantize on the converted file (fixtures/llama-cpp-dsv4 listings)", () => {
+    it("the converted BF16 is the file llama-quantize was given", async () => {
+      const want = (await fixture<Manifest>("manifest.json")).inputs["v32-bf16.gguf"]!;
+      const got = await readFile(bf16);
+      expect([got.length, sha256(got)], "changed: rerun fixtures/llama-cpp-dsv4/make.ts").toEqual([want.size, want.sha256]);
+    });
+    for (const ftype of V32_TYPES) {
       it(ftype, async () => {
-        const ours = await convert(ftype, `v32-${ftype}.gguf`);
-        const theirs = join(dir, `llama-v32-${ftype}.gguf`);
-        await promisify(execFile)(QUANTIZE, [bf16, theirs, ftype, "2"], { maxBuffer: 64 << 20 });
-        const [a, b] = [await readFile(ours), await readFile(theirs)];
-        expect(a.length).toBe(b.length);
-        expect(sha256(a)).toBe(sha256(b));
+        await expectGgufListing(await convert(ftype, `v32-${ftype}.gguf`), await fixture<GgufListing>(v32Listing(ftype)), ftype);
       }, 120_000);
     }
   });

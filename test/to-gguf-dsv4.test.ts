@@ -2,13 +2,11 @@
  * to-gguf on a DeepSeek-V4 checkpoint (test/dsv4-synthetic.ts: the real layout and dtypes, tiny sizes)
  * writes llama.cpp's deepseek4 GGUF: generated tensors first, FP8 as Q8_0 of the exact dequantized
  * values, FP4 experts repacked into MXFP4 whose ggml dequantization equals DeepSeek's FP4 decode bit for
- * bit, tid2eid as I32; and every quantized output equals llama-quantize run on that file.
+ * bit, tid2eid as I32; and every quantized output equals llama-quantize run on that file (its listings in
+ * fixtures/llama-cpp-dsv4/, made by make.ts there; test/e2e/dsv4-llama.sh runs llama.cpp live).
  */
-import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { getLlama, type Token } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
@@ -21,17 +19,17 @@ import { dequantize, quantize } from "../src/quant/ggml.js";
 import { kernels } from "../src/quant/kernels.js";
 import { loadNative } from "../src/quant/native.js";
 import { writeTinyDsv4 } from "./dsv4-synthetic.js";
-import { lacking, sha256, tempDir } from "./helpers.js";
-import { readImatrix } from "../src/io/imatrix.js";
-import { writeImatrix } from "../src/io/imatrix-write.js";
+import { expectGgufListing, lacking, ROOT, sha256, tempDir } from "./helpers.js";
+import { parseImatrix } from "../src/io/imatrix.js";
 import { planTargetGguf } from "../src/convert/target-plan.js";
+import type { GgufListing } from "../fixtures/gguf-listing.js";
+import { type Manifest, V4_IMATRIX, V4_IMATRIX_TYPES, V4_IMATRIX_USABLE, V4_TARGET_LISTING, V4_TYPES, v4Listing } from "../fixtures/llama-cpp-dsv4/make.js";
 
-const IMATRIX = "/tmp/llama.cpp-bench/build/bin/llama-imatrix";
-const noImatrix = lacking(existsSync(IMATRIX), `no llama.cpp build at ${IMATRIX} (imatrix for the IQ oracle)`);
-
-const QUANTIZE = "/tmp/llama.cpp-bench/build/bin/llama-quantize";
 const noNative = lacking(loadNative() !== null, "the native addon did not load (MXFP4 dequantizer, quantizers)");
-const noQuantize = lacking(existsSync(QUANTIZE), `no llama.cpp build at ${QUANTIZE} (llama-quantize oracle)`);
+const LLAMA = join(ROOT, "fixtures", "llama-cpp-dsv4");
+const fixture = async <T>(name: string): Promise<T> => JSON.parse(await readFile(join(LLAMA, name), "utf8")) as T;
+/** An imatrix of fixtures/llama-cpp-dsv4 under the name llama-quantize was given (recorded as quantize.imatrix.file). */
+const imatrixFixture = async (name: string) => parseImatrix(await readFile(join(LLAMA, name)), name);
 
 let dir: string;
 let ckpt: string;
@@ -171,15 +169,15 @@ describe("to-gguf of a DeepSeek-V4 checkpoint (deepseek4)", () => {
     }
   });
 
-  describe.skipIf(noNative || noQuantize)("quantized outputs equal llama-quantize --allow-requantize on the converted file", () => {
-    for (const ftype of ["Q8_0", "Q4_K_M", "Q2_K", "MXFP4_MOE", "IQ3_M", "TQ2_0"]) {
+  describe.skipIf(noNative)("quantized outputs equal llama-quantize --allow-requantize on the converted file (fixtures/llama-cpp-dsv4 listings)", () => {
+    it("the converted BF16 is the file llama-quantize was given", async () => {
+      const want = (await fixture<Manifest>("manifest.json")).inputs["v4-bf16.gguf"]!;
+      const got = await readFile(bf16);
+      expect([got.length, sha256(got)], "changed: rerun fixtures/llama-cpp-dsv4/make.ts").toEqual([want.size, want.sha256]);
+    });
+    for (const ftype of V4_TYPES) {
       it(ftype, async () => {
-        const ours = await convert(ftype, `v4-${ftype}.gguf`);
-        const theirs = join(dir, `llama-${ftype}.gguf`);
-        await promisify(execFile)(QUANTIZE, ["--allow-requantize", bf16, theirs, ftype, "2"], { maxBuffer: 64 << 20 });
-        const [a, b] = [await readFile(ours), await readFile(theirs)];
-        expect(a.length).toBe(b.length);
-        expect(sha256(a)).toBe(sha256(b));
+        await expectGgufListing(await convert(ftype, `v4-${ftype}.gguf`), await fixture<GgufListing>(v4Listing(ftype)), ftype);
       }, 120_000);
     }
   });
@@ -210,51 +208,77 @@ describe("to-gguf of a DeepSeek-V4 checkpoint (deepseek4)", () => {
     }
   }, 180_000);
 
-  describe.skipIf(noNative || noQuantize || noImatrix)("with llama-imatrix's importance matrix of our converted file", () => {
-    let full: string;
-    let usable: string;
-    beforeAll(async () => {
-      const text = join(dir, "calib.txt");
-      await writeFile(text, "In the beginning God created the heaven and the earth. And the earth was without form, and void. ".repeat(60));
-      full = join(dir, "v4.imatrix.gguf");
-      await promisify(execFile)(IMATRIX, ["-m", bf16, "-f", text, "-o", full, "-c", "64", "--chunks", "4", "-t", "2"], { maxBuffer: 64 << 20 });
-      // llama-imatrix records attn_output_a as the loader's 3-D view (ne0 x o_groups values), which
-      // llama-quantize then refuses against the file's 2-D tensor: leave those entries out
-      const im = await readImatrix(full);
-      const entries = new Map([...im.raw!].filter(([n]) => !n.includes("attn_output_a")).map(([n, e]) => [n, { sums: e.sums, counts: e.counts }]));
-      usable = join(dir, "v4-usable.imatrix.gguf");
-      await writeImatrix(usable, { entries, datasets: im.datasets, chunkCount: im.chunkCount, chunkSize: im.chunkSize }, "gguf");
-    }, 120_000);
-
-    it("refuses it as llama-quantize does: attn_output_a's entry does not fit the 2-D tensor", async () => {
-      await expect(convert("IQ4_XS", "v4-bad-im.gguf", { imatrix: await readImatrix(full) })).rejects.toMatchObject({ code: "INVALID_INPUT", tensor: expect.stringContaining("attn_output_a") });
-      await expect(promisify(execFile)(QUANTIZE, ["--allow-requantize", "--imatrix", full, bf16, join(dir, "x.gguf"), "IQ4_XS", "2"])).rejects.toThrow(/attn_output_a/);
+  describe.skipIf(noNative)("with llama-imatrix's importance matrix of our converted file (fixtures/llama-cpp-dsv4)", () => {
+    it("refuses it as llama-quantize does (manifest.json imatrix_refusal): attn_output_a's entry does not fit the 2-D tensor", async () => {
+      await expect(convert("IQ4_XS", "v4-bad-im.gguf", { imatrix: await imatrixFixture(V4_IMATRIX) })).rejects.toMatchObject({ code: "INVALID_INPUT", tensor: expect.stringContaining("attn_output_a") });
     });
 
-    for (const ftype of ["IQ4_XS", "Q4_K_M"]) {
-      it(`${ftype} with the imatrix equals llama-quantize --imatrix`, async () => {
-        const ours = await convert(ftype, `v4-im-${ftype}.gguf`, { imatrix: await readImatrix(usable) });
-        const theirs = join(dir, `llama-im-${ftype}.gguf`);
-        await promisify(execFile)(QUANTIZE, ["--allow-requantize", "--imatrix", usable, bf16, theirs, ftype, "2"], { maxBuffer: 64 << 20 });
-        expect(sha256(await readFile(ours))).toBe(sha256(await readFile(theirs)));
+    for (const ftype of V4_IMATRIX_TYPES) {
+      it(`${ftype} with the imatrix (less attn_output_a) equals llama-quantize --imatrix`, async () => {
+        const ours = await convert(ftype, `v4-im-${ftype}.gguf`, { imatrix: await imatrixFixture(V4_IMATRIX_USABLE) });
+        await expectGgufListing(ours, await fixture<GgufListing>(v4Listing(ftype, true)), `${ftype} imatrix`);
       }, 120_000);
     }
   });
 
-  it.skipIf(noNative || noQuantize)("--target-size plans V4 (MXFP4 experts measured from their exact values), lands within 3% below, and llama-quantize with its recipe writes the same bytes", async () => {
+  it.skipIf(noNative)("--target-size plans V4 (MXFP4 experts measured from their exact values), lands within 3% below, and llama-quantize with its recipe writes the same bytes", async () => {
     const out = join(dir, "v4-target.gguf");
+    const m = await fixture<Manifest>("manifest.json");
     const q8 = (await readFile(await convert("Q8_0", "v4-target-ref.gguf"))).length;
     const targetBytes = Math.round(q8 * 0.6);
+    expect(targetBytes).toBe(m.target.bytes); // the target the fixture's recipe was planned for
     const plan = await planTargetGguf(new LocalSource(ckpt), out, { target: { bytes: targetBytes }, kernels: kernels() });
     await runToGguf(plan, { kernels: kernels(), threads: 2, force: true, skipSpaceCheck: true });
     const size = (await readFile(out)).length;
     expect(size).toBeLessThanOrEqual(targetBytes);
     expect(size).toBeGreaterThan(targetBytes * 0.97);
     expect(plan.target.analyticTensors).toBe(0);
-    const recipe = join(dir, "v4-target.recipe.txt");
-    await writeFile(recipe, plan.target.recipe);
-    const theirs = join(dir, "llama-v4-target.gguf");
-    await promisify(execFile)(QUANTIZE, ["--allow-requantize", "--tensor-type-file", recipe, bf16, theirs, plan.output.ftype.name, "2"], { maxBuffer: 64 << 20 });
-    expect(sha256(await readFile(out))).toBe(sha256(await readFile(theirs)));
+    // llama-quantize --tensor-type-file was given this recipe (make.ts); a changed plan needs make.ts rerun
+    expect(plan.output.ftype.name).toBe(m.target.ftype);
+    expect(plan.target.recipe).toBe(await readFile(join(LLAMA, m.target.recipe), "utf8"));
+    await expectGgufListing(out, await fixture<GgufListing>(V4_TARGET_LISTING), "target");
   }, 300_000);
+});
+
+describe("to-gguf of fixtures/tiny-dsv4 (the hub's file layout and config text)", () => {
+  it("writes FLOAT32 clamp arrays (config swiglu_limit 10.0), and the bundled llama.cpp loads and evaluates its deepseek4 GGUFs (BF16, Q4_K_M): peaked, finite distributions", async () => {
+    const fix = join(ROOT, "fixtures", "tiny-dsv4");
+    const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
+    try {
+      for (const ftype of ["BF16", "Q4_K_M"]) {
+        const file = join(dir, `tiny-dsv4-${ftype}.gguf`);
+        const plan = await planToGguf(new LocalSource(fix), file, { ftype });
+        await runToGguf(plan, { kernels: kernels(), threads: 2, force: true, skipSpaceCheck: true });
+        const g = await GgufReader.open(file);
+        try {
+          for (const key of ["deepseek4.swiglu_clamp_exp", "deepseek4.swiglu_clamp_shexp"]) {
+            const kv = g.kv(key)!;
+            expect(kv.type === "ARRAY" && kv.elementType, key).toBe("FLOAT32");
+            expect(kv.type === "ARRAY" && kv.value.every((v) => v === 10), key).toBe(true);
+          }
+        } finally {
+          await g.close();
+        }
+        const model = await llama.loadModel({ modelPath: file });
+        try {
+          const ctx = await model.createContext({ contextSize: 256, batchSize: 64, threads: 2, sequences: 1 });
+          const tokens = [0, 17, 300, 1999, 5, 64, 128, 1000] as Token[];
+          const res = await ctx.getSequence().controlledEvaluate(tokens.map((t) => [t, { generateNext: { probabilities: true } }]));
+          expect(res, ftype).toHaveLength(tokens.length);
+          for (const r of res) {
+            const p = [...r!.next!.probabilities!.values()];
+            expect(p.length, ftype).toBe(2048);
+            expect(p.every(Number.isFinite), ftype).toBe(true);
+            expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1), ftype).toBeLessThan(1e-3);
+            expect(Math.max(...p), ftype).toBeGreaterThan(10 / 2048); // the fixture's weights make predictions far from uniform
+          }
+          await ctx.dispose();
+        } finally {
+          await model.dispose();
+        }
+      }
+    } finally {
+      await llama.dispose();
+    }
+  }, 180_000);
 });

@@ -71,4 +71,6 @@ echo "== e2e 8: to-gguf IN.gguf next to llama-quantize on the same GGUFs, and on
 bash test/e2e/requant-llama.sh
 echo "== e2e 9: --target-size --target-measure at the IQ2_XXS and Q4_K_M mixes' sizes: mean KLD at most 0.9x theirs"
 npx tsx test/e2e/target-kld.ts --threads 2
+echo "== e2e 10: to-gguf of DeepSeek-V3.2 / V4 next to llama-quantize and llama-imatrix, live (skipped without a llama.cpp build)"
+bash test/e2e/dsv4-llama.sh
 echo "e2e: all passed"
