@@ -179,6 +179,30 @@ describe("a Hugging Face repo id as the model", () => {
   });
 });
 
+describe("a GGUF alone as the model", () => {
+  it("imatrix and to-gguf --calibration tokenize with the GGUF's own tokenizer.ggml.* metadata: the ids and statistics of the checkpoint's tokenizer.json", async () => {
+    const dir = await tempDir();
+    const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", cwd: dir });
+    const bf16 = run("to-gguf", FIXTURE, "-q", "BF16", "-o", "m.gguf", "--threads", "2");
+    expect(bf16.status, bf16.stderr).toBe(0);
+    const args = ["-f", TEXT, "-c", "128", "--chunks", "3", "--threads", "2", "--json"];
+    const alone = run("imatrix", "m.gguf", ...args, "-o", "alone.gguf");
+    expect(alone.status, alone.stderr).toBe(0);
+    expect(JSON.parse(alone.stdout).tokenizer).toMatch(/tokenizer\.ggml/);
+    const withJson = run("imatrix", "m.gguf", ...args, "--tokenizer", FIXTURE, "-o", "json.gguf");
+    expect(withJson.status, withJson.stderr).toBe(0);
+    expect(JSON.parse(withJson.stdout).tokenizer).not.toMatch(/tokenizer\.ggml/);
+    // same tokens, same statistics; only the dataset name differs, so compare what llama-quantize reads
+    const [a, b] = [await readImatrix(join(dir, "alone.gguf")), await readImatrix(join(dir, "json.gguf"))];
+    expect(a.chunkCount).toBe(b.chunkCount);
+    expect([...a.entries.keys()]).toEqual([...b.entries.keys()]);
+    const bytes = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+    for (const [k, e] of a.entries) expect(bytes(e.values).equals(bytes(b.entries.get(k)!.values)), k).toBe(true);
+    const q = run("to-gguf", "m.gguf", "-q", "IQ2_XXS", "--calibration", TEXT, "--calibration-ctx", "128", "--calibration-chunks", "2", "-o", "q.gguf", "--threads", "2");
+    expect(q.status, q.stderr).toBe(0);
+  }, 180_000);
+});
+
 describe("imatrix memory plan", () => {
   it("all chunks in one pass when they fit, fewer per pass under a smaller budget, never below one", async () => {
     const cfg = parseModelConfig(JSON.parse(await readFile(join(FIXTURE, "config.json"), "utf8")));

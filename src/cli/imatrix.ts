@@ -5,8 +5,8 @@ import { DeepcastError } from "../errors.js";
 import { writeImatrix, type ImatrixFormat } from "../io/imatrix-write.js";
 import { planImatrixChunks, planImatrixMemory, runImatrix } from "../model/imatrix-run.js";
 import { openWeights } from "../model/open-weights.js";
-import { findTokenizerDirOrHub } from "../model/open-tokenizer.js";
-import { hasTokenizer, loadTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
+import { findTokenizer } from "../model/open-tokenizer.js";
+import { hasTokenizer, readTokenIds, type TextTokenizer } from "../model/tokenize.js";
 import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
 import type { ProgressView } from "./progress.js";
@@ -61,19 +61,17 @@ export async function imatrixTokens(model: WeightSource, opts: { text?: string; 
   Promise<{ ids: number[]; bos: number | null; addBos: boolean; tokenizer: TextTokenizer | null; input: string }> {
   const cfg = model.config;
   if (opts.tokenizer && !(await hasTokenizer(opts.tokenizer))) throw new DeepcastError("--tokenizer: no tokenizer.json in this folder", { file: opts.tokenizer, code: "NOT_FOUND" });
-  const dir = await findTokenizerDirOrHub([opts.tokenizer, opts.modelPath], { revision: opts.revision });
-  let tokenizer: TextTokenizer | null = null;
+  // a tokenizer.json (beside the model, --tokenizer, the Hub repo's) wins; else a GGUF's own metadata
+  const tokenizer = await findTokenizer([opts.tokenizer, opts.modelPath], { fallbackBos: cfg.bosTokenId, ...(opts.revision !== undefined ? { revision: opts.revision } : {}) });
   let ids: number[];
   const input = (opts.tokens ?? opts.text)!;
   if (opts.tokens) {
     ids = await readTokenIds(opts.tokens);
-    if (dir) tokenizer = await loadTokenizer(dir, { fallbackBos: cfg.bosTokenId });
   } else {
-    if (!dir) {
-      throw new DeepcastError("no tokenizer.json beside the model: give --tokenizer DIR (the original checkpoint folder) or token ids with --tokens FILE.json",
+    if (!tokenizer) {
+      throw new DeepcastError("no tokenizer.json beside the model (and not a GGUF, whose metadata carries one): give --tokenizer DIR (the original checkpoint folder) or token ids with --tokens FILE.json",
         { file: opts.modelPath, code: "NOT_FOUND" });
     }
-    tokenizer = await loadTokenizer(dir, { fallbackBos: cfg.bosTokenId });
     let text: string;
     try {
       text = await readFile(opts.text!, "utf8");
