@@ -30,6 +30,8 @@ export { inspect } from "./io/inspect.js";
 export { planFp8ToBf16, runFp8ToBf16, type Fp8ToBf16Plan, type RunSummary as Fp8ToBf16Summary } from "./convert/fp8-to-bf16.js";
 export { planToGguf, runToGguf, type ToGgufPlan, type ToGgufRunOptions, type ToGgufSummary } from "./convert/to-gguf.js";
 export { planTargetGguf } from "./convert/target-plan.js";
+export { planGgufSource, type GgufSourceOptions, type GgufSourcePlan } from "./convert/gguf-source-plan.js";
+export { runGgufSource, type GgufSourceRunOptions } from "./convert/gguf-source-run.js";
 export { planToDemo, type DemoPlan } from "./convert/demo-plan.js";
 export { runToDemo, type ToDemoSummary } from "./convert/to-demo.js";
 export { openWeights } from "./model/open-weights.js";

@@ -51,15 +51,17 @@ describe.runIf(native !== null && ops.matmulStored !== undefined)("GEMM from sto
     }
   });
 
-  it("gives the same bytes for 1, 2 and 3 threads and for the AVX2 and scalar kernels", () => {
-    const levels: ("avx2" | "scalar")[] = native!.hasAvx2() ? ["avx2", "scalar"] : ["scalar"];
-    for (const [T, inD, out] of [...SHAPES, [300, 256, 8], [5, 256, 300]] as const) {
+  it("gives the same bytes for 1, 2 and 3 threads and for the AVX-512, AVX2 and scalar kernels", () => {
+    const levels: ("avx512" | "avx2" | "scalar")[] = native!.hasAvx2() ? ["avx2", "scalar"] : ["scalar"];
+    if (native!.hasAvx512()) levels.unshift("avx512");
+    // 12-token tiles of the AVX-512 kernel: 23 and 500 leave tails of every size class, 500 spans two token blocks.
+    for (const [T, inD, out] of [...SHAPES, [300, 256, 8], [5, 256, 300], [23, 512, 31], [500, 256, 48]] as const) {
       const w = rand(out * inD, 11 + out);
       const x = rand(T * inD, 5 + T);
       const data = quantizeRows("Q8_0", w, out, inD);
       let ref: Buffer | undefined;
       for (const level of levels) {
-        native!.setSimd(level);
+        expect(native!.setSimd(level)).toBe(true);
         for (const threads of [1, 2, 3]) {
           const y = new Float32Array(T * out);
           ops.matmulStored!(x, { type: ggmlType("Q8_0").id, data, rows: out, cols: inD }, y, T, inD, out, threads);

@@ -25,6 +25,7 @@
 #include "napi_util.h"
 #include "parallel.h"
 #include "registry.h"
+#include "vexp.h"
 
 namespace deepcast {
 namespace {
@@ -99,6 +100,57 @@ Napi::Value GgmlMatmul(const Napi::CallbackInfo& info) {
   const GemmWeight w{wb.data, row_bytes, type, tt->block_size, tt->type_size};
   gemm(w, reinterpret_cast<const float*>(xb.data), reinterpret_cast<float*>(yb.data), T, in, out, ldy, threads);
   return env.Undefined();
+}
+
+// ---- exp over arrays (vexp.h: the scalar, AVX2 and AVX-512 twins give identical bytes) -------
+
+// p[j] = exp(p[j] - sub), j < n.
+void exp_sub(float* p, size_t n, float sub) {
+  size_t j = 0;
+#if defined(__x86_64__)
+  if (use_avx512()) {
+    [&]() DC_VEXP_AVX512 {
+      const __m512 s = _mm512_set1_ps(sub);
+      for (; j + 16 <= n; j += 16) _mm512_storeu_ps(p + j, vexp::exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(p + j), s)));
+    }();
+  } else if (use_avx2()) {
+    [&]() DC_VEXP_AVX2 {
+      const __m256 s = _mm256_set1_ps(sub);
+      for (; j + 8 <= n; j += 8) _mm256_storeu_ps(p + j, vexp::exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(p + j), s)));
+    }();
+  }
+#endif
+  for (; j < n; j++) p[j] = vexp::exp_scalar(p[j] - sub);
+}
+
+// g[i] = (g[i] / (1 + exp(-g[i]))) * u[i], i in [a, b).
+void silu_mul_range(float* g, const float* u, size_t a, size_t b) {
+  size_t i = a;
+#if defined(__x86_64__)
+  if (use_avx512()) {
+    [&]() DC_VEXP_AVX512 {
+      const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+      for (; i + 16 <= b; i += 16) {
+        const __m512 z = _mm512_loadu_ps(g + i);
+        const __m512 d = _mm512_add_ps(one, vexp::exp_avx512(_mm512_sub_ps(zero, z)));
+        _mm512_storeu_ps(g + i, _mm512_mul_ps(_mm512_div_ps(z, d), _mm512_loadu_ps(u + i)));
+      }
+    }();
+  } else if (use_avx2()) {
+    [&]() DC_VEXP_AVX2 {
+      const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+      for (; i + 8 <= b; i += 8) {
+        const __m256 z = _mm256_loadu_ps(g + i);
+        const __m256 d = _mm256_add_ps(one, vexp::exp_avx2(_mm256_sub_ps(zero, z)));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(z, d), _mm256_loadu_ps(u + i)));
+      }
+    }();
+  }
+#endif
+  for (; i < b; i++) {
+    const float z = g[i];
+    g[i] = (z / (1.0f + vexp::exp_scalar(0.0f - z))) * u[i];
+  }
 }
 
 // ---- causal attention ---------------------------------------------------------------------
@@ -209,11 +261,9 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
           p[j] = d * scale;
           mx = std::max(mx, p[j]);
         }
+        exp_sub(p.data(), len, mx);
         float sum = 0.0f;
-        for (size_t j = 0; j < len; j++) {
-          p[j] = std::exp(p[j] - mx);
-          sum += p[j];
-        }
+        for (size_t j = 0; j < len; j++) sum += p[j];
         const float inv = 1.0f / sum;
         float* oi = o + (i * H + h) * dv;
         std::memset(oi, 0, dv * sizeof(float));
@@ -231,22 +281,18 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// siluMul(g f32[n], u f32[n], threads): g <- silu(g) * u with silu(z) = z / (1 + exp(-z)).
+// siluMul(g f32[n], u f32[n], threads): g <- silu(g) * u with silu(z) = z / (1 + exp(-z)), exp of
+// vexp.h (the same bytes at every SIMD level and thread count).
 Napi::Value SiluMul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Bytes gb, ub;
   if (!get_f32(info, 0, "g", gb) || !get_f32(info, 1, "u", ub)) return env.Undefined();
   if (!require(env, gb.size == ub.size, "g and u differ in size")) return env.Undefined();
   const size_t n = gb.size / 4;
-  const int threads = n < (size_t{1} << 20) ? 1 : get_threads(info, 2);
+  const int threads = n < (size_t{1} << 18) ? 1 : get_threads(info, 2);
   float* g = reinterpret_cast<float*>(gb.data);
   const float* u = reinterpret_cast<const float*>(ub.data);
-  parallel_for(n, threads, 4096, [&](size_t a, size_t b) {
-    for (size_t i = a; i < b; i++) {
-      const float z = g[i];
-      g[i] = (z / (1.0f + std::exp(-z))) * u[i];
-    }
-  });
+  parallel_for(n, threads, 4096, [&](size_t a, size_t b) { silu_mul_range(g, u, a, b); });
   return env.Undefined();
 }
 

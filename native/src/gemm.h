@@ -5,8 +5,9 @@
 //
 // Numerics: y[t][o] = fma(W[o][in-1], x[t][in-1], ... fma(W[o][1], x[t][1], W[o][0] * x[t][0])),
 // one float32 fused multiply-add per k in increasing k, for every element whatever the tile,
-// thread count or SIMD level: the AVX2 kernel (8 outputs per lane vector) and the scalar twin
-// (std::fma) give identical bytes, and so do 1 and N threads.
+// thread count or SIMD level: the AVX-512 kernel (12 tokens x 16 rows, one zmm per panel row of k),
+// the AVX2 kernel (6 x 16, two ymm) and the scalar twin (std::fma) give identical bytes, and so do
+// 1 and N threads. The level is chosen at run time (cpu.h use_avx512 / use_avx2).
 #pragma once
 #include <cstddef>
 #include <cstdint>

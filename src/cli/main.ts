@@ -1,13 +1,26 @@
-import yargs from "yargs";
+import yargs, { type CommandModule } from "yargs";
 import { hideBin } from "yargs/helpers";
 import { DeepcastError, usageError } from "../errors.js";
 import { VERSION } from "../version.js";
-import * as fp8ToBf16 from "./fp8-to-bf16.js";
-import * as inspect from "./inspect.js";
-import * as imatrix from "./imatrix.js";
-import * as toDemo from "./to-demo.js";
-import * as toGguf from "./to-gguf.js";
-import * as validate from "./validate.js";
+
+/**
+ * The command modules, in the order help lists them. Only the one a command line starts with is
+ * loaded (each pulls in its own part of the library; loading them all is start-up time spent for
+ * nothing); a line that names none (--help, --version, a typo) loads them all.
+ */
+const COMMANDS = {
+  "fp8-to-bf16": () => import("./fp8-to-bf16.js"),
+  imatrix: () => import("./imatrix.js"),
+  "to-demo": () => import("./to-demo.js"),
+  "to-gguf": () => import("./to-gguf.js"),
+  validate: () => import("./validate.js"),
+  inspect: () => import("./inspect.js"),
+} as const;
+
+async function commandModules(argv: string[]) {
+  const named = Object.entries(COMMANDS).find(([name]) => name === argv[0]);
+  return Promise.all((named ? [named] : Object.entries(COMMANDS)).map(([, load]) => load()));
+}
 
 /** Options that may be repeated (their value is a list); any other given twice is a usage error. */
 const REPEATABLE = new Set(["_", "$0", "tensor-type", "tensorType"]);
@@ -38,15 +51,17 @@ export async function main(argv: string[]): Promise<void> {
     if (e.code === "EPIPE") process.exit(0);
     throw e;
   });
-  await yargs(argv)
+  const y = yargs(argv)
     .scriptName("deepcast")
-    .usage("$0 <command> [options]\n\nConvert and quantize DeepSeek-V3-class FP8 checkpoints.")
-    .command(fp8ToBf16)
-    .command(imatrix)
-    .command(toDemo)
-    .command(toGguf)
-    .command(validate)
-    .command(inspect)
+    .usage("$0 <command> [options]\n\nConvert and quantize DeepSeek-V3-class FP8 checkpoints.");
+  for (const m of await commandModules(argv)) y.command(m as unknown as CommandModule);
+  // yargs renders the command's whole help text after starting its handler, on every run, in case a
+  // later failure wants it (~0.1 s of start-up for validate's); the fail handler below renders it
+  // itself when it is needed.
+  const usage = (y as unknown as { getInternalMethods?: () => { getUsageInstance?: () => { cacheHelpMessage?: () => void } } })
+    .getInternalMethods?.().getUsageInstance?.();
+  if (usage?.cacheHelpMessage) usage.cacheHelpMessage = () => undefined;
+  await y
     .middleware((a) => refuseRepeatedOptions(a as Record<string, unknown>), true)
     .demandCommand(1, "Choose a command (see --help)")
     .strict()

@@ -21,6 +21,11 @@ export interface Chunk {
   convert?: (input: Uint8Array, out: Uint8Array) => void;
 }
 
+/** Anything chunk inputs can be read from: safetensors shards (ShardReader), a GGUF's tensors, ... */
+export interface RangeReader {
+  read(src: TensorRange, dst: Uint8Array): Promise<void>;
+}
+
 /** Anything chunks can be appended to, in order. */
 export interface ChunkSink {
   append(tensor: string, data: Uint8Array): Promise<void>;
@@ -46,7 +51,7 @@ class Slot {
 /** Reads, converts and appends every chunk in order. `onChunk` gets input and output byte counts. */
 export async function pump(
   chunks: readonly Chunk[],
-  reader: ShardReader,
+  reader: RangeReader,
   sink: ChunkSink,
   onChunk: (inBytes: number, outBytes: number) => void = () => undefined,
 ): Promise<void> {

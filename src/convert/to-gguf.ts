@@ -4,27 +4,26 @@
  * intermediate would hold (fp8-to-bf16's kernel, BF16-rounded), rearranged where llama.cpp's
  * converter does (experts stacked, kv_b_proj split), then quantized with the ggml-identical kernels.
  */
-import { basename, dirname, resolve } from "node:path";
+import { basename, resolve } from "node:path";
 import { DeepcastError } from "../errors.js";
-import type { OnEvent } from "../events.js";
 import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, loadCheckpoint, type Checkpoint } from "../io/checkpoint.js";
 import { checkCheckpointConfig } from "../io/hf-config.js";
 import { planGgufLayout, type GgufLayout, type GgufSplitOptions } from "../io/gguf-layout.js";
-import { GgufWriter } from "../io/gguf-writer.js";
 import { imatrixForTensors, imatrixKvs, type Imatrix, type ImatrixUse } from "../io/imatrix.js";
 import type { CheckpointSource } from "../io/source.js";
-import { rowBytes } from "../formats/ggml-types.js";
+import { rowBytes, type GgmlType } from "../formats/ggml-types.js";
 import { quantizeRows } from "../quant/ggml.js";
+import type { FtypeInfo, MixPlan } from "../quant/mix.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
 import { fp8NanError, type Kernels } from "../quant/kernels.js";
 import { kvBSplit, planDeepseek2Gguf, type HfSourceRef } from "./gguf-plan.js";
 import { planGgufOutput, type GgufOutputOptions, type GgufOutputPlan, type GgufOutputTensor } from "./gguf-output.js";
 import { hfModelFiles } from "./hf-model-files.js";
 import { ShardReader } from "../io/shard-reader.js";
-import { DEFAULT_CHUNK_BYTES, pump, readFp8Scale, type Chunk } from "./pipeline.js";
-import { fingerprint, RunState } from "./run-state.js";
-import { checkFreeSpace, freeBytes } from "../io/write.js";
+import { DEFAULT_CHUNK_BYTES, readFp8Scale, type Chunk } from "./pipeline.js";
+import { runGgufJob, type GgufRunOptions, type ToGgufSummary } from "./gguf-run.js";
+import { checkFreeSpace } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 
 export interface ToGgufPlan {
@@ -134,25 +133,35 @@ export function decodeRows(ctx: DecodeCtx, src: HfSourceRef, input: Uint8Array, 
 
 export const elemSize = (src: HfSourceRef) => (src.dtype === "F8_E4M3" ? 1 : src.dtype === "F32" ? 4 : 2);
 
+/**
+ * Quantizes rows [row0, row0+rows) of a tensor of `type` (ne0 values per row, `rowsPerMat` rows per
+ * matrix) into `out`; with imatrix `weights` (ne0 per matrix), matrix m gets [m*ne0, (m+1)*ne0), as
+ * llama-quantize does per expert.
+ */
+export function encodeRows(
+  type: GgmlType, values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number, rowsPerMat: number,
+  weights: Float32Array | undefined, threads: number,
+): void {
+  if (type.name === "F32") out.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
+  else if (!weights) quantizeRows(type.name, values, rows, ne0, null, threads, out);
+  else {
+    const rb = rowBytes(type.name, ne0);
+    for (let r = 0; r < rows;) {
+      const m = Math.floor((row0 + r) / rowsPerMat);
+      const n = Math.min(rows - r, (m + 1) * rowsPerMat - (row0 + r));
+      quantizeRows(type.name, values.subarray(r * ne0, (r + n) * ne0), n, ne0, weights.subarray(m * ne0, (m + 1) * ne0), threads, out.subarray(r * rb, (r + n) * rb));
+      r += n;
+    }
+  }
+}
+
 /** Chunks that produce output tensor `t`, in order. */
 function tensorChunks(ctx: Ctx, t: GgufOutputTensor): Chunk[] {
   const round = t.inputType.name === "BF16";
   const weights = ctx.imatrix?.get(t.name);
   const rowsPerMat = t.ne[1] ?? 1;
-  /** Rows [row0, row0+rows) of the output tensor; matrix m (ne1 rows) gets imatrix weights [m*ne0, (m+1)*ne0), as llama-quantize. */
-  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number) => {
-    if (t.type.name === "F32") out.set(new Uint8Array(values.buffer, values.byteOffset, values.byteLength));
-    else if (!weights) quantizeRows(t.type.name, values, rows, ne0, null, ctx.threads, out);
-    else {
-      const rb = rowBytes(t.type.name, ne0);
-      for (let r = 0; r < rows;) {
-        const m = Math.floor((row0 + r) / rowsPerMat);
-        const n = Math.min(rows - r, (m + 1) * rowsPerMat - (row0 + r));
-        quantizeRows(t.type.name, values.subarray(r * ne0, (r + n) * ne0), n, ne0, weights.subarray(m * ne0, (m + 1) * ne0), ctx.threads, out.subarray(r * rb, (r + n) * rb));
-        r += n;
-      }
-    }
-  };
+  const encode = (values: Float32Array, rows: number, ne0: number, out: Uint8Array, row0: number) =>
+    encodeRows(t.type, values, rows, ne0, out, row0, rowsPerMat, weights, ctx.threads);
   const rowChunks = (src: HfSourceRef, base: number): Chunk[] => {
     const cols = src.shape.length === 0 ? 1 : src.shape[src.shape.length - 1]!;
     const totalRows = src.shape.slice(0, -1).reduce((a, b) => a * b, 1);
@@ -199,7 +208,7 @@ function sourcesOf(t: GgufOutputTensor): HfSourceRef[] {
 }
 
 /** What the imatrix of a plan covers, for reports. */
-export function imatrixSummary(plan: ToGgufPlan) {
+export function imatrixSummary(plan: Pick<ToGgufPlan, "imatrix">) {
   const im = plan.imatrix;
   return im && {
     file: im.loaded.file,
@@ -212,7 +221,11 @@ export function imatrixSummary(plan: ToGgufPlan) {
 }
 
 /** The --dry-run description of a plan: files, per-type totals, every tensor. */
-export function describeToGguf(plan: ToGgufPlan, input: string, out: string): PlanDescription {
+export function describeToGguf(
+  plan: Pick<ToGgufPlan, "layout" | "imatrix"> & { output: { ftype: FtypeInfo; mix?: MixPlan | undefined } },
+  input: string,
+  out: string,
+): PlanDescription {
   const { layout, output } = plan;
   const im = imatrixSummary(plan);
   const perType = new Map<string, { tensors: number; bytes: number }>();
@@ -254,67 +267,19 @@ export function describeToGguf(plan: ToGgufPlan, input: string, out: string): Pl
   };
 }
 
-export interface ToGgufRunOptions {
+export interface ToGgufRunOptions extends GgufRunOptions {
   kernels: Kernels;
   threads: number;
-  force: boolean;
   chunkBytes?: number;
-  skipSpaceCheck?: boolean;
   /** Keep FP8 NaN codes and non-finite or absurd scales instead of failing. */
   allowNonFinite?: boolean;
-  /** Progress: start, bytes (per chunk), tensor (each tensor written), done. */
-  onEvent?: OnEvent;
-  /** Output bytes between resumable checkpoints (default CHECKPOINT_BYTES). */
-  checkpointBytes?: number;
 }
 
-export interface ToGgufSummary {
-  files: string[];
-  tensors: number;
-  bytesRead: number;
-  /** Bytes of the files written by this run. */
-  bytesWritten: number;
-  /** Split files already complete from an interrupted run, kept as they were. */
-  resumedFiles: number;
-  /** Tensors (in all files) kept from an interrupted run, complete files included. */
-  resumedTensors: number;
-}
-
-/** How much output is written between syncs that an interrupted run can resume from. */
-export const CHECKPOINT_BYTES = 2e9;
+export type { ToGgufSummary } from "./gguf-run.js";
+export { CHECKPOINT_BYTES } from "./gguf-run.js";
 
 export async function runToGguf(plan: ToGgufPlan, opts: ToGgufRunOptions): Promise<ToGgufSummary> {
   const { ckpt, layout, output } = plan;
-  const emit: OnEvent = opts.onEvent ?? (() => undefined);
-  const started = performance.now();
-  const dir = dirname(layout.files[0]!.path);
-  const names = layout.files.map((f) => basename(f.path));
-  const state = await RunState.open(dir, {
-    command: "to-gguf",
-    fingerprint: fingerprint({
-      command: "to-gguf", format: 1, inputs: await checkpointIdentity(ckpt), layout: layout.files.map((f) => [basename(f.path), f.fileSize, f.tensors.map((t) => [t.name, t.type.name])]),
-      ...(plan.imatrix ? { imatrix: plan.imatrix.loaded.sha256 } : {}),
-    }),
-    force: opts.force,
-    inputDir: ckpt.source.description,
-    outputs: names,
-  });
-  try {
-    return await runOpened(plan, opts, state, emit, started, dir, names);
-  } finally {
-    await state.close();
-  }
-}
-
-async function runOpened(plan: ToGgufPlan, opts: ToGgufRunOptions, state: RunState, emit: OnEvent, started: number, dir: string, names: string[]): Promise<ToGgufSummary> {
-  const { ckpt, layout, output } = plan;
-  const summary: ToGgufSummary = { files: layout.files.map((f) => f.path), tensors: layout.tensorCount, bytesRead: 0, bytesWritten: 0, resumedFiles: 0, resumedTensors: 0 };
-  // Split files completed by an earlier, interrupted run of the same command are kept.
-  const skipFiles = new Set<number>();
-  for (const [i, n] of names.entries()) if (await state.isDone(n)) skipFiles.add(i);
-  summary.resumedFiles = skipFiles.size;
-  const needed = layout.files.filter((f) => !skipFiles.has(f.index)).reduce((a, f) => a + f.fileSize, 0);
-  if (!opts.skipSpaceCheck) await checkFreeSpace(dir, needed, ckpt.source, ckpt.shards);
   const ctx: Ctx = {
     k: opts.kernels,
     threads: opts.threads,
@@ -326,51 +291,22 @@ async function runOpened(plan: ToGgufPlan, opts: ToGgufRunOptions, state: RunSta
     allowNonFinite: opts.allowNonFinite ?? false,
     ...(plan.imatrix ? { imatrix: plan.imatrix.weights } : {}),
   };
-  emit({ kind: "start", command: "to-gguf", total: layout.totalBytes, unit: "bytes" });
   const reader = new ShardReader(ckpt.source);
-  const placedAt = new Map(layout.files.flatMap((f) => f.tensors.map((t, k) => [t.name, { placed: t, index: k }] as const)));
-  // Inside the file being written, a synced prefix recorded in the manifest is kept as well.
-  const p = state.manifest.progress;
-  const resumeAt = p && Number.isSafeInteger(p.file) && Number.isSafeInteger(p.tensor) ? { file: p.file!, tensor: p.tensor! } : undefined;
-  const writer = await GgufWriter.create(layout, {
-    skipFiles,
-    ...(resumeAt ? { resumeAt } : {}),
-    onFileDone: async (path) => {
-      await state.markDone(basename(path));
-      summary.bytesWritten += layout.files.find((f) => f.path === path)!.fileSize;
-    },
-  });
-  const start = writer.position;
-  summary.resumedTensors = layout.files.slice(0, start.file).reduce((a, f) => a + f.tensors.length, 0) + start.tensor;
-  let sinceCheckpoint = 0;
-  try {
-    for (const [i, t] of output.tensors.entries()) {
-      const { placed, index } = placedAt.get(t.name)!;
-      if (skipFiles.has(placed.file) || placed.file < start.file || (placed.file === start.file && index < start.tensor)) continue;
+  return runGgufJob({
+    layout,
+    tensors: output.tensors,
+    identity: { inputs: await checkpointIdentity(ckpt), ...(plan.imatrix ? { imatrix: plan.imatrix.loaded.sha256 } : {}) },
+    inputDir: ckpt.source.description,
+    reader,
+    checkSpace: (dir, bytes) => checkFreeSpace(dir, bytes, ckpt.source, ckpt.shards),
+    chunks: async (i) => {
+      const t = output.tensors[i]!;
       ctx.scales.clear();
       for (const src of sourcesOf(t)) {
         if (!src.scaleInv) continue;
         ctx.scales.set(src.name, await readFp8Scale(reader, src.scaleInv, src.shape[1]!, `${ckpt.source.description}/${src.scaleInv.file}`, ctx.allowNonFinite));
       }
-      await pump(tensorChunks(ctx, t), reader, writer, (inB, outB) => {
-        summary.bytesRead += inB;
-        emit({ kind: "bytes", inBytes: inB, outBytes: outB });
-      });
-      emit({ kind: "tensor", tensor: t.name, index: i, count: output.tensors.length, type: t.type.name, bytes: placed.nbytes });
-      sinceCheckpoint += placed.nbytes;
-      if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {
-        sinceCheckpoint = 0;
-        await state.setProgress({ ...(await writer.checkpoint()) });
-      }
-    }
-    await writer.commit();
-  } catch (e) {
-    await writer.abort();
-    throw e;
-  } finally {
-    await reader.close();
-  }
-  await state.markComplete();
-  emit({ kind: "done", command: "to-gguf", seconds: (performance.now() - started) / 1000 });
-  return summary;
+      return tensorChunks(ctx, t);
+    },
+  }, opts);
 }

@@ -84,6 +84,11 @@ export interface GgufSplitOptions {
    * unpadded, split.no, split.count, split.tensors.count. Other shards carry only the three split keys.
    */
   style?: "gguf-split" | "gguf-py";
+  /**
+   * The file of each tensor, by index (llama-quantize --keep-split: the input part it came from), instead
+   * of maxBytes/maxTensors; indices must not decrease. Split keys as "gguf-py" places them.
+   */
+  fileOf?: readonly number[];
 }
 
 /** Parses a split size like llama.cpp's converter: digits, optionally followed by K, M or G (powers of 1000). */
@@ -163,7 +168,7 @@ export function planGgufLayout(
   const groups: GgufTensorPlacement[][] = [[]];
   if (split.noTensorFirstSplit && tensors.length > 0) groups.push([]);
   let groupBytes = 0;
-  for (const spec of tensors) {
+  for (const [tensorIndex, spec] of tensors.entries()) {
     const nameBytes = Buffer.byteLength(spec.name, "utf8");
     if (nameBytes >= GGML_MAX_NAME) throw new DeepcastError(`tensor name is ${nameBytes} bytes, GGUF allows at most ${GGML_MAX_NAME - 1}`, { tensor: spec.name });
     if (names.has(spec.name)) throw new DeepcastError("duplicate tensor name", { tensor: spec.name });
@@ -180,6 +185,13 @@ export function planGgufLayout(
       throw new DeepcastError((e as Error).message.replace(/ \(tensor [^)]*\)$/, ""), { file: path, tensor: spec.name, code: "UNSUPPORTED" });
     }
     const counted = style === "gguf-py" ? nbytes : padTo(nbytes, alignment);
+    if (split.fileOf) {
+      const f = split.fileOf[tensorIndex];
+      if (f === undefined || !Number.isSafeInteger(f) || f < groups.length - 1) throw new DeepcastError(`internal: file index ${f} for a tensor after file ${groups.length - 1}`, { tensor: spec.name });
+      while (groups.length <= f) groups.push([]);
+      groups[f]!.push({ name: spec.name, ne: [...spec.ne], type, nbytes, offset: 0, fileOffset: 0, file: f });
+      continue;
+    }
     let cur = groups[groups.length - 1]!;
     if (cur.length > 0 &&
         ((split.maxTensors !== undefined && cur.length >= split.maxTensors) ||

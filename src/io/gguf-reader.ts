@@ -171,7 +171,8 @@ export async function readGgufHeader(path: string, fileIndex = 0): Promise<GgufF
     fh = await open(path, "r");
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    throw new DeepcastError(code === "ENOENT" ? "GGUF file not found" : `cannot open GGUF file: ${(e as Error).message}`, { file: path }, { cause: e });
+    throw new DeepcastError(code === "ENOENT" ? "GGUF file not found" : `cannot open GGUF file: ${(e as Error).message}`,
+      { file: path, code: code === "ENOENT" ? "NOT_FOUND" : "INVALID_INPUT" }, { cause: e });
   }
   try {
     return await parseHeader(fh, path, fileIndex);
@@ -309,7 +310,15 @@ export class GgufReader {
     }
     if (count !== parts.count) throw new DeepcastError(`${KV_SPLIT_COUNT} is ${count}, the file name says ${parts.count} files`, { file: first });
     const files = [head];
-    for (let i = 1; i < count; i++) files.push(await readGgufHeader(splitPath(parts.prefix, i, count), i));
+    for (let i = 1; i < count; i++) {
+      const part = splitPath(parts.prefix, i, count);
+      files.push(await readGgufHeader(part, i).catch((e: unknown) => {
+        if (e instanceof DeepcastError && e.code === "NOT_FOUND") {
+          throw new DeepcastError(`GGUF file not found: part ${i + 1} of the ${count} files of this split model is missing`, { file: part, code: "NOT_FOUND" }, { cause: e });
+        }
+        throw e;
+      }));
+    }
     for (const [i, f] of files.entries()) {
       const no = kvInt(f.kvs, KV_SPLIT_NO, f.path);
       const n = kvInt(f.kvs, KV_SPLIT_COUNT, f.path);

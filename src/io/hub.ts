@@ -21,14 +21,7 @@ import { dirname, join, relative } from "node:path";
 import { Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import type { ReadableStream as NodeReadableStream } from "node:stream/web";
-import {
-  downloadFile,
-  HubApiError,
-  InvalidApiResponseFormatError,
-  listFiles,
-  modelInfo,
-  type ListFileEntry,
-} from "@huggingface/hub";
+import type { ListFileEntry } from "@huggingface/hub";
 import { DeepcastError } from "../errors.js";
 import { cachedSnapshot, hfHubCacheDir, hfHubOffline, hfToken, lockBlob, repoCacheDir, snapshotBlobName, type CachedSnapshot } from "./hub-cache.js";
 import type { SafetensorsHeader } from "./safetensors.js";
@@ -37,6 +30,18 @@ import { LocalSource, readHeaderByRanges, type CheckpointSource, type SourceFile
 export { hfHubCacheDir } from "./hub-cache.js";
 
 export const DEFAULT_HUB_URL = "https://huggingface.co";
+
+type HubLibrary = typeof import("@huggingface/hub");
+let hubLib: HubLibrary | undefined;
+
+/**
+ * @huggingface/hub, loaded on first use: it pulls in WebAssembly hashers at load time, start-up
+ * work that a run on a local model never needs. Its errors exist only once it is loaded.
+ */
+async function hubLibrary(): Promise<HubLibrary> {
+  hubLib ??= await import("@huggingface/hub");
+  return hubLib;
+}
 
 /** `owner/name` as the Hub accepts it (huggingface_hub's validate_repo_id, with the owner required). */
 const REPO_ID = /^[A-Za-z0-9][\w.-]{0,95}\/[\w.-]{1,96}$/;
@@ -265,6 +270,7 @@ export class HubSource implements CheckpointSource {
     const headers: Record<string, string> = {};
     if (this.accessToken) headers["Authorization"] = `Bearer ${this.accessToken}`;
     if (have > 0) headers["Range"] = `bytes=${have}-`;
+    const { HubApiError } = await hubLibrary();
     const res = await this.hub(async () => {
       const r = await (this.fetchFn ?? fetch)(url, { headers });
       if (!r.ok) throw new HubApiError(url, r.status, r.headers.get("x-request-id") ?? undefined, (await r.text().catch(() => "")) || r.statusText);
@@ -315,6 +321,7 @@ export class HubSource implements CheckpointSource {
   private async blob(name: string): Promise<Blob> {
     await this.entry(name);
     const revision = await this.commit();
+    const { downloadFile } = await hubLibrary();
     const blob = await this.hub(() => downloadFile({ ...this.params(), path: name, revision }), name);
     if (!blob) throw new DeepcastError(`file not found in Hugging Face repo ${this.description}`, { file: this.label(name) });
     return blob;
@@ -330,6 +337,7 @@ export class HubSource implements CheckpointSource {
     if (this.listing) return this.listing;
     this.listing = this.hub(async () => {
       const revision = await this.commit();
+      const { listFiles } = await hubLibrary();
       const files = new Map<string, ListFileEntry>();
       for await (const e of listFiles({ ...this.params(), revision })) {
         // Top level only; a name that could escape the cache folder is not a checkpoint file.
@@ -346,6 +354,7 @@ export class HubSource implements CheckpointSource {
     if (COMMIT_SHA.test(this.revision)) return Promise.resolve(this.revision);
     if (this.commitSha) return this.commitSha;
     this.commitSha = this.hub(async () => {
+      const { modelInfo, InvalidApiResponseFormatError } = await hubLibrary();
       const info = await modelInfo({ ...this.params(), name: this.repo, revision: this.revision, additionalFields: ["sha"] });
       if (!COMMIT_SHA.test(info.sha)) throw new InvalidApiResponseFormatError(`no commit sha for revision ${this.revision}`);
       return info.sha;
@@ -374,7 +383,7 @@ export class HubSource implements CheckpointSource {
   private explain(e: unknown, name: string | undefined): DeepcastError {
     if (e instanceof DeepcastError) return e;
     const file = name === undefined ? this.description : this.label(name);
-    if (e instanceof HubApiError) {
+    if (hubLib && e instanceof hubLib.HubApiError) {
       if (e.statusCode === 401 || e.statusCode === 403) {
         const hint = this.accessToken
           ? `the token in ${this.tokenFrom === "HF_TOKEN" ? "HF_TOKEN" : this.tokenFrom} has no access to it: check the token, and for a gated model accept its terms on the model page`
@@ -389,7 +398,7 @@ export class HubSource implements CheckpointSource {
       }
       return new DeepcastError(`the Hugging Face Hub answered HTTP ${e.statusCode}: ${e.message}`, { file }, { cause: e });
     }
-    if (e instanceof InvalidApiResponseFormatError) {
+    if (hubLib && e instanceof hubLib.InvalidApiResponseFormatError) {
       return new DeepcastError(`unexpected response from the Hugging Face Hub at ${this.hubUrl}: ${e.message}`, { file }, { cause: e });
     }
     const err = new DeepcastError(

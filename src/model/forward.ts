@@ -21,7 +21,7 @@
 import { availableParallelism } from "node:os";
 import { DeepcastError } from "../errors.js";
 import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } from "./config.js";
-import { addInto, forwardOps, rmsNorm, type ForwardOps, type Matrix } from "./ops.js";
+import { addInto, forwardOps, gatherRows, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
 const f = Math.fround;
@@ -220,7 +220,7 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
     throw new DeepcastError(`a sequence of ${maxLen} tokens is longer than max_position_embeddings ${cfg.maxPositionEmbeddings}`);
   }
   if (N === 0) return { logits: new Float32Array(0), offsets, vocab: cfg.vocabSize };
-  const rope = ropeTables(cfg, maxLen);
+  const ropeTab = ropeTables(cfg, maxLen);
 
   try {
     if (cfg.nLayers > 0) ctx.prefetch(attentionNames(cfg, 0));
@@ -237,7 +237,7 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
       const p = `model.layers.${l}.`;
       ctx.prefetch(ffnNames(cfg, l));
       const xn = rmsNorm(h, N, cfg.dim, await ctx.vector(p + "input_layernorm.weight", cfg.dim), cfg.rmsNormEps, new Float32Array(h.length));
-      addInto(h, await attention(ctx, l, xn, N, pos, offsets, rope));
+      addInto(h, await attention(ctx, l, xn, N, pos, offsets, ropeTab));
       ctx.prefetch(l + 1 < cfg.nLayers ? attentionNames(cfg, l + 1) : ["model.norm.weight"]);
       if (l === cfg.nLayers - 1) trim();
       const x2 = rows === N ? xn : new Float32Array(rows * cfg.dim);
@@ -281,12 +281,6 @@ function outputRows(sequences: readonly ArrayLike<number>[], offsets: Int32Array
   return { rows, offsets: out };
 }
 
-function gatherRows(x: Float32Array, rows: Int32Array, dim: number): Float32Array {
-  const y = new Float32Array(rows.length * dim);
-  for (let i = 0; i < rows.length; i++) y.set(x.subarray(rows[i]! * dim, (rows[i]! + 1) * dim), i * dim);
-  return y;
-}
-
 async function embed(ctx: Ctx, tokens: Int32Array): Promise<Float32Array> {
   const { cfg, src } = ctx;
   const name = "model.embed_tokens.weight";
@@ -308,28 +302,8 @@ async function embed(ctx: Ctx, tokens: Int32Array): Promise<Float32Array> {
   return h;
 }
 
-/** In place: interleaved-pair RoPE on `dr` values at x[base + stride*...]; row i uses position pos[i]. */
-function applyRope(x: Float32Array, rows: number, rowStride: number, offset: number, heads: number, headStride: number, dr: number,
-                   pos: Int32Array, rope: { cos: Float32Array; sin: Float32Array }): void {
-  const half = dr / 2;
-  for (let i = 0; i < rows; i++) {
-    const t = pos[i]! * half;
-    for (let hh = 0; hh < heads; hh++) {
-      const o = i * rowStride + hh * headStride + offset;
-      for (let j = 0; j < half; j++) {
-        const c = rope.cos[t + j]!;
-        const s = rope.sin[t + j]!;
-        const x0 = x[o + 2 * j]!;
-        const x1 = x[o + 2 * j + 1]!;
-        x[o + 2 * j] = f(x0 * c) - f(x1 * s);
-        x[o + 2 * j + 1] = f(x0 * s) + f(x1 * c);
-      }
-    }
-  }
-}
-
 async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: Int32Array, offsets: Int32Array,
-                         rope: { cos: Float32Array; sin: Float32Array }): Promise<Float32Array> {
+                         ropeTab: { cos: Float32Array; sin: Float32Array }): Promise<Float32Array> {
   const { cfg } = ctx;
   const p = `model.layers.${l}.self_attn.`;
   const H = cfg.nHeads;
@@ -352,7 +326,7 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
   } else {
     q = ctx.mm(x, await ctx.weight(p + "q_proj.weight", H * dqk, dim), N, dim, H * dqk, p + "q_proj.weight");
   }
-  applyRope(q, N, H * dqk, dn, H, dqk, dr, pos, rope);
+  rope(q, N, H * dqk, dn, H, dqk, dr, pos, ropeTab);
 
   const [wkva, kvNorm, wkvb, wo] = await Promise.all([
     ctx.weight(p + "kv_a_proj_with_mqa.weight", kvr + dr, dim),
@@ -361,24 +335,14 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
     ctx.weight(p + "o_proj.weight", dim, H * dv),
   ]);
   const kva = ctx.mm(x, wkva, N, dim, kvr + dr, p + "kv_a_proj_with_mqa.weight");
-  applyRope(kva, N, kvr + dr, kvr, 1, 0, dr, pos, rope);
+  rope(kva, N, kvr + dr, kvr, 1, 0, dr, pos, ropeTab);
   const ckv = rmsNorm(kva, N, kvr, kvNorm, cfg.rmsNormEps, new Float32Array(N * kvr), kvr + dr, kvr);
   const kvb = ctx.mm(ckv, wkvb, N, kvr, H * (dn + dv), p + "kv_b_proj.weight");
 
   // K = [k_nope(h), k_pe] per head, V = v(h).
   const k = new Float32Array(N * H * dqk);
   const v = new Float32Array(N * H * dv);
-  for (let i = 0; i < N; i++) {
-    const pe = i * (kvr + dr) + kvr;
-    for (let hh = 0; hh < H; hh++) {
-      const src = (i * H + hh) * (dn + dv);
-      const ko = (i * H + hh) * dqk;
-      const vo = (i * H + hh) * dv;
-      for (let d = 0; d < dn; d++) k[ko + d] = kvb[src + d]!;
-      for (let d = 0; d < dr; d++) k[ko + dn + d] = kva[pe + d]!;
-      for (let d = 0; d < dv; d++) v[vo + d] = kvb[src + dn + d]!;
-    }
-  }
+  mlaKv(kva, kvb, k, v, N, H, dn, dr, dv, kvr);
   const o = new Float32Array(N * H * dv);
   ctx.ops.attention(q, k, v, o, offsets, H, dqk, dv, softmaxScale(cfg), ctx.threads);
   if (ctx.observer?.absorbedMla) observeAbsorbedMla(ctx, ctx.observer, l, q, k, ckv, N, offsets);
@@ -436,6 +400,24 @@ function observeAbsorbedMla(ctx: Ctx, obs: MatmulObserver, l: number, q: Float32
   }
 }
 
+/**
+ * out[0..m) = the indices of the m largest of arr[0..n), largest first, equal values by lower index
+ * first: the first m of a stable descending sort (model.py's topk order), by insertion in O(n m).
+ */
+function topOrder(arr: Float32Array, n: number, m: number, out: Int32Array): void {
+  let have = 0;
+  for (let i = 0; i < n; i++) {
+    const v = arr[i]!;
+    if (have === m && !(v > arr[out[m - 1]!]!)) continue;
+    let p = have < m ? have++ : m - 1;
+    while (p > 0 && arr[out[p - 1]!]! < v) {
+      out[p] = out[p - 1]!;
+      p--;
+    }
+    out[p] = i;
+  }
+}
+
 /** model.py's Gate: returns expert ids and combine weights for every token. */
 export function route(cfg: ModelConfig, logits: Float32Array, N: number, bias: Float32Array | null, layer = -1): RoutingInfo {
   const E = cfg.nRoutedExperts;
@@ -449,11 +431,9 @@ export function route(cfg: ModelConfig, logits: Float32Array, N: number, bias: F
   const s = new Float32Array(E);
   const b = new Float32Array(E);
   const gs = new Float32Array(G);
-  const order = (arr: Float32Array, n: number) => {
-    const idx = Array.from({ length: n }, (_, i) => i);
-    // Descending; equal values keep the lower index first.
-    return idx.sort((i, j) => arr[j]! - arr[i]! || i - j);
-  };
+  const go = new Int32Array(G);
+  const eo = new Int32Array(Math.min(K + 1, E));
+  const top2 = new Int32Array(2);
   for (let t = 0; t < N; t++) {
     const lg = logits.subarray(t * E, (t + 1) * E);
     if (cfg.scoreFunc === "sigmoid") {
@@ -471,17 +451,17 @@ export function route(cfg: ModelConfig, logits: Float32Array, N: number, bias: F
       for (let g = 0; g < G; g++) {
         const grp = b.subarray(g * per, (g + 1) * per);
         if (bias) {
-          const o = order(grp, per);
-          gs[g] = per >= 2 ? grp[o[0]!]! + grp[o[1]!]! : grp[o[0]!]!;
+          topOrder(grp, per, 2, top2);
+          gs[g] = per >= 2 ? grp[top2[0]!]! + grp[top2[1]!]! : grp[top2[0]!]!;
         } else {
           gs[g] = Math.max(...grp);
         }
       }
-      const go = order(gs, G);
+      topOrder(gs, G, G, go);
       if (cfg.nLimitedGroups < G) groupMargin[t] = gs[go[cfg.nLimitedGroups - 1]!]! - gs[go[cfg.nLimitedGroups]!]!;
       for (let r = cfg.nLimitedGroups; r < G; r++) b.fill(-Infinity, go[r]! * per, (go[r]! + 1) * per);
     }
-    const eo = order(b, E);
+    topOrder(b, E, eo.length, eo);
     const kth = b[eo[K - 1]!]!;
     const next = K < E ? b[eo[K]!]! : -Infinity;
     expertMargin[t] = next === -Infinity ? Infinity : kth - next;
@@ -513,11 +493,16 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
   const r = route(cfg, ctx.mm(x, gate, N, dim, E, p + "gate.weight"), N, bias, l);
   onRouting?.(r);
 
-  // Tokens (and their slot k) per expert, in token order.
+  // Tokens (and their slot k) per expert, in token order: a counting sort of the N*K slots.
   const K = r.topk;
-  const lists: number[][] = Array.from({ length: E }, () => []);
-  for (let i = 0; i < N * K; i++) lists[r.indices[i]!]!.push(i);
-  const used = lists.map((lst, e) => (lst.length ? e : -1)).filter((e) => e >= 0);
+  const count = new Int32Array(E + 1);
+  for (let i = 0; i < N * K; i++) count[r.indices[i]! + 1]!++;
+  for (let e = 0; e < E; e++) count[e + 1]! += count[e]!;
+  const slotsByExpert = new Int32Array(N * K);
+  const fill = count.slice(0, E);
+  for (let i = 0; i < N * K; i++) slotsByExpert[fill[r.indices[i]!]!++] = i;
+  const used: number[] = [];
+  for (let e = 0; e < E; e++) if (count[e + 1]! > count[e]!) used.push(e);
   const load = (e: number) => Promise.all([
     ctx.weight(`${p}experts.${e}.gate_proj.weight`, inter, dim),
     ctx.weight(`${p}experts.${e}.up_proj.weight`, inter, dim),
@@ -532,20 +517,15 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
     // Read the next expert while this one computes.
     pending = u + 1 < used.length ? load(used[u + 1]!) : null;
     pending?.catch(() => undefined);
-    const slots = lists[e]!;
-    const xe = new Float32Array(slots.length * dim);
+    const slots = slotsByExpert.subarray(count[e]!, count[e + 1]!);
+    const rows = new Int32Array(slots.length);
+    const scale = new Float32Array(slots.length);
     for (let j = 0; j < slots.length; j++) {
-      const t = Math.floor(slots[j]! / K);
-      xe.set(x.subarray(t * dim, (t + 1) * dim), j * dim);
+      rows[j] = Math.floor(slots[j]! / K);
+      scale[j] = r.weights[slots[j]!]!;
     }
-    const out = mlpWith(ctx, `${p}experts.${e}.`, xe, slots.length, inter, w1, w3, w2);
-    for (let j = 0; j < slots.length; j++) {
-      const t = Math.floor(slots[j]! / K);
-      const w = r.weights[slots[j]!]!;
-      const yo = t * dim;
-      const oo = j * dim;
-      for (let c = 0; c < dim; c++) y[yo + c] = y[yo + c]! + f(out[oo + c]! * w);
-    }
+    const out = mlpWith(ctx, `${p}experts.${e}.`, gatherRows(x, rows, dim), slots.length, inter, w1, w3, w2);
+    scatterAddScaled(y, out, rows, scale, dim);
   }
   if (cfg.nSharedExperts > 0) {
     const z = await mlp(ctx, p + "shared_experts.", x, N, cfg.nSharedExperts * inter);

@@ -20,6 +20,7 @@ import { DeepcastError } from "../errors.js";
 import { deepseek2Format, fillBid, namePattern } from "../formats/deepseek2-names.js";
 import type { ModelConfig } from "./config.js";
 import type { MatmulObserver } from "./forward.js";
+import { loadNative, type NativeAddon } from "../quant/native.js";
 
 export interface ImatrixStat {
   /** Σ x² per input column, matrix after matrix: [nMat × cols]. */
@@ -132,8 +133,19 @@ export class ImatrixCollector implements MatmulObserver {
   }
 }
 
-/** acc[off + j] += Σ_r x[r*stride + j]², j < cols. */
+let nativeSquares: NativeAddon["addSquares"] | null | undefined;
+
+/** acc[off + j] += Σ_r x[r*stride + j]², j < cols: in the addon when built (the same bytes), else addSquaresTs. */
 function addSquares(acc: Float64Array, off: number, x: Float32Array, rows: number, cols: number, stride: number): void {
+  if (nativeSquares === undefined) {
+    const n = loadNative();
+    nativeSquares = n ? n.addSquares.bind(n) : null;
+  }
+  if (nativeSquares) nativeSquares(acc, off, x, rows, cols, stride);
+  else addSquaresTs(acc, off, x, rows, cols, stride);
+}
+
+export function addSquaresTs(acc: Float64Array, off: number, x: Float32Array, rows: number, cols: number, stride: number): void {
   for (let r = 0; r < rows; r++) {
     const o = r * stride;
     for (let j = 0; j < cols; j++) {

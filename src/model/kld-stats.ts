@@ -12,6 +12,8 @@
  * percentiles, "RMS Δp", "Same top p", each with llama.cpp's ± uncertainty.
  */
 
+import { loadNative } from "../quant/native.js";
+
 /** A value with llama.cpp's ± uncertainty. */
 export interface Estimate {
   value: number;
@@ -56,14 +58,28 @@ export type KldPoint = (typeof KLD_POINTS)[number];
 export type DeltaPPoint = (typeof DELTA_P_POINTS)[number];
 
 /** Per-position log-softmax facts of one float32 logit row, in float64. */
-interface RowFacts {
+export interface RowFacts {
   max: number;
   argmax: number;
   /** log Σ exp(logit) */
   lse: number;
 }
 
+const factsOut = new Float64Array(3);
+let nativeFacts: ((logits: Float32Array, off: number, vocab: number, out: Float64Array) => void) | null | undefined;
+
+/** rowFacts in the addon when it is built (the same loops in C++; see native/src/scores.cc), else rowFactsTs. */
 function rowFacts(logits: Float32Array, off: number, vocab: number): RowFacts {
+  if (nativeFacts === undefined) {
+    const n = loadNative();
+    nativeFacts = n ? (l, o, v, out) => n.logitRowFacts(l, o, v, out) : null;
+  }
+  if (!nativeFacts) return rowFactsTs(logits, off, vocab);
+  nativeFacts(logits, off, vocab, factsOut);
+  return { max: factsOut[0]!, argmax: factsOut[1]!, lse: factsOut[2]! };
+}
+
+export function rowFactsTs(logits: Float32Array, off: number, vocab: number): RowFacts {
   let max = -Infinity;
   let argmax = 0;
   for (let j = 0; j < vocab; j++) {

@@ -121,26 +121,120 @@ export function forwardOps(): ForwardOps {
   return chosen;
 }
 
-// ---- small element-wise ops (TypeScript; O(tokens x dim), never the bottleneck) --------------
+// ---- row-wise steps: native (native/src/forward_rows.cc) when built, else these TypeScript twins;
+// both give the same bytes (every operation rounded to float32, test/forward-rows.test.ts).
+
+const f = Math.fround;
+
+/** The TypeScript twins of the row-wise steps, exported for the test that compares them with the native ones. */
+export const rowsTs = {
+  /** RMSNorm over rows of `dim` (sum of squares in float64, the rest float32 as F.rms_norm). */
+  rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, y: Float32Array, xStride: number, yStride: number): void {
+    for (let r = 0; r < rows; r++) {
+      const xo = r * xStride;
+      const yo = r * yStride;
+      let ss = 0;
+      for (let i = 0; i < dim; i++) ss += x[xo + i]! * x[xo + i]!;
+      const inv = f(1 / Math.sqrt(f(f(ss / dim) + f(eps))));
+      for (let i = 0; i < dim; i++) y[yo + i] = f(x[xo + i]! * inv) * w[i]!;
+    }
+  },
+  rope(x: Float32Array, rows: number, rowStride: number, offset: number, heads: number, headStride: number, dr: number,
+       pos: Int32Array, cos: Float32Array, sin: Float32Array): void {
+    const half = dr / 2;
+    for (let i = 0; i < rows; i++) {
+      const t = pos[i]! * half;
+      for (let hh = 0; hh < heads; hh++) {
+        const o = i * rowStride + hh * headStride + offset;
+        for (let j = 0; j < half; j++) {
+          const c = cos[t + j]!;
+          const s = sin[t + j]!;
+          const x0 = x[o + 2 * j]!;
+          const x1 = x[o + 2 * j + 1]!;
+          x[o + 2 * j] = f(x0 * c) - f(x1 * s);
+          x[o + 2 * j + 1] = f(x0 * s) + f(x1 * c);
+        }
+      }
+    }
+  },
+  add(x: Float32Array, y: Float32Array): void {
+    for (let i = 0; i < x.length; i++) x[i] = x[i]! + y[i]!;
+  },
+  mlaKv(kva: Float32Array, kvb: Float32Array, k: Float32Array, v: Float32Array, N: number, H: number, dn: number, dr: number, dv: number, kvr: number): void {
+    const dqk = dn + dr;
+    for (let i = 0; i < N; i++) {
+      const pe = i * (kvr + dr) + kvr;
+      for (let hh = 0; hh < H; hh++) {
+        const src = (i * H + hh) * (dn + dv);
+        k.set(kvb.subarray(src, src + dn), (i * H + hh) * dqk);
+        k.set(kva.subarray(pe, pe + dr), (i * H + hh) * dqk + dn);
+        v.set(kvb.subarray(src + dn, src + dn + dv), (i * H + hh) * dv);
+      }
+    }
+  },
+  gather(x: Float32Array, rows: Int32Array, dim: number, y: Float32Array): void {
+    for (let j = 0; j < rows.length; j++) y.set(x.subarray(rows[j]! * dim, (rows[j]! + 1) * dim), j * dim);
+  },
+  scatterAddScaled(y: Float32Array, out: Float32Array, rows: Int32Array, scale: Float32Array, dim: number): void {
+    for (let j = 0; j < rows.length; j++) {
+      const yo = rows[j]! * dim;
+      const oo = j * dim;
+      const w = scale[j]!;
+      for (let c = 0; c < dim; c++) y[yo + c] = y[yo + c]! + f(out[oo + c]! * w);
+    }
+  },
+};
+
+type Rows = typeof rowsTs;
+let rowsChosen: Rows | undefined;
+
+/** The native row-wise steps when the addon is built, else the TypeScript twins. */
+function rowOps(): Rows {
+  if (rowsChosen) return rowsChosen;
+  const nn = loadNative();
+  rowsChosen = !nn ? rowsTs : {
+    rmsNorm: (x, rows, dim, w, eps, y, xs, ys) => nn.rmsNormRows(x, rows, dim, w, eps, y, xs, ys),
+    rope: (x, rows, rs, off, heads, hs, dr, pos, cos, sin) => nn.ropeRows(x, rows, rs, off, heads, hs, dr, pos, cos, sin),
+    add: (x, y) => nn.addRows(x, y),
+    mlaKv: (kva, kvb, k, v, N, H, dn, dr, dv, kvr) => nn.mlaKv(kva, kvb, k, v, N, H, dn, dr, dv, kvr),
+    gather: (x, rows, dim, y) => nn.gatherRows(x, rows, dim, y),
+    scatterAddScaled: (y, out, rows, scale, dim) => nn.scatterAddScaled(y, out, rows, scale, dim),
+  };
+  return rowsChosen;
+}
 
 /**
  * RMSNorm over rows of `dim`: y = x / sqrt(mean(x^2) + eps) * w (sum of squares in float64,
  * everything else rounded to float32 like F.rms_norm's float32 path). In place when y === x.
  */
 export function rmsNorm(x: Float32Array, rows: number, dim: number, w: Float32Array, eps: number, y: Float32Array = x, xStride = dim, yStride = dim): Float32Array {
-  const f = Math.fround;
-  for (let r = 0; r < rows; r++) {
-    const xo = r * xStride;
-    const yo = r * yStride;
-    let ss = 0;
-    for (let i = 0; i < dim; i++) ss += x[xo + i]! * x[xo + i]!;
-    const inv = f(1 / Math.sqrt(f(f(ss / dim) + f(eps))));
-    for (let i = 0; i < dim; i++) y[yo + i] = f(x[xo + i]! * inv) * w[i]!;
-  }
+  rowOps().rmsNorm(x, rows, dim, w, eps, y, xStride, yStride);
   return y;
+}
+
+/** In place: interleaved-pair RoPE on `dr` values at x[i*rowStride + h*headStride + offset ...]; row i at position pos[i]. */
+export function rope(x: Float32Array, rows: number, rowStride: number, offset: number, heads: number, headStride: number, dr: number,
+                     pos: Int32Array, tables: { cos: Float32Array; sin: Float32Array }): void {
+  rowOps().rope(x, rows, rowStride, offset, heads, headStride, dr, pos, tables.cos, tables.sin);
 }
 
 /** x += y */
 export function addInto(x: Float32Array, y: Float32Array): void {
-  for (let i = 0; i < x.length; i++) x[i] = x[i]! + y[i]!;
+  rowOps().add(x, y);
+}
+
+/** MLA's per-head keys and values: k[i,h] = [kvb[i,h,:dn], kva[i,kvr:kvr+dr]], v[i,h] = kvb[i,h,dn:]. */
+export function mlaKv(kva: Float32Array, kvb: Float32Array, k: Float32Array, v: Float32Array, N: number, H: number, dn: number, dr: number, dv: number, kvr: number): void {
+  rowOps().mlaKv(kva, kvb, k, v, N, H, dn, dr, dv, kvr);
+}
+
+/** y[j] = x[rows[j]] for rows of `dim` values. */
+export function gatherRows(x: Float32Array, rows: Int32Array, dim: number, y: Float32Array = new Float32Array(rows.length * dim)): Float32Array {
+  rowOps().gather(x, rows, dim, y);
+  return y;
+}
+
+/** y[rows[j]] += out[j] * scale[j] (float32), j in increasing order. */
+export function scatterAddScaled(y: Float32Array, out: Float32Array, rows: Int32Array, scale: Float32Array, dim: number): void {
+  rowOps().scatterAddScaled(y, out, rows, scale, dim);
 }

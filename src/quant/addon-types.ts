@@ -16,9 +16,14 @@ export interface AddonTypes {
 
   // ---- cpu.cc / addon.cc: SIMD dispatch (all levels give identical bytes)
   simdLevel(): SimdLevel;
-  /** false when the CPU lacks the level. */
-  setSimd(level: SimdLevel | "auto"): boolean;
+  /**
+   * false when the CPU lacks the level. "avx512" is AVX2 for every kernel plus the GEMM's AVX-512
+   * micro-kernel (gemm.cc); "avx2" turns that off; "auto" is the best the CPU has.
+   */
+  setSimd(level: SimdLevel | "avx512" | "auto"): boolean;
   hasAvx2(): boolean;
+  /** AVX-512F: the forward pass's GEMM then runs its 16-lane kernel (identical bytes). */
+  hasAvx512(): boolean;
 
   // ---- cast.cc: element kernels. FP8 scales are one float32 per 128x128 block.
   /** Both return the number of e4m3fn NaN codes (0x7F/0xFF) in src, counted during the cast. */
@@ -48,6 +53,19 @@ export interface AddonTypes {
   causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
   f32SiluMul(g: View, u: View, threads: number): void;
 
+  // ---- forward_rows.cc: the forward pass's row-wise steps, the bytes of their TypeScript twins (ops.ts)
+  rmsNormRows(x: View, rows: number, dim: number, w: View, eps: number, y: View, xStride: number, yStride: number): void;
+  ropeRows(x: View, rows: number, rowStride: number, offset: number, heads: number, headStride: number, dr: number, pos: Int32Array, cos: View, sin: View): void;
+  addRows(x: View, y: View): void;
+  mlaKv(kva: View, kvb: View, k: View, v: View, N: number, H: number, dn: number, dr: number, dv: number, kvr: number): void;
+  gatherRows(x: View, rows: Int32Array, dim: number, y: View): void;
+  scatterAddScaled(y: View, out: View, rows: Int32Array, scale: View, dim: number): void;
+
+  // ---- scores.cc: out = [max, first argmax, log sum exp] of logits[off .. off + vocab), float64
+  logitRowFacts(logits: View, off: number, vocab: number, out: Float64Array): void;
+  /** acc[off + j] += x[r*stride + j]^2 (float64, rows in order): imatrix's in_sum2. */
+  addSquares(acc: Float64Array, off: number, x: View, rows: number, cols: number, stride: number): void;
+
   // ---- ggml_iq3.cc: the IQ3_XXS (256) / IQ3_S (512) lattice tables, for checking against ggml's
   ggmlIq3Lattice(size: 256 | 512): { grid: Uint32Array; kmap: Int32Array; neighbours: Uint16Array };
 
@@ -71,6 +89,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   simdLevel: 0,
   setSimd: 0,
   hasAvx2: 0,
+  hasAvx512: 0,
   fp8ToBf16: 0,
   fp8ToF32: 0,
   f32ToBf16: 0,
@@ -85,6 +104,14 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   ggmlMatmul: 0,
   causalAttention: 0,
   f32SiluMul: 0,
+  rmsNormRows: 0,
+  ropeRows: 0,
+  addRows: 0,
+  mlaKv: 0,
+  gatherRows: 0,
+  scatterAddScaled: 0,
+  logitRowFacts: 0,
+  addSquares: 0,
   ggmlIq3Lattice: 0,
   cudaInit: 0,
   cudaAvailable: 0,

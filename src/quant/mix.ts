@@ -201,6 +201,11 @@ export interface MixOptions {
   /** --leave-output-tensor. */
   leaveOutputTensor?: boolean;
   /**
+   * Decide (and return) the tensors in the order given instead of llama-model-loader's (layer, name) order:
+   * llama-quantize --keep-split processes them by input file, then offset.
+   */
+  keepOrder?: boolean;
+  /**
    * Without an imatrix, a tensor that requires one makes llama-quantize fail; with `dryRun` the plan is
    * returned anyway (MixPlan.requiresImatrix lists them), like llama-quantize --dry-run.
    */
@@ -267,7 +272,7 @@ export function planQuantMix(tensors: readonly MixTensorIn[], opts: MixOptions):
   const hasImatrix = opts.hasImatrix ?? false;
   if (!Number.isSafeInteger(opts.nLayer) || opts.nLayer < 1) throw new DeepcastError(`invalid layer count ${opts.nLayer}`);
 
-  const sorted = [...tensors].sort((a, b) => compareQuantizeOrder(a.name, b.name));
+  const sorted = opts.keepOrder ? [...tensors] : [...tensors].sort((a, b) => compareQuantizeOrder(a.name, b.name));
   const attnVLike = new Set(m.categories.attnVLike);
   const st: State = { nAttentionWv: 0, iAttentionWv: 0, iFfnDown: 0, iFfnGate: 0, iFfnUp: 0, nFallback: 0, hasTiedEmbeddings: true };
   for (const t of sorted) {

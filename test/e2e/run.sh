@@ -67,4 +67,6 @@ npx tsx test/e2e/imatrix-kld.ts --threads 2
 npx tsx test/e2e/imatrix-kld.ts --type Q2_K_S --threads 2
 echo "== e2e 7: our imatrix files in llama.cpp's llama-quantize (skipped without a llama.cpp build)"
 bash test/e2e/imatrix-llama.sh
+echo "== e2e 8: to-gguf IN.gguf next to llama-quantize on the same GGUFs, and on 4.9 GB in bounded memory (skipped without a llama.cpp build)"
+bash test/e2e/requant-llama.sh
 echo "e2e: all passed"
