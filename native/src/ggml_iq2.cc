@@ -201,6 +201,52 @@ float xxs_trials_scalar(const IqLattice& g, const float* xval, const float* weig
 }
 
 #if defined(__x86_64__)
+// best_neighbour with AVX2 (IQ2 lattices): the terms of coordinate i for lattice values 1, 3, 5 are
+// computed in lanes 0..2 with the same float operations; 8 listed entries per step sum their terms
+// in i order; the step's first lane holding its minimum (NaN lanes and lanes past the list left
+// out) replaces the best when strictly below it -- what ggml's scan in list order keeps. Returns the
+// entry's levels as a key (levels_key).
+__attribute__((target("avx2"))) int best_neighbour_key_avx2(const IqLattice& g, int u, const float* xval,
+                                                           const float* waux, float scale) {
+  const __m256 lvq = _mm256_setr_ps(1.f, 3.f, 5.f, 0.f, 0.f, 0.f, 0.f, 0.f);
+  const __m256 sv = _mm256_mul_ps(_mm256_set1_ps(scale), lvq);
+  __m256 tv[8];
+  for (int i = 0; i < 8; i++) {
+    const __m256 diff = _mm256_sub_ps(sv, _mm256_set1_ps(xval[i]));
+    tv[i] = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(waux[i]), diff), diff);
+  }
+  const size_t off = static_cast<size_t>(-g.kmap[u] - 1);
+  const uint16_t* nb = g.neighbours + off;
+  const uint16_t* lvs = g.record_levels + off;
+  const int count = nb[0];
+  const __m256i three = _mm256_set1_epi32(3), lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 fmax = _mm256_set1_ps(3.40282347e+38f);
+  float best_d2 = 3.40282347e+38f;
+  int best = -1;  // position in the record
+  for (int j = 1; j <= count; j += 8) {
+    const __m256i lv0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lvs + j)));
+    __m256i lv = lv0;
+    __m256 d2 = _mm256_setzero_ps();
+    for (int i = 0; i < 8; i++) {
+      d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(tv[i], _mm256_and_si256(lv, three)));
+      lv = _mm256_srli_epi32(lv, 2);
+    }
+    const __m256 inside = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(count + 1 - j), lane));
+    const __m256 valid = _mm256_and_ps(inside, _mm256_cmp_ps(d2, d2, _CMP_ORD_Q));
+    const __m256 d = _mm256_blendv_ps(fmax, d2, valid);
+    __m256 m = _mm256_min_ps(d, _mm256_permute2f128_ps(d, d, 1));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4e));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0xb1));
+    const float mf = _mm256_cvtss_f32(m);
+    if (!(mf < best_d2)) continue;
+    const int eq = _mm256_movemask_ps(_mm256_and_ps(valid, _mm256_cmp_ps(d, m, _CMP_EQ_OQ)));
+    best_d2 = mf;
+    best = j + __builtin_ctz(static_cast<unsigned>(eq));
+  }
+  // Every distance NaN (non-finite input): ggml aborts here; take the first listed entry.
+  return lvs[best < 0 ? 1 : best];
+}
+
 // AVX2, same operations: each group's 8 projections in lanes (ggml's nearest_int bit trick on the
 // same floats), every trial's groups held as level keys; the off-lattice ones replaced by their
 // nearest listed entry's key; then the 13 trials' sums in lanes, one lane per trial, each adding
@@ -239,9 +285,7 @@ __attribute__((target("avx2"))) float xxs_trials_avx2(const IqLattice& g, const 
     for (int k = 0; k < 4; k++) {
       const int u = key[k][t];
       if (g.kmap[u] >= 0) continue;
-      int8_t Ln[8];
-      best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Ln);
-      key[k][t] = levels_key(Ln);
+      key[k][t] = best_neighbour_key_avx2(g, u, xval + 8 * k, waux + 8 * k, this_scale);
     }
   }
   __m256 sqx[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, sq2[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
