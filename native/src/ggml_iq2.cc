@@ -3,6 +3,11 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "cpu.h"
 #include "ggml_iq2.h"
 #include "ggml_quants.h"
 
@@ -150,14 +155,191 @@ inline int scale_nibble(float id, float s, int max) {
   return l < 0 ? 0 : (l > max ? max : l);
 }
 
+
+// IQ2_XXS's 13 trial scales around eff_max (is = -6..6): each trial projects the 32 values, moves
+// the off-lattice groups to their nearest listed entry, and is kept if it beats the best so far
+// (ggml's test, in trial order). Returns the chosen scale and sets L to its levels; with no trial
+// kept, returns `scale` and leaves L as it was.
+constexpr int kXxsTrials = 13;
+
+inline float xxs_trial_id(int t, float eff_max) { return (2 * kMaxQ - 1 + static_cast<float>(t - 6) * 0.1f) / eff_max; }
+
+// Scalar: first every trial's projected levels (they do not depend on earlier trials), fetching
+// the neighbour records they will need, then ggml's trials in order.
+float xxs_trials_scalar(const IqLattice& g, const float* xval, const float* weight, const float* waux, float eff_max,
+                        float scale, int8_t* L) {
+  int8_t Lt[kXxsTrials][32];
+  uint16_t ut[kXxsTrials][4];
+  for (int t = 0; t < kXxsTrials; t++) {
+    const float id = xxs_trial_id(t, eff_max);
+    for (int k = 0; k < 4; k++) {
+      for (int i = 0; i < 8; i++) Lt[t][8 * k + i] = static_cast<int8_t>(project(id, xval[8 * k + i]));
+      ut[t][k] = levels_key(Lt[t] + 8 * k);
+      const int32_t m = g.kmap[ut[t][k]];
+      if (m < 0) {
+        __builtin_prefetch(g.neighbours - m - 1);
+        __builtin_prefetch(g.record_levels - m - 1);
+      }
+    }
+  }
+  float best = 0;
+  for (int t = 0; t < kXxsTrials; t++) {
+    const float this_scale = 1 / xxs_trial_id(t, eff_max);
+    for (int k = 0; k < 4; k++) {
+      const uint16_t u = ut[t][k];
+      if (g.kmap[u] < 0) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Lt[t] + 8 * k);
+    }
+    float sumqx, sumq2;
+    sums(32, weight, xval, Lt[t], sumqx, sumq2);
+    if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
+      scale = sumqx / sumq2;
+      best = scale * sumqx;
+      std::memcpy(L, Lt[t], 32);
+    }
+  }
+  return scale;
+}
+
+#if defined(__x86_64__)
+// best_neighbour with AVX2 (IQ2 lattices): the terms of coordinate i for lattice values 1, 3, 5 are
+// computed in lanes 0..2 with the same float operations; 8 listed entries per step sum their terms
+// in i order; the step's first lane holding its minimum (NaN lanes and lanes past the list left
+// out) replaces the best when strictly below it -- what ggml's scan in list order keeps. Returns the
+// entry's levels as a key (levels_key).
+__attribute__((target("avx2"))) int best_neighbour_key_avx2(const IqLattice& g, int u, const float* xval,
+                                                           const float* waux, float scale) {
+  const __m256 lvq = _mm256_setr_ps(1.f, 3.f, 5.f, 0.f, 0.f, 0.f, 0.f, 0.f);
+  const __m256 sv = _mm256_mul_ps(_mm256_set1_ps(scale), lvq);
+  __m256 tv[8];
+  for (int i = 0; i < 8; i++) {
+    const __m256 diff = _mm256_sub_ps(sv, _mm256_set1_ps(xval[i]));
+    tv[i] = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(waux[i]), diff), diff);
+  }
+  const size_t off = static_cast<size_t>(-g.kmap[u] - 1);
+  const uint16_t* nb = g.neighbours + off;
+  const uint16_t* lvs = g.record_levels + off;
+  const int count = nb[0];
+  const __m256i three = _mm256_set1_epi32(3), lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256 fmax = _mm256_set1_ps(3.40282347e+38f);
+  float best_d2 = 3.40282347e+38f;
+  int best = -1;  // position in the record
+  for (int j = 1; j <= count; j += 8) {
+    const __m256i lv0 = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(lvs + j)));
+    __m256i lv = lv0;
+    __m256 d2 = _mm256_setzero_ps();
+    for (int i = 0; i < 8; i++) {
+      d2 = _mm256_add_ps(d2, _mm256_permutevar8x32_ps(tv[i], _mm256_and_si256(lv, three)));
+      lv = _mm256_srli_epi32(lv, 2);
+    }
+    const __m256 inside = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(count + 1 - j), lane));
+    const __m256 valid = _mm256_and_ps(inside, _mm256_cmp_ps(d2, d2, _CMP_ORD_Q));
+    const __m256 d = _mm256_blendv_ps(fmax, d2, valid);
+    __m256 m = _mm256_min_ps(d, _mm256_permute2f128_ps(d, d, 1));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0x4e));
+    m = _mm256_min_ps(m, _mm256_permute_ps(m, 0xb1));
+    const float mf = _mm256_cvtss_f32(m);
+    if (!(mf < best_d2)) continue;
+    const int eq = _mm256_movemask_ps(_mm256_and_ps(valid, _mm256_cmp_ps(d, m, _CMP_EQ_OQ)));
+    best_d2 = mf;
+    best = j + __builtin_ctz(static_cast<unsigned>(eq));
+  }
+  // Every distance NaN (non-finite input): ggml aborts here; take the first listed entry.
+  return lvs[best < 0 ? 1 : best];
+}
+
+// AVX2, same operations: each group's 8 projections in lanes (ggml's nearest_int bit trick on the
+// same floats), every trial's groups held as level keys; the off-lattice ones replaced by their
+// nearest listed entry's key; then the 13 trials' sums in lanes, one lane per trial, each adding
+// its 32 terms in ggml's order; ggml's comparisons then run over the 13 sums in trial order.
+__attribute__((target("avx2"))) float xxs_trials_avx2(const IqLattice& g, const float* xval, const float* weight,
+                                                     const float* waux, float eff_max, float scale, int8_t* L) {
+  alignas(32) int32_t key[4][16] = {};  // [group][trial]; trials 13..15 stay 0 and are never compared
+  float ids[kXxsTrials];
+  const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.f), magic = _mm256_set1_ps(12582912.f);
+  const __m256i mant = _mm256_set1_epi32(0x007fffff), bias = _mm256_set1_epi32(0x00400000);
+  const __m256i zero = _mm256_setzero_si256(), two = _mm256_set1_epi32(kMaxQ - 1);
+  const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  __m256 xv[4];
+  for (int k = 0; k < 4; k++) xv[k] = _mm256_loadu_ps(xval + 8 * k);
+  for (int t = 0; t < kXxsTrials; t++) {
+    ids[t] = xxs_trial_id(t, eff_max);
+    const __m256 idv = _mm256_set1_ps(ids[t]);
+    for (int k = 0; k < 4; k++) {
+      const __m256 v = _mm256_add_ps(_mm256_mul_ps(half, _mm256_sub_ps(_mm256_mul_ps(idv, xv[k]), one)), magic);
+      __m256i l = _mm256_sub_epi32(_mm256_and_si256(_mm256_castps_si256(v), mant), bias);
+      l = _mm256_sllv_epi32(_mm256_min_epi32(_mm256_max_epi32(l, zero), two), shifts);
+      __m128i s = _mm_or_si128(_mm256_castsi256_si128(l), _mm256_extracti128_si256(l, 1));
+      s = _mm_or_si128(s, _mm_shuffle_epi32(s, 0x4e));
+      s = _mm_or_si128(s, _mm_shuffle_epi32(s, 0xb1));
+      const int u = _mm_cvtsi128_si32(s);
+      key[k][t] = u;
+      const int32_t m = g.kmap[u];
+      if (m < 0) {
+        __builtin_prefetch(g.neighbours - m - 1);
+        __builtin_prefetch(g.record_levels - m - 1);
+      }
+    }
+  }
+  for (int t = 0; t < kXxsTrials; t++) {
+    const float this_scale = 1 / ids[t];
+    for (int k = 0; k < 4; k++) {
+      const int u = key[k][t];
+      if (g.kmap[u] >= 0) continue;
+      key[k][t] = best_neighbour_key_avx2(g, u, xval + 8 * k, waux + 8 * k, this_scale);
+    }
+  }
+  __m256 sqx[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, sq2[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  const __m256i three = _mm256_set1_epi32(3), onei = _mm256_set1_epi32(1);
+  for (int k = 0; k < 4; k++) {
+    __m256i kv[2] = {_mm256_load_si256(reinterpret_cast<const __m256i*>(key[k])),
+                     _mm256_load_si256(reinterpret_cast<const __m256i*>(key[k] + 8))};
+    for (int j = 0; j < 8; j++) {
+      const int i = 8 * k + j;
+      const __m256 w = _mm256_set1_ps(weight[i]), wx = _mm256_set1_ps(weight[i] * xval[i]);
+      for (int h = 0; h < 2; h++) {
+        const __m256i l = _mm256_and_si256(kv[h], three);
+        const __m256 q = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(l, l), onei));
+        sqx[h] = _mm256_add_ps(sqx[h], _mm256_mul_ps(wx, q));
+        sq2[h] = _mm256_add_ps(sq2[h], _mm256_mul_ps(_mm256_mul_ps(w, q), q));
+        kv[h] = _mm256_srli_epi32(kv[h], 2);
+      }
+    }
+  }
+  alignas(32) float sumqx[16], sumq2[16];
+  for (int h = 0; h < 2; h++) {
+    _mm256_store_ps(sumqx + 8 * h, sqx[h]);
+    _mm256_store_ps(sumq2 + 8 * h, sq2[h]);
+  }
+  float best = 0;
+  int chosen = -1;
+  for (int t = 0; t < kXxsTrials; t++) {
+    if (sumq2[t] > 0 && sumqx[t] * sumqx[t] > best * sumq2[t]) {
+      scale = sumqx[t] / sumq2[t];
+      best = scale * sumqx[t];
+      chosen = t;
+    }
+  }
+  if (chosen >= 0)
+    for (int k = 0; k < 4; k++)
+      for (int i = 0; i < 8; i++) L[8 * k + i] = static_cast<int8_t>((key[k][chosen] >> (2 * i)) & 3);
+  return scale;
+}
+#endif
+
+inline float xxs_trials(const IqLattice& g, const float* xval, const float* weight, const float* waux, float eff_max,
+                        float scale, int8_t* L) {
+#if defined(__x86_64__)
+  if (use_avx2()) return xxs_trials_avx2(g, xval, weight, waux, eff_max, scale, L);
+#endif
+  return xxs_trials_scalar(g, xval, weight, waux, eff_max, scale, L);
+}
+
 }  // namespace
 
 void quantize_row_iq2_xxs(const float* x, uint8_t* y, size_t n, const float* quant_weights) {
   const IqLattice& g = iq2_lattice(kIQ2_XXS);
-  constexpr int kTrials = 13;  // is = -6..6
   float scales[QK_K / 32], weight[32], xval[32], waux[32];
-  int8_t L[32], Lt[kTrials][32];
-  uint16_t ut[kTrials][4];
+  int8_t L[32];
   uint8_t block_signs[4];
   uint32_t q2[2 * (QK_K / 32)];
   for (size_t ibl = 0; ibl < n / QK_K; ibl++, y += kIQ2_XXSBytes) {
@@ -184,36 +366,7 @@ void quantize_row_iq2_xxs(const float* x, uint8_t* y, size_t n, const float* qua
         scales[ib] = 0;
         continue;
       }
-      // The 13 trial scales: first every trial's projected levels (they do not depend on earlier
-      // trials), fetching the neighbour records they will need, then ggml's trials in order.
-      float best = 0;
-      for (int t = 0; t < kTrials; t++) {
-        const float id = (2 * kMaxQ - 1 + static_cast<float>(t - 6) * 0.1f) / eff_max;
-        for (int k = 0; k < 4; k++) {
-          for (int i = 0; i < 8; i++) Lt[t][8 * k + i] = static_cast<int8_t>(project(id, xval[8 * k + i]));
-          ut[t][k] = levels_key(Lt[t] + 8 * k);
-          const int32_t m = g.kmap[ut[t][k]];
-          if (m < 0) {
-            __builtin_prefetch(g.neighbours - m - 1);
-            __builtin_prefetch(g.record_levels - m - 1);
-          }
-        }
-      }
-      for (int t = 0; t < kTrials; t++) {
-        const float id = (2 * kMaxQ - 1 + static_cast<float>(t - 6) * 0.1f) / eff_max;
-        const float this_scale = 1 / id;
-        for (int k = 0; k < 4; k++) {
-          const uint16_t u = ut[t][k];
-          if (g.kmap[u] < 0) best_neighbour(g, u, xval + 8 * k, waux + 8 * k, this_scale, Lt[t] + 8 * k);
-        }
-        float sumqx, sumq2;
-        sums(32, weight, xval, Lt[t], sumqx, sumq2);
-        if (sumq2 > 0 && sumqx * sumqx > best * sumq2) {
-          scale = sumqx / sumq2;
-          best = scale * sumqx;
-          std::memcpy(L, Lt[t], 32);
-        }
-      }
+      scale = xxs_trials(g, xval, weight, waux, eff_max, scale, L);
       if (scale > 0) {
         const float id = 1 / scale;
         for (int k = 0; k < 4; k++) {
