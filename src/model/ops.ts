@@ -100,6 +100,9 @@ export const tsOps: ForwardOps = {
 function nativeOps(): ForwardOps | null {
   const nn = loadNative();
   if (!nn) return null;
+  // The pass allocates and drops activation buffers of megabytes per step: reuse freed ones instead of
+  // fresh zeroed pages from the kernel (native/src/allocator.cc).
+  nn.keepFreedMemory(32 * 2 ** 20);
   return {
     backend: "native",
     matmul: (x, w, y, tokens, inDim, outDim, threads, ldy) => nn.f32Matmul(x, w, y, tokens, inDim, outDim, threads, ldy ?? outDim),
