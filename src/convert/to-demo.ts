@@ -63,7 +63,7 @@ export function describeToDemo(plan: DemoPlan, input: string, out: string): Plan
       `${plan.inputs.length} input tensors read once; ${plan.skippedMtp} MTP tensors skipped` +
         (plan.dtype === "bf16" || plan.expertDtype ? `; ${plan.fp8Dequantized} FP8 tensors dequantized, ${plan.droppedScales} scales dropped` : "") +
         (plan.expertDtype === "fp8" ? `; ${plan.fp4CastToFp8 ?? 0} FP4 expert weights cast to FP8` : plan.expertDtype === "fp4" ? "; FP4 experts written as F4" : ""),
-      `demo config: dtype ${String(plan.modelArgs.dtype)}, max_seq_len ${String(plan.modelArgs.max_seq_len)}`,
+      `demo config: dtype ${String(plan.modelArgs.dtype)}, max_seq_len ${plan.modelArgs.max_seq_len === undefined ? "not set (the demo's default)" : String(plan.modelArgs.max_seq_len)}`,
     ],
     inputBytes: plan.inputBytes,
     outputBytes: plan.outputBytes,
@@ -371,7 +371,7 @@ async function writeRanks(
         const read = t.scaleKind === "e8m0" ? readE8m0Scale : readFp8Scale;
         const values = await read(reader, { file: t.scale!.file, name: t.scale!.entry.name }, t.from.entry.shape[1]!,
           `${ckpt.source.description}/${t.scale!.file}`, opts.allowNonFinite ?? false);
-        summary.bytesRead += values.byteLength;
+        summary.bytesRead += t.scale!.entry.end - t.scale!.entry.begin;
         scales.set(t.hfName, values);
       }
       const chunks = inShard.flatMap((t) => inputChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
