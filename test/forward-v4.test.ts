@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
 import { parseImatrix } from "../src/io/imatrix.js";
 import { forward, type ForwardOptions } from "../src/model/forward.js";
+import { forwardBytesPerToken, forwardWeightBytes } from "../src/model/forward-memory.js";
 import { sinkAttention } from "../src/model/v4/attention.js";
 import { compress } from "../src/model/v4/compressor.js";
 import { hcSplitSinkhorn } from "../src/model/v4/hc.js";
@@ -208,6 +209,13 @@ describe("(a) the pieces against plain re-computations of model.py's formulas", 
     const h = routeV4(logits, 1, E, 2, bias, Float32Array.of(5, 1), 1.5, 0);
     expect(Array.from(h.indices)).toEqual([5, 1]);
     expect(h.weights[1]).toBeCloseTo((s[1]! / (s[5]! + s[1]!)) * 1.5, 6);
+    // model.py's other scoring functions: softmax weights are not renormalized, sigmoid ones are
+    const z = Array.from(logits, (x) => Math.exp(x - 25)).reduce((a, b) => a + b);
+    const sm = routeV4(logits, 1, E, 2, null, null, 1, 0, "softmax");
+    expect(Array.from(sm.indices)).toEqual([4, 1]);
+    expect(sm.weights[1]).toBeCloseTo(Math.exp(2 - 25) / z, 9);
+    const sg = routeV4(logits, 1, E, 2, null, null, 1, 0, "sigmoid");
+    expect(sg.weights[0]! + sg.weights[1]!).toBeCloseTo(1, 6);
   });
 
   it("QAT simulations: e4m3 / e2m1 grids with ties to even, power-of-two block scales; the Hadamard rotation is H x / sqrt(n)", () => {
@@ -246,6 +254,17 @@ describe("the pass on tiny-dsv4", () => {
   });
   afterAll(async () => {
     await src?.close();
+  });
+
+  it("the memory estimate covers a layer's weights as float32 (and the next attention's prefetch)", () => {
+    let attn = 0;
+    for (const n of ["wq_a", "wq_b", "wkv", "wo_a", "wo_b", "compressor.wkv", "compressor.wgate", "indexer.wq_b", "indexer.weights_proj", "indexer.compressor.wkv", "indexer.compressor.wgate"]) {
+      attn += src.shape(`layers.1.attn.${n}.weight`).reduce((a, b) => a * b) * 4;
+    }
+    const expert = ["w1", "w2", "w3"].reduce((a, w) => a + src.shape(`layers.1.ffn.experts.0.${w}.weight`).reduce((x, y) => x * y) * 4, 0);
+    expect(forwardWeightBytes(src.config)).toBeGreaterThanOrEqual(2 * attn + 3 * expert);
+    expect(forwardWeightBytes(src.config)).toBeLessThan(4 * (2 * attn + 4 * expert + 2048 * 2 * 4 + 2 * 24 * 1024 * 4));
+    expect(forwardBytesPerToken(src.config)).toBeGreaterThanOrEqual(4 * 3 * 4 * 256);
   });
 
   it("logits at every position, finite and far from uniform; batching and logitsFrom give the same rows", async () => {
