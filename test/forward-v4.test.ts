@@ -9,7 +9,7 @@
  *  (e) `deepcast validate` and `deepcast imatrix` run end to end on the V4 folder.
  */
 import { spawnSync } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { cp, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -366,6 +366,18 @@ describe("(e) deepcast validate and imatrix run a V4 HF folder end to end", () =
     expect(gj.ppl).toBeGreaterThan(1);
     expect(gj.ppl).toBeLessThan(2048 / 20);
   }, 120_000);
+
+  it("a V4 config the pass cannot run is a clear error naming config.json, exit 1, no stack trace", async () => {
+    const d = await tempDir();
+    await cp(V4, d, { recursive: true });
+    const cfg = JSON.parse(await readFile(join(d, "config.json"), "utf8"));
+    await writeFile(join(d, "config.json"), JSON.stringify({ ...cfg, compress_ratios: [0, 4, 64, 4, 0] }));
+    const r = deepcast("validate", d, "--tokens", join(d, "config.json"), "--ctx", "16");
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/config\.json: compress_ratios must be a list of 0, 4, 128/);
+    expect(r.stderr).toContain(join(d, "config.json"));
+    expect(r.stderr).not.toMatch(/^\s+at /m);
+  });
 
   it("imatrix: llama-imatrix's V4 entries under the deepseek4 GGUF names", async () => {
     const d = await tempDir();
