@@ -16,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseImatrix } from "../src/io/imatrix.js";
 import { forward, type ForwardOptions } from "../src/model/forward.js";
 import { forwardBytesPerToken, forwardWeightBytes } from "../src/model/forward-memory.js";
+import { forwardTensorNamesV4 } from "../src/model/forward-v4.js";
 import { sinkAttention } from "../src/model/v4/attention.js";
 import { compress } from "../src/model/v4/compressor.js";
 import { hcSplitSinkhorn } from "../src/model/v4/hc.js";
@@ -254,6 +255,22 @@ describe("the pass on tiny-dsv4", () => {
   });
   afterAll(async () => {
     await src?.close();
+  });
+
+  it("forwardTensorNamesV4 lists exactly the tensors the pass reads, every one present", async () => {
+    const names = forwardTensorNamesV4(src.config, (n) => src.has(n));
+    for (const n of names) expect(src.has(n), n).toBe(true);
+    const read = new Set<string>();
+    const spy = new Proxy(src, { get: (t, k) => {
+      const f = Reflect.get(t, k);
+      if ((k === "read" || k === "readStored") && typeof f === "function") return (n: string, ...rest: unknown[]) => { read.add(n); return f.call(t, n, ...rest); };
+      return typeof f === "function" ? f.bind(t) : f;
+    } });
+    await forward(spy, [text(64, 19), text(40, 20)], { threads: 2 });
+    const routed = (n: string) => /\.experts\.\d+\./.test(n);
+    expect([...read].filter((n) => !routed(n)).sort()).toEqual(names.filter((n) => !routed(n)).sort());
+    expect([...read].every((n) => names.includes(n))).toBe(true);
+    expect(names.some((n) => n.startsWith("mtp."))).toBe(false);
   });
 
   it("the memory estimate covers a layer's weights as float32 (and the next attention's prefetch)", () => {
