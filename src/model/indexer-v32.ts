@@ -43,8 +43,18 @@ export interface SequenceSelection {
   n: number;
   /** [n, n]: row i has 1 at the keys query i keeps; null when every query keeps all its visible keys. */
   mask: Uint8Array | null;
-  /** [n, n] index scores (row i: query i, -Infinity above the diagonal); null when not computed (mask null). */
+  /** [n, n] index scores (row i: query i, -Infinity above the diagonal); null when not kept (or not computed: mask null). */
   scores: Float32Array | null;
+}
+
+export interface IndexerOptions {
+  /** Keep each sequence's [n, n] scores in the selection (default false). */
+  keepScores?: boolean;
+  /**
+   * "fp8" (default): q and k act-quantized as model.py does; "none": float32 q and k (scales 1), as
+   * llama.cpp's deepseek32 graph computes them (a diagnostic: which differences are the FP8 step).
+   */
+  quant?: "fp8" | "none";
 }
 
 /** The indexer's tensors of layer l (HF names). */
@@ -142,7 +152,7 @@ function layerNorm(x: Float32Array, rows: number, d: number, w: Float32Array, b:
  * their inputs); scores and top-k only for sequences longer than index_topk.
  */
 export async function indexerSelect(io: IndexerIo, l: number, x: Float32Array, qr: Float32Array, N: number, pos: Int32Array, offsets: Int32Array,
-                                    ropeTab: { cos: Float32Array; sin: Float32Array }): Promise<SequenceSelection[]> {
+                                    ropeTab: { cos: Float32Array; sin: Float32Array }, opts: IndexerOptions = {}): Promise<SequenceSelection[]> {
   const { cfg } = io;
   const ix = cfg.indexer!;
   checkIndexer(cfg, ix);
@@ -173,8 +183,13 @@ export async function indexerSelect(io: IndexerIo, l: number, x: Float32Array, q
   hadamard(k, D);
   const qScale = new Float32Array(N * Hi * (D / QUANT_BLOCK));
   const kScale = new Float32Array(N * (D / QUANT_BLOCK));
-  fp8ActQuant(q, qScale);
-  fp8ActQuant(k, kScale);
+  if (opts.quant === "none") {
+    qScale.fill(1);
+    kScale.fill(1);
+  } else {
+    fp8ActQuant(q, qScale);
+    fp8ActQuant(k, kScale);
+  }
   // w_h * heads^-0.5 * q_scale_h * D^-0.5 (model.py's order)
   const hScale = f(Hi ** -0.5);
   const dScale = f(D ** -0.5);
@@ -189,7 +204,7 @@ export async function indexerSelect(io: IndexerIo, l: number, x: Float32Array, q
     }
     const scores = sequenceScores(io, q.subarray(t0 * Hi * D, (t0 + n) * Hi * D), k.subarray(t0 * D, (t0 + n) * D), w.subarray(t0 * Hi, (t0 + n) * Hi),
       kScale.subarray(t0, t0 + n), n, Hi, D);
-    out.push({ n, mask: topkMask(scores, n, ix.topk), scores });
+    out.push({ n, mask: topkMask(scores, n, ix.topk), scores: opts.keepScores ? scores : null });
   }
   return out;
 }
