@@ -6,7 +6,7 @@
  * (fixtures/llama-cpp-tiny-dsv32-imatrix, provenance in its README).
  */
 import { spawnSync } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, symlink, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { parseImatrix, readImatrix } from "../src/io/imatrix.js";
@@ -62,6 +62,28 @@ describe("deepcast validate on DeepSeek-V3.2", () => {
     expect(j.kld.meanKld.value).toBeGreaterThan(0);
     expect(j.kld.meanKld.value).toBeLessThan(0.5);
     expect(j.kld.kld.median).toBeLessThan(0.1);
+  }, 60_000);
+});
+
+describe("a V3.2 config.json that lies about the indexer", () => {
+  it("is refused before the pass, naming the file and the key (and the tensor that disagrees)", async () => {
+    const cases: [string, (c: Record<string, unknown>) => void, RegExp][] = [
+      ["no-topk", (c) => delete c.index_topk, /config\.json has no index_topk.*\[CONFIG_MISMATCH\]/],
+      ["heads", (c) => (c.index_n_heads = 8), /index_n_heads \* index_head_dim = 1024, but tensor model\.layers\.\d\.self_attn\.indexer\.wq_b\.weight has 512.*\[CONFIG_MISMATCH\]/],
+    ];
+    for (const [name, patch, want] of cases) {
+      const d = join(dir, `lie-${name}`);
+      await mkdir(d);
+      for (const f of await readdir(V32)) if (f !== "config.json") await symlink(join(V32, f), join(d, f));
+      const cfg = JSON.parse(await readFile(join(V32, "config.json"), "utf8")) as Record<string, unknown>;
+      patch(cfg);
+      await writeFile(join(d, "config.json"), JSON.stringify(cfg));
+      const r = deepcast(["validate", d, "--text", TEXT, "--ctx", "64", "--chunks", "1", "--threads", "2"]);
+      expect(r.code, name).toBe(1);
+      expect(r.stderr, name).toMatch(want);
+      expect(r.stderr, name).toMatch(/config\.json/);
+      expect(r.stderr, name).not.toMatch(/\n\s+at /);
+    }
   }, 60_000);
 });
 
