@@ -8,7 +8,7 @@
  * Exact agreement is not expected (see engine-agreement.test.ts for ggml's CPU precision), and the
  * indexer adds one more difference: model.py, which we follow, act-quantizes the indexer's q and k to
  * FP8 (UE8M0 scales) before scoring; llama.cpp scores them unquantized. Where two keys' scores are
- * close, the two engines keep different ones. Our pass with `indexerQuant: "none"` shows that part.
+ * close, the two engines keep different ones. Our pass with `v32: { qat: false }` shows that part.
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -112,7 +112,7 @@ describe("llama.cpp and our forward pass agree on the same deepseek32 GGUF of ti
       expect(P.length).toBe(WINDOWS * WINDOW);
       expect(r.logits.length / r.vocab).toBe(WINDOWS * WINDOW);
       const a = agreement(P, r);
-      const none = agreement(P, await ours(gguf.get(type)!, { fwd: { indexerQuant: "none" } }));
+      const none = agreement(P, await ours(gguf.get(type)!, { fwd: { v32: { qat: false } } }));
       results.push(`${type.padEnd(5)} FP8 indexer (model.py): ${fmt(a)}\n${type.padEnd(5)} indexer unquantized   : ${fmt(none)}`);
       for (const [mode, x] of [["fp8", a], ["none", none]] as const) {
         expect(x.mean, mode).toBeLessThan(BOUND[type][mode].mean);
@@ -131,7 +131,7 @@ describe("llama.cpp and our forward pass agree on the same deepseek32 GGUF of ti
       expect(dense.top1).toBeLessThan(0.65);
     }
     const off = agreement(await llamaP("BF16"), await ours(gguf.get("BF16")!, {
-      fwd: { indexerQuant: "none" }, config: (c) => ({ ...c, indexer: { ...c.indexer!, topk: c.indexer!.topk + 1 } }),
+      fwd: { v32: { qat: false } }, config: (c) => ({ ...c, indexer: { ...c.indexer!, topk: c.indexer!.topk + 1 } }),
     }));
     results.push(`BF16  index_topk + 1, unquantized: ${fmt(off)}`);
     expect(off.median).toBeGreaterThan(10 * BOUND.BF16.none.median);

@@ -67,10 +67,10 @@ describe("DeepSeek-V3.2 forward pass", () => {
   it("up to index_topk tokens every key is selected: logits bit-identical to the dense V3 path on the same weights", async () => {
     const seqs = [tokens(32, 1), tokens(17, 2), tokens(1, 3)];
     const seen: number[] = [];
-    const r = await forward(hf, seqs, { threads: THREADS, onIndexer: (l, s) => {
+    const r = await forward(hf, seqs, { threads: THREADS, v32: { onIndexer: (l, s) => {
       seen.push(l);
       expect(s.map((x) => x.mask)).toEqual([null, null, null]);
-    } });
+    } } });
     const d = await forward(dense(hf), seqs, { threads: THREADS });
     expect(seen).toEqual([0, 1, 2, 3]);
     expect(same(r.logits, d.logits)).toBe(true);
@@ -79,7 +79,7 @@ describe("DeepSeek-V3.2 forward pass", () => {
   it("past index_topk the indexer masks: each query keeps min(32, visible) keys, earlier rows stay dense, later ones differ from dense", async () => {
     const seqs = [tokens(80, 4), tokens(20, 5)];
     const sel = new Map<number, readonly SequenceSelection[]>();
-    const r = await forward(hf, seqs, { threads: THREADS, onIndexer: (l, s) => sel.set(l, s) });
+    const r = await forward(hf, seqs, { threads: THREADS, v32: { onIndexer: (l, s) => sel.set(l, s) } });
     const d = await forward(dense(hf), seqs, { threads: THREADS });
     for (const [, s] of sel) {
       expect(s[1]!.mask).toBeNull();
@@ -108,7 +108,7 @@ describe("DeepSeek-V3.2 forward pass", () => {
   it("layer 0's scores and top-32 are the formula's, recomputed independently for a few queries", async () => {
     const seq = tokens(72, 6);
     let s0: SequenceSelection | undefined;
-    await forward(hf, [seq], { threads: THREADS, onIndexer: (l, s) => { if (l === 0) s0 = s[0]; } });
+    await forward(hf, [seq], { threads: THREADS, v32: { onIndexer: (l, s) => { if (l === 0) s0 = s[0]; } } });
     const cfg = hf.config;
     const ix = cfg.indexer!;
     const dim = cfg.dim;

@@ -23,7 +23,7 @@
 import { availableParallelism } from "node:os";
 import { DeepcastError } from "../errors.js";
 import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } from "./config.js";
-import { indexerSelect, indexerTensorNames, type IndexerOptions, type SequenceSelection } from "./indexer-v32.js";
+import { indexerSelect, indexerTensorNames, type SequenceSelection } from "./indexer-v32.js";
 import { addInto, forwardOps, gatherRows, maskedAttention, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
@@ -66,10 +66,6 @@ export interface ForwardOptions {
   threads?: number;
   /** Called once per MoE layer with its routing decisions. */
   onRouting?: (r: RoutingInfo) => void;
-  /** DeepSeek-V3.2: called once per layer with the keys its indexer selected, per sequence. */
-  onIndexer?: (layer: number, selection: readonly SequenceSelection[]) => void;
-  /** DeepSeek-V3.2: the indexer's q/k activation quantization, "fp8" as model.py (default) or "none" (see indexer-v32.ts). */
-  indexerQuant?: IndexerOptions["quant"];
   /** Called after each decoder layer (and after the head, with layer = nLayers). */
   onLayer?: (layer: number) => void;
   /** Kernel backend (default: native when built, else TypeScript). */
@@ -85,6 +81,18 @@ export interface ForwardOptions {
    * to those of a full pass. `offsets` then counts the returned rows only.
    */
   logitsFrom?: readonly number[];
+  /** DeepSeek-V3.2 only (config.indexer, ./indexer-v32.ts); ignored for V3. */
+  v32?: V32ForwardOptions;
+}
+
+export interface V32ForwardOptions {
+  /**
+   * model.py's FP8 act-quant of the indexer's q and k before scoring (default true, as model.py);
+   * false: float32 q and k, as llama.cpp's deepseek32 graph scores them.
+   */
+  qat?: boolean;
+  /** Called once per layer with the keys its indexer selected, per sequence (with the scores where it masked). */
+  onIndexer?: (layer: number, selection: readonly SequenceSelection[]) => void;
 }
 
 export interface ForwardResult {
@@ -245,7 +253,7 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
       const p = `model.layers.${l}.`;
       ctx.prefetch(ffnNames(cfg, l));
       const xn = rmsNorm(h, N, cfg.dim, await ctx.vector(p + "input_layernorm.weight", cfg.dim), cfg.rmsNormEps, new Float32Array(h.length));
-      addInto(h, await attention(ctx, l, xn, N, pos, offsets, ropeTab, opts));
+      addInto(h, await attention(ctx, l, xn, N, pos, offsets, ropeTab, opts.v32));
       ctx.prefetch(l + 1 < cfg.nLayers ? attentionNames(cfg, l + 1) : ["model.norm.weight"]);
       if (l === cfg.nLayers - 1) trim();
       const x2 = rows === N ? xn : new Float32Array(rows * cfg.dim);
@@ -311,7 +319,7 @@ async function embed(ctx: Ctx, tokens: Int32Array): Promise<Float32Array> {
 }
 
 async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: Int32Array, offsets: Int32Array,
-                         ropeTab: { cos: Float32Array; sin: Float32Array }, indexer?: Pick<ForwardOptions, "onIndexer" | "indexerQuant">): Promise<Float32Array> {
+                         ropeTab: { cos: Float32Array; sin: Float32Array }, v32?: V32ForwardOptions): Promise<Float32Array> {
   const { cfg } = ctx;
   const p = `model.layers.${l}.self_attn.`;
   const H = cfg.nHeads;
@@ -333,8 +341,8 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
     const qa = rmsNorm(ctx.mm(x, wqa, N, dim, cfg.qLoraRank, p + "q_a_proj.weight"), N, cfg.qLoraRank, qNorm, cfg.rmsNormEps);
     q = ctx.mm(qa, wqb, N, cfg.qLoraRank, H * dqk, p + "q_b_proj.weight");
     if (cfg.indexer) {
-      selection = await indexerSelect(ctx, l, x, qa, N, pos, offsets, ropeTab, { keepScores: indexer?.onIndexer !== undefined, quant: indexer?.indexerQuant ?? "fp8" });
-      indexer?.onIndexer?.(l, selection);
+      selection = await indexerSelect(ctx, l, x, qa, N, pos, offsets, ropeTab, { keepScores: v32?.onIndexer !== undefined, qat: v32?.qat ?? true });
+      v32?.onIndexer?.(l, selection);
     }
   } else {
     q = ctx.mm(x, await ctx.weight(p + "q_proj.weight", H * dqk, dim), N, dim, H * dqk, p + "q_proj.weight");

@@ -51,10 +51,10 @@ export interface IndexerOptions {
   /** Keep each sequence's [n, n] scores in the selection (default false). */
   keepScores?: boolean;
   /**
-   * "fp8" (default): q and k act-quantized as model.py does; "none": float32 q and k (scales 1), as
-   * llama.cpp's deepseek32 graph computes them (a diagnostic: which differences are the FP8 step).
+   * true (default): q and k act-quantized to FP8 as model.py does; false: float32 q and k (scales 1),
+   * as llama.cpp's deepseek32 graph scores them (which differences are the FP8 step).
    */
-  quant?: "fp8" | "none";
+  qat?: boolean;
 }
 
 /** The indexer's tensors of layer l (HF names). */
@@ -183,7 +183,7 @@ export async function indexerSelect(io: IndexerIo, l: number, x: Float32Array, q
   hadamard(k, D);
   const qScale = new Float32Array(N * Hi * (D / QUANT_BLOCK));
   const kScale = new Float32Array(N * (D / QUANT_BLOCK));
-  if (opts.quant === "none") {
+  if (opts.qat === false) {
     qScale.fill(1);
     kScale.fill(1);
   } else {
