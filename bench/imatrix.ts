@@ -5,7 +5,7 @@
  *   npx tsx bench/imatrix.ts [--threads 2] [--repeat 3] [--ctx 256]
  *                            [--llama /tmp/llama.cpp-bench/build/bin/llama-imatrix]
  *                            [--gguf /work/shared/golden/llama-cpp-tiny-dsv3/tiny-dsv3-BF16.gguf]
- *                            [--replica-ctx 512] [--no-replica]
+ *                            [--replica-ctx 512] [--no-replica] [--llama-env NAME=VALUE]
  *
  * Part 1 (tiny-dsv3, llama.cpp's own BF16 GGUF, the eval text): both tools run alternately `--repeat`
  * times as whole processes (model load, tokenization, PPL and the file write included, as a user runs
@@ -40,6 +40,9 @@ const ctx = opt("--ctx", "256");
 const llama = opt("--llama", "/tmp/llama.cpp-bench/build/bin/llama-imatrix");
 const gguf = opt("--gguf", "/work/shared/golden/llama-cpp-tiny-dsv3/tiny-dsv3-BF16.gguf");
 const replicaCtx = Number(opt("--replica-ctx", "512"));
+// e.g. --llama-env OMP_WAIT_POLICY=passive: llama.cpp's OpenMP threads spin while they wait, which on a
+// shared machine costs it far more than its work (as in bench/validate-perplexity.ts)
+const llamaEnv = argv.includes("--llama-env") ? Object.fromEntries([opt("--llama-env", "").split("=", 2) as [string, string]]) : {};
 const FIXTURE = join(ROOT, "fixtures", "tiny-dsv3");
 const TEXT = join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.txt");
 
@@ -62,7 +65,7 @@ try {
       for (const who of ["llama", "deepcast"] as const) {
         const [bin, args] = cmds[who];
         const t0 = performance.now();
-        const r = spawnSync(bin, [...args], { cwd: dir, encoding: "utf8", maxBuffer: 1 << 26 });
+        const r = spawnSync(bin, [...args], { cwd: dir, encoding: "utf8", maxBuffer: 1 << 26, env: who === "llama" ? { ...process.env, ...llamaEnv } : process.env });
         const s = (performance.now() - t0) / 1000;
         if (r.status !== 0) throw new Error(`${who} failed (${r.status}): ${r.stderr.slice(-2000)}`);
         runs[who].push(s);
