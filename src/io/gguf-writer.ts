@@ -71,10 +71,27 @@ export class GgufWriter {
    * before that tensor's offset is on disk.
    */
   async checkpoint(): Promise<GgufPosition> {
+    const c = await this.beginCheckpoint();
+    await c.synced;
+    return c.position;
+  }
+
+  /**
+   * The same without waiting for the disk: flushes, starts the sync and returns the position at once,
+   * with a promise that resolves when every byte before it is on disk. Appends may go on meanwhile
+   * (and the file may be completed and closed: the handle closes after the sync).
+   */
+  async beginCheckpoint(): Promise<{ position: GgufPosition; synced: Promise<void> }> {
     await this.flush();
-    await this.fh?.sync();
-    this.resumable = true;
-    return this.position;
+    const position = this.position;
+    const fh = this.fh;
+    const file = this.layout.files[this.fileIndex];
+    const synced = fh && file
+      ? guardWrite("sync the output", partialPath(file.path), () => fh.sync()).then(() => {
+        if (this.fh === fh) this.resumable = true;
+      })
+      : Promise.resolve();
+    return { position, synced };
   }
 
   /** Reopens the temporary of file `at.file` and positions at tensor `at.tensor`, if it is intact. */
