@@ -8,6 +8,8 @@ import { encodeFileHeader, padTo, type GgufLayout, type GgufTensorPlacement } fr
 import { guardWrite, partialPath, writeFully } from "./write.js";
 
 const WRITE_BUFFER_BYTES = 8 * 1024 * 1024;
+/** Pieces at least this long are written from the caller's buffer (a converted chunk) without a copy. */
+const PASS_THROUGH_BYTES = 1024 * 1024;
 
 /**
  * Writes a planned layout: files in order, tensors in order, each tensor appended in one or more
@@ -226,10 +228,10 @@ export class GgufWriter {
     await this.onFileDone(file.path);
   }
 
-  /** Buffered sequential write at the current position. */
+  /** Buffered sequential write at the current position; large pieces go out as they are, not copied. */
   private async put(data: Uint8Array): Promise<void> {
-    if (this.bufLen + data.length > this.buf.length) await this.flush();
-    if (data.length >= this.buf.length) {
+    if (this.bufLen + data.length > this.buf.length || data.length >= PASS_THROUGH_BYTES) await this.flush();
+    if (data.length >= PASS_THROUGH_BYTES) {
       await this.rawWrite(data, this.pos);
     } else {
       if (this.bufLen === 0) this.bufPos = this.pos;
