@@ -1,6 +1,7 @@
 // Element casts: FP8 e4m3fn with 128x128 block scales -> BF16/F32, and F32 <-> BF16/F16.
-// Scalar and AVX2 paths give identical bytes: the only float operation is one IEEE f32 multiply
-// (no contraction: -ffp-contract=off), and every rounding is done with integer operations.
+// Scalar and AVX2 paths give identical bytes: the only rounding float operation is one IEEE f32
+// multiply by the scale (no contraction: -ffp-contract=off; the decodes' own multiplies by powers of
+// two are exact), and every other rounding is done with integer operations.
 #include <immintrin.h>
 
 #include <atomic>
