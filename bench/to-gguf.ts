@@ -6,6 +6,12 @@
  *
  *   npx tsx bench/to-gguf.ts [--llama-quantize PATH] [--repeat 3] [--threads 2] [--dir /tmp/deepcast-bench-gguf]
  *                            [--experts 64] [--layers 4] [--hidden 2048] [--quants Q4_K_M,Q8_0] [--keep] [--imatrix]
+ *                            [--baseline OTHER/bin/deepcast.js]
+ *
+ * --quants takes any output type of `to-gguf -q` (Q8_0,Q4_0,BF16 are the ones bound by the disk).
+ * --baseline: another deepcast build (e.g. the integration branch's bin/deepcast.js) timed the same way
+ * right before this one on every repeat, so a change is measured before and after in one run.
+ * The load average (`uptime`) is printed before each contestant: the machine may be shared.
  *
  * --imatrix: both tools quantize with the same made-up importance matrix (deterministic positive
  * column weights for every weight matrix, per expert), as the IQ mixes need one: e.g.
@@ -34,7 +40,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { createHash, randomFillSync } from "node:crypto";
 import { copyFile, mkdir, open, readFile, readdir, rm, stat, writeFile } from "node:fs/promises";
-import { createReadStream, existsSync } from "node:fs";
+import { createReadStream, existsSync, readFileSync } from "node:fs";
 import { basename, dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { gguf } from "@huggingface/gguf";
@@ -56,6 +62,7 @@ const { values } = parseArgs({
     quants: { type: "string", default: "Q4_K_M,Q8_0" },
     "llama-quantize": { type: "string" },
     imatrix: { type: "boolean", default: false },
+    baseline: { type: "string" },
   },
 });
 const root = resolve(values.dir!);
@@ -69,6 +76,8 @@ const fixture = resolve(import.meta.dirname, "..", "fixtures", "tiny-dsv3");
 const threads = Number(values.threads);
 const repeat = Number(values.repeat);
 const quants = values.quants!.split(",").map((s) => s.trim()).filter(Boolean);
+const baselineBin = values.baseline !== undefined ? resolve(values.baseline) : undefined;
+if (baselineBin !== undefined && !existsSync(baselineBin)) throw new Error(`--baseline: no such file ${baselineBin}`);
 const llamaQuantize = values["llama-quantize"] !== undefined ? resolve(values["llama-quantize"]) : undefined;
 if (llamaQuantize !== undefined && !existsSync(llamaQuantize)) throw new Error(`--llama-quantize: no such file ${llamaQuantize}`);
 
@@ -327,11 +336,16 @@ function seconds(f: () => void): number {
 
 interface Deepcast { seconds: number; ownSeconds: number; bytesRead: number; bytesWritten: number; peakRssBytes: number }
 
-function deepcast(quant: string, out: string): Deepcast {
+/** The 1-minute load average, as `uptime` prints it. */
+function load(): string {
+  return readFileSync("/proc/loadavg", "utf8").split(" ")[0]!;
+}
+
+function deepcast(quant: string, out: string, program = bin): Deepcast {
   settle();
   let r!: ReturnType<typeof spawnSync>;
   const s = seconds(() => {
-    r = spawnSync(process.execPath, [bin, "to-gguf", input, "-q", quant, "-o", out, "--json", "--force", "--threads", String(threads), ...imatrixArgs("--imatrix", quant)], { encoding: "utf8", maxBuffer: 64 << 20 });
+    r = spawnSync(process.execPath, [program, "to-gguf", input, "-q", quant, "-o", out, "--json", "--force", "--threads", String(threads), ...imatrixArgs("--imatrix", quant)], { encoding: "utf8", maxBuffer: 64 << 20 });
   });
   if (r.status !== 0) throw new Error(`deepcast to-gguf ${quant} failed: ${String(r.stderr)}`);
   const j = JSON.parse(String(r.stdout)) as { seconds: number; bytesRead: number; bytesWritten: number; peakRssBytes: number };
@@ -472,22 +486,33 @@ if (llamaQuantize !== undefined) {
   process.stderr.write(`BF16 GGUF intermediate: ${(bf16Bytes / 1e9).toFixed(2)} GB in ${bf16Run.seconds.toFixed(2)} s\n`);
 }
 
-interface Rows { deepcast: Deepcast[]; dd: number[]; llama: Llama[]; identity?: string }
-const results = new Map<string, Rows>(quants.map((q) => [q, { deepcast: [], dd: [], llama: [] }]));
+interface Rows { deepcast: Deepcast[]; baseline: Deepcast[]; dd: number[]; llama: Llama[]; identity?: string }
+const results = new Map<string, Rows>(quants.map((q) => [q, { deepcast: [], baseline: [], dd: [], llama: [] }]));
 for (let rep = 0; rep < repeat; rep++) {
   for (const quant of quants) {
     const rows = results.get(quant)!;
     const ours = join(root, `deepcast-${quant}.gguf`);
     const theirs = join(root, `llama-${quant}.gguf`);
+    let base = "";
+    if (baselineBin !== undefined) {
+      const l0 = load();
+      await removeGguf(ours);
+      const b = deepcast(quant, ours, baselineBin);
+      rows.baseline.push(b);
+      await removeGguf(ours);
+      base = `baseline ${b.seconds.toFixed(2)} s (load ${l0}), `;
+    }
     await removeGguf(ours);
+    const l1 = load();
     const run = deepcast(quant, ours);
     rows.deepcast.push(run);
     const verify = rep === 0 && llamaQuantize !== undefined;
     if (!verify) await removeGguf(ours);
+    const l2 = load();
     const ddSeconds = dd(shards, run.bytesWritten);
     await rm(ddOut, { force: true });
     rows.dd.push(ddSeconds);
-    let line = `${quant} #${rep + 1}: deepcast ${run.seconds.toFixed(2)} s (own ${run.ownSeconds.toFixed(2)} s, peak RSS ${(run.peakRssBytes / 1e6).toFixed(0)} MB), dd ${ddSeconds.toFixed(2)} s`;
+    let line = `${quant} #${rep + 1}: ${base}deepcast ${run.seconds.toFixed(2)} s (load ${l1}; own ${run.ownSeconds.toFixed(2)} s, peak RSS ${(run.peakRssBytes / 1e6).toFixed(0)} MB), dd ${ddSeconds.toFixed(2)} s (load ${l2}), deepcast / dd ${(run.seconds / ddSeconds).toFixed(2)}`;
     if (llamaQuantize !== undefined) {
       await removeGguf(theirs);
       const l = llama(quant, theirs);
@@ -522,6 +547,8 @@ for (const quant of quants) {
   const l = [...rows.llama].sort((a, b) => a.seconds - b.seconds)[0];
   const rss = Math.max(...rows.deepcast.map((r) => r.peakRssBytes));
   console.log(`| ${quant} | deepcast (FP8 in) | ${d.seconds.toFixed(2)} | ${gbps(d.bytesRead, d.seconds)} | ${gbps(d.bytesWritten, d.seconds)} | ${mb(rss)} | ${(d.seconds / ddBest).toFixed(2)} | ${l ? (d.seconds / l.seconds).toFixed(2) : "-"} |`);
+  const b = [...rows.baseline].sort((x, y) => x.seconds - y.seconds)[0];
+  if (b) console.log(`| ${quant} | baseline deepcast (${values.baseline}) | ${b.seconds.toFixed(2)} | ${gbps(b.bytesRead, b.seconds)} | ${gbps(b.bytesWritten, b.seconds)} | ${mb(Math.max(...rows.baseline.map((r) => r.peakRssBytes)))} | ${(b.seconds / ddBest).toFixed(2)} | ${l ? (b.seconds / l.seconds).toFixed(2) : "-"} |`);
   console.log(`| ${quant} | dd (same bytes) | ${ddBest.toFixed(2)} | ${gbps(inBytes, ddBest)} | ${gbps(d.bytesWritten, ddBest)} | - | 1 | - |`);
   if (l) {
     const lrss = Math.max(...rows.llama.map((r) => r.peakRssBytes));

@@ -1,12 +1,14 @@
 // Element casts: FP8 e4m3fn with 128x128 block scales -> BF16/F32, and F32 <-> BF16/F16.
-// Scalar and AVX2 paths give identical bytes: the only float operation is one IEEE f32 multiply
-// (no contraction: -ffp-contract=off), and every rounding is done with integer operations.
+// Scalar and AVX2 paths give identical bytes: the only rounding float operation is one IEEE f32
+// multiply by the scale (no contraction: -ffp-contract=off; the decodes' own multiplies by powers of
+// two are exact), and every other rounding is done with integer operations.
 #include <immintrin.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 
+#include "cast.h"
 #include "cpu.h"
 #include "floats.h"
 #include "floats_avx2.h"
@@ -17,7 +19,7 @@
 namespace deepcast {
 namespace {
 
-constexpr size_t kBlock = 128;
+constexpr size_t kBlock = kFp8Block;
 
 // ---- scalar rows --------------------------------------------------------------------------
 
@@ -47,15 +49,37 @@ size_t fp8_row_f32_scalar(const uint8_t* src, const float* srow, size_t cols, fl
 // ---- AVX2 rows ----------------------------------------------------------------------------
 #if defined(__x86_64__)
 
-// 8 FP8 codes (low 8 bytes of the xmm) -> 8 f32, exactly as fp8_e4m3fn_to_f32.
+// 8 FP8 codes (low 8 bytes of the xmm) -> 8 f32, exactly as fp8_e4m3fn_to_f32, built with integer
+// operations so that no subnormal float is ever an operand (x86 cores take a slow assist for those):
+// exponent+mantissa moved into f32 position with the exponent rebiased (+120), subnormal codes as
+// mantissa * 2^-9 (an exact product of normal numbers), NaN codes as sign|0x7FF00000.
 DC_AVX2 inline __m256 fp8x8_to_f32(__m128i codes8) {
   const __m256i c = _mm256_cvtepu8_epi32(codes8);
   const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
   const __m256i nonsign = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
-  __m256 mag = _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(nonsign, 20)), _mm256_set1_ps(0x1p+120f));
-  const __m256i is_nan = _mm256_cmpeq_epi32(nonsign, _mm256_set1_epi32(0x7F));
-  __m256i bits = _mm256_blendv_epi8(_mm256_castps_si256(mag), _mm256_set1_epi32(0x7FF00000), is_nan);
+  const __m256i normal = _mm256_add_epi32(_mm256_slli_epi32(nonsign, 20), _mm256_set1_epi32(120 << 23));
+  const __m256 sub = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(nonsign, _mm256_set1_epi32(7))), _mm256_set1_ps(0x1p-9f));
+  __m256i bits = _mm256_blendv_epi8(normal, _mm256_castps_si256(sub), _mm256_cmpgt_epi32(_mm256_set1_epi32(8), nonsign));
+  bits = _mm256_blendv_epi8(bits, _mm256_set1_epi32(0x7FF00000), _mm256_cmpeq_epi32(nonsign, _mm256_set1_epi32(0x7F)));
   return _mm256_castsi256_ps(_mm256_or_si256(bits, sign));
+}
+
+// The same for codes that are neither NaN nor of exponent 0 (zero, subnormal), in 4 integer
+// operations: the sign-extended code shifted left by 20 has the code's sign in bit 31 and its
+// exponent+mantissa in bits 20..26 (the sign copies in between are masked off), and adding 120 to
+// the exponent field rebiases it.
+DC_AVX2 inline __m256 fp8x8_to_f32_normal(__m128i codes8) {
+  const __m256i c = _mm256_slli_epi32(_mm256_cvtepi8_epi32(codes8), 20);
+  const __m256i bits = _mm256_and_si256(c, _mm256_set1_epi32(static_cast<int>(0x87F00000u)));
+  return _mm256_castsi256_ps(_mm256_add_epi32(bits, _mm256_set1_epi32(120 << 23)));
+}
+
+// f32_to_bf16 of lanes that are not NaN, in the upper 16 bits (lower bits zero).
+DC_AVX2 inline __m256i bf16_round_number(__m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb);
+  return _mm256_and_si256(r, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u)));
 }
 
 // Lanes of `codes` (16 bytes) that are e4m3fn NaN codes, as a 16-bit mask.
@@ -64,24 +88,39 @@ DC_AVX2 inline unsigned fp8x16_nan_mask(__m128i codes) {
   return static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(codes, m), m)));
 }
 
+// Lanes of `codes` of exponent 0 (zero or subnormal), as a 16-bit mask.
+DC_AVX2 inline unsigned fp8x16_exp0_mask(__m128i codes) {
+  return static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(codes, _mm_set1_epi8(0x78)), _mm_setzero_si128())));
+}
+
+// Both rows run 16 codes at a time. When none of them is a NaN code or of exponent 0 and the block's
+// scale is not NaN or infinite, no product can be NaN, so the short forms apply; else the general ones.
 DC_AVX2 size_t fp8_row_bf16_avx2(const uint8_t* src, const float* srow, size_t cols, uint16_t* dst) {
   size_t j = 0;
   size_t nan = 0;
-  for (; j < cols; j = j) {
+  while (j < cols) {
     const size_t block_end = std::min(cols, (j / kBlock + 1) * kBlock);
-    const __m256 s = _mm256_set1_ps(srow[j / kBlock]);
+    const float sf = srow[j / kBlock];
+    const bool finite_scale = sf - sf == 0.0f;
+    const __m256 s = _mm256_set1_ps(sf);
     for (; j + 16 <= block_end; j += 16) {
-      __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j));
-      nan += static_cast<size_t>(__builtin_popcount(fp8x16_nan_mask(codes)));
+      const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j));
+      const unsigned nan_mask = fp8x16_nan_mask(codes);
+      if ((nan_mask | fp8x16_exp0_mask(codes)) == 0 && finite_scale) {
+        const __m256i lo = _mm256_srli_epi32(bf16_round_number(_mm256_mul_ps(fp8x8_to_f32_normal(codes), s)), 16);
+        const __m256i hi = _mm256_srli_epi32(bf16_round_number(_mm256_mul_ps(fp8x8_to_f32_normal(_mm_srli_si128(codes, 8)), s)), 16);
+        store_bf16x16(dst + j, lo, hi);
+        continue;
+      }
+      nan += static_cast<size_t>(__builtin_popcount(nan_mask));
       __m256 lo = _mm256_mul_ps(fp8x8_to_f32(codes), s);
       __m256 hi = _mm256_mul_ps(fp8x8_to_f32(_mm_srli_si128(codes, 8)), s);
       store_bf16x16(dst + j, f32x8_to_bf16_lanes(lo), f32x8_to_bf16_lanes(hi));
     }
     for (; j < block_end; j++) {
       nan += fp8_is_nan(src[j]);
-      dst[j] = f32_to_bf16(fp8_e4m3fn_to_f32(src[j]) * srow[j / kBlock]);
+      dst[j] = f32_to_bf16(fp8_e4m3fn_to_f32(src[j]) * sf);
     }
-    if (block_end == cols) break;
   }
   return nan;
 }
@@ -89,20 +128,35 @@ DC_AVX2 size_t fp8_row_bf16_avx2(const uint8_t* src, const float* srow, size_t c
 DC_AVX2 size_t fp8_row_f32_avx2(const uint8_t* src, const float* srow, size_t cols, float* dst, bool bf16_round) {
   size_t j = 0;
   size_t nan = 0;
-  for (;;) {
-    if (j >= cols) break;
+  while (j < cols) {
     const size_t block_end = std::min(cols, (j / kBlock + 1) * kBlock);
-    const __m256 s = _mm256_set1_ps(srow[j / kBlock]);
-    for (; j + 8 <= block_end; j += 8) {
-      __m128i codes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + j));
-      nan += static_cast<size_t>(__builtin_popcount(fp8x16_nan_mask(codes) & 0xFFu));
-      __m256 v = _mm256_mul_ps(fp8x8_to_f32(codes), s);
-      if (bf16_round) v = _mm256_castsi256_ps(_mm256_slli_epi32(f32x8_to_bf16_lanes(v), 16));
-      _mm256_storeu_ps(dst + j, v);
+    const float sf = srow[j / kBlock];
+    const bool finite_scale = sf - sf == 0.0f;
+    const __m256 s = _mm256_set1_ps(sf);
+    for (; j + 16 <= block_end; j += 16) {
+      const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j));
+      const unsigned nan_mask = fp8x16_nan_mask(codes);
+      if ((nan_mask | fp8x16_exp0_mask(codes)) == 0 && finite_scale) {
+        __m256 lo = _mm256_mul_ps(fp8x8_to_f32_normal(codes), s);
+        __m256 hi = _mm256_mul_ps(fp8x8_to_f32_normal(_mm_srli_si128(codes, 8)), s);
+        if (bf16_round) {
+          lo = _mm256_castsi256_ps(bf16_round_number(lo));
+          hi = _mm256_castsi256_ps(bf16_round_number(hi));
+        }
+        _mm256_storeu_ps(dst + j, lo);
+        _mm256_storeu_ps(dst + j + 8, hi);
+        continue;
+      }
+      nan += static_cast<size_t>(__builtin_popcount(nan_mask));
+      for (int h = 0; h < 2; h++) {
+        __m256 v = _mm256_mul_ps(fp8x8_to_f32(h ? _mm_srli_si128(codes, 8) : codes), s);
+        if (bf16_round) v = _mm256_castsi256_ps(_mm256_slli_epi32(f32x8_to_bf16_lanes(v), 16));
+        _mm256_storeu_ps(dst + j + 8 * h, v);
+      }
     }
     for (; j < block_end; j++) {
       nan += fp8_is_nan(src[j]);
-      float v = fp8_e4m3fn_to_f32(src[j]) * srow[j / kBlock];
+      float v = fp8_e4m3fn_to_f32(src[j]) * sf;
       dst[j] = bf16_round ? bf16_to_f32(f32_to_bf16(v)) : v;
     }
   }
@@ -153,6 +207,45 @@ DC_AVX2 void f16_to_f32_avx2(const uint16_t* src, float* dst, size_t n) {
   for (; i < n; i++) dst[i] = f16_to_f32(src[i]);
 }
 #endif
+
+}  // namespace
+
+// ---- row functions for other kernels (cast.h) -------------------------------------------------
+
+size_t fp8_row_to_f32(const uint8_t* src, const float* srow, size_t cols, float* dst, bool bf16_round) {
+#if defined(__x86_64__)
+  if (use_avx2()) return fp8_row_f32_avx2(src, srow, cols, dst, bf16_round);
+#endif
+  return fp8_row_f32_scalar(src, srow, cols, dst, bf16_round);
+}
+
+size_t fp8_row_to_bf16(const uint8_t* src, const float* srow, size_t cols, uint16_t* dst) {
+#if defined(__x86_64__)
+  if (use_avx2()) return fp8_row_bf16_avx2(src, srow, cols, dst);
+#endif
+  return fp8_row_bf16_scalar(src, srow, cols, dst);
+}
+
+namespace {
+void f32_to_bf16_scalar(const float* s, uint16_t* d, size_t n) { for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i]); }
+void f32_to_f16_scalar(const float* s, uint16_t* d, size_t n) { for (size_t i = 0; i < n; i++) d[i] = f32_to_f16(s[i]); }
+}  // namespace
+
+void f32_to_bf16_n(const float* src, uint16_t* dst, size_t n) {
+#if defined(__x86_64__)
+  if (use_avx2()) return f32_to_bf16_avx2(src, dst, n);
+#endif
+  f32_to_bf16_scalar(src, dst, n);
+}
+
+void f32_to_f16_n(const float* src, uint16_t* dst, size_t n) {
+#if defined(__x86_64__)
+  if (use_avx2()) return f32_to_f16_avx2(src, dst, n);
+#endif
+  f32_to_f16_scalar(src, dst, n);
+}
+
+namespace {
 
 // ---- exports ------------------------------------------------------------------------------
 
@@ -252,9 +345,7 @@ Napi::Value ElementCast(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-void f32_to_bf16_scalar(const float* s, uint16_t* d, size_t n) { for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(s[i]); }
 void bf16_to_f32_scalar(const uint16_t* s, float* d, size_t n) { for (size_t i = 0; i < n; i++) d[i] = bf16_to_f32(s[i]); }
-void f32_to_f16_scalar(const float* s, uint16_t* d, size_t n) { for (size_t i = 0; i < n; i++) d[i] = f32_to_f16(s[i]); }
 void f16_to_f32_scalar(const uint16_t* s, float* d, size_t n) { for (size_t i = 0; i < n; i++) d[i] = f16_to_f32(s[i]); }
 
 #if defined(__x86_64__)

@@ -12,6 +12,8 @@
 #include <cmath>
 #include <string>
 
+#include "cast.h"
+#include "cpu.h"
 #include "napi_util.h"
 #include "parallel.h"
 #include "registry.h"
@@ -185,8 +187,13 @@ void ref_row(const float* x, uint8_t* y, size_t n) {
 
 // ---- legacy rows ----------------------------------------------------------------------------
 
+void quantize_block_q4_0_ref(const float* x, uint8_t* y) { ref_symmetric_block<4>(x, y); }
+
 void quantize_row_q4_0(const float* x, uint8_t* y, size_t n, const float* qw) {
   if (qw) impl_symmetric_row<4>(x, y, n, qw);
+#if defined(__x86_64__)
+  else if (use_avx2()) quantize_row_q4_0_avx2(x, y, n);
+#endif
   else ref_row<ref_symmetric_block<4>, kQ4_0Bytes>(x, y, n);
 }
 void quantize_row_q5_0(const float* x, uint8_t* y, size_t n, const float* qw) {
@@ -202,19 +209,24 @@ void quantize_row_q5_1(const float* x, uint8_t* y, size_t n, const float* qw) {
   else ref_row<ref_asymmetric_block<5>, kQ5_1Bytes>(x, y, n);
 }
 
+void quantize_block_q8_0_ref(const float* x, uint8_t* y) {
+  float amax = 0.0f;
+  for (int j = 0; j < QK; j++) {
+    const float a = std::fabs(x[j]);
+    amax = amax > a ? amax : a;
+  }
+  const float d = amax / 127.0f;
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  store_u16(y, f32_to_f16(d));
+  for (int j = 0; j < QK; j++) y[2 + j] = static_cast<uint8_t>(trunc_i32(std::round(x[j] * id)));
+}
+
 // Q8_0 ignores the imatrix (quantize_q8_0 always calls the _ref row).
 void quantize_row_q8_0(const float* x, uint8_t* y, size_t n) {
-  for (size_t ib = 0; ib < n / QK; ib++, x += QK, y += kQ8_0Bytes) {
-    float amax = 0.0f;
-    for (int j = 0; j < QK; j++) {
-      const float a = std::fabs(x[j]);
-      amax = amax > a ? amax : a;
-    }
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    store_u16(y, f32_to_f16(d));
-    for (int j = 0; j < QK; j++) y[2 + j] = static_cast<uint8_t>(trunc_i32(std::round(x[j] * id)));
-  }
+#if defined(__x86_64__)
+  if (use_avx2()) return quantize_row_q8_0_avx2(x, y, n);
+#endif
+  for (size_t ib = 0; ib < n / QK; ib++, x += QK, y += kQ8_0Bytes) quantize_block_q8_0_ref(x, y);
 }
 
 void dequantize_row_q4_0(const uint8_t* x, float* y, size_t n) {
@@ -272,6 +284,21 @@ void dequantize_row_q8_0(const uint8_t* x, float* y, size_t n) {
 
 // ---- table and dispatch ---------------------------------------------------------------------
 
+namespace {
+
+// F16/BF16 rows through cast.h's converters (AVX2 when active), into y at any alignment.
+void f16_row(const float* x, uint8_t* y, size_t n, void (*convert)(const float*, uint16_t*, size_t)) {
+  if (reinterpret_cast<uintptr_t>(y) % 2 == 0) return convert(x, reinterpret_cast<uint16_t*>(y), n);
+  uint16_t buf[256];
+  for (size_t i = 0; i < n; i += 256) {
+    const size_t m = std::min<size_t>(256, n - i);
+    convert(x + i, buf, m);
+    std::memcpy(y + 2 * i, buf, 2 * m);
+  }
+}
+
+}  // namespace
+
 const TypeTraits* type_traits(int id) {
   for (const auto& t : kTypes)
     if (t.id == id) return &t;
@@ -287,12 +314,8 @@ size_t row_size(int id, size_t n) {
 void quantize_row(int id, const float* x, uint8_t* y, size_t n, const float* qw) {
   switch (id) {
     case kF32: std::memcpy(y, x, n * 4); break;
-    case kF16:
-      for (size_t i = 0; i < n; i++) store_u16(y + 2 * i, f32_to_f16(x[i]));
-      break;
-    case kBF16:
-      for (size_t i = 0; i < n; i++) store_u16(y + 2 * i, f32_to_bf16(x[i]));
-      break;
+    case kF16: f16_row(x, y, n, f32_to_f16_n); break;
+    case kBF16: f16_row(x, y, n, f32_to_bf16_n); break;
     case kQ4_0: quantize_row_q4_0(x, y, n, qw); break;
     case kQ4_1: quantize_row_q4_1(x, y, n, qw); break;
     case kQ5_0: quantize_row_q5_0(x, y, n, qw); break;

@@ -9,8 +9,9 @@
 //   with imatrix: quantize_row_<type>_impl (Q8_0, F16, BF16, F32 ignore the imatrix)
 //   dequantize:   dequantize_row_<type>
 //
-// Files: ggml_quants.cc (legacy types, dispatch, N-API exports), ggml_kquants.cc (K-quants and
-// the scale searches), ggml_quants_simd.cc (the group searches with their AVX2 lane twins).
+// Files: ggml_quants.cc (legacy types, dispatch, N-API exports), ggml_legacy_avx2.cc (AVX2 twins
+// of the Q8_0 / Q4_0 _ref rows), ggml_kquants.cc (K-quants and the scale searches),
+// ggml_quants_simd.cc (the group searches with their AVX2 lane twins).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -149,6 +150,16 @@ void quantize_row_q3_K(const float* x, uint8_t* y, size_t n, const float* qw);
 void quantize_row_q4_K(const float* x, uint8_t* y, size_t n, const float* qw);
 void quantize_row_q5_K(const float* x, uint8_t* y, size_t n, const float* qw);
 void quantize_row_q6_K(const float* x, uint8_t* y, size_t n, const float* qw);
+
+// One block of 32 of quantize_row_q8_0_ref / quantize_row_q4_0_ref (the scalar code; the AVX2 rows
+// hand it the blocks they leave, e.g. those holding a NaN or Inf).
+void quantize_block_q8_0_ref(const float* x, uint8_t* y);
+void quantize_block_q4_0_ref(const float* x, uint8_t* y);
+#if defined(__x86_64__)
+// ggml_legacy_avx2.cc: the same rows eight blocks at a time; identical bytes (AVX2 CPUs only).
+void quantize_row_q8_0_avx2(const float* x, uint8_t* y, size_t n);
+void quantize_row_q4_0_avx2(const float* x, uint8_t* y, size_t n);
+#endif
 
 void dequantize_row_q4_0(const uint8_t* x, float* y, size_t n);
 void dequantize_row_q4_1(const uint8_t* x, float* y, size_t n);

@@ -9,7 +9,7 @@ import { progressMeter, type OnEvent } from "../events.js";
 import type { GgmlType } from "../formats/ggml-types.js";
 import type { GgufLayout } from "../io/gguf-layout.js";
 import { GgufWriter } from "../io/gguf-writer.js";
-import { pump, type Chunk, type RangeReader } from "./pipeline.js";
+import { pump, PumpSlots, type Chunk, type RangeReader } from "./pipeline.js";
 import { fingerprint, RunState } from "./run-state.js";
 
 export interface ToGgufSummary {
@@ -24,8 +24,12 @@ export interface ToGgufSummary {
   resumedTensors: number;
 }
 
-/** How much output is written between syncs that an interrupted run can resume from. */
-export const CHECKPOINT_BYTES = 2e9;
+/**
+ * How much output is written between syncs that an interrupted run can resume from. The syncs run
+ * while conversion goes on, so the disk writes as the run proceeds and the last sync waits for at most
+ * about this much.
+ */
+export const CHECKPOINT_BYTES = 512e6;
 
 /** Chunks of one output tensor, after something small is read first (an expert's FP4 scales, MTP's h_proj). */
 export interface ChunkGroup {
@@ -93,10 +97,13 @@ export async function runGgufJob(job: GgufRunJob, opts: GgufRunOptions): Promise
     // Inside the file being written, a synced prefix recorded in the manifest is kept as well.
     const p = state.manifest.progress;
     const resumeAt = p && Number.isSafeInteger(p.file) && Number.isSafeInteger(p.tensor) ? { file: p.file!, tensor: p.tensor! } : undefined;
+    // Checkpoint syncs in flight, in order, each recording its position once its bytes are on disk.
+    let syncing: Promise<void> = Promise.resolve();
     const writer = await GgufWriter.create(layout, {
       skipFiles,
       ...(resumeAt ? { resumeAt } : {}),
       onFileDone: async (path) => {
+        await syncing;
         await state.markDone(basename(path));
         summary.bytesWritten += layout.files.find((f) => f.path === path)!.fileSize;
       },
@@ -109,6 +116,7 @@ export async function runGgufJob(job: GgufRunJob, opts: GgufRunOptions): Promise
     const meter = progressMeter(emit, "to-gguf", "bytes", placements.reduce((a, q) => a + q.placed.nbytes, 0),
       placements.reduce((a, q) => a + (kept(q.placed, q.index) ? q.placed.nbytes : 0), 0));
     let sinceCheckpoint = 0;
+    const buffers = new PumpSlots();
     try {
       for (const [i, t] of job.tensors.entries()) {
         const { placed, index } = placedAt.get(t.name)!;
@@ -119,17 +127,22 @@ export async function runGgufJob(job: GgufRunJob, opts: GgufRunOptions): Promise
             summary.bytesRead += inB;
             emit({ kind: "bytes", inBytes: inB, outBytes: outB });
             meter.add(outB);
-          });
+          }, buffers);
         }
         emit({ kind: "tensor", tensor: t.name, index: i, count: job.tensors.length, type: t.type.name, bytes: placed.nbytes });
         sinceCheckpoint += placed.nbytes;
         if (sinceCheckpoint >= (opts.checkpointBytes ?? CHECKPOINT_BYTES)) {
           sinceCheckpoint = 0;
-          await state.setProgress({ ...(await writer.checkpoint()) });
+          const c = await writer.beginCheckpoint();
+          syncing = Promise.all([syncing, c.synced]).then(() => state.setProgress({ ...c.position }));
+          syncing.catch(() => undefined); // awaited (and reported) at the next file end, the end, or on error
         }
       }
+      await syncing;
       await writer.commit();
     } catch (e) {
+      // What a finished sync recorded stays valid; the writer then keeps a resumable temporary.
+      await syncing.catch(() => undefined);
       await writer.abort();
       throw e;
     }

@@ -49,14 +49,24 @@ class Slot {
   }
 }
 
+/**
+ * The three buffer slots of pump(). A run that pumps many groups of chunks one after another (to-gguf:
+ * one group per tensor) passes the same slots to each call, so its buffers are allocated and paged in
+ * once, not per tensor. Not for concurrent pumps.
+ */
+export class PumpSlots {
+  readonly slots: readonly Slot[] = [new Slot(), new Slot(), new Slot()];
+}
+
 /** Reads, converts and appends every chunk in order. `onChunk` gets input and output byte counts. */
 export async function pump(
   chunks: readonly Chunk[],
   reader: RangeReader,
   sink: ChunkSink,
   onChunk: (inBytes: number, outBytes: number) => void = () => undefined,
+  buffers: PumpSlots = new PumpSlots(),
 ): Promise<void> {
-  const slots = [new Slot(), new Slot(), new Slot()];
+  const { slots } = buffers;
   const startRead = async (i: number): Promise<Uint8Array> => {
     const c = chunks[i]!;
     const slot = slots[i % 3]!;

@@ -15,7 +15,7 @@ import type { CheckpointSource } from "../io/source.js";
 import { rowBytes, type GgmlType } from "../formats/ggml-types.js";
 import type { FtypeInfo, MixPlan } from "../quant/mix.js";
 import { DTYPE_SIZE } from "../io/dtypes.js";
-import { dequantizeRows, quantizeRows } from "../quant/ggml.js";
+import { dequantizeRows, quantizeFp8Rows, quantizeRows } from "../quant/ggml.js";
 import { FP8_BLOCK, scaleNameOf } from "../formats/fp8.js";
 import { fp8NanError, type Kernels } from "../quant/kernels.js";
 import { kvBSplit, planDeepseek2Gguf, type GgufModel, type HfSourceRef } from "./gguf-plan.js";
@@ -120,12 +120,8 @@ export function decodeRows(ctx: DecodeCtx, src: HfSourceRef, input: Uint8Array, 
   const u16 = () => new Uint16Array(input.buffer, input.byteOffset, rows * cols);
   switch (src.dtype) {
     case "F8_E4M3": {
-      const scale = ctx.scales.get(src.name);
-      if (!scale) throw new DeepcastError(`FP8 weight has no ${scaleNameOf(src.name)}`, { file: src.file, tensor: src.name });
-      const sc = Math.ceil(cols / FP8_BLOCK);
-      const s0 = r0 / FP8_BLOCK;
-      const nan = k.fp8ToF32(input, rows, cols, scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc), dst, threads, round);
-      if (nan > 0 && !ctx.allowNonFinite) throw fp8NanError(nan, input, r0, cols, { file: `${ctx.where}/${src.file}`, tensor: src.name });
+      const nan = k.fp8ToF32(input, rows, cols, fp8Scales(ctx, src, r0, rows, cols), dst, threads, round);
+      checkFp8Nan(ctx, src, nan, input, r0, cols);
       return;
     }
     case "BF16":
@@ -145,6 +141,19 @@ export function decodeRows(ctx: DecodeCtx, src: HfSourceRef, input: Uint8Array, 
     k.f32ToBf16(dst, h, threads);
     k.bf16ToF32(h, dst, threads);
   }
+}
+
+/** The block scales of FP8 rows [r0, r0+rows) of `src` (r0 starts a 128-row block). */
+function fp8Scales(ctx: DecodeCtx, src: HfSourceRef, r0: number, rows: number, cols: number): Float32Array {
+  const scale = ctx.scales.get(src.name);
+  if (!scale) throw new DeepcastError(`FP8 weight has no ${scaleNameOf(src.name)}`, { file: src.file, tensor: src.name });
+  const sc = Math.ceil(cols / FP8_BLOCK);
+  const s0 = r0 / FP8_BLOCK;
+  return scale.subarray(s0 * sc, (s0 + Math.ceil(rows / FP8_BLOCK)) * sc);
+}
+
+function checkFp8Nan(ctx: DecodeCtx, src: HfSourceRef, nan: number, codes: Uint8Array, r0: number, cols: number): void {
+  if (nan > 0 && !ctx.allowNonFinite) throw fp8NanError(nan, codes, r0, cols, { file: `${ctx.where}/${src.file}`, tensor: src.name });
 }
 
 export const elemSize = (src: HfSourceRef) => DTYPE_SIZE[src.dtype];
@@ -192,11 +201,20 @@ function tensorGroups(ctx: Ctx, t: GgufOutputTensor, reader: ShardReader): Chunk
     const chunks: Chunk[] = [];
     for (let r0 = 0; r0 < totalRows; r0 += step) {
       const rows = Math.min(step, totalRows - r0);
+      // FP8 rows go straight to the output type, row by row in cache, when they lie in one matrix.
+      const m = Math.floor((base + r0) / rowsPerMat);
+      const fused = src.dtype === "F8_E4M3" && !requant && Math.floor((base + r0 + rows - 1) / rowsPerMat) === m;
       chunks.push({
         tensor: t.name,
         src: { file: src.file, tensor: src.name, offset: r0 * cols * elemSize(src), length: rows * cols * elemSize(src) },
         outBytes: rows * rowBytes(t.type.name, cols),
         convert: (input, out) => {
+          if (fused) {
+            const imatrix = weights ? weights.subarray(m * cols, (m + 1) * cols) : null;
+            const nan = quantizeFp8Rows(t.type, input, rows, cols, fp8Scales(ctx, src, r0, rows, cols), { bf16Round: round, imatrix, threads: ctx.threads, kernels: ctx.k }, out);
+            checkFp8Nan(ctx, src, nan, input, r0, cols);
+            return;
+          }
           const values = ctx.scratch.get(rows * cols);
           decodeRows(ctx, src, input, r0, rows, cols, round, values);
           encode(values, rows, cols, out, base + r0);

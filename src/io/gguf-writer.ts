@@ -8,6 +8,8 @@ import { encodeFileHeader, padTo, type GgufLayout, type GgufTensorPlacement } fr
 import { guardWrite, partialPath, writeFully } from "./write.js";
 
 const WRITE_BUFFER_BYTES = 8 * 1024 * 1024;
+/** Pieces at least this long are written from the caller's buffer (a converted chunk) without a copy. */
+const PASS_THROUGH_BYTES = 1024 * 1024;
 
 /**
  * Writes a planned layout: files in order, tensors in order, each tensor appended in one or more
@@ -71,10 +73,27 @@ export class GgufWriter {
    * before that tensor's offset is on disk.
    */
   async checkpoint(): Promise<GgufPosition> {
+    const c = await this.beginCheckpoint();
+    await c.synced;
+    return c.position;
+  }
+
+  /**
+   * The same without waiting for the disk: flushes, starts the sync and returns the position at once,
+   * with a promise that resolves when every byte before it is on disk. Appends may go on meanwhile
+   * (and the file may be completed and closed: the handle closes after the sync).
+   */
+  async beginCheckpoint(): Promise<{ position: GgufPosition; synced: Promise<void> }> {
     await this.flush();
-    await this.fh?.sync();
-    this.resumable = true;
-    return this.position;
+    const position = this.position;
+    const fh = this.fh;
+    const file = this.layout.files[this.fileIndex];
+    const synced = fh && file
+      ? guardWrite("sync the output", partialPath(file.path), () => fh.sync()).then(() => {
+        if (this.fh === fh) this.resumable = true;
+      })
+      : Promise.resolve();
+    return { position, synced };
   }
 
   /** Reopens the temporary of file `at.file` and positions at tensor `at.tensor`, if it is intact. */
@@ -209,10 +228,10 @@ export class GgufWriter {
     await this.onFileDone(file.path);
   }
 
-  /** Buffered sequential write at the current position. */
+  /** Buffered sequential write at the current position; large pieces go out as they are, not copied. */
   private async put(data: Uint8Array): Promise<void> {
-    if (this.bufLen + data.length > this.buf.length) await this.flush();
-    if (data.length >= this.buf.length) {
+    if (this.bufLen + data.length > this.buf.length || data.length >= PASS_THROUGH_BYTES) await this.flush();
+    if (data.length >= PASS_THROUGH_BYTES) {
       await this.rawWrite(data, this.pos);
     } else {
       if (this.bufLen === 0) this.bufPos = this.pos;

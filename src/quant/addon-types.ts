@@ -46,6 +46,10 @@ export interface AddonTypes {
   /** Bytes of one row; throws for an unsupported type or a row that is not whole blocks. */
   ggmlRowBytes(type: number, nPerRow: number): number;
 
+  // ---- fp8_quantize.cc: FP8 rows (128x128 block scales) decoded and quantized row by row in cache
+  /** The bytes of fp8ToF32(..., bf16Round) then ggmlQuantize; returns the e4m3fn NaN code count. */
+  fp8Quantize(type: number, src: View, rows: number, cols: number, scale: View, dst: Uint8Array, imatrix: Float32Array | null, threads: number, bf16Round: boolean): number;
+
   // ---- ggml_iq2_grid.cc: the lattice tables of IQ2_XXS/IQ2_XS/IQ2_S/IQ1_S/IQ1_M (for checking against ggml)
   /** kmap (int32 per slot), neighbour records (uint16), codebook (8 bytes per entry), little-endian. */
   ggmlIqLattice(type: number): { kmap: Uint8Array; neighbours: Uint8Array; codebook: Uint8Array };
@@ -108,6 +112,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   ggmlQuantize: 0,
   ggmlDequantize: 0,
   ggmlRowBytes: 0,
+  fp8Quantize: 0,
   ggmlIqLattice: 0,
   f32Matmul: 0,
   ggmlMatmul: 0,

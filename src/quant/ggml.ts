@@ -14,7 +14,8 @@
 
 import { DeepcastError } from "../errors.js";
 import { ggmlDequantType, ggmlQuantType, rowBytes, type GgmlType, type GgmlTypeRef } from "../formats/ggml-types.js";
-import { kernels } from "./kernels.js";
+import { FP8_BLOCK } from "../formats/fp8.js";
+import { kernels, type Kernels } from "./kernels.js";
 import { loadNative, nativeMissingReason, type NativeAddon } from "./native.js";
 
 /**
@@ -31,6 +32,14 @@ export function ggmlRequiresImatrix(type: GgmlTypeRef): boolean {
 
 function checkRows(rows: number): void {
   if (!Number.isSafeInteger(rows) || rows < 0) throw new DeepcastError(`rows must be a non-negative integer, got ${rows}`);
+}
+
+/** An imatrix must hold one weight per column; the types ggml asserts one for must have it. */
+function checkImatrix(t: GgmlType, imatrix: Float32Array | null, nPerRow: number): void {
+  if (imatrix && imatrix.length !== nPerRow) throw new DeepcastError(`imatrix has ${imatrix.length} values, expected nPerRow = ${nPerRow}`);
+  if (!imatrix && IMATRIX_ASSERTED.has(t.id)) {
+    throw new DeepcastError(`${t.name} quantization needs an importance matrix (ggml's ${t.name} quantizer requires one); pass one with --imatrix`, { code: "IMATRIX_MISSING" });
+  }
 }
 
 /** The addon, or null for F32/F16/BF16 without it; a block type without it is an error. */
@@ -65,10 +74,7 @@ export function quantizeRows(
   checkRows(rows);
   const rb = rowBytes(t, nPerRow);
   if (src.length !== rows * nPerRow) throw new DeepcastError(`src has ${src.length} values, expected ${rows} x ${nPerRow}`);
-  if (imatrix && imatrix.length !== nPerRow) throw new DeepcastError(`imatrix has ${imatrix.length} values, expected nPerRow = ${nPerRow}`);
-  if (!imatrix && IMATRIX_ASSERTED.has(t.id)) {
-    throw new DeepcastError(`${t.name} quantization needs an importance matrix (ggml's ${t.name} quantizer requires one); pass one with --imatrix`, { code: "IMATRIX_MISSING" });
-  }
+  checkImatrix(t, imatrix, nPerRow);
   const out = dst ?? new Uint8Array(rows * rb);
   if (out.length !== rows * rb) throw new DeepcastError(`dst has ${out.length} bytes, expected ${rows * rb}`);
   const n = nativeGgml(t);
@@ -86,6 +92,40 @@ export function quantizeRows(
   else kernels().f32ToBf16(src, h, threads);
   out.set(new Uint8Array(h.buffer));
   return out;
+}
+
+/**
+ * FP8 e4m3fn codes [rows, cols] with their block scales (float32 [ceil(rows/128), ceil(cols/128)])
+ * quantized to `type`: the bytes of `k.fp8ToF32(..., bf16Round)` followed by quantizeRows. With the
+ * native kernels each row is decoded and quantized while it is in cache (fp8Quantize); otherwise
+ * through a float32 buffer. Returns how many codes were e4m3fn NaN (0x7F/0xFF).
+ */
+export function quantizeFp8Rows(
+  type: GgmlTypeRef,
+  codes: Uint8Array,
+  rows: number,
+  cols: number,
+  scale: Float32Array,
+  opts: { bf16Round: boolean; imatrix: Float32Array | null; threads: number; kernels: Kernels },
+  dst: Uint8Array,
+): number {
+  const t = ggmlQuantType(type);
+  checkRows(rows);
+  const rb = rowBytes(t, cols);
+  if (codes.length !== rows * cols) throw new DeepcastError(`src has ${codes.length} bytes, expected ${rows} x ${cols}`);
+  if (scale.length !== Math.ceil(rows / FP8_BLOCK) * Math.ceil(cols / FP8_BLOCK)) {
+    throw new DeepcastError(`scale has ${scale.length} values, expected ${Math.ceil(rows / FP8_BLOCK)} x ${Math.ceil(cols / FP8_BLOCK)}`);
+  }
+  if (dst.length !== rows * rb) throw new DeepcastError(`dst has ${dst.length} bytes, expected ${rows * rb}`);
+  const n = opts.kernels.backend === "native" ? loadNative() : null;
+  if (n) {
+    checkImatrix(t, opts.imatrix, cols);
+    return n.fp8Quantize(t.id, codes, rows, cols, scale, dst, opts.imatrix, opts.threads, opts.bf16Round);
+  }
+  const values = new Float32Array(rows * cols);
+  const nan = opts.kernels.fp8ToF32(codes, rows, cols, scale, values, opts.threads, opts.bf16Round);
+  quantizeRows(t, values, rows, cols, opts.imatrix, opts.threads, dst);
+  return nan;
 }
 
 /** ggml's dequantize_row_* over `rows` rows: the float32 values the bytes stand for. */
