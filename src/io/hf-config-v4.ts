@@ -2,10 +2,136 @@
  * DeepSeek-V4's config.json against its tensors (names without `model.`, spec §1.3): every dimension
  * the config gives must agree with the tensors that carry it, the per-layer compress ratios with the
  * compressor and indexer tensors, num_hash_layers with the `tid2eid` tables. Errors are CONFIG_MISMATCH
- * naming the file, key and tensor. The V3 check (./hf-config.ts) dispatches here.
+ * naming the file, key and tensor. The V3 check (./hf-config.ts) dispatches here. parseV4Config reads
+ * the hyper-parameters the forward pass (src/model/forward-v4.ts) needs into a ModelConfig with its V4 part.
  */
 import { DeepcastError } from "../errors.js";
 import type { Dtype } from "./dtypes.js";
+import { int, num, parseRopeScaling, type ModelConfig } from "./hf-config.js";
+
+/** DeepSeek-V4's hyper-parameters beyond V3's (model.py ModelArgs; config.json key in each comment). */
+export interface V4Params {
+  /** head_dim: width of every query head and of the single KV head (K = V). */
+  headDim: number;
+  /** o_groups / o_lora_rank: the grouped output LoRA (wo_a per group, then wo_b). */
+  oGroups: number;
+  oLoraRank: number;
+  /** sliding_window: keys max(0, t-window+1)..t of the current tokens. */
+  slidingWindow: number;
+  /** compress_ratios, verbatim (one per layer, then the MTP tail): 0, 4 (with the indexer) or 128. */
+  compressRatios: number[];
+  /** compress_rope_theta: RoPE base of the compressed-attention layers (with YaRN). */
+  compressRopeTheta: number;
+  /** index_n_heads / index_head_dim / index_topk: the ratio-4 layers' indexer. */
+  indexHeads: number;
+  indexHeadDim: number;
+  indexTopk: number;
+  /** num_hash_layers: layers 0..n-1 route by tid2eid[token]. */
+  hashLayers: number;
+  /** swiglu_limit: clamp of the experts' gate (above) and up (both sides) projections; 0 = none. */
+  swigluLimit: number;
+  /** hc_mult / hc_sinkhorn_iters / hc_eps: the hyper-connections. */
+  hcMult: number;
+  hcSinkhornIters: number;
+  hcEps: number;
+}
+
+/**
+ * A DeepSeek-V4 config.json as a ModelConfig: V3's fields where the concept is shared (dimensions,
+ * experts, routing, rope_theta with YaRN, norms), MLA's fields as their single-head equivalents
+ * (kv_lora_rank = v_head_dim = head_dim, qk_nope_head_dim = head_dim - qk_rope_head_dim), no dense
+ * layers, and everything else in `v4`. Errors are CONFIG_MISMATCH (UNSUPPORTED for a scoring
+ * function or activation model.py does not have), naming the file and key.
+ */
+export function parseV4Config(raw: unknown, file = "config.json"): ModelConfig {
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    throw new DeepcastError("config.json is not a JSON object", { file, code: "CONFIG_MISMATCH" });
+  }
+  const cfg = raw as Record<string, unknown>;
+  const bad = (msg: string) => new DeepcastError(`config.json: ${msg}`, { file, code: "CONFIG_MISMATCH" });
+  const pos = (key: string, fallback?: number) => {
+    const v = int(cfg, key, fallback, file);
+    if (v === 0) throw bad(`${key} must be positive, got 0`);
+    return v;
+  };
+  const scoreFunc = cfg.scoring_func ?? "sqrtsoftplus";
+  if (scoreFunc !== "sqrtsoftplus" && scoreFunc !== "sigmoid" && scoreFunc !== "softmax") {
+    throw new DeepcastError(`config.json: unsupported scoring_func ${JSON.stringify(scoreFunc)}`, { file, code: "UNSUPPORTED" });
+  }
+  const hiddenAct = cfg.hidden_act ?? "silu";
+  if (hiddenAct !== "silu") throw new DeepcastError(`config.json: unsupported hidden_act ${JSON.stringify(hiddenAct)}`, { file, code: "UNSUPPORTED" });
+  const nLayers = pos("num_hidden_layers");
+  const nMtp = int(cfg, "num_nextn_predict_layers", 0, file);
+  const ratios = cfg.compress_ratios;
+  if (!Array.isArray(ratios) || !ratios.every((x) => typeof x === "number" && V4_COMPRESS_RATIOS.includes(x))) {
+    throw bad(`compress_ratios must be a list of ${V4_COMPRESS_RATIOS.join(", ")}, got ${JSON.stringify(ratios)}`);
+  }
+  if (ratios.length < nLayers) throw bad(`compress_ratios has ${ratios.length} entries, fewer than num_hidden_layers ${nLayers}`);
+  const headDim = pos("head_dim");
+  const rope = pos("qk_rope_head_dim");
+  if (rope % 2 !== 0 || rope > headDim) throw bad(`qk_rope_head_dim ${rope} must be even and at most head_dim ${headDim}`);
+  const nHeads = pos("num_attention_heads");
+  const kvHeads = int(cfg, "num_key_value_heads", 1, file);
+  if (kvHeads !== 1) throw bad(`num_key_value_heads must be 1 for DeepSeek-V4 (one KV head, K = V), got ${kvHeads}`);
+  const oGroups = pos("o_groups");
+  if (nHeads % oGroups !== 0) throw bad(`o_groups ${oGroups} does not divide num_attention_heads ${nHeads}`);
+  const nRouted = pos("n_routed_experts");
+  const perTok = pos("num_experts_per_tok");
+  if (perTok > nRouted) throw bad(`num_experts_per_tok ${perTok} is not between 1 and n_routed_experts ${nRouted}`);
+  const moeInter = pos("moe_intermediate_size");
+  const hcMult = pos("hc_mult");
+  const v4: V4Params = {
+    headDim,
+    oGroups,
+    oLoraRank: pos("o_lora_rank"),
+    slidingWindow: pos("sliding_window"),
+    compressRatios: [...(ratios as number[])],
+    compressRopeTheta: num(cfg, "compress_rope_theta", ratios.some((r) => r !== 0) ? undefined : 10000, file),
+    indexHeads: ratios.includes(4) ? pos("index_n_heads") : int(cfg, "index_n_heads", 0, file),
+    indexHeadDim: ratios.includes(4) ? pos("index_head_dim") : int(cfg, "index_head_dim", 0, file),
+    indexTopk: ratios.includes(4) ? pos("index_topk") : int(cfg, "index_topk", 0, file),
+    hashLayers: int(cfg, "num_hash_layers", 0, file),
+    swigluLimit: num(cfg, "swiglu_limit", 0, file),
+    hcMult,
+    hcSinkhornIters: pos("hc_sinkhorn_iters", 20),
+    hcEps: num(cfg, "hc_eps", 1e-6, file),
+  };
+  if (v4.indexHeadDim > 0 && v4.indexHeadDim < rope) throw bad(`index_head_dim ${v4.indexHeadDim} is smaller than qk_rope_head_dim ${rope}`);
+  if (v4.hashLayers > nLayers) throw bad(`num_hash_layers ${v4.hashLayers} exceeds num_hidden_layers ${nLayers}`);
+  return {
+    vocabSize: pos("vocab_size"),
+    dim: pos("hidden_size"),
+    interDim: moeInter,
+    moeInterDim: moeInter,
+    nLayers,
+    nDenseLayers: 0,
+    moeLayerFreq: 1,
+    nHeads,
+    nRoutedExperts: nRouted,
+    nSharedExperts: int(cfg, "n_shared_experts", 1, file),
+    nActivatedExperts: perTok,
+    nExpertGroups: 1,
+    nLimitedGroups: 1,
+    scoreFunc,
+    topkMethod: String(cfg.topk_method ?? "noaux_tc"),
+    normTopkProb: Boolean(cfg.norm_topk_prob ?? true),
+    routeScale: num(cfg, "routed_scaling_factor", 1, file),
+    qLoraRank: pos("q_lora_rank"),
+    kvLoraRank: headDim,
+    qkNopeHeadDim: headDim - rope,
+    qkRopeHeadDim: rope,
+    vHeadDim: headDim,
+    ropeTheta: num(cfg, "rope_theta", 10000, file),
+    ropeScaling: parseRopeScaling(cfg, file),
+    rmsNormEps: num(cfg, "rms_norm_eps", 1e-6, file),
+    maxPositionEmbeddings: pos("max_position_embeddings"),
+    bosTokenId: int(cfg, "bos_token_id", 0, file),
+    eosTokenId: int(cfg, "eos_token_id", 1, file),
+    nMtpLayers: nMtp,
+    tieWordEmbeddings: Boolean(cfg.tie_word_embeddings ?? false),
+    v4,
+  };
+}
 
 export interface V4Tensors {
   names(): Iterable<string>;

@@ -8,7 +8,7 @@ import { DeepcastError } from "../errors.js";
 import { checkpointGeneration, GENERATION_NAME, type Generation } from "../formats/generation.js";
 import { locate, type Checkpoint } from "./checkpoint.js";
 import { checkV32Indexer } from "./hf-config-v32.js";
-import { checkV4Config } from "./hf-config-v4.js";
+import { checkV4Config, parseV4Config, type V4Params } from "./hf-config-v4.js";
 
 export interface RopeScaling {
   type: "yarn";
@@ -42,7 +42,8 @@ export interface ModelConfig {
   nExpertGroups: number;
   /** topk_group */
   nLimitedGroups: number;
-  scoreFunc: "sigmoid" | "softmax";
+  /** sqrtsoftplus: DeepSeek-V4 only (its router lives in src/model/v4/). */
+  scoreFunc: "sigmoid" | "softmax" | "sqrtsoftplus";
   topkMethod: string;
   normTopkProb: boolean;
   routeScale: number;
@@ -61,9 +62,15 @@ export interface ModelConfig {
   /** num_nextn_predict_layers: MTP modules stored after the decoder layers (not run by forward) */
   nMtpLayers: number;
   tieWordEmbeddings: boolean;
+  /**
+   * DeepSeek-V4's own hyper-parameters (./hf-config-v4.ts); present only for a V4 model, whose forward
+   * pass is src/model/forward-v4.ts. The V3 fields above then hold V4's values where the concept is
+   * shared (dimensions, experts, routing, YaRN) and the single-KV-head equivalents otherwise.
+   */
+  v4?: V4Params;
 }
 
-function num(cfg: Record<string, unknown>, key: string, fallback?: number, file = "config.json"): number {
+export function num(cfg: Record<string, unknown>, key: string, fallback?: number, file = "config.json"): number {
   const v = cfg[key];
   if (v === undefined || v === null) {
     if (fallback !== undefined) return fallback;
@@ -75,12 +82,31 @@ function num(cfg: Record<string, unknown>, key: string, fallback?: number, file 
   return v;
 }
 
-function int(cfg: Record<string, unknown>, key: string, fallback?: number, file = "config.json"): number {
+export function int(cfg: Record<string, unknown>, key: string, fallback?: number, file = "config.json"): number {
   const v = num(cfg, key, fallback, file);
   if (!Number.isSafeInteger(v) || v < 0) {
     throw new DeepcastError(`config.json: ${key} must be a non-negative integer, got ${v}`, { file, code: "CONFIG_MISMATCH" });
   }
   return v;
+}
+
+/** config.json's `rope_scaling` (YaRN only), or null without one. */
+export function parseRopeScaling(cfg: Record<string, unknown>, file: string): RopeScaling | null {
+  const rs = cfg.rope_scaling as Record<string, unknown> | null | undefined;
+  if (!rs || typeof rs !== "object") return null;
+  const type = rs.type ?? rs.rope_type;
+  if (type !== "yarn") {
+    throw new DeepcastError(`config.json: unsupported rope_scaling type ${JSON.stringify(type)}`, { file, code: "UNSUPPORTED" });
+  }
+  return {
+    type: "yarn",
+    factor: num(rs, "factor", undefined, file),
+    originalMaxPositionEmbeddings: int(rs, "original_max_position_embeddings", undefined, file),
+    betaFast: num(rs, "beta_fast", 32, file),
+    betaSlow: num(rs, "beta_slow", 1, file),
+    mscale: num(rs, "mscale", 1, file),
+    mscaleAllDim: num(rs, "mscale_all_dim", 0, file),
+  };
 }
 
 /** Parses an HF DeepSeek-V3 (or V2-style) `config.json`. */
@@ -101,23 +127,7 @@ export function parseModelConfig(raw: unknown, file = "config.json"): ModelConfi
   if (hiddenAct !== "silu") {
     throw new DeepcastError(`config.json: unsupported hidden_act ${JSON.stringify(hiddenAct)}`, { file, code: "UNSUPPORTED" });
   }
-  let ropeScaling: RopeScaling | null = null;
-  const rs = cfg.rope_scaling as Record<string, unknown> | null | undefined;
-  if (rs && typeof rs === "object") {
-    const type = rs.type ?? rs.rope_type;
-    if (type !== "yarn") {
-      throw new DeepcastError(`config.json: unsupported rope_scaling type ${JSON.stringify(type)}`, { file, code: "UNSUPPORTED" });
-    }
-    ropeScaling = {
-      type: "yarn",
-      factor: num(rs, "factor", undefined, file),
-      originalMaxPositionEmbeddings: int(rs, "original_max_position_embeddings", undefined, file),
-      betaFast: num(rs, "beta_fast", 32, file),
-      betaSlow: num(rs, "beta_slow", 1, file),
-      mscale: num(rs, "mscale", 1, file),
-      mscaleAllDim: num(rs, "mscale_all_dim", 0, file),
-    };
-  }
+  const ropeScaling = parseRopeScaling(cfg, file);
   const c: ModelConfig = {
     vocabSize: int(cfg, "vocab_size", undefined, file),
     dim: int(cfg, "hidden_size", undefined, file),
@@ -332,7 +342,8 @@ export function checkModelConfig(raw: unknown, tensors: TensorShapes, file: stri
 
 /**
  * checkModelConfig for a loaded checkpoint: its config.json against its shards' tensors, by generation.
- * DeepSeek-V4 is checked by ./hf-config-v4.ts ("present" only: no command but fp8-to-bf16 reads it yet).
+ * DeepSeek-V4 is checked by ./hf-config-v4.ts; in "full" mode (parsed with its V4 part) only for a command
+ * that lists it in `accept` (the forward pass).
  * DeepSeek-V3.2 is V3 plus the indexer (./hf-config-v32.ts); in "full" mode only for a command that
  * lists it in `accept` (to-demo), since the others do not implement its indexer.
  */
@@ -348,9 +359,9 @@ export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full" | "present"
   const generation = checkpointGeneration(ckpt.config, ckpt.weightMap.keys());
   const unsupported = () => new DeepcastError(`${GENERATION_NAME[generation]} checkpoints are not supported by this command yet`, { file, code: "UNSUPPORTED" });
   if (generation === "deepseek-v4") {
-    if (mode === "full") throw unsupported();
+    if (mode === "full" && !opts.accept?.includes(generation)) throw unsupported();
     checkV4Config(ckpt.config, tensors, file);
-    return null;
+    return mode === "full" ? parseV4Config(ckpt.config, file) : null;
   }
   if (generation === "deepseek-v32") {
     if (mode === "full" && !opts.accept?.includes(generation)) throw unsupported();
