@@ -1,24 +1,21 @@
 /**
  * The forward pass's weights from a `deepseek4` GGUF (src/model/gguf-weights-deepseek4.ts): our to-gguf of
- * fixtures/tiny-dsv4 read back under the HF V4 names equals the checkpoint tensor for tensor, value for
- * value. The reference values are the fixture's `fp8-to-bf16` output (FP8 x 2^(e-127) and the FP4 decode
- * are exact in BF16, so it holds the checkpoint's exact values): BF16 and F32 tensors and the MXFP4 experts
- * must equal them bit for bit, the Q8_0 tensors (FP8 weights) the Q8_0 round trip of them, tid2eid the
- * I64 table. Also: row ranges, the config.json rebuilt from the metadata, a K-quant GGUF of the model,
- * and the MTP-only GGUF refused.
+ * fixtures/tiny-dsv4 read back under the HF V4 names equals the HF source's read of the FP8 checkpoint
+ * (HfWeightSource: FP8 x 2^(e-127), the FP4 decode, I64 ids, all exact float32), tensor for tensor, value
+ * for value: BF16 and F32 tensors and the MXFP4 experts bit for bit, the Q8_0 tensors (FP8 weights) as the
+ * Q8_0 round trip of the HF values, tid2eid as the I64 table. Also: row ranges, the config rebuilt from the
+ * metadata, a K-quant GGUF of the model, and the MTP-only GGUF refused.
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { beforeAll, describe, expect, it } from "vitest";
-import { planFp8ToBf16, runFp8ToBf16 } from "../src/convert/fp8-to-bf16.js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
-import { loadCheckpoint } from "../src/io/checkpoint.js";
+import { parseV4Config } from "../src/io/hf-config-v4.js";
 import { GgufReader } from "../src/io/gguf-reader.js";
-import { SafetensorsFile } from "../src/io/safetensors.js";
 import { LocalSource } from "../src/io/source.js";
 import { GgufWeightSource } from "../src/model/gguf-weights.js";
 import { deepseek4ConfigJson } from "../src/model/gguf-weights-deepseek4.js";
-import { bf16ToF32 } from "../src/quant/floats.js";
+import { HfWeightSource } from "../src/model/weights.js";
 import { dequantize, quantize } from "../src/quant/ggml.js";
 import { kernels } from "../src/quant/kernels.js";
 import { ROOT, tempDir } from "./helpers.js";
@@ -26,8 +23,9 @@ import { ROOT, tempDir } from "./helpers.js";
 const V4 = join(ROOT, "fixtures", "tiny-dsv4");
 
 let dir: string;
-/** The fixture's tensors after fp8-to-bf16, by name: float32 values (I64 as numbers) and shape. */
-const hf = new Map<string, { dtype: string; shape: number[]; values: Float32Array }>();
+let hfSrc: HfWeightSource;
+/** The HF source's tensors by name (float32), read once. */
+const hf = new Map<string, { shape: number[]; values: Float32Array }>();
 
 async function toGguf(ftype: string, name: string, extra: Record<string, unknown> = {}): Promise<string> {
   const out = join(dir, name);
@@ -38,26 +36,16 @@ async function toGguf(ftype: string, name: string, extra: Record<string, unknown
 
 beforeAll(async () => {
   dir = await tempDir("deepcast-gguf-weights-dsv4-");
-  const bf16 = join(dir, "bf16");
-  const ckpt = await loadCheckpoint(new LocalSource(V4));
-  await runFp8ToBf16(ckpt, planFp8ToBf16(ckpt, {}), { out: bf16, kernels: kernels(), threads: 2, force: false, skipSpaceCheck: true });
-  const out = await loadCheckpoint(new LocalSource(bf16));
-  const files = new Set(out.weightMap.values());
-  for (const f of files) {
-    const st = await SafetensorsFile.open(join(bf16, f));
-    for (const t of st.tensors) {
-      const raw = new Uint8Array(t.end - t.begin);
-      await st.read(t.name, raw);
-      let values: Float32Array;
-      if (t.dtype === "BF16") values = Float32Array.from(new Uint16Array(raw.buffer), bf16ToF32);
-      else if (t.dtype === "F32") values = new Float32Array(raw.buffer);
-      else if (t.dtype === "I64") values = Float32Array.from(new BigInt64Array(raw.buffer), Number);
-      else throw new Error(`unexpected ${t.dtype} in the fp8-to-bf16 output (${t.name})`);
-      hf.set(t.name, { dtype: t.dtype, shape: [...t.shape], values });
-    }
-    await st.close();
+  hfSrc = await HfWeightSource.open(V4, { threads: 2 });
+  for (const name of hfSrc.checkpoint.weightMap.keys()) {
+    if (name.endsWith(".scale")) continue;
+    hf.set(name, { shape: [...hfSrc.shape(name)], values: await hfSrc.read(name) });
   }
 }, 120_000);
+
+afterAll(async () => {
+  await hfSrc?.close();
+});
 
 const same = (a: Float32Array, b: Float32Array) => a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
@@ -121,7 +109,7 @@ describe("GgufWeightSource on our deepseek4 GGUF of tiny-dsv4", () => {
     }
   });
 
-  it("rebuilds config.json from the deepseek4 metadata: every key the forward pass needs, as the checkpoint has it", async () => {
+  it("rebuilds config.json from the deepseek4 metadata: every key the forward pass needs, as the checkpoint has it; the same ModelConfig as the HF source's", async () => {
     const r = await GgufReader.open(join(dir, "v4.gguf"));
     try {
       const got = deepseek4ConfigJson(r);
@@ -133,6 +121,13 @@ describe("GgufWeightSource on our deepseek4 GGUF of tiny-dsv4", () => {
       expect(got).toEqual(want);
     } finally {
       await r.close();
+    }
+    const src = await GgufWeightSource.open(join(dir, "v4.gguf"));
+    try {
+      expect(src.config).toEqual({ ...parseV4Config(JSON.parse(await readFile(join(V4, "config.json"), "utf8"))), nMtpLayers: 0 });
+      expect(src.config).toEqual({ ...hfSrc.config, nMtpLayers: 0 });
+    } finally {
+      await src.close();
     }
   });
 

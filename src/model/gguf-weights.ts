@@ -21,6 +21,7 @@ import { GgufReader, type GgufTensorInfo, type GgufTensorStore } from "../io/ggu
 import { deepseek2Format } from "../formats/deepseek2-names.js";
 import { archKey, Keys } from "../formats/gguf-keys.js";
 import { f32Decimal } from "../io/gguf-kv.js";
+import { parseV4Config } from "../io/hf-config-v4.js";
 import { ggmlDequantTypes, rowBytes } from "../formats/ggml-types.js";
 import { dequantizeRows } from "../quant/ggml.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
@@ -105,16 +106,11 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
 
   private constructor(
     readonly reader: R,
-    private readonly configOf: () => ModelConfig,
+    readonly config: ModelConfig,
     private readonly threads: number,
     /** Another architecture's names (undefined: deepseek2's, by this file's rules). */
     private readonly layout?: GgufNameLayout,
   ) {}
-
-  /** The model's hyper-parameters (a DeepSeek-V4 GGUF's parsed when first asked for). */
-  get config(): ModelConfig {
-    return this.configOf();
-  }
 
   /** Opens a GGUF (a single file, or any file of a split model) and reads its metadata. */
   static async open(path: string, opts: GgufWeightSourceOptions = {}): Promise<GgufWeightSource<GgufReader>> {
@@ -125,15 +121,9 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
   static async fromStore<S extends GgufTensorStore>(reader: S, opts: GgufWeightSourceOptions = {}): Promise<GgufWeightSource<S>> {
     try {
       const threads = Math.max(1, opts.threads ?? 1);
-      let src: GgufWeightSource<S>;
-      if (reader.value(Keys.General.ARCHITECTURE) === DEEPSEEK4_ARCH) {
-        const json = deepseek4ConfigJson(reader);
-        let parsed: ModelConfig | undefined;
-        src = new GgufWeightSource(reader, () => (parsed ??= parseGgufConfig(json, reader.path)), threads, deepseek4Layout(reader));
-      } else {
-        const config = ggufModelConfig(reader);
-        src = new GgufWeightSource(reader, () => config, threads);
-      }
+      const src = reader.value(Keys.General.ARCHITECTURE) === DEEPSEEK4_ARCH
+        ? new GgufWeightSource(reader, parseGgufConfig(parseV4Config, deepseek4ConfigJson(reader), reader.path), threads, deepseek4Layout(reader))
+        : new GgufWeightSource(reader, ggufModelConfig(reader), threads);
       src.checkTypes();
       return src;
     } catch (e) {
@@ -444,13 +434,13 @@ export function ggufModelConfig(reader: GgufTensorStore): ModelConfig {
     if (bs !== undefined) rs.beta_slow = bs;
     raw.rope_scaling = rs;
   }
-  return parseGgufConfig(raw, file);
+  return parseGgufConfig(parseModelConfig, raw, file);
 }
 
-/** parseModelConfig of a config.json rebuilt from GGUF metadata, its errors naming the GGUF. */
-function parseGgufConfig(raw: Record<string, unknown>, file: string): ModelConfig {
+/** A config.json rebuilt from GGUF metadata, parsed; its errors name the GGUF. */
+function parseGgufConfig(parse: (raw: unknown) => ModelConfig, raw: Record<string, unknown>, file: string): ModelConfig {
   try {
-    return parseModelConfig(raw);
+    return parse(raw);
   } catch (e) {
     if (e instanceof DeepcastError) throw new DeepcastError(`GGUF metadata: ${e.message.replace(/^config\.json: /, "").replace(/ \(file config\.json\)$/, "")}`, { file, code: e.code });
     throw e;
