@@ -11,7 +11,8 @@
  *  - MLA as llama.cpp runs it: `attn_k_b` multiplies q_nope per head and `attn_v_b` the latent
  *    attention output per head; one flattened [heads × columns] sum and ONE count (tokens), as
  *    llama.cpp collects a 3-D MUL_MAT;
- *  - `output.weight` only with processOutput; `token_embd` never (a row lookup, not a matmul).
+ *  - `output.weight` only with processOutput; `token_embd` never (a row lookup, not a matmul);
+ *  - DeepSeek-V4 (a config with its `v4` part) by its own names: ./imatrix-names-deepseek4.ts.
  *
  * Sums are float64 here (llama.cpp adds float32 in token order; the difference is ~1e-6 relative)
  * and are written as float32.
@@ -20,6 +21,7 @@ import { DeepcastError } from "../errors.js";
 import { deepseek2Format, fillBid, namePattern } from "../formats/deepseek2-names.js";
 import type { ModelConfig } from "./config.js";
 import type { MatmulObserver } from "./forward.js";
+import { deepseek4ImatrixTarget, type ImatrixTarget } from "./imatrix-names-deepseek4.js";
 import { loadNative, type NativeAddon } from "../quant/native.js";
 
 export interface ImatrixStat {
@@ -31,14 +33,7 @@ export interface ImatrixStat {
   cols: number;
 }
 
-interface Target {
-  gguf: string;
-  /** Matrix (expert) index within the entry, and the matrices it has (values). */
-  mat: number;
-  nMat: number;
-  /** Counts kept per matrix (experts) or one for all (dense). */
-  perMatrixCount: boolean;
-}
+type Target = ImatrixTarget;
 
 interface Rule {
   re: RegExp;
@@ -73,7 +68,10 @@ export class ImatrixCollector implements MatmulObserver {
     let t = this.targets.get(weight);
     if (t !== undefined) return t;
     t = null;
-    if (weight === "lm_head.weight") {
+    const v4 = deepseek4ImatrixTarget(weight, this.config, this.opts.processOutput === true);
+    if (v4 !== undefined) {
+      t = v4;
+    } else if (weight === "lm_head.weight") {
       if (this.opts.processOutput) t = { gguf: "output.weight", mat: 0, nMat: 1, perMatrixCount: false };
     } else if (!weight.endsWith(".kv_b_proj.weight")) {
       // kv_b_proj is collected as attn_k_b / attn_v_b through absorbedMla
@@ -107,6 +105,14 @@ export class ImatrixCollector implements MatmulObserver {
   input(weight: string, x: Float32Array, rows: number, cols: number): void {
     const t = this.target(weight);
     if (!t) return;
+    if (t.sideBySide) {
+      // [rows, nMat * per]: matrix m's input is columns m*per.., as the flattened sums lay them out
+      if (cols % t.nMat !== 0) throw new DeepcastError(`internal: ${weight} input of ${cols} columns does not split into ${t.nMat} matrices`, { tensor: t.gguf });
+      const e = this.entry(t.gguf, cols / t.nMat, t.nMat, 1);
+      addSquares(e.sums, 0, x, rows, cols, cols);
+      e.counts[0]! += rows;
+      return;
+    }
     const e = this.entry(t.gguf, cols, t.nMat, t.perMatrixCount ? t.nMat : 1);
     addSquares(e.sums, t.mat * cols, x, rows, cols, cols);
     e.counts[t.perMatrixCount ? t.mat : 0]! += rows;
