@@ -42,7 +42,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { getLlama, type Llama, type Token } from "node-llama-cpp";
+import type { Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { LocalSource } from "../src/io/source.js";
@@ -53,6 +53,7 @@ import { forwardOps, type ForwardOps } from "../src/model/ops.js";
 import type { WeightSource } from "../src/model/weights.js";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/quant/floats.js";
 import { kernels } from "../src/quant/kernels.js";
+import { agreement, cpuLlama, fmtAgreement as fmt, llamaDistributions as llamaDistributionsOf, quantile, selfAgreement } from "./engine-agreement.js";
 import { FIXTURE, ROOT, tempDir } from "./helpers.js";
 
 const TYPES = ["BF16", "Q8_0", "Q4_K_M"] as const;
@@ -272,70 +273,6 @@ function ggmlPrecisionOps(src: TaggedSource, base: ForwardOps, jitterAmount = 0)
   };
 }
 
-// ---- comparison ------------------------------------------------------------------------------
-
-interface Agreement {
-  kld: number[];
-  mean: number;
-  median: number;
-  max: number;
-  top1: number;
-}
-
-const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
-
-/** Per position KL(P || softmax(logits)) and top-1 agreement; P[i] is a probability per token id. */
-function agreement(P: Float64Array[], r: ForwardResult): Agreement {
-  const V = r.vocab;
-  const kld: number[] = [];
-  let same = 0;
-  for (let i = 0; i < P.length; i++) {
-    const row = r.logits.subarray(i * V, (i + 1) * V);
-    const p = P[i]!;
-    let mx = -Infinity;
-    let ours = 0;
-    for (let v = 0; v < V; v++) {
-      if (row[v]! > mx) {
-        mx = row[v]!;
-        ours = v;
-      }
-    }
-    let z = 0;
-    for (let v = 0; v < V; v++) z += Math.exp(row[v]! - mx);
-    const logZ = mx + Math.log(z);
-    let kl = 0;
-    let theirs = 0;
-    for (let v = 0; v < V; v++) {
-      if (p[v]! > p[theirs]!) theirs = v;
-      if (p[v]! > 0) kl += p[v]! * (Math.log(p[v]!) - (row[v]! - logZ));
-    }
-    kld.push(kl);
-    if (ours === theirs) same++;
-  }
-  return { kld, mean: kld.reduce((a, b) => a + b, 0) / kld.length, median: quantile(kld, 0.5), max: Math.max(...kld), top1: same / P.length };
-}
-
-/** KL(softmax(a) || softmax(b)) per position, for two of our own passes. */
-function selfAgreement(a: ForwardResult, b: ForwardResult): Agreement {
-  const V = a.vocab;
-  const P: Float64Array[] = [];
-  for (let i = 0; i < a.logits.length / V; i++) {
-    const row = a.logits.subarray(i * V, (i + 1) * V);
-    let mx = -Infinity;
-    for (const x of row) mx = Math.max(mx, x);
-    const p = new Float64Array(V);
-    let z = 0;
-    for (let v = 0; v < V; v++) z += (p[v] = Math.exp(row[v]! - mx));
-    for (let v = 0; v < V; v++) p[v] = p[v]! / z;
-    P.push(p);
-  }
-  return agreement(P, b);
-}
-
-const fmt = (a: Agreement) =>
-  `mean ${a.mean.toExponential(2)}, median ${a.median.toExponential(2)}, p90 ${quantile(a.kld, 0.9).toExponential(2)}, ` +
-  `max ${a.max.toExponential(2)}, top-1 ${(a.top1 * 100).toFixed(1)}%`;
-
 // ---- the two engines ---------------------------------------------------------------------------
 
 let llama: Llama;
@@ -344,7 +281,7 @@ const gguf = new Map<Type, string>();
 const results: string[] = [];
 
 beforeAll(async () => {
-  llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
+  llama = await cpuLlama();
   const ids = (JSON.parse(await readFile(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.ids.json"), "utf8")) as { ids: number[] }).ids;
   // BOS + consecutive slices of the held-out text.
   windows = Array.from({ length: WINDOWS }, (_, w) => [0, ...ids.slice(w * (WINDOW - 1), (w + 1) * (WINDOW - 1))]);
@@ -363,29 +300,8 @@ afterAll(async () => {
 });
 
 /** llama.cpp's next-token distribution at every position of every window (as arrays by token id). */
-async function llamaDistributions(path: string, flashAttention: boolean): Promise<Float64Array[]> {
-  const model = await llama.loadModel({ modelPath: path });
-  try {
-    // contextSize above the window: node-llama-cpp keeps one cell free (it pads to 256 anyway)
-    const ctx = await model.createContext({ contextSize: 2 * WINDOW, batchSize: WINDOW, threads: THREADS, sequences: 1, flashAttention });
-    const seq = ctx.getSequence();
-    const out: Float64Array[] = [];
-    for (const w of windows) {
-      await seq.clearHistory();
-      const res = await seq.controlledEvaluate(w.map((t) => [t as Token, { generateNext: { probabilities: true } }]));
-      for (let i = 0; i < w.length; i++) {
-        const probs = res[i]?.next?.probabilities;
-        if (!probs) throw new Error(`no distribution at position ${i}`);
-        const p = new Float64Array(probs.size);
-        for (const [t, v] of probs) p[t] = v;
-        out.push(p);
-      }
-    }
-    await ctx.dispose();
-    return out;
-  } finally {
-    await model.dispose();
-  }
+function llamaDistributions(path: string, flashAttention: boolean): Promise<Float64Array[]> {
+  return llamaDistributionsOf(llama, path, windows, { flashAttention, threads: THREADS });
 }
 
 /** Our pass over the GGUF; with `emulate`, through ggmlPrecisionOps; per position the smallest router margin of any MoE layer. */
