@@ -5,7 +5,9 @@
  * KL(P_llama || P_ours) (natural log) and by the top-1 token.
  */
 import { getLlama, type Llama, type Token } from "node-llama-cpp";
+import type { ModelConfig } from "../src/model/config.js";
 import type { ForwardResult } from "../src/model/forward.js";
+import type { WeightSource } from "../src/model/weights.js";
 
 export interface Agreement {
   kld: number[];
@@ -108,4 +110,17 @@ export async function llamaDistributions(llama: Llama, path: string, windows: nu
   } finally {
     await model.dispose();
   }
+}
+
+/** `src` with another config (a deliberate semantic error for a test that must see it). */
+export function withConfig(src: WeightSource, config: ModelConfig): WeightSource {
+  return {
+    description: src.description,
+    config,
+    has: (n) => src.has(n),
+    shape: (n) => src.shape(n),
+    read: (n, s, c) => src.read(n, s, c),
+    ...(src.readStored ? { readStored: (n: string, s?: number, c?: number) => src.readStored!(n, s, c) } : {}),
+    close: () => src.close(),
+  };
 }
