@@ -21,7 +21,8 @@ import { namePattern } from "../formats/deepseek2-names.js";
 import { archKey, Keys } from "../formats/gguf-keys.js";
 import type { GgufTensorInfo, GgufTensorStore } from "../io/gguf-reader.js";
 import { f32Decimal } from "../io/gguf-kv.js";
-import type { GgufNameLayout, Resolved } from "./gguf-weights.js";
+import { checkV4Config } from "../io/hf-config-v4.js";
+import type { GgufNameLayout, GgufWeightSource, Resolved } from "./gguf-weights.js";
 
 export const DEEPSEEK4_ARCH = "deepseek4";
 
@@ -248,4 +249,26 @@ export function deepseek4ConfigJson(reader: GgufTensorStore): Record<string, unk
   if (typeof bos === "number") raw.bos_token_id = bos;
   if (typeof eos === "number") raw.eos_token_id = eos;
   return raw;
+}
+
+/**
+ * A deepseek4 GGUF's metadata against its tensors, as a V4 config.json is checked against its
+ * checkpoint (checkV4Config: dimensions, compress ratios against the compressors and indexers,
+ * hash layers against tid2eid), the tensors under their HF names and shapes (experts unpacked).
+ */
+export function checkDeepseek4Gguf(src: GgufWeightSource<GgufTensorStore>): void {
+  const file = src.reader.path;
+  const names = src.hfNames();
+  try {
+    checkV4Config(deepseek4ConfigJson(src.reader), {
+      names: () => names,
+      shape: (n) => (src.has(n) ? src.shape(n) : undefined),
+      dtype: (n) => (!src.has(n) ? undefined : src.ggufTensors(n).tensors[0]!.type.name === "I32" ? "I32" : "F32"),
+    }, file);
+  } catch (e) {
+    if (e instanceof DeepcastError) {
+      throw new DeepcastError(`GGUF metadata (${DEEPSEEK4_ARCH}.*) disagrees with the tensors: ${e.message.replace(/^config\.json: /, "").replace(/ \(file [^)]*\)$/, "")}`, { file, code: e.code, ...(e.tensor !== undefined ? { tensor: e.tensor } : {}) });
+    }
+    throw e;
+  }
 }
