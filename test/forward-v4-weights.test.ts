@@ -4,7 +4,7 @@
  * the exact float32 values, checked against decoders written plainly here from the format definitions
  * (e4m3fn bits x 2^(e-127); e2m1 nibbles, element 2k low, x 2^(e-127), code 8 = +0; I64 ids).
  */
-import { open, readFile } from "node:fs/promises";
+import { cp, open, readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 
@@ -13,23 +13,28 @@ import { loadCheckpoint, locate } from "../src/io/checkpoint.js";
 import { parseV4Config } from "../src/io/hf-config-v4.js";
 import { LocalSource } from "../src/io/source.js";
 import { HfWeightSource } from "../src/model/weights.js";
-import { ROOT } from "./helpers.js";
+import { ROOT, tempDir } from "./helpers.js";
 
 const V4 = join(ROOT, "fixtures", "tiny-dsv4");
 
-/** The raw bytes of a tensor, straight from its shard (header parsed here, not by the project's reader). */
+/** Where a tensor's bytes lie in its shard (header parsed here, not by the project's reader). */
+async function placeOf(dir: string, name: string): Promise<{ path: string; begin: number; end: number }> {
+  const ck = await loadCheckpoint(new LocalSource(dir));
+  const path = join(dir, locate(ck, name)!.file);
+  const bytes = await readFile(path);
+  const start = 8 + Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.subarray(8, start).toString("utf8")) as Record<string, { data_offsets: [number, number] }>;
+  const [a, b] = header[name]!.data_offsets;
+  return { path, begin: start + a, end: start + b };
+}
+
+/** The raw bytes of a tensor, straight from its shard. */
 async function rawBytes(name: string): Promise<Uint8Array> {
-  const ck = await loadCheckpoint(new LocalSource(V4));
-  const loc = locate(ck, name)!;
-  const fh = await open(join(V4, loc.file), "r");
+  const { path, begin, end } = await placeOf(V4, name);
+  const fh = await open(path, "r");
   try {
-    const len = Buffer.alloc(8);
-    await fh.read(len, 0, 8, 0);
-    const start = 8 + Number(len.readBigUInt64LE(0));
-    const header = JSON.parse((await readFile(join(V4, loc.file))).subarray(8, start).toString("utf8")) as Record<string, { data_offsets: [number, number] }>;
-    const [a, b] = header[name]!.data_offsets;
-    const out = Buffer.alloc(b - a);
-    await fh.read(out, 0, b - a, start + a);
+    const out = Buffer.alloc(end - begin);
+    await fh.read(out, 0, end - begin, begin);
     return new Uint8Array(out);
   } finally {
     await fh.close();
@@ -143,6 +148,26 @@ describe("HfWeightSource reads a V4 checkpoint", () => {
       expect(Buffer.from((await src.read("layers.2.hc_ffn_fn")).buffer).equals(Buffer.from(fn))).toBe(true);
     } finally {
       await src.close();
+    }
+  });
+
+  it("a NaN E8M0 scale byte (255) of an FP8 weight or an FP4 expert is BAD_SCALE naming the scale tensor", async () => {
+    for (const scale of ["layers.2.attn.wo_b.scale", "layers.3.ffn.experts.5.w2.scale"]) {
+      const d = await tempDir();
+      await cp(V4, d, { recursive: true });
+      const { path, begin } = await placeOf(d, scale);
+      const fh = await open(path, "r+");
+      await fh.write(Uint8Array.of(255), 0, 1, begin + 1);
+      await fh.close();
+      const src = await HfWeightSource.open(d);
+      try {
+        const e = await src.read(scale.replace(/\.scale$/, ".weight")).then(() => null, (x: unknown) => x);
+        expect(e).toBeInstanceOf(DeepcastError);
+        expect(e).toMatchObject({ code: "BAD_SCALE" });
+        expect((e as Error).message).toMatch(new RegExp(`E8M0 scale byte 255 \\(NaN\\) at \\[0, 1\\].*tensor ${scale.replace(/\./g, "\\.")}`, "s"));
+      } finally {
+        await src.close();
+      }
     }
   });
 });

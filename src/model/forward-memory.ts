@@ -12,11 +12,13 @@
  * Checked against measured peak RSS by test/e2e (imatrix on a synthetic checkpoint with a >1 GB layer).
  */
 import { isMoeLayer, qkHeadDim, type ModelConfig } from "./config.js";
+import { forwardBytesPerTokenV4, forwardWeightBytesV4 } from "./v4/memory.js";
 
 const F32 = 4;
 
 /** Float32 bytes of the weights the pass holds at once at most. */
 export function forwardWeightBytes(cfg: ModelConfig): number {
+  if (cfg.v4) return forwardWeightBytesV4(cfg);
   const H = cfg.nHeads;
   const q = cfg.qLoraRank > 0 ? cfg.qLoraRank * cfg.dim + H * qkHeadDim(cfg) * cfg.qLoraRank : H * qkHeadDim(cfg) * cfg.dim;
   const attn = q + (cfg.kvLoraRank + cfg.qkRopeHeadDim) * cfg.dim + H * (cfg.qkNopeHeadDim + cfg.vHeadDim) * cfg.kvLoraRank + cfg.dim * H * cfg.vHeadDim;
@@ -33,6 +35,7 @@ export function forwardWeightBytes(cfg: ModelConfig): number {
 
 /** Float32 bytes of activations per token of a pass (the largest block's intermediates). */
 export function forwardBytesPerToken(cfg: ModelConfig): number {
+  if (cfg.v4) return forwardBytesPerTokenV4(cfg);
   const H = cfg.nHeads;
   const dqk = qkHeadDim(cfg);
   const attn = H * (2 * dqk + cfg.qkNopeHeadDim + 2 * cfg.vHeadDim) + cfg.qLoraRank + 2 * (cfg.kvLoraRank + cfg.qkRopeHeadDim) + cfg.dim;

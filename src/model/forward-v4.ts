@@ -26,6 +26,7 @@ import { hcCombine, hcHeadWeights, hcPost, hcSplitSinkhorn, rmsRows, scaleByRms,
 import { moeV4 } from "./v4/moe.js";
 import { v4RopeTables } from "./v4/rope.js";
 import type { WeightSource } from "./weights.js";
+import type { ModelConfig } from "./config.js";
 
 /** The tensors of layer l's attention sublayer (HC, norm, attention, compressor, indexer), for prefetching. */
 function attentionNames(ratios: readonly number[], l: number): string[] {
@@ -44,6 +45,28 @@ function ffnNames(l: number): string[] {
   const p = `layers.${l}.`;
   return [`${p}hc_ffn_fn`, `${p}hc_ffn_scale`, `${p}hc_ffn_base`, `${p}ffn_norm.weight`, `${p}ffn.gate.weight`, `${p}ffn.gate.bias`,
     ...["w1", "w3", "w2"].map((w) => `${p}ffn.shared_experts.${w}.weight`)];
+}
+
+/**
+ * The HF names of every tensor the V4 pass may read for `cfg`, layer by layer in reading order (a hash
+ * layer's gate.bias and a missing optional tensor listed as `has` decides): what a WeightSource of
+ * another format (GGUF) must serve under these names.
+ */
+export function forwardTensorNamesV4(cfg: ModelConfig, has: (name: string) => boolean = () => true): string[] {
+  const v = cfg.v4!;
+  const out = ["embed.weight"];
+  for (let l = 0; l < cfg.nLayers; l++) {
+    out.push(...attentionNames(v.compressRatios, l), `layers.${l}.attn.compressor.ape`, `layers.${l}.attn.indexer.compressor.ape`);
+    out.push(...ffnNames(l));
+    if (l < v.hashLayers) out.push(`layers.${l}.ffn.gate.tid2eid`);
+    for (let e = 0; e < cfg.nRoutedExperts; e++) out.push(...["w1", "w3", "w2"].map((w) => `layers.${l}.ffn.experts.${e}.${w}.weight`));
+  }
+  out.push("hc_head_fn", "hc_head_scale", "hc_head_base", "norm.weight", "head.weight");
+  return out.filter((n) => {
+    const r = /^layers\.(\d+)\.attn\.(indexer\.)?compressor\.ape$/.exec(n);
+    if (r) return (v.compressRatios[Number(r[1])] ?? 0) !== 0 && (!r[2] || v.compressRatios[Number(r[1])] === 4);
+    return !n.endsWith(".ffn.gate.bias") || has(n);
+  });
 }
 
 /** HC before a sublayer: the Sinkhorn split of the streams X [rows, hc, dim] and the sublayer's input. */

@@ -26,9 +26,11 @@ export function sqrtSoftplus(z: number): number {
 
 /**
  * The gate: expert ids and weights per token. `hash` [tokens, k] (ids as floats) replaces the top-k;
- * `bias` shifts the selection only.
+ * `bias` shifts the selection only. Scores as model.py's Gate: sqrt(softplus) (V4's configs), sigmoid or
+ * softmax; the chosen scores are renormalized unless softmax.
  */
-export function routeV4(logits: Float32Array, N: number, E: number, K: number, bias: Float32Array | null, hash: Float32Array | null, routeScale: number, layer: number): RoutingInfo {
+export function routeV4(logits: Float32Array, N: number, E: number, K: number, bias: Float32Array | null, hash: Float32Array | null, routeScale: number, layer: number,
+                        scoreFunc: "sqrtsoftplus" | "sigmoid" | "softmax" = "sqrtsoftplus"): RoutingInfo {
   const indices = new Int32Array(N * K);
   const weights = new Float32Array(N * K);
   const expertMargin = new Float32Array(N).fill(Infinity);
@@ -37,10 +39,17 @@ export function routeV4(logits: Float32Array, N: number, E: number, K: number, b
   const sel = new Float32Array(E);
   const order = new Int32Array(E);
   for (let t = 0; t < N; t++) {
-    for (let e = 0; e < E; e++) {
-      s[e] = sqrtSoftplus(logits[t * E + e]!);
-      sel[e] = bias ? f(s[e]! + bias[e]!) : s[e]!;
+    const lg = logits.subarray(t * E, (t + 1) * E);
+    if (scoreFunc === "softmax") {
+      let mx = -Infinity;
+      for (let e = 0; e < E; e++) mx = Math.max(mx, lg[e]!);
+      let z = 0;
+      for (let e = 0; e < E; e++) z += Math.exp(lg[e]! - mx);
+      for (let e = 0; e < E; e++) s[e] = Math.exp(lg[e]! - mx) / z;
+    } else {
+      for (let e = 0; e < E; e++) s[e] = scoreFunc === "sigmoid" ? f(1 / (1 + Math.exp(-lg[e]!))) : sqrtSoftplus(lg[e]!);
     }
+    for (let e = 0; e < E; e++) sel[e] = bias ? f(s[e]! + bias[e]!) : s[e]!;
     if (hash) {
       for (let k = 0; k < K; k++) {
         const e = hash[t * K + k]!;
@@ -55,6 +64,7 @@ export function routeV4(logits: Float32Array, N: number, E: number, K: number, b
     }
     let sum = 0;
     for (let k = 0; k < K; k++) sum = f(sum + s[indices[t * K + k]!]!);
+    if (scoreFunc === "softmax") sum = 1;
     for (let k = 0; k < K; k++) weights[t * K + k] = f(f(s[indices[t * K + k]!]! / sum) * routeScale);
   }
   return { layer, tokens: N, topk: K, indices, weights, expertMargin, groupMargin };
@@ -101,7 +111,7 @@ export async function moeV4(ctx: Ctx, l: number, x: Float32Array, N: number, tok
     hash = new Float32Array(N * K);
     for (let t = 0; t < N; t++) hash.set(table.subarray(tokens[t]! * K, (tokens[t]! + 1) * K), t * K);
   }
-  const r = routeV4(ctx.mm(x, gate, N, dim, E, p + "gate.weight"), N, E, K, bias, hash, cfg.routeScale, l);
+  const r = routeV4(ctx.mm(x, gate, N, dim, E, p + "gate.weight"), N, E, K, bias, hash, cfg.routeScale, l, cfg.scoreFunc);
   onRouting?.(r);
 
   // Rows (and their weights) per expert, in token order.
