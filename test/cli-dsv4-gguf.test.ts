@@ -105,4 +105,17 @@ describe("deepcast imatrix / validate on a deepseek4 GGUF", () => {
     expect(r.stderr).toMatch(/GGUF metadata \(deepseek4\.\*\) disagrees with the tensors: num_hash_layers = 3, but hash layer layers\.2 has no layers\.2\.ffn\.gate\.tid2eid.*bad\.gguf.*\[CONFIG_MISMATCH\]/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
   }, 120_000);
+
+  it("refuses a deepseek4 GGUF without a tensor the pass reads before any pass (NOT_FOUND, file and tensor named)", async () => {
+    const bytes = Buffer.from(await readFile(join(dir, "tiny-dsv4-BF16.gguf")));
+    const name = Buffer.from("blk.2.attn_q_b.weight");
+    const at = bytes.indexOf(name);
+    expect(at).toBeGreaterThan(0);
+    bytes.write("blk.2.attn_q_X.weight", at, "latin1"); // same length: the header stays valid
+    await writeFile(join(dir, "lacking.gguf"), bytes);
+    const r = deepcast("imatrix", "lacking.gguf", "-f", "text.txt", "-c", "256", "--chunks", "1", "-o", "x.imatrix.gguf");
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/the GGUF has no blk\.2\.attn_q_b\.weight \(layers\.2\.attn\.wq_b\.weight\), which the DeepSeek-V4 forward pass reads \(file [^)]*lacking\.gguf, tensor blk\.2\.attn_q_b\.weight\) \[NOT_FOUND\]/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  }, 120_000);
 });

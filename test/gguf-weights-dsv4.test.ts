@@ -13,6 +13,7 @@ import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { parseV4Config } from "../src/io/hf-config-v4.js";
 import { GgufReader } from "../src/io/gguf-reader.js";
 import { LocalSource } from "../src/io/source.js";
+import { forwardTensorNamesV4 } from "../src/model/forward-v4.js";
 import { GgufWeightSource } from "../src/model/gguf-weights.js";
 import { deepseek4ConfigJson } from "../src/model/gguf-weights-deepseek4.js";
 import { HfWeightSource } from "../src/model/weights.js";
@@ -50,7 +51,7 @@ afterAll(async () => {
 const same = (a: Float32Array, b: Float32Array) => a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(Buffer.from(b.buffer, b.byteOffset, b.byteLength));
 
 describe("GgufWeightSource on our deepseek4 GGUF of tiny-dsv4", () => {
-  it("names every trunk tensor of the checkpoint under its HF name (no .scale, no MTP), with its HF shape", async () => {
+  it("names every trunk tensor of the checkpoint under its HF name (no .scale, no MTP), with its HF shape: what the V4 pass reads", async () => {
     const src = await GgufWeightSource.open(await toGguf("BF16", "v4.gguf"));
     try {
       const trunk = [...hf.keys()].filter((n) => !n.startsWith("mtp.")).sort();
@@ -62,6 +63,8 @@ describe("GgufWeightSource on our deepseek4 GGUF of tiny-dsv4", () => {
       expect(src.has("layers.2.ffn.gate.bias")).toBe(true);
       expect(src.has("mtp.0.e_proj.weight")).toBe(false);
       expect(src.has("layers.1.ffn.experts.8.w1.weight")).toBe(false); // 8 experts
+      // exactly what the V4 pass reads
+      expect([...src.hfNames()].sort()).toEqual(forwardTensorNamesV4(src.config, (n) => src.has(n)).sort());
     } finally {
       await src.close();
     }

@@ -22,6 +22,7 @@ import { archKey, Keys } from "../formats/gguf-keys.js";
 import type { GgufTensorInfo, GgufTensorStore } from "../io/gguf-reader.js";
 import { f32Decimal } from "../io/gguf-kv.js";
 import { checkV4Config } from "../io/hf-config-v4.js";
+import { forwardTensorNamesV4 } from "./forward-v4.js";
 import type { GgufNameLayout, GgufWeightSource, Resolved } from "./gguf-weights.js";
 
 export const DEEPSEEK4_ARCH = "deepseek4";
@@ -65,42 +66,46 @@ function rules(): V4Rules {
   return rulesCache;
 }
 
+/** Where an HF V4 name is stored: its GGUF tensor, as a copy, an index table, or slab `e` of stacked experts. */
+type Place = { gguf: string; kind: "copy" | "ids" } | { gguf: string; kind: "expert"; e: number };
+
+function placeOf(name: string): Place | undefined {
+  const R = rules();
+  if (R.root[name] !== undefined) return { gguf: R.root[name], kind: "copy" };
+  const hash = R.hashHf.exec(name);
+  if (hash) return { gguf: `blk.${hash.groups!.bid}.${R.hashGguf}`, kind: "ids" };
+  const ex = R.expertRe.exec(name);
+  if (ex) {
+    const g = R.expertGguf.get(ex.groups!.proj!);
+    return g === undefined ? undefined : { gguf: `blk.${ex.groups!.bid}.${g}`, kind: "expert", e: Number(ex.groups!.xid) };
+  }
+  const m = /^layers\.(\d+)\.(.+)$/.exec(name);
+  const g = m ? R.layer.get(m[2]!) : undefined;
+  return g === undefined ? undefined : { gguf: `blk.${m![1]}.${g}`, kind: "copy" };
+}
+
 /** The HF names of a deepseek4 GGUF and the tensors they are read from. */
 export function deepseek4Layout(reader: GgufTensorStore): GgufNameLayout {
   const R = rules();
   const file = reader.path;
   return {
     resolve(name: string): Resolved | null {
-      const rootG = R.root[name];
-      if (rootG !== undefined) {
-        const t = reader.tensor(rootG);
-        return t ? { kind: "copy", t, shape: [...t.ne].reverse() } : null;
-      }
-      const hash = R.hashHf.exec(name);
-      if (hash) {
-        const t = reader.tensor(`blk.${hash.groups!.bid}.${R.hashGguf}`);
-        if (!t) return null;
+      const place = placeOf(name);
+      const t = place && reader.tensor(place.gguf);
+      if (!place || !t) return null;
+      if (place.kind === "ids") {
         if (t.type.name !== "I32" || t.ne.length !== 2) {
           throw new DeepcastError(`hash-routing table is ${t.type.name} ne [${t.ne.join(", ")}], expected I32 [k, vocab]`, { file, tensor: t.name });
         }
         return { kind: "ids", t, shape: [t.ne[1]!, t.ne[0]!] };
       }
-      const ex = R.expertRe.exec(name);
-      if (ex) {
-        const g = R.expertGguf.get(ex.groups!.proj!);
-        const t = g === undefined ? undefined : reader.tensor(`blk.${ex.groups!.bid}.${g}`);
-        if (!t) return null;
-        const e = Number(ex.groups!.xid);
-        // llama-quantize drops trailing 1-dims: a single expert is stored [in, out].
-        const [ne0, ne1, ne2 = 1] = t.ne;
+      if (place.kind === "expert") {
         if (t.ne.length > 3) throw new DeepcastError(`tensor has ${t.ne.length} dims, expected at most 3`, { file, tensor: t.name });
-        return e < ne2 ? { kind: "expert", t, e, shape: [ne1 ?? 1, ne0!] } : null;
+        // llama-quantize drops trailing 1-dims: a single expert is stored [in, out].
+        const [ne0, ne1 = 1, ne2 = 1] = t.ne;
+        return place.e < ne2 ? { kind: "expert", t, e: place.e, shape: [ne1, ne0!] } : null;
       }
-      const m = /^layers\.(\d+)\.(.+)$/.exec(name);
-      if (!m) return null;
-      const g = R.layer.get(m[2]!);
-      const t = g === undefined ? undefined : reader.tensor(`blk.${m[1]}.${g}`);
-      return t ? { kind: "copy", t, shape: [...t.ne].reverse() } : null;
+      return { kind: "copy", t, shape: [...t.ne].reverse() };
     },
 
     hfNames(): string[] {
@@ -121,7 +126,8 @@ export function deepseek4Layout(reader: GgufTensorStore): GgufNameLayout {
         const proj = R.expertToHf.get(rest!);
         if (proj !== undefined) {
           const n = t.ne[2] ?? 1;
-          for (let e = 0; e < n; e++) out.push(`layers.${bid}.ffn.experts.${e}.${proj}.weight`);
+          const pattern = deepseek4Format().experts.pattern.replace("{bid}", bid!).replace("{proj}", proj).replace("{part}", "weight");
+          for (let e = 0; e < n; e++) out.push(pattern.replace("{xid}", String(e)));
           continue;
         }
         const hf = R.layerToHf.get(rest!);
@@ -252,9 +258,10 @@ export function deepseek4ConfigJson(reader: GgufTensorStore): Record<string, unk
 }
 
 /**
- * A deepseek4 GGUF's metadata against its tensors, as a V4 config.json is checked against its
- * checkpoint (checkV4Config: dimensions, compress ratios against the compressors and indexers,
- * hash layers against tid2eid), the tensors under their HF names and shapes (experts unpacked).
+ * A deepseek4 GGUF's metadata against its tensors before any pass: they agree as a V4 config.json
+ * must with its checkpoint (checkV4Config: dimensions, compress ratios against the compressors and
+ * indexers, hash layers against tid2eid; the tensors under their HF names and shapes, experts
+ * unpacked), and every tensor the V4 pass reads is there (NOT_FOUND).
  */
 export function checkDeepseek4Gguf(src: GgufWeightSource<GgufTensorStore>): void {
   const file = src.reader.path;
@@ -270,5 +277,10 @@ export function checkDeepseek4Gguf(src: GgufWeightSource<GgufTensorStore>): void
       throw new DeepcastError(`GGUF metadata (${DEEPSEEK4_ARCH}.*) disagrees with the tensors: ${e.message.replace(/^config\.json: /, "").replace(/ \(file [^)]*\)$/, "")}`, { file, code: e.code, ...(e.tensor !== undefined ? { tensor: e.tensor } : {}) });
     }
     throw e;
+  }
+  const missing = forwardTensorNamesV4(src.config, (n) => src.has(n)).find((n) => !src.has(n));
+  if (missing !== undefined) {
+    const gguf = placeOf(missing)?.gguf;
+    throw new DeepcastError(`the GGUF has no ${gguf ?? "tensor"} (${missing}), which the DeepSeek-V4 forward pass reads`, { file, tensor: gguf ?? missing, code: "NOT_FOUND" });
   }
 }
