@@ -33,6 +33,7 @@ export { planTargetGguf } from "./convert/target-plan.js";
 export { planGgufSource, type GgufSourceOptions, type GgufSourcePlan } from "./convert/gguf-source-plan.js";
 export { runGgufSource, type GgufSourceRunOptions } from "./convert/gguf-source-run.js";
 export { planToDemo, type DemoPlan } from "./convert/demo-plan.js";
+export { planToDemoV4, type DemoPlanV4Options } from "./convert/demo-plan-v4.js";
 export { runToDemo, type ToDemoSummary } from "./convert/to-demo.js";
 export { openWeights } from "./model/open-weights.js";
 export { openTokenizer } from "./model/open-tokenizer.js";

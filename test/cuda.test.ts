@@ -123,6 +123,26 @@ describe("CUDA loader and backend selection", () => {
     expect(y).toEqual(want);
   });
 
+  it.skipIf(gpu)(`validate and imatrix --device: auto runs on the CPU and says why, cuda fails before reading anything${gpu ? " [skipped: this machine has a GPU]" : ""}`, async () => {
+    const dir = await tempDir("deepcast-device-");
+    const text = join(GOLDEN, "eval", "kjv_eval.txt");
+    const cli = (...args: string[]) => spawnSync(process.execPath, [join(ROOT, "bin", "deepcast.js"), ...args], { encoding: "utf8", env: { ...process.env, DEEPCAST_CUDA_LIB: "/nonexistent/libdeepcast_cuda.so" } });
+    const v = cli("validate", FIXTURE, "--text", text, "--ctx", "64", "--chunks", "2", "--device", "auto", "--json", "--threads", "1");
+    expect(v.status, v.stderr).toBe(0);
+    expect(v.stderr).toMatch(/validate: --device auto: running on the CPU \(cannot load \/nonexistent\/libdeepcast_cuda\.so/);
+    expect(JSON.parse(v.stdout)).toMatchObject({ device: "cpu", deviceInfo: null });
+    const out = join(dir, "im.gguf");
+    const i = cli("imatrix", FIXTURE, "--text", text, "--ctx", "64", "--chunks", "2", "--device", "cuda", "-o", out, "--threads", "1");
+    expect(i.status).toBe(1);
+    expect(i.stderr).toMatch(/^deepcast: error: CUDA backend unavailable: cannot load \/nonexistent\/libdeepcast_cuda\.so.*\[UNSUPPORTED\]$/m);
+    expect(i.stderr).not.toMatch(/imatrix: \d+ chunks|\n\s+at /);
+    expect(existsSync(out)).toBe(false);
+    const c = cli("imatrix", FIXTURE, "--text", text, "--ctx", "64", "--chunks", "2", "--device", "cpu", "-o", out, "--json", "--threads", "1");
+    expect(c.status, c.stderr).toBe(0);
+    expect(c.stderr).not.toMatch(/--device/);
+    expect(JSON.parse(c.stdout)).toMatchObject({ device: "cpu", chunks: 2 });
+  });
+
   it("selectBackend('cpu') is the CPU ops, and rejects unknown kinds", () => {
     const ops = selectBackend("cpu", { cpu: tsOps });
     expect(ops).toMatchObject({ device: "cpu", reason: null, deviceInfo: null, backend: "ts" });

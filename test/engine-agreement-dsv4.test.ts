@@ -8,7 +8,7 @@
  *
  * Our forward pass reads the SAME GGUF (GgufWeightSource) with model.py's QAT simulations off (llama.cpp
  * quantizes no activation to FP8/FP4, spec §4.4); per position we compare llama.cpp's distribution P
- * with ours Q by KL(P || Q) and the top-1 token (./engine-agreement.ts, shared with the V3 test).
+ * with ours Q by KL(P || Q) and the top-1 token (./engine-harness.ts, shared with the V3 and V3.2 tests).
  *
  * Measured (2 x 192 positions, AMD EPYC, node-llama-cpp's zen4 CPU build), flash attention off / on:
  *   default GGUF (Q8_0, MXFP4, BF16, F32)  mean 1.4e-2 / 6.2e-3, median 8.8e-4 / 7.3e-4, top-1 94.5% / 96.4%
@@ -29,7 +29,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import type { Llama } from "node-llama-cpp";
+import { getLlama, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { LocalSource } from "../src/io/source.js";
@@ -37,7 +37,8 @@ import type { ModelConfig } from "../src/model/config.js";
 import { forward, type ForwardResult, type V4ForwardOptions } from "../src/model/forward.js";
 import { GgufWeightSource } from "../src/model/gguf-weights.js";
 import { kernels } from "../src/quant/kernels.js";
-import { agreement, cpuLlama, fmtAgreement, llamaDistributions, withConfig, type Agreement } from "./engine-agreement.js";
+import type { WeightSource } from "../src/model/weights.js";
+import { agreement, engineDistributions as llamaDistributions, fmt as fmtAgreement, type Agreement } from "./engine-harness.js";
 import { ROOT, tempDir } from "./helpers.js";
 
 const V4 = join(ROOT, "fixtures", "tiny-dsv4");
@@ -53,6 +54,19 @@ const BOUND: Record<Kind, { mean: number; median: number; top1: number }> = {
   Q4_K_M: { mean: 4e-2, median: 5e-3, top1: 0.9 },
 };
 
+/** `src` with another config (a deliberate semantic error the comparison must see). */
+function withConfig(src: WeightSource, config: ModelConfig): WeightSource {
+  return {
+    description: src.description,
+    config,
+    has: (n) => src.has(n),
+    shape: (n) => src.shape(n),
+    read: (n, s, c) => src.read(n, s, c),
+    ...(src.readStored ? { readStored: (n: string, s?: number, c?: number) => src.readStored!(n, s, c) } : {}),
+    close: () => src.close(),
+  };
+}
+
 let llama: Llama;
 let windows: number[][];
 let gguf: string;
@@ -60,7 +74,7 @@ let q4km: string;
 const results: string[] = [];
 
 beforeAll(async () => {
-  llama = await cpuLlama();
+  llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
   const ids = (JSON.parse(await readFile(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.ids.json"), "utf8")) as { ids: number[] }).ids;
   windows = Array.from({ length: WINDOWS }, (_, w) => [BOS, ...ids.slice(w * (WINDOW - 1), (w + 1) * (WINDOW - 1))]);
   gguf = join(await tempDir("deepcast-engine-dsv4-"), "tiny-dsv4.gguf");

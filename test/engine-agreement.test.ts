@@ -42,7 +42,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Llama } from "node-llama-cpp";
+import { getLlama, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { LocalSource } from "../src/io/source.js";
@@ -53,7 +53,7 @@ import { forwardOps, type ForwardOps } from "../src/model/ops.js";
 import type { WeightSource } from "../src/model/weights.js";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/quant/floats.js";
 import { kernels } from "../src/quant/kernels.js";
-import { agreement, cpuLlama, fmtAgreement as fmt, llamaDistributions as llamaDistributionsOf, quantile, selfAgreement } from "./engine-agreement.js";
+import { agreement, engineDistributions, fmt, quantile, selfAgreement } from "./engine-harness.js";
 import { FIXTURE, ROOT, tempDir } from "./helpers.js";
 
 const TYPES = ["BF16", "Q8_0", "Q4_K_M"] as const;
@@ -281,7 +281,7 @@ const gguf = new Map<Type, string>();
 const results: string[] = [];
 
 beforeAll(async () => {
-  llama = await cpuLlama();
+  llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
   const ids = (JSON.parse(await readFile(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.ids.json"), "utf8")) as { ids: number[] }).ids;
   // BOS + consecutive slices of the held-out text.
   windows = Array.from({ length: WINDOWS }, (_, w) => [0, ...ids.slice(w * (WINDOW - 1), (w + 1) * (WINDOW - 1))]);
@@ -301,7 +301,7 @@ afterAll(async () => {
 
 /** llama.cpp's next-token distribution at every position of every window (as arrays by token id). */
 function llamaDistributions(path: string, flashAttention: boolean): Promise<Float64Array[]> {
-  return llamaDistributionsOf(llama, path, windows, { flashAttention, threads: THREADS });
+  return engineDistributions(llama, path, windows, { flashAttention, threads: THREADS });
 }
 
 /** Our pass over the GGUF; with `emulate`, through ggmlPrecisionOps; per position the smallest router margin of any MoE layer. */

@@ -2,6 +2,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { loadCheckpoint } from "../src/io/checkpoint.js";
+import { safetensorsOrder, type Dtype } from "../src/io/dtypes.js";
 import { encodeHeader, MAX_HEADER_BYTES, parseHeader, parseHeaderLength, readHeader, SafetensorsFile, SafetensorsWriter } from "../src/io/safetensors.js";
 import { LocalSource } from "../src/io/source.js";
 import { FIXTURE, tempDir } from "./helpers.js";
@@ -29,6 +30,24 @@ describe("safetensors header", () => {
     p.writeBigUInt64LE(1000n);
     expect(() => parseHeaderLength(p, 500, "f")).toThrow(/truncated.*does not fit/);
     expect(() => parseHeaderLength(p.subarray(0, 4), 4, "f")).toThrow(/too short/);
+  });
+
+  it("F4 (torch float4_e2m1fn_x2): the logical shape at half a byte per element, laid out after the byte-wide dtypes (the crate's enum: BOOL, F4, U8, ...)", () => {
+    const specs = [
+      { name: "a", dtype: "I8" as Dtype, shape: [2, 2] },
+      { name: "b", dtype: "F4" as Dtype, shape: [2, 4] },
+      { name: "c", dtype: "F8_E8M0" as Dtype, shape: [2, 1] },
+      { name: "d", dtype: "BOOL" as Dtype, shape: [1] },
+    ].sort(safetensorsOrder);
+    expect(specs.map((t) => t.name)).toEqual(["c", "a", "b", "d"]);
+    const { bytes, offsets } = encodeHeader(specs, null);
+    expect(offsets).toEqual([[0, 2], [2, 6], [6, 10], [10, 11]]);
+    expect(JSON.parse(bytes.subarray(8).toString("utf8")).b).toEqual({ dtype: "F4", shape: [2, 4], data_offsets: [6, 10] });
+    const h = parseHeader(bytes.subarray(8), bytes.length + 11, "x.safetensors");
+    expect(h.tensors.map((t) => [t.name, t.dtype, t.shape, t.end - t.begin])).toEqual([["c", "F8_E8M0", [2, 1], 2], ["a", "I8", [2, 2], 4], ["b", "F4", [2, 4], 4], ["d", "BOOL", [1], 1]]);
+    const odd = headerJson({ a: { dtype: "F4", shape: [3], data_offsets: [0, 2] } });
+    expect(() => parseHeader(odd, 8 + odd.length + 2, "x.safetensors")).toThrow(/F4\[3\] is not a whole number of bytes.*tensor a/);
+    expect(() => encodeHeader([{ name: "z", dtype: "F4", shape: [5] }], null)).toThrow(/not a whole number of bytes/);
   });
 
   const ok = { dtype: "F32", shape: [2, 2], data_offsets: [0, 16] };

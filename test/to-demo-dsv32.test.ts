@@ -88,7 +88,7 @@ describe("to-demo on tiny-dsv32", () => {
     expect(cfg).toMatchObject({ dtype: "fp8", scale_fmt: "ue8m0", index_topk: 32 });
   });
 
-  it("the commands that do not implement V3.2's indexer refuse it; V4 is refused by to-demo", async () => {
+  it("the commands that do not implement V3.2's indexer refuse it; V4 is refused where only V3.2 is accepted (to-demo plans V4 with its own planner)", async () => {
     const ckpt = await loadCheckpoint(new LocalSource(V32));
     expect(() => checkCheckpointConfig(ckpt, "full")).toThrow(DeepcastError);
     expect(() => checkCheckpointConfig(ckpt, "full")).toThrow(/DeepSeek-V3\.2 checkpoints are not supported by this command yet/);

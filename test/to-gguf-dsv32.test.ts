@@ -5,7 +5,6 @@
  * outputs equal llama-quantize on the converted file (its listings in fixtures/llama-cpp-dsv4/, made by
  * make.ts there), and the bundled llama.cpp loads and runs them.
  */
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { getLlama, type Token } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -14,14 +13,12 @@ import { GgufReader } from "../src/io/gguf-reader.js";
 import { LocalSource } from "../src/io/source.js";
 import { kernels } from "../src/quant/kernels.js";
 import { loadNative } from "../src/quant/native.js";
-import type { GgufListing } from "../fixtures/gguf-listing.js";
-import { type Manifest, V32_TYPES, v32Listing } from "../fixtures/llama-cpp-dsv4/make.js";
-import { expectGgufListing, lacking, ROOT, sha256, tempDir } from "./helpers.js";
+import { V32_TYPES, v32Listing } from "../fixtures/llama-cpp-dsv4/make.js";
+import { lacking, ROOT, tempDir } from "./helpers.js";
+import { llamaQuantizeListingTests } from "./llama-cpp-dsv4.js";
 
 const FIX = join(ROOT, "fixtures", "tiny-dsv32");
-const LLAMA = join(ROOT, "fixtures", "llama-cpp-dsv4");
 const noNative = lacking(loadNative() !== null, "the native addon did not load (quantizers)");
-const fixture = async <T>(name: string): Promise<T> => JSON.parse(await readFile(join(LLAMA, name), "utf8")) as T;
 
 let dir: string;
 
@@ -82,16 +79,7 @@ describe("to-gguf of DeepSeek-V3.2 (deepseek32)", () => {
   });
 
   describe.skipIf(noNative)("quantized outputs equal llama-quantize on the converted file (fixtures/llama-cpp-dsv4 listings)", () => {
-    it("the converted BF16 is the file llama-quantize was given", async () => {
-      const want = (await fixture<Manifest>("manifest.json")).inputs["v32-bf16.gguf"]!;
-      const got = await readFile(bf16);
-      expect([got.length, sha256(got)], "changed: rerun fixtures/llama-cpp-dsv4/make.ts").toEqual([want.size, want.sha256]);
-    });
-    for (const ftype of V32_TYPES) {
-      it(ftype, async () => {
-        await expectGgufListing(await convert(ftype, `v32-${ftype}.gguf`), await fixture<GgufListing>(v32Listing(ftype)), ftype);
-      }, 120_000);
-    }
+    llamaQuantizeListingTests({ input: "v32-bf16.gguf", converted: () => bf16, types: V32_TYPES, listing: (t) => v32Listing(t), convert: (t) => convert(t, `v32-${t}.gguf`) });
   });
 
   it("the bundled llama.cpp (node-llama-cpp) loads our deepseek32 GGUFs (BF16, Q4_K_M) and evaluates: peaked, finite distributions", async () => {

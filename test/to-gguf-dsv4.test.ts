@@ -20,14 +20,13 @@ import { kernels } from "../src/quant/kernels.js";
 import { loadNative } from "../src/quant/native.js";
 import { writeTinyDsv4 } from "./dsv4-synthetic.js";
 import { expectGgufListing, lacking, ROOT, sha256, tempDir } from "./helpers.js";
+import { LLAMA_DSV4 as LLAMA, llamaFixture as fixture, llamaQuantizeListingTests } from "./llama-cpp-dsv4.js";
 import { parseImatrix } from "../src/io/imatrix.js";
 import { planTargetGguf } from "../src/convert/target-plan.js";
 import type { GgufListing } from "../fixtures/gguf-listing.js";
 import { type Manifest, V4_IMATRIX, V4_IMATRIX_TYPES, V4_IMATRIX_USABLE, V4_TARGET_LISTING, V4_TYPES, v4Listing } from "../fixtures/llama-cpp-dsv4/make.js";
 
 const noNative = lacking(loadNative() !== null, "the native addon did not load (MXFP4 dequantizer, quantizers)");
-const LLAMA = join(ROOT, "fixtures", "llama-cpp-dsv4");
-const fixture = async <T>(name: string): Promise<T> => JSON.parse(await readFile(join(LLAMA, name), "utf8")) as T;
 /** An imatrix of fixtures/llama-cpp-dsv4 under the name llama-quantize was given (recorded as quantize.imatrix.file). */
 const imatrixFixture = async (name: string) => parseImatrix(await readFile(join(LLAMA, name)), name);
 
@@ -170,16 +169,7 @@ describe("to-gguf of a DeepSeek-V4 checkpoint (deepseek4)", () => {
   });
 
   describe.skipIf(noNative)("quantized outputs equal llama-quantize --allow-requantize on the converted file (fixtures/llama-cpp-dsv4 listings)", () => {
-    it("the converted BF16 is the file llama-quantize was given", async () => {
-      const want = (await fixture<Manifest>("manifest.json")).inputs["v4-bf16.gguf"]!;
-      const got = await readFile(bf16);
-      expect([got.length, sha256(got)], "changed: rerun fixtures/llama-cpp-dsv4/make.ts").toEqual([want.size, want.sha256]);
-    });
-    for (const ftype of V4_TYPES) {
-      it(ftype, async () => {
-        await expectGgufListing(await convert(ftype, `v4-${ftype}.gguf`), await fixture<GgufListing>(v4Listing(ftype)), ftype);
-      }, 120_000);
-    }
+    llamaQuantizeListingTests({ input: "v4-bf16.gguf", converted: () => bf16, types: V4_TYPES, listing: (t) => v4Listing(t), convert: (t) => convert(t, `v4-${t}.gguf`) });
   });
 
   it("the bundled llama.cpp (node-llama-cpp) loads our deepseek4 GGUFs (converted, Q4_K_M, MXFP4_MOE) and evaluates: finite distributions", async () => {

@@ -170,49 +170,142 @@ void weighted_sum_scalar(float* o, const float* p, float inv, const float* v, si
 }
 
 #if defined(__x86_64__)
+// Four independent vectors of keys per step (four fma chains in flight instead of one, which the
+// fma latency bounded); each key's chain is still q[0]*k, then fma over c = 1.. in order.
 DC_AVX2 void scores_avx2(const float* q, const float* kt, size_t ld, size_t dqk, size_t n, float scale, float* p) {
   size_t j = 0;
+  const __m256 sc = _mm256_set1_ps(scale);
+  for (; j + 32 <= n; j += 32) {
+    const __m256 q0 = _mm256_set1_ps(q[0]);
+    __m256 s0 = _mm256_mul_ps(q0, _mm256_loadu_ps(kt + j)), s1 = _mm256_mul_ps(q0, _mm256_loadu_ps(kt + j + 8));
+    __m256 s2 = _mm256_mul_ps(q0, _mm256_loadu_ps(kt + j + 16)), s3 = _mm256_mul_ps(q0, _mm256_loadu_ps(kt + j + 24));
+    for (size_t c = 1; c < dqk; c++) {
+      const __m256 qc = _mm256_set1_ps(q[c]);
+      const float* kc = kt + c * ld + j;
+      s0 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kc), s0);
+      s1 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kc + 8), s1);
+      s2 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kc + 16), s2);
+      s3 = _mm256_fmadd_ps(qc, _mm256_loadu_ps(kc + 24), s3);
+    }
+    _mm256_storeu_ps(p + j, _mm256_mul_ps(s0, sc));
+    _mm256_storeu_ps(p + j + 8, _mm256_mul_ps(s1, sc));
+    _mm256_storeu_ps(p + j + 16, _mm256_mul_ps(s2, sc));
+    _mm256_storeu_ps(p + j + 24, _mm256_mul_ps(s3, sc));
+  }
   for (; j + 8 <= n; j += 8) {
     __m256 s = _mm256_mul_ps(_mm256_set1_ps(q[0]), _mm256_loadu_ps(kt + j));
     for (size_t c = 1; c < dqk; c++) s = _mm256_fmadd_ps(_mm256_set1_ps(q[c]), _mm256_loadu_ps(kt + c * ld + j), s);
-    _mm256_storeu_ps(p + j, _mm256_mul_ps(s, _mm256_set1_ps(scale)));
+    _mm256_storeu_ps(p + j, _mm256_mul_ps(s, sc));
   }
   scores_scalar(q, kt, ld, dqk, n, scale, p, j);
 }
 
 DC_AVX512 void scores_avx512(const float* q, const float* kt, size_t ld, size_t dqk, size_t n, float scale, float* p) {
   size_t j = 0;
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (; j + 64 <= n; j += 64) {
+    const __m512 q0 = _mm512_set1_ps(q[0]);
+    __m512 s0 = _mm512_mul_ps(q0, _mm512_loadu_ps(kt + j)), s1 = _mm512_mul_ps(q0, _mm512_loadu_ps(kt + j + 16));
+    __m512 s2 = _mm512_mul_ps(q0, _mm512_loadu_ps(kt + j + 32)), s3 = _mm512_mul_ps(q0, _mm512_loadu_ps(kt + j + 48));
+    for (size_t c = 1; c < dqk; c++) {
+      const __m512 qc = _mm512_set1_ps(q[c]);
+      const float* kc = kt + c * ld + j;
+      s0 = _mm512_fmadd_ps(qc, _mm512_loadu_ps(kc), s0);
+      s1 = _mm512_fmadd_ps(qc, _mm512_loadu_ps(kc + 16), s1);
+      s2 = _mm512_fmadd_ps(qc, _mm512_loadu_ps(kc + 32), s2);
+      s3 = _mm512_fmadd_ps(qc, _mm512_loadu_ps(kc + 48), s3);
+    }
+    _mm512_storeu_ps(p + j, _mm512_mul_ps(s0, sc));
+    _mm512_storeu_ps(p + j + 16, _mm512_mul_ps(s1, sc));
+    _mm512_storeu_ps(p + j + 32, _mm512_mul_ps(s2, sc));
+    _mm512_storeu_ps(p + j + 48, _mm512_mul_ps(s3, sc));
+  }
   for (; j + 16 <= n; j += 16) {
     __m512 s = _mm512_mul_ps(_mm512_set1_ps(q[0]), _mm512_loadu_ps(kt + j));
     for (size_t c = 1; c < dqk; c++) s = _mm512_fmadd_ps(_mm512_set1_ps(q[c]), _mm512_loadu_ps(kt + c * ld + j), s);
-    _mm512_storeu_ps(p + j, _mm512_mul_ps(s, _mm512_set1_ps(scale)));
+    _mm512_storeu_ps(p + j, _mm512_mul_ps(s, sc));
   }
   scores_scalar(q, kt, ld, dqk, n, scale, p, j);
 }
 
-DC_AVX2 void weighted_sum_avx2(float* o, const float* p, float inv, const float* v, size_t ld, size_t n, size_t dv) {
+// The weighted sums of G consecutive queries at once (G <= 4; query r sums over n[r] keys, n
+// non-decreasing): 16 outputs of each query in two ymm accumulators, 2G chains in flight. Each output
+// is still one fma chain over j in order from 0 (keys past a shorter query's n continue only the
+// longer queries' chains).
+constexpr size_t kGroup = 4;
+DC_AVX2 void weighted_sums_avx2(float* const* o, const float* const* p, const float* inv, const float* v, size_t ld,
+                                const size_t* n, size_t G, size_t dv) {
   size_t d = 0;
-  for (; d + 32 <= dv; d += 32) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t j = 0; j < n; j++) {
-      const __m256 pj = _mm256_set1_ps(p[j] * inv);
-      const float* vj = v + j * ld + d;
-      a0 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a0);
-      a1 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8), a1);
-      a2 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 16), a2);
-      a3 = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 24), a3);
+  for (; d + 16 <= dv; d += 16) {
+    __m256 a[kGroup][2];
+    for (size_t r = 0; r < G; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    size_t j = 0;
+    if (G == kGroup) {
+      for (; j < n[0]; j++) {
+        const float* vj = v + j * ld + d;
+        const __m256 v0 = _mm256_loadu_ps(vj), v1 = _mm256_loadu_ps(vj + 8);
+        for (size_t r = 0; r < kGroup; r++) {
+          const __m256 pj = _mm256_set1_ps(p[r][j] * inv[r]);
+          a[r][0] = _mm256_fmadd_ps(pj, v0, a[r][0]);
+          a[r][1] = _mm256_fmadd_ps(pj, v1, a[r][1]);
+        }
+      }
     }
-    _mm256_storeu_ps(o + d, a0);
-    _mm256_storeu_ps(o + d + 8, a1);
-    _mm256_storeu_ps(o + d + 16, a2);
-    _mm256_storeu_ps(o + d + 24, a3);
+    for (size_t r = 0; r < G; r++) {
+      for (size_t jj = j; jj < n[r]; jj++) {
+        const __m256 pj = _mm256_set1_ps(p[r][jj] * inv[r]);
+        const float* vj = v + jj * ld + d;
+        a[r][0] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj), a[r][0]);
+        a[r][1] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8), a[r][1]);
+      }
+      _mm256_storeu_ps(o[r] + d, a[r][0]);
+      _mm256_storeu_ps(o[r] + d + 8, a[r][1]);
+    }
   }
   for (; d + 8 <= dv; d += 8) {
-    __m256 a = _mm256_setzero_ps();
-    for (size_t j = 0; j < n; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(p[j] * inv), _mm256_loadu_ps(v + j * ld + d), a);
-    _mm256_storeu_ps(o + d, a);
+    for (size_t r = 0; r < G; r++) {
+      __m256 a = _mm256_setzero_ps();
+      for (size_t j = 0; j < n[r]; j++) a = _mm256_fmadd_ps(_mm256_set1_ps(p[r][j] * inv[r]), _mm256_loadu_ps(v + j * ld + d), a);
+      _mm256_storeu_ps(o[r] + d, a);
+    }
   }
-  weighted_sum_scalar(o, p, inv, v, ld, n, d, dv);
+  for (size_t r = 0; r < G; r++) weighted_sum_scalar(o[r], p[r], inv[r], v, ld, n[r], d, dv);
+}
+
+DC_AVX512 void weighted_sums_avx512(float* const* o, const float* const* p, const float* inv, const float* v, size_t ld,
+                                    const size_t* n, size_t G, size_t dv) {
+  size_t d = 0;
+  for (; d + 32 <= dv; d += 32) {
+    __m512 a[kGroup][2];
+    for (size_t r = 0; r < G; r++) a[r][0] = a[r][1] = _mm512_setzero_ps();
+    size_t j = 0;
+    if (G == kGroup) {
+      for (; j < n[0]; j++) {
+        const float* vj = v + j * ld + d;
+        const __m512 v0 = _mm512_loadu_ps(vj), v1 = _mm512_loadu_ps(vj + 16);
+        for (size_t r = 0; r < kGroup; r++) {
+          const __m512 pj = _mm512_set1_ps(p[r][j] * inv[r]);
+          a[r][0] = _mm512_fmadd_ps(pj, v0, a[r][0]);
+          a[r][1] = _mm512_fmadd_ps(pj, v1, a[r][1]);
+        }
+      }
+    }
+    for (size_t r = 0; r < G; r++) {
+      for (size_t jj = j; jj < n[r]; jj++) {
+        const __m512 pj = _mm512_set1_ps(p[r][jj] * inv[r]);
+        const float* vj = v + jj * ld + d;
+        a[r][0] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj), a[r][0]);
+        a[r][1] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 16), a[r][1]);
+      }
+      _mm512_storeu_ps(o[r] + d, a[r][0]);
+      _mm512_storeu_ps(o[r] + d + 16, a[r][1]);
+    }
+  }
+  if (d < dv) {
+    float* o2[kGroup];
+    for (size_t r = 0; r < G; r++) o2[r] = o[r] + d;
+    weighted_sums_avx2(o2, p, inv, v + d, ld, n, G, dv - d);
+  }
 }
 #endif
 
@@ -225,12 +318,14 @@ void scores(const float* q, const float* kt, size_t ld, size_t dqk, size_t n, fl
   scores_scalar(q, kt, ld, dqk, n, scale, p, 0);
 }
 
-void weighted_sum(float* o, const float* p, float inv, const float* v, size_t ld, size_t n, size_t dv, int level) {
+void weighted_sums(float* const* o, const float* const* p, const float* inv, const float* v, size_t ld, const size_t* n,
+                   size_t G, size_t dv, int level) {
 #if defined(__x86_64__)
-  if (level >= 1) return weighted_sum_avx2(o, p, inv, v, ld, n, dv);
+  if (level == 2) return weighted_sums_avx512(o, p, inv, v, ld, n, G, dv);
+  if (level == 1) return weighted_sums_avx2(o, p, inv, v, ld, n, G, dv);
 #endif
   (void)level;
-  weighted_sum_scalar(o, p, inv, v, ld, n, 0, dv);
+  for (size_t r = 0; r < G; r++) weighted_sum_scalar(o[r], p[r], inv[r], v, ld, n[r], 0, dv);
 }
 
 // causalAttention(q f32[N*H*dqk], k f32[N*H*dqk], v f32[N*H*dv], out f32[N*H*dv],
@@ -290,7 +385,7 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   std::atomic<size_t> next{0};
   const int t = N * H * maxlen * (dqk + dv) < (size_t{1} << 21) ? 1 : threads;
   parallel_for(static_cast<size_t>(t), t, 1, [&](size_t, size_t) {
-    std::vector<float> kt(dqk * maxlen), p(maxlen);
+    std::vector<float> kt(dqk * maxlen), pbuf(kGroup * maxlen);
     size_t have = SIZE_MAX;  // the (sequence, head) whose keys kt holds
     for (size_t u; (u = next.fetch_add(1)) < units;) {
       const size_t bh = unit_seq[u], b = bh / H, h = bh % H;
@@ -304,17 +399,27 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
         }
         have = bh;
       }
-      for (size_t i = q0; i < q1; i++) {
-        const float* qi = q + ((s0 + i) * H + h) * dqk;
-        const size_t n = i + 1;
-        scores(qi, kt.data(), len, dqk, n, scale, p.data(), level);
-        float mx = -INFINITY;
-        for (size_t j = 0; j < n; j++) mx = std::max(mx, p[j]);
-        exp_sub(p.data(), n, mx);
-        float sum = 0.0f;
-        for (size_t j = 0; j < n; j++) sum += p[j];
-        const float inv = 1.0f / sum;
-        weighted_sum(o + ((s0 + i) * H + h) * dv, p.data(), inv, v + (s0 * H + h) * dv, H * dv, n, dv, level);
+      for (size_t i0 = q0; i0 < q1; i0 += kGroup) {
+        const size_t G = std::min(kGroup, q1 - i0);
+        float* outs[kGroup];
+        const float* ps[kGroup];
+        float invs[kGroup];
+        size_t ns[kGroup];
+        for (size_t r = 0; r < G; r++) {
+          const size_t i = i0 + r, n = i + 1;
+          float* p = pbuf.data() + r * maxlen;
+          scores(q + ((s0 + i) * H + h) * dqk, kt.data(), len, dqk, n, scale, p, level);
+          float mx = -INFINITY;
+          for (size_t j = 0; j < n; j++) mx = std::max(mx, p[j]);
+          exp_sub(p, n, mx);
+          float sum = 0.0f;
+          for (size_t j = 0; j < n; j++) sum += p[j];
+          invs[r] = 1.0f / sum;
+          ps[r] = p;
+          ns[r] = n;
+          outs[r] = o + ((s0 + i) * H + h) * dv;
+        }
+        weighted_sums(outs, ps, invs, v + (s0 * H + h) * dv, H * dv, ns, G, dv, level);
       }
     }
   });

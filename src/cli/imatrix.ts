@@ -10,6 +10,8 @@ import { hasTokenizer, readTokenIds, type TextTokenizer } from "../model/tokeniz
 import type { WeightSource } from "../model/weights.js";
 import { fmtBytes } from "../units.js";
 import type { ProgressView } from "./progress.js";
+import type { BackendKind } from "../model/backend.js";
+import { deviceFacts, deviceOps, withDeviceOption } from "./device.js";
 import { printResult, runFacts, selectKernels, withCommonOptions, withProgress } from "./common.js";
 
 export const command = "imatrix <model>";
@@ -28,7 +30,7 @@ export const EPILOGUE = [
 ].join("\n\n");
 
 export function builder(y: Argv) {
-  return withCommonOptions(
+  return withCommonOptions(withDeviceOption(
     y
       .positional("model", { type: "string", demandOption: true, describe: "HF checkpoint folder or repo id (FP8 or BF16), .gguf file, or demo-shard folder" })
       .option("text", { alias: "f", type: "string", describe: "Calibration text file (UTF-8)" })
@@ -42,7 +44,7 @@ export function builder(y: Argv) {
       .option("ppl", { type: "boolean", default: true, describe: "Compute the perplexity on the way (--no-ppl skips the head)" })
       .option("memory", { type: "string", describe: "Memory budget that picks the chunks per pass, e.g. 64G, 512M (default 75% of RAM)" })
       .conflicts("text", "tokens"),
-  ).epilogue(EPILOGUE);
+  )).epilogue(EPILOGUE);
 }
 
 type Args = ArgumentsCamelCase<ReturnType<typeof builder> extends Argv<infer T> ? T : never>;
@@ -109,6 +111,8 @@ export interface ImatrixJob {
   /** Memory budget in bytes. */
   budget: number;
   threads: number;
+  /** Where the matmuls run (--device; default cpu). */
+  device?: BackendKind;
   revision?: string;
   force: boolean;
   dryRun: boolean;
@@ -137,6 +141,7 @@ export async function makeImatrix(job: ImatrixJob): Promise<ImatrixJobResult> {
 async function imatrixWith(job: ImatrixJob, progress: ProgressView, started: number): Promise<ImatrixJobResult> {
   const { threads, format, budget } = job;
   const out = job.output;
+  const ops = deviceOps(job.device ?? "cpu", "imatrix");
   let model: WeightSource;
   try {
     model = await openWeights(job.model, { threads, revision: job.revision, onEvent: progress.onEvent });
@@ -175,6 +180,7 @@ async function imatrixWith(job: ImatrixJob, progress: ProgressView, started: num
     if (mem.estimatedPeakBytes > budget) err.write(`imatrix: warning: one chunk per pass already needs about ${fmtBytes(mem.estimatedPeakBytes)}, over the --memory budget\n`);
     err.write(`imatrix: ${batchLine}\n`);
     const r = await runImatrix(model, plan, {
+      ops,
       chunksPerBatch: mem.chunksPerBatch,
       threads,
       processOutput: job.processOutput,
@@ -202,6 +208,7 @@ async function imatrixWith(job: ImatrixJob, progress: ProgressView, started: num
       forwardSeconds: r.seconds,
       tokensPerSecond: r.tokens / Math.max(r.seconds, 1e-9),
       weightReads: r.weightReads,
+      ...deviceFacts(ops),
     };
     const seconds = (performance.now() - started) / 1000;
     const summary = `imatrix: ${data.entries.size} entries over ${r.chunkCount} chunks of ${r.chunkSize} written to ${out} (${format}, ${fmtBytes(bytes)})` +
@@ -225,7 +232,7 @@ export async function handler(argv: Args): Promise<void> {
   const { report, summary } = await makeImatrix({
     model: argv.model, text: argv.text, tokens: argv.tokens, tokenizer: argv.tokenizer, output: argv.output,
     format: argv.outputFormat as ImatrixFormat, ctx: argv.ctx, chunks: argv.chunks, processOutput: argv.processOutput, ppl: argv.ppl,
-    budget: memoryBudget(argv.memory), threads, revision: argv.revision, force: argv.force, dryRun: argv.dryRun,
+    budget: memoryBudget(argv.memory), threads, device: argv.device, revision: argv.revision, force: argv.force, dryRun: argv.dryRun,
   });
   printResult(argv.json, argv.dryRun ? report : { ...report, ...runFacts(started, k, threads) }, summary);
 }

@@ -16,6 +16,7 @@ import { fmtBytes } from "../units.js";
 import { printDryRun, printResult, runFacts, selectKernels, withCommonOptions } from "./common.js";
 import { formatKldSummary } from "./kld-format.js";
 import { progressView } from "./progress.js";
+import { deviceFacts, deviceOps, withDeviceOption } from "./device.js";
 
 export const command = "validate [candidate]";
 export const describe = "Perplexity of a converted model on a text, and with --reference, llama.cpp's KL-divergence statistics against the original";
@@ -43,7 +44,7 @@ export const EPILOGUE = [
 ].join("\n\n");
 
 export function builder(y: Argv) {
-  return withCommonOptions(
+  return withCommonOptions(withDeviceOption(
     y
       .positional("candidate", { alias: "m", type: "string", describe: "The model to evaluate: .gguf file (any split), demo-shard folder, HF checkpoint folder or repo id (also -m, as llama-perplexity)" })
       .option("reference", { type: "string", describe: "The original model to compare with (KL divergence, same top, Δp); same forms as the candidate" })
@@ -56,7 +57,7 @@ export function builder(y: Argv) {
       .option("batch-windows", { type: "number", describe: "Chunks / windows per forward pass (default: logits of a batch within ~2 GiB, at most 64)" })
       .option("dump-logits", { type: "string", describe: "Write the candidate's float32 logits (every position, little-endian, [sequence, position, vocab]) to this file" })
       .conflicts("text", "tokens"),
-  ).epilogue(EPILOGUE);
+  )).epilogue(EPILOGUE);
 }
 
 type Args = ArgumentsCamelCase<ReturnType<typeof builder> extends Argv<infer T> ? T : never>;
@@ -78,6 +79,7 @@ export async function handler(argv: Args): Promise<void> {
   if (!argv.text && !argv.tokens) throw new DeepcastError("give the evaluation text with --text FILE or its token ids with --tokens FILE.json");
   const protocol = argv.protocol;
   const ctx = argv.ctx ?? DEFAULT_CTX[protocol];
+  const ops = deviceOps(argv.device, "validate");
 
   const opened: WeightSource[] = [];
   let writer: LogitsFileWriter | null = null;
@@ -201,6 +203,7 @@ export async function handler(argv: Args): Promise<void> {
       `${Math.ceil(plan.sequences.length / batch)} batch(es) of up to ${batch}${reference ? ", reference then candidate per batch" : ""}\n`);
     const r = await validate(candidate, reference, plan.sequences, {
       threads,
+      ops,
       batchSequences: batch,
       logits: writer ?? undefined,
       onEvent: progress.onEvent,
@@ -240,6 +243,7 @@ export async function handler(argv: Args): Promise<void> {
       candidateSeconds: r.candidateSeconds,
       referenceSeconds: r.referenceSeconds,
       candidateTokensPerSecond: r.forwardTokens / Math.max(r.candidateSeconds, 1e-9),
+      ...deviceFacts(ops),
       ...facts,
     };
     const head = `protocol ${protocol}, ctx ${ctx}: ${plan.scoredTokens} tokens scored in ${plan.sequences.length} ${unit}`;

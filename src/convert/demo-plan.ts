@@ -3,7 +3,8 @@
  * DeepSeek's inference demo, with the names and splits of its `inference/convert.py` (the table is
  * formats/demo-names.json), the checks convert.py does not make (FP8 blocks straddling ranks, scale
  * splits, experts out of range), and the demo's ModelArgs config derived from the HF config.json.
- * Planned from the headers alone; nothing is read from the tensor data here.
+ * Planned from the headers alone; nothing is read from the tensor data here. The plan types, the
+ * rank and expert checks and the rank-file layout are shared with DeepSeek-V4 (./demo-plan-v4.ts).
  */
 import { DeepcastError } from "../errors.js";
 import { demoName, demoNamesFormat, rankFileName, routedExpertIndex } from "../formats/demo-names.js";
@@ -34,9 +35,18 @@ export interface DemoInput {
   from: TensorLocation;
   /** Index of `from.file` in the checkpoint's sorted shard list. */
   shardIndex: number;
-  /** copy: bytes as they are; fp8: dequantized to BF16 with `scale` (as fp8_cast_bf16.py). */
-  op: "copy" | "fp8";
+  /**
+   * copy: bytes as they are (relabelled to `dtype`: V4's packed FP4 I8 experts as F4);
+   * fp8: dequantized to BF16 with `scale` (as fp8_cast_bf16.py; V4: E8M0 tiles);
+   * fp4-fp8: packed FP4 cast losslessly to FP8 e4m3 with `scale` (its FP4 group scales);
+   * fp4-fp8-scale: the E8M0 tile scales of that cast, from this FP4 scale tensor of a weight `fp4Weight`.
+   */
+  op: "copy" | "fp8" | "fp4-fp8" | "fp4-fp8-scale";
   scale?: TensorLocation;
+  /** How `scale` stores the fp8 op's block scales: F32 `_scale_inv` (V3.x, default) or E8M0 `.scale` (V4). */
+  scaleKind?: "f32" | "e8m0";
+  /** fp4-fp8-scale: the logical [rows, cols] of the FP4 weight. */
+  fp4Weight?: { rows: number; cols: number };
   /** Output dtype and shape before the split. */
   dtype: Dtype;
   shape: number[];
@@ -64,6 +74,8 @@ export interface DemoPlan {
   mp: number;
   nExperts: number;
   dtype: DemoDtype;
+  /** DeepSeek-V4 only: how the packed FP4 routed experts are written (F4 as stored, or FP8). */
+  expertDtype?: "fp4" | "fp8";
   /** In read order: shards sorted by name, tensors in data order. */
   inputs: DemoInput[];
   ranks: RankFile[];
@@ -71,11 +83,13 @@ export interface DemoPlan {
   modelArgs: Record<string, unknown>;
   /** Non-weight files copied as they are (convert.py: HF/*token*). */
   copyFiles: string[];
-  /** MTP layers (index >= num_hidden_layers) left out. */
+  /** MTP tensors left out: V3 the MTP layers (index >= num_hidden_layers), V4 the MTP embedding and head. */
   skippedMtp: number;
   /** `*_scale_inv` tensors consumed by dequantization (--dtype bf16). */
   droppedScales: number;
   fp8Dequantized: number;
+  /** V4 --expert-dtype fp8: packed FP4 expert weights cast to FP8. */
+  fp4CastToFp8?: number;
   inputBytes: number;
   outputBytes: number;
 }
@@ -149,18 +163,28 @@ export function demoModelArgs(config: Record<string, unknown>, opts: { dtype: "f
 // plan
 // ---------------------------------------------------------------------------------------------
 
-export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
-  const f = demoNamesFormat();
-  const where = (file: string) => `${ckpt.source.description}/${file}`;
+/** What the model-parallel split needs from the config, checked: the rank count and the routed experts per rank. */
+export interface DemoParallel {
+  config: Record<string, unknown>;
+  /** config.json as messages name it. */
+  cfgFile: string;
+  mp: number;
+  nExperts: number;
+  nLocal: number;
+}
+
+/**
+ * The checks every generation's convert.py needs before a split: --model-parallel a positive integer,
+ * a config.json, the routed-expert count (flag or config, agreeing) divisible by the ranks, the heads too.
+ */
+export function checkDemoParallel(ckpt: Checkpoint, opts: { modelParallel: number; nExperts?: number }): DemoParallel {
   const mp = opts.modelParallel;
   if (!Number.isSafeInteger(mp) || mp < 1) throw new DeepcastError(`--model-parallel must be a positive integer, got ${mp}`, { code: "USAGE" });
   const config = ckpt.config;
   if (!config) {
     throw new DeepcastError("the input has no config.json: it is needed for the layer count (to drop the MTP layers) and the demo's config; copy the model's original config.json next to the shards", { file: ckpt.source.description });
   }
-  const cfgFile = where("config.json");
-  const nLayers = config.num_hidden_layers;
-  if (!num(nLayers)) throw new DeepcastError("config.json has no num_hidden_layers", { file: cfgFile });
+  const cfgFile = `${ckpt.source.description}/config.json`;
   const cfgExperts = num(config.n_routed_experts) ? config.n_routed_experts : undefined;
   const nExperts = opts.nExperts ?? cfgExperts ?? 256;
   if (!Number.isSafeInteger(nExperts) || nExperts < 1) {
@@ -179,7 +203,38 @@ export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
   if (num(nHeads) && nHeads % mp !== 0) {
     throw new DeepcastError(`cannot split ${nHeads} attention heads over ${mp} ranks: num_attention_heads must be divisible by --model-parallel`, { file: cfgFile });
   }
-  const nLocal = nExperts / mp;
+  return { config, cfgFile, mp, nExperts, nLocal: nExperts / mp };
+}
+
+/** Each rank file's tensors (safetensors-library order) from the planned inputs; two inputs may not share a demo name. */
+export function layoutRanks(inputs: readonly DemoInput[], mp: number): RankFile[] {
+  const perRank: TensorSpec[][] = Array.from({ length: mp }, () => []);
+  for (const t of inputs) {
+    const p = t.place;
+    if (p.kind === "rank") perRank[p.rank]!.push({ name: t.name, dtype: t.dtype, shape: t.shape });
+    else {
+      const shape = p.kind === "split" ? t.shape.map((d, i) => (i === p.dim ? d / mp : d)) : t.shape;
+      for (const r of perRank) r.push({ name: t.name, dtype: t.dtype, shape });
+    }
+  }
+  const seen = new Map<string, string>();
+  for (const t of inputs) {
+    const other = seen.get(t.name);
+    if (other !== undefined) throw new DeepcastError(`two input tensors map to the demo name ${t.name} (the other is ${other})`, { tensor: t.hfName });
+    seen.set(t.name, t.hfName);
+  }
+  return perRank.map((tensors, rank) => {
+    tensors.sort(safetensorsOrder);
+    return { rank, name: rankFileName(rank, mp), tensors, bytes: safetensorsFileSize(tensors, null) };
+  });
+}
+
+export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
+  const f = demoNamesFormat();
+  const where = (file: string) => `${ckpt.source.description}/${file}`;
+  const { config, cfgFile, mp, nExperts, nLocal } = checkDemoParallel(ckpt, opts);
+  const nLayers = config.num_hidden_layers;
+  if (!num(nLayers)) throw new DeepcastError("config.json has no num_hidden_layers", { file: cfgFile });
   const layerRe = new RegExp(f.layerPattern);
 
   const inputs: DemoInput[] = [];
@@ -239,25 +294,7 @@ export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
     }
   }
 
-  const perRank: TensorSpec[][] = Array.from({ length: mp }, () => []);
-  for (const t of inputs) {
-    const p = t.place;
-    if (p.kind === "rank") perRank[p.rank]!.push({ name: t.name, dtype: t.dtype, shape: t.shape });
-    else {
-      const shape = p.kind === "split" ? t.shape.map((d, i) => (i === p.dim ? d / mp : d)) : t.shape;
-      for (const r of perRank) r.push({ name: t.name, dtype: t.dtype, shape });
-    }
-  }
-  const seen = new Map<string, string>();
-  for (const t of inputs) {
-    const other = seen.get(t.name);
-    if (other !== undefined) throw new DeepcastError(`two input tensors map to the demo name ${t.name} (the other is ${other})`, { tensor: t.hfName });
-    seen.set(t.name, t.hfName);
-  }
-  const ranks: RankFile[] = perRank.map((tensors, rank) => {
-    tensors.sort(safetensorsOrder);
-    return { rank, name: rankFileName(rank, mp), tensors, bytes: safetensorsFileSize(tensors, null) };
-  });
+  const ranks = layoutRanks(inputs, mp);
 
   const modelArgs = demoModelArgs(config, { dtype: anyFp8Out ? "fp8" : "bf16", maxSeqLen: opts.maxSeqLen, file: cfgFile });
   const copyRe = globToRegExp(f.copyFiles);

@@ -23,10 +23,14 @@ export interface Fp4Source {
   /** Messages name files as `${where}/${file}`. */
   where: string;
   allowNonFinite: boolean;
+  /** What the refusal of a tile that would round suggests instead (default: BF16 experts, fp8-to-bf16's choice). */
+  instead?: string;
   kernels: Kernels;
   threads: number;
   chunkBytes: number;
 }
+
+const BF16_INSTEAD = "convert the experts to BF16 instead (without --experts fp8)";
 
 /** A chunk that reads and checks the whole scale into `hold` and writes nothing. */
 function scaleChunk(a: Fp4Source, hold: { bytes: Uint8Array | null }): Chunk {
@@ -108,7 +112,7 @@ function tileError(a: Fp4Source, scale: Uint8Array, packed: Uint8Array, row0: nu
       }
     }
   }
-  return new DeepcastError(`the FP4 -> FP8 cast of 128x128 tile [${tr}, ${tc}] would not be lossless: ${why}; convert the experts to BF16 instead (without --experts fp8)`,
+  return new DeepcastError(`the FP4 -> FP8 cast of 128x128 tile [${tr}, ${tc}] would not be lossless: ${why}; ${a.instead ?? BF16_INSTEAD}`,
     { file: `${a.where}/${a.weight.file}`, tensor: a.weight.name, code: "UNSUPPORTED" });
 }
 
@@ -149,7 +153,7 @@ export function fp4TileScaleChunk(a: Omit<Fp4Source, "kernels" | "threads" | "ch
       const { bytes, badTile } = fp4TileScales(input, a.rows, a.cols);
       if (badTile >= 0) {
         const tilesC = Math.ceil(a.cols / FP8_BLOCK);
-        throw new DeepcastError(`the FP4 -> FP8 cast of 128x128 tile [${Math.floor(badTile / tilesC)}, ${badTile % tilesC}] would not be lossless: its largest scale byte is below 6, so the tile scale has no E8M0 byte; convert the experts to BF16 instead (without --experts fp8)`,
+        throw new DeepcastError(`the FP4 -> FP8 cast of 128x128 tile [${Math.floor(badTile / tilesC)}, ${badTile % tilesC}] would not be lossless: its largest scale byte is below 6, so the tile scale has no E8M0 byte; ${a.instead ?? BF16_INSTEAD}`,
           { file: `${a.where}/${a.scale.file}`, tensor: a.scale.name, code: "UNSUPPORTED" });
       }
       out.set(bytes);

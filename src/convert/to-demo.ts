@@ -1,6 +1,7 @@
 /**
- * `deepcast to-demo`: an HF DeepSeek-V3 checkpoint -> the model-parallel shards of DeepSeek's
- * inference demo (`model{i}-mp{N}.safetensors`, what `inference/convert.py` writes), streamed.
+ * `deepcast to-demo`: an HF DeepSeek-V3/V3.2/V4 checkpoint -> the model-parallel shards of DeepSeek's
+ * inference demo (`model{i}-mp{N}.safetensors`, what `inference/convert.py` writes), streamed. Planned
+ * by ./demo-plan.ts (V3, V3.2) or ./demo-plan-v4.ts (V4); this runner is the same for both.
  *
  * Every input tensor is read once, in input order (shards by name, tensors in data order), and its
  * bytes are scattered to all N rank files at offsets planned from the headers: each rank file is
@@ -17,18 +18,21 @@ import { DeepcastError } from "../errors.js";
 import { progressMeter, type OnEvent, type ProgressMeter } from "../events.js";
 import type { PlanDescription } from "../io/dry-run.js";
 import { checkpointIdentity, type Checkpoint } from "../io/checkpoint.js";
-import { DTYPE_SIZE, numel } from "../io/dtypes.js";
+import { tensorBytes } from "../io/dtypes.js";
 import { PositionalSafetensorsWriter } from "../io/positional-writer.js";
 import { checkFp8ScaleValues, fp8NanError, type Kernels } from "../quant/kernels.js";
 import { SCALE_SUFFIX } from "../formats/fp8.js";
+import { checkE8m0 } from "../formats/e8m0.js";
 import { checkFreeSpace, copyFileAtomic, freeBytes, writeFileAtomic } from "../io/write.js";
 import { fmtBytes } from "../units.js";
 import type { DemoInput, DemoPlan } from "./demo-plan.js";
 import { ShardReader } from "../io/shard-reader.js";
-import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readFp8Scale, type Chunk, type ChunkSink } from "./pipeline.js";
+import { DEFAULT_CHUNK_BYTES, fp8ToBf16Chunks, pump, readE8m0Scale, readFp8Scale, type Chunk, type ChunkSink } from "./pipeline.js";
+import { fp4TileScaleChunk, fp4ToFp8Chunks } from "./fp4-chunks.js";
 import { fingerprint, RunState } from "./run-state.js";
 
 export * from "./demo-plan.js";
+export { demoModelArgsV4, planToDemoV4, type DemoPlanV4Options } from "./demo-plan-v4.js";
 
 /** Beside the run manifest: how many input shards the temporary rank files hold, durably. */
 
@@ -44,6 +48,7 @@ export function describeToDemo(plan: DemoPlan, input: string, out: string): Plan
       modelParallel: plan.mp,
       nExperts: plan.nExperts,
       dtype: plan.dtype,
+      ...(plan.expertDtype ? { expertDtype: plan.expertDtype, fp4CastToFp8: plan.fp4CastToFp8 ?? 0 } : {}),
       ranks,
       files,
       config: plan.modelArgs,
@@ -56,8 +61,9 @@ export function describeToDemo(plan: DemoPlan, input: string, out: string): Plan
       ...ranks.map((r) => `${r.file}  ${r.tensors} tensors  ${fmtBytes(r.bytes)}`),
       `files: ${files.join(", ")}`,
       `${plan.inputs.length} input tensors read once; ${plan.skippedMtp} MTP tensors skipped` +
-        (plan.dtype === "bf16" ? `; ${plan.fp8Dequantized} FP8 tensors dequantized, ${plan.droppedScales} scales dropped` : ""),
-      `demo config: dtype ${String(plan.modelArgs.dtype)}, max_seq_len ${String(plan.modelArgs.max_seq_len)}`,
+        (plan.dtype === "bf16" || plan.expertDtype ? `; ${plan.fp8Dequantized} FP8 tensors dequantized, ${plan.droppedScales} scales dropped` : "") +
+        (plan.expertDtype === "fp8" ? `; ${plan.fp4CastToFp8 ?? 0} FP4 expert weights cast to FP8` : plan.expertDtype === "fp4" ? "; FP4 experts written as F4" : ""),
+      `demo config: dtype ${String(plan.modelArgs.dtype)}, max_seq_len ${plan.modelArgs.max_seq_len === undefined ? "not set (the demo's default)" : String(plan.modelArgs.max_seq_len)}`,
     ],
     inputBytes: plan.inputBytes,
     outputBytes: plan.outputBytes,
@@ -87,6 +93,8 @@ export interface ToDemoSummary {
   /** Tensors written into rank files by this run. */
   tensors: number;
   fp8Dequantized: number;
+  /** V4 --expert-dtype fp8: FP4 expert weights cast to FP8 by this run. */
+  fp4CastToFp8: number;
   /** Tensor bytes read from the input (scales included). */
   bytesRead: number;
   /** Bytes of the rank files written by this run. */
@@ -99,7 +107,7 @@ export async function demoPlanFingerprint(ckpt: Checkpoint, plan: DemoPlan): Pro
     command: "to-demo",
     format: 1,
     inputs: await checkpointIdentity(ckpt),
-    options: { mp: plan.mp, nExperts: plan.nExperts, dtype: plan.dtype },
+    options: { mp: plan.mp, nExperts: plan.nExperts, dtype: plan.dtype, ...(plan.expertDtype ? { expertDtype: plan.expertDtype } : {}) },
     outputs: plan.ranks.map((r) => [r.name, r.bytes]),
     modelArgs: plan.modelArgs,
   });
@@ -112,20 +120,36 @@ function targetRanks(t: DemoInput, mp: number): number[] {
 
 /**
  * Chunks that read one input tensor, each at most `chunkBytes` of input: FP8 to dequantize in whole
- * 128-row blocks (each chunk's scales are one contiguous slice), tensors split along a dim >= 1 in
- * whole rows (so the columns of every rank can be gathered), anything else in plain byte ranges.
+ * 128-row blocks (each chunk's scales are one contiguous slice), packed FP4 to cast to FP8 in whole
+ * 128-row tiles, tensors split along a dim >= 1 or checked on the way in whole rows (so the columns of
+ * every rank can be gathered, and an error names its row), anything else in plain byte ranges.
  */
 function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: number, scales: Map<string, Float32Array>, where: string, allowNonFinite: boolean): Chunk[] {
   const size = t.from.entry.end - t.from.entry.begin;
   if (size === 0) return [];
-  if (t.op === "fp8") {
-    const [rows, cols] = t.from.entry.shape as [number, number];
-    return fp8ToBf16Chunks({ tensor: t.hfName, file: t.from.file, where: `${where}/${t.from.file}`, allowNonFinite, rows, cols, scale: () => scales.get(t.hfName)!, kernels: k, threads, chunkBytes });
+  const [rows, cols] = t.shape as [number, number];
+  switch (t.op) {
+    case "fp8":
+      return fp8ToBf16Chunks({ tensor: t.hfName, file: t.from.file, where: `${where}/${t.from.file}`, allowNonFinite, rows, cols, scale: () => scales.get(t.hfName)!, kernels: k, threads, chunkBytes });
+    case "fp4-fp8":
+      return fp4ToFp8Chunks({
+        tensor: t.hfName, weight: { file: t.from.file, name: t.hfName }, scale: { file: t.scale!.file, name: t.scale!.entry.name },
+        rows, cols, where, allowNonFinite, kernels: k, threads, chunkBytes, instead: FP4_INSTEAD,
+      });
+    case "fp4-fp8-scale":
+      return [fp4TileScaleChunk({
+        tensor: t.hfName, weight: { file: "", name: "" }, scale: { file: t.from.file, name: t.hfName },
+        rows: t.fp4Weight!.rows, cols: t.fp4Weight!.cols, where, allowNonFinite, instead: FP4_INSTEAD,
+      })];
+    case "copy":
+      break;
   }
   const chunks: Chunk[] = [];
   const src = (offset: number, length: number) => ({ file: t.from.file, tensor: t.hfName, offset, length });
-  const step = t.place.kind === "split" && t.place.dim > 0
-    ? Math.max(1, Math.floor(chunkBytes / (size / t.shape[0]!))) * (size / t.shape[0]!)
+  const checked = !allowNonFinite && keptDataCheck(t, 0, { file: "", tensor: "" }) !== undefined;
+  const rowBytes = size / Math.max(1, t.from.entry.shape[0] ?? 1);
+  const step = (t.place.kind === "split" && t.place.dim > 0) || checked
+    ? Math.max(1, Math.floor(chunkBytes / rowBytes)) * rowBytes
     : chunkBytes;
   for (let off = 0; off < size; off += step) {
     const length = Math.min(step, size - off);
@@ -135,9 +159,13 @@ function inputChunks(t: DemoInput, k: Kernels, threads: number, chunkBytes: numb
   return chunks;
 }
 
+/** What to do instead when V4's FP4 -> FP8 expert cast would round. */
+const FP4_INSTEAD = "write the experts as FP4 instead (without --expert-dtype fp8)";
+
 /**
- * `--dtype keep` copies FP8 weights and their scales as they are: the copy still refuses FP8 NaN codes and
- * non-finite or absurd scales, as the dequantizing paths do (a chunk starting `offset` bytes in).
+ * Tensors copied as stored are still checked (chunks starting `offset` bytes in, at whole rows): FP8
+ * weights for NaN codes, V3's F32 scales for non-finite or absurd values, as the dequantizing paths
+ * do, and V4's E8M0 scales for the NaN byte 255.
  */
 function keptDataCheck(t: DemoInput, offset: number, where: { file: string; tensor: string }): Chunk["convert"] {
   const cols = t.from.entry.shape[1] ?? 1;
@@ -152,6 +180,12 @@ function keptDataCheck(t: DemoInput, offset: number, where: { file: string; tens
   if (t.from.entry.dtype === "F32" && t.from.entry.name.endsWith(SCALE_SUFFIX)) {
     return (input, out) => {
       checkFp8ScaleValues(new Float32Array(input.slice().buffer), cols, where);
+      out.set(input);
+    };
+  }
+  if (t.from.entry.dtype === "F8_E8M0") {
+    return (input, out) => {
+      checkE8m0(input, cols, where, 254, Math.floor(offset / cols));
       out.set(input);
     };
   }
@@ -186,7 +220,7 @@ class RankScatter implements ChunkSink {
     } else if (p.kind === "rank") {
       put(p.rank, pos, data);
     } else {
-      const inner = numel(t.shape.slice(p.dim + 1)) * DTYPE_SIZE[t.dtype];
+      const inner = tensorBytes(t.dtype, t.shape.slice(p.dim + 1));
       const part = (t.shape[p.dim]! / mp) * inner;
       if (p.dim === 0) {
         // Rank r owns the contiguous bytes [r*part, (r+1)*part).
@@ -239,7 +273,7 @@ async function runOpened(ckpt: Checkpoint, plan: DemoPlan, opts: ToDemoRunOption
   const mp = plan.mp;
   const summary: ToDemoSummary = {
     ranks: mp, files: plan.ranks.map((r) => r.name), resumedFiles: 0, resumedShards: 0, tensors: 0,
-    fp8Dequantized: 0, bytesRead: 0, bytesWritten: 0,
+    fp8Dequantized: 0, fp4CastToFp8: 0, bytesRead: 0, bytesWritten: 0,
   };
   const pendingRank: boolean[] = [];
   for (const r of plan.ranks) {
@@ -306,7 +340,7 @@ async function writeRanks(
   const byHf = new Map(plan.inputs.map((t) => [t.hfName, t]));
   const byShard: DemoInput[][] = ckpt.shards.map(() => []);
   for (const t of plan.inputs) byShard[t.shardIndex]!.push(t);
-  const rankBytes = (t: DemoInput) => numel(t.shape) * DTYPE_SIZE[t.dtype] / (t.place.kind === "split" ? mp : 1);
+  const rankBytes = (t: DemoInput) => tensorBytes(t.dtype, t.shape) / (t.place.kind === "split" ? mp : 1);
   const needed = (t: DemoInput) => targetRanks(t, mp).some((r) => writers[r] !== null);
   let recorded = startShard;
   const sink = new RankScatter(byHf, writers, (n) => {
@@ -334,14 +368,16 @@ async function writeRanks(
       const scales = new Map<string, Float32Array>();
       for (const t of inShard) {
         if (t.op !== "fp8") continue;
-        const values = await readFp8Scale(reader, { file: t.scale!.file, name: t.scale!.entry.name }, t.from.entry.shape[1]!,
+        const read = t.scaleKind === "e8m0" ? readE8m0Scale : readFp8Scale;
+        const values = await read(reader, { file: t.scale!.file, name: t.scale!.entry.name }, t.from.entry.shape[1]!,
           `${ckpt.source.description}/${t.scale!.file}`, opts.allowNonFinite ?? false);
-        summary.bytesRead += values.byteLength;
+        summary.bytesRead += t.scale!.entry.end - t.scale!.entry.begin;
         scales.set(t.hfName, values);
       }
       const chunks = inShard.flatMap((t) => inputChunks(t, opts.kernels, opts.threads, chunkBytes, scales, ckpt.source.description, opts.allowNonFinite ?? false));
       await pump(chunks, reader, sink, (inB) => { summary.bytesRead += inB; });
       summary.fp8Dequantized += inShard.filter((t) => t.op === "fp8").length;
+      summary.fp4CastToFp8 += inShard.filter((t) => t.op === "fp4-fp8").length;
       summary.tensors += inShard.reduce((a, t) => a + targetRanks(t, mp).filter((r) => writers[r]).length, 0);
       emit({ kind: "shard", shard, index: k, count: ckpt.shards.length, skipped: false, bytes: shardOut, seconds: (performance.now() - t0) / 1000 });
       const syncs = Promise.all(writers.map((w) => w?.sync()));

@@ -1,9 +1,14 @@
 /**
  * safetensors dtype tags, their element sizes, and the order the safetensors library writes them in
- * (the declaration order of the Rust crate's `Dtype` enum: ... F8_E5M2, F8_E4M3, F8_E8M0, I16 ...).
+ * (the declaration order of the Rust crate's `Dtype` enum: BOOL, F4, ... F8_E5M2, F8_E4M3, F8_E8M0, I16 ...).
  */
 export const DTYPE_SIZE = {
   BOOL: 1,
+  /**
+   * OCP e2m1 FP4, two elements per byte (low nibble first): torch's float4_e2m1fn_x2, which safetensors
+   * records as F4 with the logical shape (last dim = elements, twice the bytes). Half a byte per element.
+   */
+  F4: 0.5,
   U8: 1,
   I8: 1,
   F8_E5M2: 1,
@@ -42,4 +47,10 @@ export function safetensorsOrder(a: { name: string; dtype: Dtype }, b: { name: s
 
 export function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Bytes of a tensor's data; NaN when they are not a whole number (an F4 tensor with an odd element count). */
+export function tensorBytes(dtype: Dtype, shape: readonly number[]): number {
+  const bytes = numel(shape) * DTYPE_SIZE[dtype];
+  return Number.isInteger(bytes) ? bytes : NaN;
 }

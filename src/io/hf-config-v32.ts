@@ -5,6 +5,32 @@
  */
 import { DeepcastError } from "../errors.js";
 
+/** The lightning indexer of DeepSeek Sparse Attention (config.json index_*). */
+export interface IndexerConfig {
+  /** index_n_heads */
+  nHeads: number;
+  /** index_head_dim (the first qk_rope_head_dim of them carry RoPE) */
+  headDim: number;
+  /** index_topk: keys each query attends to, at most */
+  topk: number;
+}
+
+/** The indexer's hyper-parameters from a V3.2 config.json; every key is required and positive. */
+export function parseV32Indexer(raw: Record<string, unknown>, file: string): IndexerConfig {
+  const need = (key: string): number => {
+    const v = raw[key];
+    if (v === undefined || v === null) throw new DeepcastError(`config.json has no ${key} (DeepSeek-V3.2's indexer)`, { file, code: "CONFIG_MISMATCH" });
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0) throw new DeepcastError(`config.json: ${key} must be a positive integer, got ${JSON.stringify(v)}`, { file, code: "CONFIG_MISMATCH" });
+    return v;
+  };
+  const c = { nHeads: need("index_n_heads"), headDim: need("index_head_dim"), topk: need("index_topk") };
+  const rope = raw.qk_rope_head_dim;
+  if (typeof rope === "number" && rope > c.headDim) {
+    throw new DeepcastError(`config.json: qk_rope_head_dim ${rope} is larger than index_head_dim ${c.headDim} (the indexer ropes its first qk_rope_head_dim dims)`, { file, code: "CONFIG_MISMATCH" });
+  }
+  return c;
+}
+
 export function checkV32Indexer(raw: Record<string, unknown>, tensors: { names(): Iterable<string>; shape(n: string): readonly number[] | undefined }, file: string): void {
   const bad = (msg: string, tensor?: string) => new DeepcastError(`config.json: ${msg}`, { file, tensor, code: "CONFIG_MISMATCH" });
   const dim = (key: string): number | undefined => {

@@ -7,7 +7,7 @@
 import { DeepcastError } from "../errors.js";
 import { checkpointGeneration, GENERATION_NAME, type Generation } from "../formats/generation.js";
 import { locate, type Checkpoint } from "./checkpoint.js";
-import { checkV32Indexer } from "./hf-config-v32.js";
+import { checkV32Indexer, parseV32Indexer, type IndexerConfig } from "./hf-config-v32.js";
 import { checkV4Config, parseV4Config, type V4Params } from "./hf-config-v4.js";
 
 export interface RopeScaling {
@@ -68,6 +68,8 @@ export interface ModelConfig {
    * shared (dimensions, experts, routing, YaRN) and the single-KV-head equivalents otherwise.
    */
   v4?: V4Params;
+  /** DeepSeek-V3.2 (model_type deepseek_v32): the lightning indexer's hyper-parameters; absent for V3. */
+  indexer?: IndexerConfig;
 }
 
 export function num(cfg: Record<string, unknown>, key: string, fallback?: number, file = "config.json"): number {
@@ -109,14 +111,14 @@ export function parseRopeScaling(cfg: Record<string, unknown>, file: string): Ro
   };
 }
 
-/** Parses an HF DeepSeek-V3 (or V2-style) `config.json`. */
+/** Parses an HF DeepSeek-V3 (or V2-style, or V3.2 with its indexer) `config.json`. */
 export function parseModelConfig(raw: unknown, file = "config.json"): ModelConfig {
   if (!raw || typeof raw !== "object" || Array.isArray(raw)) {
     throw new DeepcastError("config.json is not a JSON object", { file, code: "CONFIG_MISMATCH" });
   }
   const cfg = raw as Record<string, unknown>;
   const modelType = cfg.model_type;
-  if (modelType !== undefined && modelType !== "deepseek_v3" && modelType !== "deepseek_v2") {
+  if (modelType !== undefined && modelType !== "deepseek_v3" && modelType !== "deepseek_v2" && modelType !== "deepseek_v32") {
     throw new DeepcastError(`config.json: model_type ${JSON.stringify(modelType)} is not deepseek_v3`, { file, code: "UNSUPPORTED" });
   }
   const scoreFunc = (cfg.scoring_func ?? "softmax") as string;
@@ -160,6 +162,7 @@ export function parseModelConfig(raw: unknown, file = "config.json"): ModelConfi
     nMtpLayers: int(cfg, "num_nextn_predict_layers", 0, file),
     tieWordEmbeddings: Boolean(cfg.tie_word_embeddings ?? false),
   };
+  if (modelType === "deepseek_v32") c.indexer = parseV32Indexer(cfg, file);
   const bad = (msg: string) => new DeepcastError(`config.json: ${msg}`, { file, code: "CONFIG_MISMATCH" });
   if (c.qkRopeHeadDim % 2 !== 0) throw bad(`qk_rope_head_dim ${c.qkRopeHeadDim} must be even`);
   if (c.nRoutedExperts > 0) {
@@ -345,7 +348,7 @@ export function checkModelConfig(raw: unknown, tensors: TensorShapes, file: stri
  * DeepSeek-V4 is checked by ./hf-config-v4.ts; in "full" mode (parsed with its V4 part) only for a command
  * that lists it in `accept` (the forward pass).
  * DeepSeek-V3.2 is V3 plus the indexer (./hf-config-v32.ts); in "full" mode only for a command that
- * lists it in `accept` (to-demo), since the others do not implement its indexer.
+ * lists it in `accept` (to-gguf, to-demo, the forward pass's HfWeightSource).
  */
 export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full", opts?: { accept?: Generation[] }): ModelConfig;
 export function checkCheckpointConfig(ckpt: Checkpoint, mode: "present"): ModelConfig | null;
@@ -365,8 +368,8 @@ export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full" | "present"
   }
   if (generation === "deepseek-v32") {
     if (mode === "full" && !opts.accept?.includes(generation)) throw unsupported();
-    // V3's layout and hyper-parameters (parsed as V3), plus the indexer.
-    const parsed = checkModelConfig({ ...ckpt.config, model_type: "deepseek_v3" }, tensors, file, mode);
+    // V3's layout and hyper-parameters plus the indexer (also when only the architecture or the tensors say V3.2).
+    const parsed = checkModelConfig({ ...ckpt.config, model_type: "deepseek_v32" }, tensors, file, mode);
     checkV32Indexer(ckpt.config, tensors, file);
     return parsed;
   }
@@ -376,7 +379,8 @@ export function checkCheckpointConfig(ckpt: Checkpoint, mode: "full" | "present"
 /** The HF config.json keys a parsed config came from (for a GGUF or demo config turned back into one). */
 export function hfConfigOf(c: ModelConfig): Record<string, unknown> {
   return {
-    model_type: "deepseek_v3",
+    model_type: c.indexer ? "deepseek_v32" : "deepseek_v3",
+    ...(c.indexer ? { index_n_heads: c.indexer.nHeads, index_head_dim: c.indexer.headDim, index_topk: c.indexer.topk } : {}),
     vocab_size: c.vocabSize, hidden_size: c.dim, intermediate_size: c.interDim, moe_intermediate_size: c.moeInterDim,
     num_hidden_layers: c.nLayers, first_k_dense_replace: c.nDenseLayers, moe_layer_freq: c.moeLayerFreq,
     num_attention_heads: c.nHeads, n_routed_experts: c.nRoutedExperts, n_shared_experts: c.nSharedExperts,

@@ -9,7 +9,7 @@
  */
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
-import { DTYPE_SIZE, numel } from "./dtypes.js";
+import { tensorBytes } from "./dtypes.js";
 import { encodeHeader, readFully, type TensorSpec } from "./safetensors.js";
 import { guardWrite, partialPath, writeError, writeFully } from "./write.js";
 
@@ -155,5 +155,5 @@ export class PositionalSafetensorsWriter {
 
 /** Bytes of a tensor spec's data. */
 export function specBytes(t: TensorSpec): number {
-  return numel(t.shape) * DTYPE_SIZE[t.dtype];
+  return tensorBytes(t.dtype, t.shape);
 }

@@ -5,7 +5,7 @@
  */
 import { open, rename, rm, stat, type FileHandle } from "node:fs/promises";
 import { DeepcastError } from "../errors.js";
-import { DTYPE_SIZE, isDtype, numel, type Dtype } from "./dtypes.js";
+import { isDtype, tensorBytes, type Dtype } from "./dtypes.js";
 import { guardWrite, partialPath, writeFully } from "./write.js";
 
 /** Largest JSON header we accept; the real 4.3 GB DeepSeek shards have headers of about 100 KB. */
@@ -173,7 +173,8 @@ function parseEntry(name: string, value: unknown, file: string): TensorEntry {
     throw bad(`data_offsets ${JSON.stringify(offsets)} is not a pair of non-negative integers`);
   }
   const [begin, end] = offsets as [number, number];
-  const expected = numel(shape as number[]) * DTYPE_SIZE[dtype];
+  const expected = tensorBytes(dtype, shape as number[]);
+  if (Number.isNaN(expected)) throw bad(`${dtype}${JSON.stringify(shape)} is not a whole number of bytes`);
   if (end < begin || end - begin !== expected) {
     throw bad(`data_offsets [${begin}, ${end}] span ${end - begin} bytes, but ${dtype}${JSON.stringify(shape)} needs ${expected}`);
   }
@@ -278,7 +279,8 @@ export function encodeHeader(tensors: readonly TensorSpec[], metadata: Record<st
   let pos = 0;
   for (const t of tensors) {
     if (t.name === "__metadata__" || Object.hasOwn(obj, t.name)) throw new DeepcastError(`duplicate tensor name in output`, { tensor: t.name });
-    const len = numel(t.shape) * DTYPE_SIZE[t.dtype];
+    const len = tensorBytes(t.dtype, t.shape);
+    if (Number.isNaN(len)) throw new DeepcastError(`${t.dtype}${JSON.stringify(t.shape)} is not a whole number of bytes`, { tensor: t.name });
     offsets.push([pos, pos + len]);
     obj[t.name] = { dtype: t.dtype, shape: t.shape, data_offsets: [pos, pos + len] };
     pos += len;

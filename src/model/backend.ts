@@ -95,6 +95,6 @@ export function selectBackend(kind: BackendKind = "auto", opts: SelectBackendOpt
       return withDevice(gpu, "cuda", null, n.cudaDeviceInfo());
     }
   }
-  if (opts.required) throw new DeepcastError(`CUDA backend unavailable: ${reason}`);
+  if (opts.required) throw new DeepcastError(`CUDA backend unavailable: ${reason}`, { code: "UNSUPPORTED" });
   return withDevice(cpu, "cpu", reason, null);
 }

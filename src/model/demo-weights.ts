@@ -67,6 +67,10 @@ const MODEL_ARGS_DEFAULTS: Record<string, number | string> = {
  */
 export function demoModelConfig(args: Record<string, unknown>, file = "config.json"): ModelConfig {
   const a = (k: string): unknown => args[k] ?? MODEL_ARGS_DEFAULTS[k];
+  if (args.index_topk !== undefined || args.index_n_heads !== undefined) {
+    // V3.2 demo shards: their indexer names are not mapped here, and a dense pass would be wrong past index_topk
+    throw new DeepcastError("demo config has DeepSeek-V3.2's index_* keys: the forward pass reads V3.2 from the HF checkpoint or its GGUF, not from demo shards", { file, code: "UNSUPPORTED" });
+  }
   const maxSeqLen = a("max_seq_len");
   const orig = a("original_seq_len");
   const yarn = typeof maxSeqLen === "number" && typeof orig === "number" && maxSeqLen > orig;

@@ -21,7 +21,8 @@ export function forwardWeightBytes(cfg: ModelConfig): number {
   if (cfg.v4) return forwardWeightBytesV4(cfg);
   const H = cfg.nHeads;
   const q = cfg.qLoraRank > 0 ? cfg.qLoraRank * cfg.dim + H * qkHeadDim(cfg) * cfg.qLoraRank : H * qkHeadDim(cfg) * cfg.dim;
-  const attn = q + (cfg.kvLoraRank + cfg.qkRopeHeadDim) * cfg.dim + H * (cfg.qkNopeHeadDim + cfg.vHeadDim) * cfg.kvLoraRank + cfg.dim * H * cfg.vHeadDim;
+  const ix = cfg.indexer ? (cfg.indexer.nHeads * cfg.indexer.headDim * cfg.qLoraRank + (cfg.indexer.headDim + cfg.indexer.nHeads) * cfg.dim) : 0;
+  const attn = q + (cfg.kvLoraRank + cfg.qkRopeHeadDim) * cfg.dim + H * (cfg.qkNopeHeadDim + cfg.vHeadDim) * cfg.kvLoraRank + cfg.dim * H * cfg.vHeadDim + ix;
   let ffn = 0;
   for (let l = 0; l < cfg.nLayers; l++) {
     const f = isMoeLayer(cfg, l)
@@ -38,7 +39,9 @@ export function forwardBytesPerToken(cfg: ModelConfig): number {
   if (cfg.v4) return forwardBytesPerTokenV4(cfg);
   const H = cfg.nHeads;
   const dqk = qkHeadDim(cfg);
-  const attn = H * (2 * dqk + cfg.qkNopeHeadDim + 2 * cfg.vHeadDim) + cfg.qLoraRank + 2 * (cfg.kvLoraRank + cfg.qkRopeHeadDim) + cfg.dim;
+  // V3.2's indexer: q [heads, D], k [D], weights [heads] and their scales per token (its [n, n] mask per sequence, a byte per pair, is not counted)
+  const ix = cfg.indexer ? cfg.indexer.nHeads * (cfg.indexer.headDim + 2) + cfg.indexer.headDim + 1 : 0;
+  const attn = H * (2 * dqk + cfg.qkNopeHeadDim + 2 * cfg.vHeadDim) + cfg.qLoraRank + 2 * (cfg.kvLoraRank + cfg.qkRopeHeadDim) + cfg.dim + ix;
   const mlp = 2 * cfg.interDim + cfg.dim;
   const K = cfg.nActivatedExperts;
   const moe = cfg.nRoutedExperts > 0

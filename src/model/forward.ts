@@ -12,6 +12,8 @@
  * MoE: sigmoid router scores s, expert selection on s + e_score_correction_bias with group-limited
  * top-k (group score = sum of its top-2 biased scores), combine weights = unbiased s of the chosen
  * experts normalized to 1, times routed_scaling_factor; plus the shared experts.
+ * DeepSeek-V3.2 (config.indexer): each query attends only to the keys its layer's lightning indexer
+ * selects (./indexer-v32.ts), which is every visible key up to index_topk tokens.
  *
  * All sequences of a batch are processed together, layer by layer: the weights of one layer (and
  * within a MoE layer, of one expert at a time) are read from the WeightSource, used for every
@@ -23,7 +25,8 @@ import { DeepcastError } from "../errors.js";
 import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } from "./config.js";
 import { Ctx, embed, head, headName, outputRows, packSequences } from "./forward-context.js";
 import { forwardV4 } from "./forward-v4.js";
-import { addInto, forwardOps, gatherRows, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
+import { indexerSelect, indexerTensorNames, type SequenceSelection } from "./indexer-v32.js";
+import { addInto, forwardOps, gatherRows, maskedAttention, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
 const f = Math.fround;
@@ -80,8 +83,20 @@ export interface ForwardOptions {
    * to those of a full pass. `offsets` then counts the returned rows only.
    */
   logitsFrom?: readonly number[];
+  /** DeepSeek-V3.2 only (config.indexer, ./indexer-v32.ts); ignored for V3. */
+  v32?: V32ForwardOptions;
   /** DeepSeek-V4 only (src/model/forward-v4.ts): its simulations and checks; ignored for V3. */
   v4?: V4ForwardOptions;
+}
+
+export interface V32ForwardOptions {
+  /**
+   * model.py's FP8 act-quant of the indexer's q and k before scoring (default true, as model.py);
+   * false: float32 q and k, as llama.cpp's deepseek32 graph scores them.
+   */
+  qat?: boolean;
+  /** Called once per layer with the keys its indexer selected, per sequence (with the scores where it masked). */
+  onIndexer?: (layer: number, selection: readonly SequenceSelection[]) => void;
 }
 
 export interface V4ForwardOptions {
@@ -116,7 +131,8 @@ function attentionNames(cfg: ModelConfig, l: number): string[] {
   const p = `model.layers.${l}.`;
   const a = p + "self_attn.";
   const q = cfg.qLoraRank > 0 ? ["q_a_proj.weight", "q_a_layernorm.weight", "q_b_proj.weight"] : ["q_proj.weight"];
-  return [p + "input_layernorm.weight", ...[...q, "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight", "kv_b_proj.weight", "o_proj.weight"].map((n) => a + n)];
+  return [p + "input_layernorm.weight", ...[...q, "kv_a_proj_with_mqa.weight", "kv_a_layernorm.weight", "kv_b_proj.weight", "o_proj.weight"].map((n) => a + n),
+    ...(cfg.indexer ? indexerTensorNames(l) : [])];
 }
 
 /** The FFN tensors of layer l other than routed experts (norm, dense MLP or gate and shared experts). */
@@ -152,7 +168,7 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
       const p = `model.layers.${l}.`;
       ctx.prefetch(ffnNames(cfg, l));
       const xn = rmsNorm(h, N, cfg.dim, await ctx.vector(p + "input_layernorm.weight", cfg.dim), cfg.rmsNormEps, new Float32Array(h.length));
-      addInto(h, await attention(ctx, l, xn, N, pos, offsets, ropeTab));
+      addInto(h, await attention(ctx, l, xn, N, pos, offsets, ropeTab, opts.v32));
       ctx.prefetch(l + 1 < cfg.nLayers ? attentionNames(cfg, l + 1) : ["model.norm.weight"]);
       if (l === cfg.nLayers - 1) trim();
       const x2 = rows === N ? xn : new Float32Array(rows * cfg.dim);
@@ -179,7 +195,7 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
 }
 
 async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: Int32Array, offsets: Int32Array,
-                         ropeTab: { cos: Float32Array; sin: Float32Array }): Promise<Float32Array> {
+                         ropeTab: { cos: Float32Array; sin: Float32Array }, v32?: V32ForwardOptions): Promise<Float32Array> {
   const { cfg } = ctx;
   const p = `model.layers.${l}.self_attn.`;
   const H = cfg.nHeads;
@@ -191,6 +207,7 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
   const dim = cfg.dim;
 
   let q: Float32Array;
+  let selection: SequenceSelection[] | null = null;
   if (cfg.qLoraRank > 0) {
     const [wqa, qNorm, wqb] = await Promise.all([
       ctx.weight(p + "q_a_proj.weight", cfg.qLoraRank, dim),
@@ -199,6 +216,10 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
     ]);
     const qa = rmsNorm(ctx.mm(x, wqa, N, dim, cfg.qLoraRank, p + "q_a_proj.weight"), N, cfg.qLoraRank, qNorm, cfg.rmsNormEps);
     q = ctx.mm(qa, wqb, N, cfg.qLoraRank, H * dqk, p + "q_b_proj.weight");
+    if (cfg.indexer) {
+      selection = await indexerSelect(ctx, l, x, qa, N, pos, offsets, ropeTab, { keepScores: v32?.onIndexer !== undefined, qat: v32?.qat ?? true });
+      v32?.onIndexer?.(l, selection);
+    }
   } else {
     q = ctx.mm(x, await ctx.weight(p + "q_proj.weight", H * dqk, dim), N, dim, H * dqk, p + "q_proj.weight");
   }
@@ -220,8 +241,9 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
   const v = new Float32Array(N * H * dv);
   mlaKv(kva, kvb, k, v, N, H, dn, dr, dv, kvr);
   const o = new Float32Array(N * H * dv);
-  ctx.ops.attention(q, k, v, o, offsets, H, dqk, dv, softmaxScale(cfg), ctx.threads);
-  if (ctx.observer?.absorbedMla) observeAbsorbedMla(ctx, ctx.observer, l, q, k, ckv, N, offsets);
+  if (cfg.indexer && !selection) throw new DeepcastError("DeepSeek-V3.2's indexer needs the query LoRA (q_lora_rank > 0)", { file: ctx.src.description, code: "UNSUPPORTED" });
+  attend(ctx, q, k, v, o, offsets, H, dqk, dv, selection);
+  if (ctx.observer?.absorbedMla) observeAbsorbedMla(ctx, ctx.observer, l, q, k, ckv, N, offsets, selection);
   return ctx.mm(o, wo, N, H * dv, dim, p + "o_proj.weight");
 }
 
@@ -243,11 +265,44 @@ function mlpWith(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: nu
 }
 
 /**
+ * Causal attention of every sequence: dense (the ops' kernel) unless the indexer selected fewer keys
+ * for some query of a sequence; then the rows before the first such query still run dense (so they
+ * equal a dense pass bit for bit) and the rest with the mask.
+ */
+function attend(ctx: Ctx, q: Float32Array, k: Float32Array, v: Float32Array, o: Float32Array, offsets: Int32Array,
+                H: number, dqk: number, dv: number, selection: readonly SequenceSelection[] | null): void {
+  const scale = softmaxScale(ctx.cfg);
+  if (!selection || selection.every((s) => !s.mask)) {
+    ctx.ops.attention(q, k, v, o, offsets, H, dqk, dv, scale, ctx.threads);
+    return;
+  }
+  for (let b = 0; b + 1 < offsets.length; b++) {
+    const t0 = offsets[b]!;
+    const n = offsets[b + 1]! - t0;
+    if (n === 0) continue;
+    const mask = selection[b]!.mask;
+    const dense = mask ? fullRows(mask, n) : n;
+    const rows = (x: Float32Array, d: number, m: number) => x.subarray(t0 * H * d, (t0 + m) * H * d);
+    if (dense > 0) ctx.ops.attention(rows(q, dqk, dense), rows(k, dqk, dense), rows(v, dv, dense), rows(o, dv, dense), Int32Array.of(0, dense), H, dqk, dv, scale, ctx.threads);
+    if (mask && dense < n) maskedAttention(rows(q, dqk, n), rows(k, dqk, n), rows(v, dv, n), rows(o, dv, n), n, mask, H, dqk, dv, scale, dense);
+  }
+}
+
+/** The leading rows of an [n, n] selection mask that keep every visible key. */
+function fullRows(mask: Uint8Array, n: number): number {
+  for (let i = 0; i < n; i++) {
+    for (let t = 0; t <= i; t++) if (!mask[i * n + t]) return i;
+  }
+  return n;
+}
+
+/**
  * The observer's absorbedMla inputs: q_nope per head, and the latent attention output, computed one
- * sequence at a time (with c_kv as every head's value vector, so the softmax weights are the pass's).
+ * sequence at a time (with c_kv as every head's value vector, so the softmax weights are the pass's,
+ * the indexer's mask included).
  */
 function observeAbsorbedMla(ctx: Ctx, obs: MatmulObserver, l: number, q: Float32Array, k: Float32Array, ckv: Float32Array,
-                            N: number, offsets: Int32Array): void {
+                            N: number, offsets: Int32Array, selection: readonly SequenceSelection[] | null): void {
   const { cfg } = ctx;
   const H = cfg.nHeads;
   const dn = cfg.qkNopeHeadDim;
@@ -270,8 +325,8 @@ function observeAbsorbedMla(ctx: Ctx, obs: MatmulObserver, l: number, q: Float32
       for (let hh = 0; hh < H; hh++) vLat.set(c, (i * H + hh) * kvr);
     }
     const latent = new Float32Array(n * H * kvr);
-    ctx.ops.attention(q.subarray(t0 * H * dqk, (t0 + n) * H * dqk), k.subarray(t0 * H * dqk, (t0 + n) * H * dqk), vLat, latent,
-      Int32Array.of(0, n), H, dqk, kvr, softmaxScale(cfg), ctx.threads);
+    attend(ctx, q.subarray(t0 * H * dqk, (t0 + n) * H * dqk), k.subarray(t0 * H * dqk, (t0 + n) * H * dqk), vLat, latent,
+      Int32Array.of(0, n), H, dqk, kvr, selection ? [selection[b]!] : null);
     obs.absorbedMla!(l, qNope, latent, n);
   }
 }

@@ -1,7 +1,9 @@
 /**
- * The forward pass's weights from a llama.cpp `deepseek2` GGUF (ours or llama.cpp's, any type
- * ./quant/ggml.ts dequantizes, single file or split): HF names are mapped to GGUF names through
- * the inverse of formats/deepseek2-gguf.json, and each read dequantizes only the rows asked for.
+ * The forward pass's weights from a llama.cpp `deepseek2` GGUF (DeepSeek-V2/V3) or `deepseek32` GGUF
+ * (DeepSeek-V3.2; ours or llama.cpp's, any type ./quant/ggml.ts dequantizes, single file or split):
+ * HF names are mapped to GGUF names through the inverse of formats/deepseek2-gguf.json (or
+ * deepseek32-gguf.json, which adds the indexer and the nextn block), and each read dequantizes only
+ * the rows asked for.
  *
  *  - copies: HF [out, in] = GGUF ne [in, out], row r of HF = row r of ggml, nothing rearranged;
  *  - routed experts: `model.layers.L.mlp.experts.E.<proj>.weight` is slab E of the stacked
@@ -11,14 +13,14 @@
  *    inverse of gguf-plan's kvBSplit, for just the heads whose rows are asked for; a legacy GGUF with
  *    the unsplit `attn_kv_b` is read as a copy.
  *
- * The ModelConfig comes from the `deepseek2.*` metadata, turned back into the HF config.json keys
+ * The ModelConfig comes from the `deepseek2.*` / `deepseek32.*` metadata, turned back into the HF config.json keys
  * convert_hf_to_gguf.py took them from and parsed by parseModelConfig. Float metadata is stored as
  * float32; each value is read back as the shortest decimal that rounds to it (1e-6 stays 1e-6), so
  * the config equals the HF one and the forward pass is bit-identical to the HF source's.
  */
 import { DeepcastError } from "../errors.js";
 import { GgufReader, type GgufTensorInfo, type GgufTensorStore } from "../io/gguf-reader.js";
-import { deepseek2Format } from "../formats/deepseek2-names.js";
+import { deepseek2Format, deepseek32Format, type Deepseek2Format } from "../formats/deepseek2-names.js";
 import { archKey, Keys } from "../formats/gguf-keys.js";
 import { f32Decimal } from "../io/gguf-kv.js";
 import { parseV4Config } from "../io/hf-config-v4.js";
@@ -31,7 +33,8 @@ import { DEEPSEEK4_ARCH, deepseek4ConfigJson, deepseek4Layout } from "./gguf-wei
 
 /** Values smaller than this (elements) are dequantized on one thread. */
 const PARALLEL_MIN = 1 << 22;
-const ARCH = "deepseek2";
+/** The GGUF architectures read here, each with its name map. */
+const FORMATS: Record<string, () => Deepseek2Format> = { deepseek2: deepseek2Format, deepseek32: deepseek32Format };
 
 export interface GgufWeightSourceOptions {
   /** Threads for dequantization (default 1). */
@@ -78,9 +81,11 @@ function compile(p: string): RegExp {
   return new RegExp(`^${esc}$`);
 }
 
-let rulesCache: NameRule[] | undefined;
-function rules(): NameRule[] {
-  rulesCache ??= deepseek2Format().tensors.map((e) => ({
+const rulesCache = new Map<string, NameRule[]>();
+function rules(arch: string): NameRule[] {
+  let r = rulesCache.get(arch);
+  if (r) return r;
+  r = FORMATS[arch]!().tensors.map((e) => ({
     re: compile(e.hf),
     kind: e.kind,
     hf: e.hf,
@@ -88,7 +93,8 @@ function rules(): NameRule[] {
     ...(e.k_b !== undefined ? { kB: e.k_b } : {}),
     ...(e.v_b !== undefined ? { vB: e.v_b } : {}),
   }));
-  return rulesCache;
+  rulesCache.set(arch, r);
+  return r;
 }
 
 /** ne as 3 dims (trailing 1-dims dropped by llama-quantize put back); more than 3 is an error. */
@@ -108,7 +114,9 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
     readonly reader: R,
     readonly config: ModelConfig,
     private readonly threads: number,
-    /** Another architecture's names (undefined: deepseek2's, by this file's rules). */
+    /** general.architecture: deepseek2, deepseek32 or deepseek4. */
+    readonly arch: string,
+    /** Another architecture's names (undefined: deepseek2's or deepseek32's, by this file's rules). */
     private readonly layout?: GgufNameLayout,
   ) {}
 
@@ -121,9 +129,10 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
   static async fromStore<S extends GgufTensorStore>(reader: S, opts: GgufWeightSourceOptions = {}): Promise<GgufWeightSource<S>> {
     try {
       const threads = Math.max(1, opts.threads ?? 1);
-      const src = reader.value(Keys.General.ARCHITECTURE) === DEEPSEEK4_ARCH
-        ? new GgufWeightSource(reader, parseGgufConfig(parseV4Config, deepseek4ConfigJson(reader), reader.path), threads, deepseek4Layout(reader))
-        : new GgufWeightSource(reader, ggufModelConfig(reader), threads);
+      const arch = String(reader.value(Keys.General.ARCHITECTURE));
+      const src = arch === DEEPSEEK4_ARCH
+        ? new GgufWeightSource(reader, parseGgufConfig(parseV4Config, deepseek4ConfigJson(reader), reader.path), threads, arch, deepseek4Layout(reader))
+        : new GgufWeightSource(reader, ggufModelConfig(reader), threads, arch);
       src.checkTypes();
       return src;
     } catch (e) {
@@ -157,7 +166,7 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
       return r;
     }
     r = null;
-    for (const rule of rules()) {
+    for (const rule of rules(this.arch)) {
       const m = rule.re.exec(name);
       if (!m) continue;
       const bid = m.groups?.bid;
@@ -224,7 +233,7 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
     if (this.layout) return this.layout.hfNames();
     const out: string[] = [];
     const byGguf = new Map<string, NameRule>();
-    for (const rule of rules()) {
+    for (const rule of rules(this.arch)) {
       if (rule.gguf) byGguf.set(rule.gguf, rule);
       if (rule.kB) byGguf.set(rule.kB, rule);
       if (rule.kind === "kv_b_split") byGguf.set(LEGACY_KV_B, rule);
@@ -352,7 +361,10 @@ export function ggufModelConfig(reader: GgufTensorStore): ModelConfig {
   const file = reader.path;
   const bad = (msg: string) => new DeepcastError(msg, { file });
   const arch = reader.value(Keys.General.ARCHITECTURE);
-  if (arch !== ARCH) throw bad(`GGUF architecture is ${JSON.stringify(arch)}, expected "${ARCH}" (DeepSeek-V2/V3)`);
+  if (typeof arch !== "string" || !(arch in FORMATS)) {
+    throw new DeepcastError(`GGUF architecture is ${JSON.stringify(arch)}, expected "deepseek2" (DeepSeek-V2/V3) or "deepseek32" (DeepSeek-V3.2)`, { file, code: "UNSUPPORTED" });
+  }
+  const ARCH = arch;
   const get = (key: string): number | undefined => {
     const v = reader.value(archKey(key, ARCH));
     if (v === undefined) return undefined;
@@ -381,14 +393,18 @@ export function ggufModelConfig(reader: GgufTensorStore): ModelConfig {
   const scoring = gating === undefined || gating === 1 ? "softmax" : gating === 2 ? "sigmoid" : undefined;
   if (scoring === undefined) throw bad(`${archKey(Keys.LLM.EXPERT_GATING_FUNC, ARCH)} ${gating} is not supported (1 softmax, 2 sigmoid)`);
   const normKv = reader.value(archKey(Keys.LLM.EXPERT_WEIGHTS_NORM, ARCH));
+  // deepseek32 keeps the MTP blocks: block_count counts them, nextn_predict_layers says how many
+  const nextn = get(Keys.LLM.NEXTN_PREDICT_LAYERS) ?? 0;
+  const nLayers = ARCH === "deepseek32" ? need(Keys.LLM.BLOCK_COUNT) - nextn : need(Keys.LLM.BLOCK_COUNT);
+  if (nLayers < 0) throw bad(`${archKey(Keys.LLM.NEXTN_PREDICT_LAYERS, ARCH)} ${nextn} is more than ${archKey(Keys.LLM.BLOCK_COUNT, ARCH)} ${need(Keys.LLM.BLOCK_COUNT)}`);
   const raw: Record<string, unknown> = {
-    model_type: "deepseek_v3",
+    model_type: ARCH === "deepseek32" ? "deepseek_v32" : "deepseek_v3",
     vocab_size: embd.ne[1],
     hidden_size: need(Keys.LLM.EMBEDDING_LENGTH),
     intermediate_size: need(Keys.LLM.FEED_FORWARD_LENGTH),
     moe_intermediate_size: get(Keys.LLM.EXPERT_FEED_FORWARD_LENGTH) ?? need(Keys.LLM.FEED_FORWARD_LENGTH),
-    num_hidden_layers: need(Keys.LLM.BLOCK_COUNT),
-    first_k_dense_replace: get(Keys.LLM.LEADING_DENSE_BLOCK_COUNT) ?? (nExpert > 0 ? 0 : need(Keys.LLM.BLOCK_COUNT)),
+    num_hidden_layers: nLayers,
+    first_k_dense_replace: get(Keys.LLM.LEADING_DENSE_BLOCK_COUNT) ?? (nExpert > 0 ? 0 : nLayers),
     num_attention_heads: need(Keys.Attention.HEAD_COUNT),
     n_routed_experts: nExpert,
     n_shared_experts: get(Keys.LLM.EXPERT_SHARED_COUNT) ?? 0,
@@ -408,9 +424,14 @@ export function ggufModelConfig(reader: GgufTensorStore): ModelConfig {
     rope_theta: getF(Keys.Rope.FREQ_BASE) ?? 10000,
     rms_norm_eps: getF(Keys.Attention.LAYERNORM_RMS_EPS) ?? 1e-6,
     max_position_embeddings: need(Keys.LLM.CONTEXT_LENGTH),
-    num_nextn_predict_layers: get(Keys.LLM.NEXTN_PREDICT_LAYERS) ?? 0,
+    num_nextn_predict_layers: nextn,
     tie_word_embeddings: reader.tensor("output.weight") === undefined,
   };
+  if (ARCH === "deepseek32") {
+    raw.index_n_heads = need(Keys.Indexer.HEAD_COUNT);
+    raw.index_head_dim = need(Keys.Indexer.KEY_LENGTH);
+    raw.index_topk = need(Keys.Indexer.TOP_K);
+  }
   const bos = reader.value(Keys.Tokenizer.BOS_ID);
   const eos = reader.value(Keys.Tokenizer.EOS_ID);
   if (typeof bos === "number") raw.bos_token_id = bos;

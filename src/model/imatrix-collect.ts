@@ -11,6 +11,8 @@
  *  - MLA as llama.cpp runs it: `attn_k_b` multiplies q_nope per head and `attn_v_b` the latent
  *    attention output per head; one flattened [heads × columns] sum and ONE count (tokens), as
  *    llama.cpp collects a 3-D MUL_MAT;
+ *  - DeepSeek-V3.2 (deepseek32 names): the lightning indexer's `indexer.attn_q_b`, `indexer.attn_k`
+ *    and `indexer.proj`, which deepseek32.cpp multiplies with ggml_mul_mat like any weight;
  *  - `output.weight` only with processOutput; `token_embd` never (a row lookup, not a matmul);
  *  - DeepSeek-V4 (a config with its `v4` part) by its own names: ./imatrix-names-deepseek4.ts.
  *
@@ -18,7 +20,7 @@
  * and are written as float32.
  */
 import { DeepcastError } from "../errors.js";
-import { deepseek2Format, fillBid, namePattern } from "../formats/deepseek2-names.js";
+import { deepseek2Format, deepseek32Format, fillBid, namePattern } from "../formats/deepseek2-names.js";
 import type { ModelConfig } from "./config.js";
 import type { MatmulObserver } from "./forward.js";
 import { deepseek4ImatrixTarget, type ImatrixTarget } from "./imatrix-names-deepseek4.js";
@@ -41,16 +43,20 @@ interface Rule {
   stack: boolean;
 }
 
-let rulesCache: Rule[] | undefined;
-function rules(): Rule[] {
-  rulesCache ??= deepseek2Format().tensors
+const rulesCache = new Map<boolean, Rule[]>();
+/** The HF -> GGUF name rules of deepseek2, or of deepseek32 for a V3.2 model. */
+function rules(v32: boolean): Rule[] {
+  let r = rulesCache.get(v32);
+  if (r) return r;
+  r = (v32 ? deepseek32Format() : deepseek2Format()).tensors
     .filter((e) => (e.kind === "copy" || e.kind === "stack") && e.gguf !== undefined)
     .map((e) => ({
       re: namePattern(e.hf),
       gguf: e.gguf!,
       stack: e.kind === "stack",
     }));
-  return rulesCache;
+  rulesCache.set(v32, r);
+  return r;
 }
 
 export class ImatrixCollector implements MatmulObserver {
@@ -75,7 +81,7 @@ export class ImatrixCollector implements MatmulObserver {
       if (this.opts.processOutput) t = { gguf: "output.weight", mat: 0, nMat: 1, perMatrixCount: false };
     } else if (!weight.endsWith(".kv_b_proj.weight")) {
       // kv_b_proj is collected as attn_k_b / attn_v_b through absorbedMla
-      for (const r of rules()) {
+      for (const r of rules(this.config.indexer !== undefined)) {
         const m = r.re.exec(weight);
         if (!m) continue;
         const bid = m.groups?.bid;

@@ -47,6 +47,7 @@ export function imatrixStatsBytes(cfg: ModelConfig, processOutput = false): numb
   let values = processOutput ? cfg.dim : 0;
   for (let l = 0; l < cfg.nLayers; l++) {
     values += 2 * cfg.dim + cfg.qLoraRank + H * cfg.qkNopeHeadDim + H * cfg.kvLoraRank + H * cfg.vHeadDim;
+    if (cfg.indexer) values += cfg.qLoraRank + 2 * cfg.dim;
     values += isMoeLayer(cfg, l)
       ? cfg.dim + cfg.nRoutedExperts * (2 * cfg.dim + cfg.moeInterDim + 1) + 2 * cfg.dim + cfg.nSharedExperts * cfg.moeInterDim
       : 2 * cfg.dim + cfg.interDim;

@@ -15,8 +15,10 @@ import type { OnEvent } from "../events.js";
 import { GGUF_MAGIC } from "../io/gguf-layout.js";
 import { parseSplitPath } from "../io/gguf-reader.js";
 import { checkModelConfig, hfConfigOf } from "../io/hf-config.js";
+import { checkV32Indexer } from "../io/hf-config-v32.js";
 import { openSource } from "../io/open-source.js";
 import { isMoeLayer, type ModelConfig } from "./config.js";
+import { indexerTensorNames } from "./indexer-v32.js";
 import { DemoWeightSource } from "./demo-weights.js";
 import { GgufWeightSource } from "./gguf-weights.js";
 import { checkDeepseek4Gguf } from "./gguf-weights-deepseek4.js";
@@ -89,7 +91,7 @@ export async function openWeights(spec: string, opts: OpenWeightsOptions = {}): 
   switch (kind) {
     case "gguf": {
       const src = await GgufWeightSource.open(path, { threads });
-      if (!src.config.v4) return checkedSource(src, path, "GGUF metadata (deepseek2.*)");
+      if (!src.config.v4) return checkedSource(src, path, "GGUF metadata");
       try {
         checkDeepseek4Gguf(src);
       } catch (e) {
@@ -131,7 +133,9 @@ async function checkedSource(src: WeightSource, file: string, what: string): Pro
       }
     };
     try {
-      checkModelConfig(hfConfigOf(c), { names: () => names, shape }, file, "full");
+      const tensors = { names: () => names, shape };
+      checkModelConfig(hfConfigOf(c), tensors, file, "full");
+      if (c.indexer) checkV32Indexer(hfConfigOf(c), tensors, file);
     } catch (e) {
       if (e instanceof DeepcastError) {
         throw new DeepcastError(`${what} disagrees with the tensors: ${e.message.replace(/^config\.json: /, "").replace(/ \(file [^)]*\)$/, "")}`, { file, code: e.code });
@@ -160,6 +164,7 @@ export function forwardTensorNames(cfg: ModelConfig, has: (name: string) => bool
     if (cfg.qLoraRank > 0) out.push(`${a}q_a_proj.weight`, `${a}q_a_layernorm.weight`, `${a}q_b_proj.weight`);
     else out.push(`${a}q_proj.weight`);
     out.push(`${a}kv_a_proj_with_mqa.weight`, `${a}kv_a_layernorm.weight`, `${a}kv_b_proj.weight`, `${a}o_proj.weight`);
+    if (cfg.indexer) out.push(...indexerTensorNames(l));
     out.push(`${p}post_attention_layernorm.weight`);
     if (!isMoeLayer(cfg, l)) {
       out.push(...proj(`${p}mlp.`));

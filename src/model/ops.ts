@@ -97,9 +97,54 @@ export const tsOps: ForwardOps = {
   },
 };
 
+/**
+ * Attention of one sequence (n tokens) where query i sees only the keys t with mask[i*n + t] = 1
+ * (a subset of t <= i): q, k [n, H, dqk], v and out [n, H, dv]; rows from `first` on (earlier rows of
+ * `out` are left as they are); float64 accumulation as tsOps.attention.
+ */
+export function maskedAttention(q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, n: number, mask: Uint8Array,
+                                heads: number, dqk: number, dv: number, scale: number, first = 0): void {
+  const sc = Math.fround(scale);
+  const p = new Float64Array(n);
+  const acc = new Float64Array(dv);
+  for (let i = first; i < n; i++) {
+    const m = mask.subarray(i * n, i * n + i + 1);
+    for (let h = 0; h < heads; h++) {
+      const qo = (i * heads + h) * dqk;
+      let mx = -Infinity;
+      for (let j = 0; j <= i; j++) {
+        if (!m[j]) continue;
+        const ko = (j * heads + h) * dqk;
+        let d = 0;
+        for (let c = 0; c < dqk; c++) d += q[qo + c]! * k[ko + c]!;
+        const s = Math.fround(Math.fround(d) * sc);
+        p[j] = s;
+        if (s > mx) mx = s;
+      }
+      let sum = 0;
+      for (let j = 0; j <= i; j++) {
+        if (!m[j]) continue;
+        p[j] = Math.exp(p[j]! - mx);
+        sum += p[j]!;
+      }
+      acc.fill(0);
+      for (let j = 0; j <= i; j++) {
+        if (!m[j]) continue;
+        const pj = p[j]! / sum;
+        const vo = (j * heads + h) * dv;
+        for (let c = 0; c < dv; c++) acc[c]! += pj * v[vo + c]!;
+      }
+      out.set(acc, (i * heads + h) * dv);
+    }
+  }
+}
+
 function nativeOps(): ForwardOps | null {
   const nn = loadNative();
   if (!nn) return null;
+  // The pass allocates and drops activation buffers of megabytes per step: reuse freed ones instead of
+  // fresh zeroed pages from the kernel (native/src/allocator.cc).
+  nn.keepFreedMemory(32 * 2 ** 20);
   return {
     backend: "native",
     matmul: (x, w, y, tokens, inDim, outDim, threads, ldy) => nn.f32Matmul(x, w, y, tokens, inDim, outDim, threads, ldy ?? outDim),

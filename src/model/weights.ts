@@ -72,7 +72,7 @@ export class HfWeightSource implements WeightSource {
   static async open(source: CheckpointSource | string, opts: HfWeightSourceOptions = {}): Promise<HfWeightSource> {
     const src = typeof source === "string" ? new LocalSource(source) : source;
     const ckpt = await loadCheckpoint(src);
-    return new HfWeightSource(ckpt, checkCheckpointConfig(ckpt, "full", { accept: ["deepseek-v4"] }), { threads: opts.threads ?? 1, bf16Round: opts.bf16Round ?? false });
+    return new HfWeightSource(ckpt, checkCheckpointConfig(ckpt, "full", { accept: ["deepseek-v32", "deepseek-v4"] }), { threads: opts.threads ?? 1, bf16Round: opts.bf16Round ?? false });
   }
 
   get description(): string {

@@ -55,6 +55,8 @@ export interface AddonTypes {
   f32Matmul(x: View, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
   /** The same with W [out, in] in its stored ggml form (gemm.cc dequantizes it panel by panel). */
   ggmlMatmul(x: View, type: number, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
+  /** glibc: serve blocks up to `bytes` (at most 32 MiB) from the heap and keep freed ones for reuse; false elsewhere. */
+  keepFreedMemory(bytes: number): boolean;
   causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
   f32SiluMul(g: View, u: View, threads: number): void;
 
@@ -110,6 +112,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   f32Matmul: 0,
   ggmlMatmul: 0,
   causalAttention: 0,
+  keepFreedMemory: 0,
   f32SiluMul: 0,
   rmsNormRows: 0,
   ropeRows: 0,

@@ -26,6 +26,25 @@ export function fp8E4m3ToF32(code: number): number {
   return sign ? -mag : mag;
 }
 
+/**
+ * The e4m3fn value nearest to float32 `x` (ties to the even code), saturating at +-448: what
+ * `x.clamp(-448, 448).to(torch.float8_e4m3fn)` gives, as a float32. NaN stays NaN.
+ */
+export function roundToFp8E4m3(x: number): number {
+  if (Number.isNaN(x)) return NaN;
+  const a = Math.abs(x);
+  if (a >= 448) return x < 0 ? -448 : 448;
+  // spacing of e4m3 values around a: 2^(e-3) in binade e, 2^-9 among the subnormals (below 2^-6)
+  const e = Math.max(((f32Bits(a) >>> 23) & 0xff) - 127, -6);
+  const ulp = 2 ** (e - 3);
+  const r = a / ulp;
+  let n = Math.floor(r);
+  const frac = r - n;
+  if (frac > 0.5 || (frac === 0.5 && n % 2 === 1)) n++;
+  const v = n * ulp;
+  return x < 0 ? -v : v;
+}
+
 /** Table of all 256 codes as f32 values (NaN payloads preserved in the bit view). */
 export const FP8_E4M3_TABLE: Float32Array = (() => {
   const t = new Float32Array(256);

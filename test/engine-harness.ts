@@ -1,0 +1,101 @@
+/**
+ * The engine-agreement harness the tests share: llama.cpp's next-token distributions at every
+ * position of some token windows (node-llama-cpp, CPU), and their agreement with our forward pass
+ * per position: KL(P_llama || P_ours) (natural log) and the top-1 token.
+ */
+import type { Llama, Token } from "node-llama-cpp";
+import type { ForwardResult } from "../src/model/forward.js";
+
+export interface Agreement {
+  kld: number[];
+  mean: number;
+  median: number;
+  max: number;
+  top1: number;
+}
+
+export const quantile = (xs: number[], q: number) => [...xs].sort((a, b) => a - b)[Math.min(xs.length - 1, Math.floor(q * xs.length))]!;
+
+/** Per position KL(P || softmax(logits)) and top-1 agreement; P[i] is a probability per token id. */
+export function agreement(P: Float64Array[], r: ForwardResult): Agreement {
+  const V = r.vocab;
+  const kld: number[] = [];
+  let same = 0;
+  for (let i = 0; i < P.length; i++) {
+    const row = r.logits.subarray(i * V, (i + 1) * V);
+    const p = P[i]!;
+    let mx = -Infinity;
+    let ours = 0;
+    for (let v = 0; v < V; v++) {
+      if (row[v]! > mx) {
+        mx = row[v]!;
+        ours = v;
+      }
+    }
+    let z = 0;
+    for (let v = 0; v < V; v++) z += Math.exp(row[v]! - mx);
+    const logZ = mx + Math.log(z);
+    let kl = 0;
+    let theirs = 0;
+    for (let v = 0; v < V; v++) {
+      if (p[v]! > p[theirs]!) theirs = v;
+      if (p[v]! > 0) kl += p[v]! * (Math.log(p[v]!) - (row[v]! - logZ));
+    }
+    kld.push(kl);
+    if (ours === theirs) same++;
+  }
+  return { kld, mean: kld.reduce((a, b) => a + b, 0) / kld.length, median: quantile(kld, 0.5), max: Math.max(...kld), top1: same / P.length };
+}
+
+/** The softmax of every row of our logits, as P for agreement(). */
+export function distributions(r: ForwardResult): Float64Array[] {
+  const V = r.vocab;
+  const P: Float64Array[] = [];
+  for (let i = 0; i < r.logits.length / V; i++) {
+    const row = r.logits.subarray(i * V, (i + 1) * V);
+    let mx = -Infinity;
+    for (const x of row) mx = Math.max(mx, x);
+    const p = new Float64Array(V);
+    let z = 0;
+    for (let v = 0; v < V; v++) z += (p[v] = Math.exp(row[v]! - mx));
+    for (let v = 0; v < V; v++) p[v] = p[v]! / z;
+    P.push(p);
+  }
+  return P;
+}
+
+/** KL(softmax(a) || softmax(b)) per position, for two of our own passes. */
+export function selfAgreement(a: ForwardResult, b: ForwardResult): Agreement {
+  return agreement(distributions(a), b);
+}
+
+export const fmt = (a: Agreement) =>
+  `mean ${a.mean.toExponential(2)}, median ${a.median.toExponential(2)}, p90 ${quantile(a.kld, 0.9).toExponential(2)}, ` +
+  `max ${a.max.toExponential(2)}, top-1 ${(a.top1 * 100).toFixed(1)}%`;
+
+/** llama.cpp's next-token distribution at every position of every window (arrays by token id), one window at a time. */
+export async function engineDistributions(llama: Llama, path: string, windows: readonly number[][], opts: { flashAttention: boolean; threads: number }): Promise<Float64Array[]> {
+  const model = await llama.loadModel({ modelPath: path });
+  try {
+    const longest = Math.max(...windows.map((w) => w.length));
+    // contextSize above the window: node-llama-cpp keeps one cell free (it pads to 256 anyway)
+    const ctx = await model.createContext({ contextSize: 2 * longest, batchSize: longest, threads: opts.threads, sequences: 1, flashAttention: opts.flashAttention });
+    const seq = ctx.getSequence();
+    const out: Float64Array[] = [];
+    for (const w of windows) {
+      await seq.clearHistory();
+      const res = await seq.controlledEvaluate(w.map((t) => [t as Token, { generateNext: { probabilities: true } }]));
+      for (let i = 0; i < w.length; i++) {
+        const probs = res[i]?.next?.probabilities;
+        if (!probs) throw new Error(`no distribution at position ${i}`);
+        const p = new Float64Array(probs.size);
+        for (const [t, v] of probs) p[t] = v;
+        out.push(p);
+      }
+    }
+    await ctx.dispose();
+    return out;
+  } finally {
+    await model.dispose();
+  }
+}
