@@ -11,7 +11,7 @@ import { DeepcastError } from "../errors.js";
 import { FP8_BLOCK } from "../formats/fp8.js";
 import { ggmlNbytes, rowBytes, type GgmlType } from "../formats/ggml-types.js";
 import type { GgufTensorInfo, GgufTensorStore } from "../io/gguf-reader.js";
-import type { GgufScalar } from "../io/gguf-kv.js";
+import type { GgufKV, GgufScalar } from "../io/gguf-kv.js";
 import { ShardReader } from "../io/shard-reader.js";
 import type { CheckpointSource } from "../io/source.js";
 import type { Kernels } from "../quant/kernels.js";
@@ -66,6 +66,7 @@ export class PlannedGguf {
   private readonly byName: Map<string, GgufOutputTensor>;
   private readonly weights: ReadonlyMap<string, Float32Array> | undefined;
   private readonly kvs: Map<string, GgufScalar>;
+  private readonly kvByKey: Map<string, GgufKV>;
 
   /** `plan`: any plan of the model (its tensor list, metadata and imatrix weights); the types come with each `store`. */
   constructor(source: CheckpointSource, private readonly plan: ToGgufPlan, private readonly opts: PlannedGgufOptions) {
@@ -75,6 +76,7 @@ export class PlannedGguf {
     this.byName = new Map(plan.output.tensors.map((t) => [t.name, t]));
     this.weights = plan.imatrix?.weights;
     this.kvs = new Map(plan.output.kvs.filter((k) => k.type !== "ARRAY").map((k) => [k.key, k.value as GgufScalar]));
+    this.kvByKey = new Map(plan.output.kvs.map((k) => [k.key, k]));
   }
 
   /**
@@ -91,6 +93,7 @@ export class PlannedGguf {
     return {
       path: description,
       value,
+      kv: (key: string) => this.kvByKey.get(key),
       get tensors() {
         return infos;
       },

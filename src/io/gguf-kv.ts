@@ -183,3 +183,14 @@ export function encodeValueData(entry: GgufKV): Buffer {
   }
   return Buffer.from(sink.toBuffer());
 }
+
+/** The shortest decimal that rounds to the same float32 (a float32 metadata value as it was written). */
+export function f32Decimal(x: number): number {
+  if (!Number.isFinite(x) || x === 0) return x;
+  const f = Math.fround(x);
+  for (let p = 1; p <= 9; p++) {
+    const d = Number(f.toPrecision(p));
+    if (Math.fround(d) === f) return d;
+  }
+  return f;
+}

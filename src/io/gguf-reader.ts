@@ -288,7 +288,7 @@ function kvInt(kvs: readonly GgufKV[], key: string, path: string): number | unde
  * What a GGUF model's reader offers: metadata by key, the tensor list, and tensor bytes by range.
  * `GgufReader` reads files; a store may also make the bytes on demand (convert/planned-gguf.ts).
  */
-export type GgufTensorStore = Pick<GgufReader, "path" | "value" | "tensors" | "tensor" | "read" | "close">;
+export type GgufTensorStore = Pick<GgufReader, "path" | "value" | "kv" | "tensors" | "tensor" | "read" | "close">;
 
 /**
  * A GGUF model: one file, or every file of a split model (give any of them, or the first). Metadata

@@ -22,7 +22,7 @@ import { Ctx, embed, head, outputRows, packSequences } from "./forward-context.j
 import type { ForwardOptions, ForwardResult } from "./forward.js";
 import { forwardOps, gatherRows, rmsNorm } from "./ops.js";
 import { attentionV4 } from "./v4/attention.js";
-import { hcCombine, hcHeadWeights, hcPost, hcSplitSinkhorn, scaleByRms, type HcSplit } from "./v4/hc.js";
+import { hcCombine, hcHeadWeights, hcPost, hcSplitSinkhorn, rmsRows, scaleByRms, type HcSplit } from "./v4/hc.js";
 import { moeV4 } from "./v4/moe.js";
 import { v4RopeTables } from "./v4/rope.js";
 import type { WeightSource } from "./weights.js";
@@ -76,7 +76,9 @@ async function hcPre(ctx: Ctx, p: string, X: Float32Array, rows: number): Promis
   const hc = v.hcMult;
   const mix = (2 + hc) * hc;
   const [fn, scale, base] = await Promise.all([ctx.weight(`${p}_fn`, mix, hc * cfg.dim), ctx.vector(`${p}_scale`, 3), ctx.vector(`${p}_base`, mix)]);
-  const m = ctx.mm(X, fn, rows, hc * cfg.dim, mix, `${p}_fn`);
+  // llama-imatrix sees hc_fn multiply the RMS-normed streams (deepseek4.cpp build_hc_pre): report those
+  if (ctx.observer) ctx.observer.input(`${p}_fn`, rmsRows(X, rows, hc * cfg.dim, cfg.rmsNormEps), rows, hc * cfg.dim);
+  const m = ctx.mm(X, fn, rows, hc * cfg.dim, mix);
   scaleByRms(m, X, rows, hc * cfg.dim, mix, cfg.rmsNormEps);
   const split = hcSplitSinkhorn(m, rows, scale, base, hc, v.hcSinkhornIters, v.hcEps);
   return { x: hcCombine(X, split.pre, rows, hc, cfg.dim), split };

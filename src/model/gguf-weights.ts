@@ -22,11 +22,14 @@ import { DeepcastError } from "../errors.js";
 import { GgufReader, type GgufTensorInfo, type GgufTensorStore } from "../io/gguf-reader.js";
 import { deepseek2Format, deepseek32Format, type Deepseek2Format } from "../formats/deepseek2-names.js";
 import { archKey, Keys } from "../formats/gguf-keys.js";
+import { f32Decimal } from "../io/gguf-kv.js";
+import { parseV4Config } from "../io/hf-config-v4.js";
 import { ggmlDequantTypes, rowBytes } from "../formats/ggml-types.js";
 import { dequantizeRows } from "../quant/ggml.js";
 import { parseModelConfig, type ModelConfig } from "./config.js";
 import type { StoredMatrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
+import { DEEPSEEK4_ARCH, deepseek4ConfigJson, deepseek4Layout } from "./gguf-weights-deepseek4.js";
 
 /** Values smaller than this (elements) are dequantized on one thread. */
 const PARALLEL_MIN = 1 << 22;
@@ -38,13 +41,28 @@ export interface GgufWeightSourceOptions {
   threads?: number;
 }
 
-type Resolved =
+export type Resolved =
   /** A GGUF tensor read as is (its HF shape is the reversed ne). */
   | { kind: "copy"; t: GgufTensorInfo; shape: number[] }
   /** Expert `e` of a stacked [n_expert, out, in] tensor. */
   | { kind: "expert"; t: GgufTensorInfo; e: number; shape: number[] }
+  /** An I32 index table [rows, ne0] (DeepSeek-V4's tid2eid), handed out as float32 (exact below 2^24). */
+  | { kind: "ids"; t: GgufTensorInfo; shape: number[] }
   /** kv_b_proj from its split halves. */
   | { kind: "kv_b"; kb: GgufTensorInfo; vb: GgufTensorInfo; nHead: number; nope: number; v: number; kvr: number; shape: number[] };
+
+/**
+ * How another architecture's GGUF names map to its HF names (the deepseek2 map is this file's own):
+ * DeepSeek-V4's is ./gguf-weights-deepseek4.ts.
+ */
+export interface GgufNameLayout {
+  /** The HF name's GGUF tensor(s), or null when the model has no such tensor. */
+  resolve(name: string): Resolved | null;
+  /** The HF names the GGUF provides. */
+  hfNames(): string[];
+  /** Tensors read as integers (no ggml dequantizer needed). */
+  readsRaw(t: GgufTensorInfo): boolean;
+}
 
 interface NameRule {
   re: RegExp;
@@ -87,16 +105,7 @@ function dims3(t: GgufTensorInfo): [number, number, number] {
 
 const fill = (template: string, bid: string | undefined) => (bid === undefined ? template : template.replace(/\{bid\}/g, bid));
 
-/** The shortest decimal that rounds to the same float32 (a float32 metadata value as it was written). */
-export function f32Decimal(x: number): number {
-  if (!Number.isFinite(x) || x === 0) return x;
-  const f = Math.fround(x);
-  for (let p = 1; p <= 9; p++) {
-    const d = Number(f.toPrecision(p));
-    if (Math.fround(d) === f) return d;
-  }
-  return f;
-}
+export { f32Decimal };
 
 export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements WeightSource {
   private readonly cache = new Map<string, Resolved | null>();
@@ -105,8 +114,10 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
     readonly reader: R,
     readonly config: ModelConfig,
     private readonly threads: number,
-    /** general.architecture: deepseek2 or deepseek32. */
+    /** general.architecture: deepseek2, deepseek32 or deepseek4. */
     readonly arch: string,
+    /** Another architecture's names (undefined: deepseek2's or deepseek32's, by this file's rules). */
+    private readonly layout?: GgufNameLayout,
   ) {}
 
   /** Opens a GGUF (a single file, or any file of a split model) and reads its metadata. */
@@ -117,8 +128,11 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
   /** The model of a GGUF tensor store (a file's reader, or tensors made on demand); closes the store on failure. */
   static async fromStore<S extends GgufTensorStore>(reader: S, opts: GgufWeightSourceOptions = {}): Promise<GgufWeightSource<S>> {
     try {
-      const config = ggufModelConfig(reader);
-      const src = new GgufWeightSource(reader, config, Math.max(1, opts.threads ?? 1), String(reader.value(Keys.General.ARCHITECTURE)));
+      const threads = Math.max(1, opts.threads ?? 1);
+      const arch = String(reader.value(Keys.General.ARCHITECTURE));
+      const src = arch === DEEPSEEK4_ARCH
+        ? new GgufWeightSource(reader, parseGgufConfig(parseV4Config, deepseek4ConfigJson(reader), reader.path), threads, arch, deepseek4Layout(reader))
+        : new GgufWeightSource(reader, ggufModelConfig(reader), threads, arch);
       src.checkTypes();
       return src;
     } catch (e) {
@@ -133,7 +147,7 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
 
   /** Fails now, not layers into a pass, when a tensor has a type we cannot dequantize. */
   private checkTypes(): void {
-    const bad = this.reader.tensors.filter((t) => !t.type.dequantizer);
+    const bad = this.reader.tensors.filter((t) => !t.type.dequantizer && !this.layout?.readsRaw(t));
     if (bad.length) {
       const kinds = [...new Set(bad.map((t) => t.type.name))].join(", ");
       throw new DeepcastError(
@@ -146,6 +160,11 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
   private resolve(name: string): Resolved | null {
     let r = this.cache.get(name);
     if (r !== undefined) return r;
+    if (this.layout) {
+      r = this.layout.resolve(name);
+      this.cache.set(name, r);
+      return r;
+    }
     r = null;
     for (const rule of rules(this.arch)) {
       const m = rule.re.exec(name);
@@ -211,6 +230,7 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
 
   /** The HF names this GGUF provides (routed experts one by one, kv_b_proj for each attn_k_b/attn_v_b pair). */
   hfNames(): string[] {
+    if (this.layout) return this.layout.hfNames();
     const out: string[] = [];
     const byGguf = new Map<string, NameRule>();
     for (const rule of rules(this.arch)) {
@@ -250,7 +270,7 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
   async readStored(name: string, start?: number, count?: number): Promise<StoredMatrix | null> {
     const r = this.where(name);
     const [r0, n] = this.range(name, r, start, count);
-    if (r.kind === "kv_b" || r.shape.length !== 2 || (r.kind === "copy" && r.t.ne.length !== 2)) return null;
+    if (r.kind === "kv_b" || r.kind === "ids" || r.shape.length !== 2 || (r.kind === "copy" && r.t.ne.length !== 2)) return null;
     const t = r.t;
     const ne0 = t.ne[0]!;
     const rb = rowBytes(t.type.id, ne0);
@@ -278,6 +298,12 @@ export class GgufWeightSource<R extends GgufTensorStore = GgufReader> implements
       }
       case "expert":
         return this.rows(r.t, r.e * r.shape[0]! + r0, n);
+      case "ids": {
+        const k = r.shape[1]!;
+        const ids = new Int32Array(n * k);
+        await this.reader.read(r.t, r0 * k * 4, new Uint8Array(ids.buffer));
+        return Float32Array.from(ids);
+      }
       case "kv_b":
         return this.kvBRows(r, r0, n);
     }
@@ -429,10 +455,15 @@ export function ggufModelConfig(reader: GgufTensorStore): ModelConfig {
     if (bs !== undefined) rs.beta_slow = bs;
     raw.rope_scaling = rs;
   }
+  return parseGgufConfig(parseModelConfig, raw, file);
+}
+
+/** A config.json rebuilt from GGUF metadata, parsed; its errors name the GGUF. */
+function parseGgufConfig(parse: (raw: unknown) => ModelConfig, raw: Record<string, unknown>, file: string): ModelConfig {
   try {
-    return parseModelConfig(raw);
+    return parse(raw);
   } catch (e) {
-    if (e instanceof DeepcastError) throw bad(`GGUF metadata: ${e.message.replace(/^config\.json: /, "").replace(/ \(file config\.json\)$/, "")}`);
+    if (e instanceof DeepcastError) throw new DeepcastError(`GGUF metadata: ${e.message.replace(/^config\.json: /, "").replace(/ \(file config\.json\)$/, "")}`, { file, code: e.code });
     throw e;
   }
 }

@@ -13,22 +13,17 @@
  *    llama.cpp collects a 3-D MUL_MAT;
  *  - DeepSeek-V3.2 (deepseek32 names): the lightning indexer's `indexer.attn_q_b`, `indexer.attn_k`
  *    and `indexer.proj`, which deepseek32.cpp multiplies with ggml_mul_mat like any weight;
- *  - `output.weight` only with processOutput; `token_embd` never (a row lookup, not a matmul).
- *
- * DeepSeek-V4 (a config with its V4 part): the names of formats/deepseek4-gguf.json, as llama-imatrix
- * collects a deepseek4 GGUF: the HC mixers `hc_{attn,ffn}_fn` (input: the flattened streams), the
- * attention, compressor and indexer projections, `attn_output_a` as llama.cpp's 3-D view (one
- * [groups × columns] sum of the head groups' inputs, one count), router, routed and shared experts;
- * `output.weight` and `output_hc_fn` only with processOutput.
+ *  - `output.weight` only with processOutput; `token_embd` never (a row lookup, not a matmul);
+ *  - DeepSeek-V4 (a config with its `v4` part) by its own names: ./imatrix-names-deepseek4.ts.
  *
  * Sums are float64 here (llama.cpp adds float32 in token order; the difference is ~1e-6 relative)
  * and are written as float32.
  */
 import { DeepcastError } from "../errors.js";
 import { deepseek2Format, deepseek32Format, fillBid, namePattern } from "../formats/deepseek2-names.js";
-import { deepseek4Format } from "../formats/deepseek4-names.js";
 import type { ModelConfig } from "./config.js";
 import type { MatmulObserver } from "./forward.js";
+import { deepseek4ImatrixTarget, type ImatrixTarget } from "./imatrix-names-deepseek4.js";
 import { loadNative, type NativeAddon } from "../quant/native.js";
 
 export interface ImatrixStat {
@@ -40,16 +35,7 @@ export interface ImatrixStat {
   cols: number;
 }
 
-interface Target {
-  gguf: string;
-  /** Matrix (expert) index within the entry, and the matrices it has (values). */
-  mat: number;
-  nMat: number;
-  /** Counts kept per matrix (experts) or one for all (dense). */
-  perMatrixCount: boolean;
-  /** A 3-D view: the input row holds this many matrices' inputs side by side (V4 attn_output_a). */
-  groups?: number;
-}
+type Target = ImatrixTarget;
 
 interface Rule {
   re: RegExp;
@@ -88,8 +74,9 @@ export class ImatrixCollector implements MatmulObserver {
     let t = this.targets.get(weight);
     if (t !== undefined) return t;
     t = null;
-    if (this.config.v4) {
-      t = this.targetV4(weight);
+    const v4 = deepseek4ImatrixTarget(weight, this.config, this.opts.processOutput === true);
+    if (v4 !== undefined) {
+      t = v4;
     } else if (weight === "lm_head.weight") {
       if (this.opts.processOutput) t = { gguf: "output.weight", mat: 0, nMat: 1, perMatrixCount: false };
     } else if (!weight.endsWith(".kv_b_proj.weight")) {
@@ -110,23 +97,6 @@ export class ImatrixCollector implements MatmulObserver {
     return t;
   }
 
-  private targetV4(weight: string): Target | null {
-    const dense = (gguf: string): Target => ({ gguf, mat: 0, nMat: 1, perMatrixCount: false });
-    if (weight === "head.weight") return this.opts.processOutput ? dense("output.weight") : null;
-    if (weight === "hc_head_fn") return this.opts.processOutput ? dense("output_hc_fn.weight") : null;
-    const m = /^layers\.(\d+)\.(.+)$/.exec(weight);
-    if (!m) return null;
-    const fmt = deepseek4Format();
-    const e = /^ffn\.experts\.(\d+)\.(w[123])\.weight$/.exec(m[2]!);
-    if (e) {
-      const gguf = fmt.experts.expertOrder.find(([proj]) => proj === e[2])![1];
-      return { gguf: `blk.${m[1]}.${gguf}`, mat: Number(e[1]), nMat: this.config.nRoutedExperts, perMatrixCount: true };
-    }
-    const gguf = fmt.layer[m[2]!];
-    if (!gguf) return null;
-    return m[2] === "attn.wo_a.weight" ? { ...dense(`blk.${m[1]}.${gguf}`), groups: this.config.v4!.oGroups } : dense(`blk.${m[1]}.${gguf}`);
-  }
-
   private entry(name: string, cols: number, nMat: number, nCounts: number): ImatrixStat {
     let e = this.stats.get(name);
     if (!e) {
@@ -141,9 +111,10 @@ export class ImatrixCollector implements MatmulObserver {
   input(weight: string, x: Float32Array, rows: number, cols: number): void {
     const t = this.target(weight);
     if (!t) return;
-    if (t.groups) {
-      // x [rows, groups * c]: group g's inputs add to matrix g, one count for all
-      const e = this.entry(t.gguf, cols / t.groups, t.groups, 1);
+    if (t.sideBySide) {
+      // [rows, nMat * per]: matrix m's input is columns m*per.., as the flattened sums lay them out
+      if (cols % t.nMat !== 0) throw new DeepcastError(`internal: ${weight} input of ${cols} columns does not split into ${t.nMat} matrices`, { tensor: t.gguf });
+      const e = this.entry(t.gguf, cols / t.nMat, t.nMat, 1);
       addSquares(e.sums, 0, x, rows, cols, cols);
       e.counts[0]! += rows;
       return;

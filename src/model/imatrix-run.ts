@@ -170,7 +170,8 @@ export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, o
     const batch = seqs.slice(b * per, (b + 1) * per);
     const batchTokens = batch.reduce((n, s) => n + s.input.length, 0);
     const fwd: ForwardOptions = {
-      threads, ops, observer: collector, output: "hidden",
+      // DeepSeek-V4 as llama-imatrix runs it: no FP8/FP4 activation simulation (spec §4.4)
+      threads, ops, observer: collector, output: "hidden", v4: { qat: false },
       onLayer: (l) => {
         if (l < cfg.nLayers) meter.set(tokensDone + (batchTokens * (l + 1)) / layers);
       },

@@ -21,6 +21,7 @@ import { isMoeLayer, type ModelConfig } from "./config.js";
 import { indexerTensorNames } from "./indexer-v32.js";
 import { DemoWeightSource } from "./demo-weights.js";
 import { GgufWeightSource } from "./gguf-weights.js";
+import { checkDeepseek4Gguf } from "./gguf-weights-deepseek4.js";
 import { HfWeightSource, type WeightSource } from "./weights.js";
 
 export type WeightsKind = "gguf" | "demo" | "hf";
@@ -88,8 +89,17 @@ export async function openWeights(spec: string, opts: OpenWeightsOptions = {}): 
   const { kind, path } = await detectWeights(spec);
   const threads = opts.threads ?? 1;
   switch (kind) {
-    case "gguf":
-      return checkedSource(await GgufWeightSource.open(path, { threads }), path, "GGUF metadata");
+    case "gguf": {
+      const src = await GgufWeightSource.open(path, { threads });
+      if (!src.config.v4) return checkedSource(src, path, "GGUF metadata");
+      try {
+        checkDeepseek4Gguf(src);
+      } catch (e) {
+        await src.close();
+        throw e;
+      }
+      return src;
+    }
     case "demo":
       return checkedSource(await DemoWeightSource.open(path, { threads, bf16Round: opts.bf16Round ?? false }), join(path, "config.json"), "demo config (ModelArgs)");
     case "hf": {

@@ -80,6 +80,18 @@ export function scaleByRms(mixes: Float32Array, X: Float32Array, rows: number, w
   }
 }
 
+/** Each row of X [rows, width] times rsqrt(mean(row^2) + eps): the input hc_fn multiplies in llama.cpp. */
+export function rmsRows(X: Float32Array, rows: number, width: number, eps: number): Float32Array {
+  const out = new Float32Array(rows * width);
+  for (let t = 0; t < rows; t++) {
+    let ss = 0;
+    for (let i = t * width; i < (t + 1) * width; i++) ss += X[i]! * X[i]!;
+    const r = f(1 / Math.sqrt(f(f(ss / width) + f(eps))));
+    for (let i = t * width; i < (t + 1) * width; i++) out[i] = f(X[i]! * r);
+  }
+  return out;
+}
+
 /** x[t] = sum_j w[t, j] stream_j of X [rows, hc, dim]. */
 export function hcCombine(X: Float32Array, w: Float32Array, rows: number, hc: number, dim: number): Float32Array {
   const x = new Float32Array(rows * dim);

@@ -88,8 +88,10 @@ function expert(ctx: Ctx, p: string, x: Float32Array, n: number, inter: number, 
   const g = ctx.mm(xq, w1, n, dim, inter, p + "w1.weight");
   const u = ctx.mm(xq, w3, n, dim, inter, p + "w3.weight");
   clampedSwiglu(ctx, g, u, ctx.cfg.v4!.swigluLimit);
+  // llama-imatrix sees w2 multiply silu(g)*u unweighted (build_moe_ffn weights after the down projection)
+  ctx.observer?.input(p + "w2.weight", g, n, inter);
   if (rowWeight) for (let r = 0; r < n; r++) for (let i = r * inter; i < (r + 1) * inter; i++) g[i] = f(g[i]! * rowWeight[r]!);
-  return ctx.mm(qatInput(g, n, inter, qat), w2, n, inter, dim, p + "w2.weight");
+  return ctx.mm(qatInput(g, n, inter, qat), w2, n, inter, dim);
 }
 
 export async function moeV4(ctx: Ctx, l: number, x: Float32Array, N: number, tokens: Int32Array, opts: V4ForwardOptions, onRouting?: (r: RoutingInfo) => void): Promise<Float32Array> {
