@@ -12,20 +12,11 @@ import { quantizeFp8Rows, quantizeRows } from "../src/quant/ggml.js";
 import { kernels, tsKernels } from "../src/quant/kernels.js";
 import { loadNative } from "../src/quant/native.js";
 import { firstBadRow } from "./golden-manifest.js";
+import { xorshift32 } from "./numeric.js";
 
 const native = loadNative();
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 4294967296;
-  };
-}
+const rng = xorshift32;
 
 /** Codes: mostly ordinary weights, with runs of zeros, subnormal codes, +-448 and (when asked) NaN codes. */
 function codes(rows: number, cols: number, seed: number, nan: boolean): Uint8Array {

@@ -15,6 +15,7 @@ import { dequantizeRows, ggmlRequiresImatrix, quantizeRows } from "../src/quant/
 import { loadNative } from "../src/quant/native.js";
 import { ROOT, sha256 } from "./helpers.js";
 import { asBytes, firstBadRow, floatsOf, type GoldenCase as Case, type GoldenIqManifest as Manifest } from "./golden-manifest.js";
+import { xorshift32 } from "./numeric.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants-iq");
 const INPUTS = join(ROOT, "fixtures", "ggml-quants");
@@ -257,15 +258,7 @@ describe.runIf(canCompareSimd)("IQ2/IQ1 scalar and AVX2", () => {
   });
 
   it("both levels give identical bytes on rows with ties, zeros, spikes, NaN and infinities", () => {
-    let s = 0x2545f491;
-    const r = () => {
-      s ^= s << 13;
-      s >>>= 0;
-      s ^= s >>> 17;
-      s ^= s << 5;
-      s >>>= 0;
-      return s / 4294967296;
-    };
+    const r = xorshift32(0x2545f491);
     const gauss = () => Math.sqrt(-2 * Math.log(r() + 1e-12)) * Math.cos(2 * Math.PI * r());
     const rows = 96, n = 2048;
     const x = new Float32Array(rows * n);

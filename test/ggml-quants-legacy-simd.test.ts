@@ -11,22 +11,12 @@ import { ggmlQuantType, rowBytes } from "../src/formats/ggml-types.js";
 import { quantizeRows } from "../src/quant/ggml.js";
 import { loadNative } from "../src/quant/native.js";
 import { firstBadRow } from "./golden-manifest.js";
+import { xorshift32 } from "./numeric.js";
 
 const native = loadNative();
 const canCompare = native !== null && native.hasAvx2();
 
-/** Deterministic xorshift32 in [0, 1). */
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 4294967296;
-  };
-}
+const rng = xorshift32;
 
 const FLT_MAX = 3.4028234663852886e38;
 

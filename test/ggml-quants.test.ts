@@ -13,6 +13,7 @@ import { dequantizeRows, ggmlRequiresImatrix, quantizeRows } from "../src/quant/
 import { loadNative } from "../src/quant/native.js";
 import { lacking, ROOT, sha256 } from "./helpers.js";
 import { asBytes, firstBadRow, floatsOf, type GoldenCase as Case, type GoldenManifest as Manifest } from "./golden-manifest.js";
+import { xorshift32 } from "./numeric.js";
 
 const DIR = join(ROOT, "fixtures", "ggml-quants");
 
@@ -135,18 +136,7 @@ describe.skipIf(noKernels)("threads", () => {
 // lanes, each lane repeating the scalar operations of its group. Both levels must give ggml's bytes.
 const canCompareSimd = hasKernels && native!.hasAvx2();
 
-/** Deterministic xorshift32 in [0, 1). */
-function rng(seed: number): () => number {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 4294967296;
-  };
-}
+const rng = xorshift32;
 
 /** Rows whose 16-value segments come from different families, so one vector mixes lane kinds. */
 function mixedRows(rows: number, n: number, seed: number): Float32Array {

@@ -11,6 +11,19 @@ export function random(n: number, seed: number): Float32Array {
   return a;
 }
 
+/** Deterministic xorshift32 in [0, 1) (seed 0 counts as 1). */
+export function xorshift32(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
 /** max |a - b| / max |b|. */
 export function relError(a: Float32Array, b: Float32Array): number {
   let d = 0;

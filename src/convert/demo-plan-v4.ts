@@ -8,13 +8,12 @@
  * (./to-demo.ts). Planned from the headers alone.
  */
 import { DeepcastError } from "../errors.js";
-import { routedExpertIndex } from "../formats/demo-names.js";
 import { demoNameV4, demoNamesV4Format, type ExpertDtype } from "../formats/demo-names-v4.js";
 import { FP8_BLOCK } from "../formats/fp8.js";
 import { blockScaleOf, locate, type Checkpoint, type TensorLocation } from "../io/checkpoint.js";
 import { weightOfBlockScale } from "../formats/block-scales.js";
 import type { Dtype } from "../io/dtypes.js";
-import { checkDemoParallel, layoutRanks, type DemoInput, type DemoPlan, type Placement } from "./demo-plan.js";
+import { checkDemoParallel, layoutRanks, placeTensor, type DemoInput, type DemoPlan } from "./demo-plan.js";
 
 export interface DemoPlanV4Options {
   modelParallel: number;
@@ -184,19 +183,7 @@ export function planToDemoV4(ckpt: Checkpoint, opts: DemoPlanV4Options): DemoPla
           shape = [Math.ceil(rows / FP8_BLOCK), Math.ceil(cols / FP8_BLOCK)];
         }
       }
-      let place: Placement;
-      const expert = routedExpertIndex(name, hfName);
-      if (expert !== null) {
-        if (expert >= nExperts) {
-          throw new DeepcastError(`routed expert ${expert} is outside the ${nExperts} experts (--n-experts / n_routed_experts): no rank would hold it`, { file: where(file), tensor: hfName });
-        }
-        place = { kind: "rank", rank: Math.floor(expert / nLocal), expert };
-      } else if (split !== null && mp > 1) {
-        checkSplitV4(ckpt, from, name, split, mp, where);
-        place = { kind: "split", dim: split };
-      } else {
-        place = { kind: "replicate" };
-      }
+      const place = placeTensor(name, hfName, split, { mp, nExperts, nLocal, file: where(file) }, () => checkSplitV4(ckpt, from, name, split!, mp, where));
       inputBytes += entry.end - entry.begin + (op === "fp8" ? scale!.entry.end - scale!.entry.begin : 0);
       inputs.push({ hfName, name, from, shardIndex, op, scale, scaleKind, fp4Weight, dtype, shape, place });
     }

@@ -207,6 +207,27 @@ export function checkDemoParallel(ckpt: Checkpoint, opts: { modelParallel: numbe
 }
 
 /** Each rank file's tensors (safetensors-library order) from the planned inputs; two inputs may not share a demo name. */
+/**
+ * Where convert.py puts a tensor: a routed expert whole on the rank that owns it, a tensor with a split
+ * dimension narrowed across the ranks (after `checkSplit` has refused what cannot be narrowed), the
+ * rest on every rank.
+ */
+export function placeTensor(name: string, hfName: string, split: number | null, par: { mp: number; nExperts: number; nLocal: number; file: string },
+                            checkSplit: () => void): Placement {
+  const expert = routedExpertIndex(name, hfName);
+  if (expert !== null) {
+    if (expert >= par.nExperts) {
+      throw new DeepcastError(`routed expert ${expert} is outside the ${par.nExperts} experts (--n-experts / n_routed_experts): no rank would hold it`, { file: par.file, tensor: hfName });
+    }
+    return { kind: "rank", rank: Math.floor(expert / par.nLocal), expert };
+  }
+  if (split !== null && par.mp > 1) {
+    checkSplit();
+    return { kind: "split", dim: split };
+  }
+  return { kind: "replicate" };
+}
+
 export function layoutRanks(inputs: readonly DemoInput[], mp: number): RankFile[] {
   const perRank: TensorSpec[][] = Array.from({ length: mp }, () => []);
   for (const t of inputs) {
@@ -276,19 +297,7 @@ export function planToDemo(ckpt: Checkpoint, opts: DemoPlanOptions): DemoPlan {
           anyFp8Out = true;
         }
       }
-      let place: Placement;
-      const expert = routedExpertIndex(name, hfName);
-      if (expert !== null) {
-        if (expert >= nExperts) {
-          throw new DeepcastError(`routed expert ${expert} is outside the ${nExperts} experts (--n-experts / n_routed_experts): no rank would hold it`, { file: where(file), tensor: hfName });
-        }
-        place = { kind: "rank", rank: Math.floor(expert / nLocal), expert };
-      } else if (split !== null && mp > 1) {
-        checkSplit(ckpt, from, name, split, mp, opts.dtype, where);
-        place = { kind: "split", dim: split };
-      } else {
-        place = { kind: "replicate" };
-      }
+      const place = placeTensor(name, hfName, split, { mp, nExperts, nLocal, file: where(file) }, () => checkSplit(ckpt, from, name, split!, mp, opts.dtype, where));
       inputBytes += entry.end - entry.begin + (op === "fp8" ? scale!.entry.end - scale!.entry.begin : 0);
       inputs.push({ hfName, name, from, shardIndex, op, scale, dtype, shape: entry.shape, place });
     }

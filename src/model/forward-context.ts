@@ -193,3 +193,17 @@ export async function head(ctx: Ctx, h: Float32Array, N: number): Promise<Float3
   }
   return logits;
 }
+
+/**
+ * Runs `body` for each expert in `used`, in order, with its weights; the next expert's weights are
+ * read while this one computes, so memory holds at most two experts.
+ */
+export async function streamExperts<W>(used: readonly number[], load: (e: number) => Promise<W>, body: (e: number, w: W) => void): Promise<void> {
+  let pending = used.length ? load(used[0]!) : null;
+  for (let u = 0; u < used.length; u++) {
+    const w = await pending!;
+    pending = u + 1 < used.length ? load(used[u + 1]!) : null;
+    pending?.catch(() => undefined);
+    body(used[u]!, w);
+  }
+}

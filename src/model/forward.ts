@@ -23,7 +23,7 @@
 import { availableParallelism } from "node:os";
 import { DeepcastError } from "../errors.js";
 import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } from "./config.js";
-import { Ctx, embed, head, headName, outputRows, packSequences } from "./forward-context.js";
+import { Ctx, embed, head, headName, outputRows, packSequences, streamExperts } from "./forward-context.js";
 import { forwardV4 } from "./forward-v4.js";
 import { indexerSelect, indexerTensorNames, type SequenceSelection } from "./indexer-v32.js";
 import { addInto, forwardOps, gatherRows, maskedAttention, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
@@ -441,13 +441,7 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
   ]);
 
   const y = new Float32Array(N * dim);
-  let pending = used.length ? load(used[0]!) : null;
-  for (let u = 0; u < used.length; u++) {
-    const e = used[u]!;
-    const [w1, w3, w2] = await pending!;
-    // Read the next expert while this one computes.
-    pending = u + 1 < used.length ? load(used[u + 1]!) : null;
-    pending?.catch(() => undefined);
+  await streamExperts(used, load, (e, [w1, w3, w2]) => {
     const slots = slotsByExpert.subarray(count[e]!, count[e + 1]!);
     const rows = new Int32Array(slots.length);
     const scale = new Float32Array(slots.length);
@@ -457,7 +451,7 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
     }
     const out = mlpWith(ctx, `${p}experts.${e}.`, gatherRows(x, rows, dim), slots.length, inter, w1, w3, w2);
     scatterAddScaled(y, out, rows, scale, dim);
-  }
+  });
   if (cfg.nSharedExperts > 0) {
     const z = await mlp(ctx, p + "shared_experts.", x, N, cfg.nSharedExperts * inter);
     addInto(y, z);

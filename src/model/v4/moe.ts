@@ -12,7 +12,7 @@
  * linear() before an FP4/FP8 weight).
  */
 import type { RoutingInfo, V4ForwardOptions } from "../forward.js";
-import type { Ctx } from "../forward-context.js";
+import { streamExperts, type Ctx } from "../forward-context.js";
 import { addInto, gatherRows, scatterAddScaled, type Matrix } from "../ops.js";
 import { qatInput } from "./qat.js";
 import { DeepcastError } from "../../errors.js";
@@ -128,16 +128,11 @@ export async function moeV4(ctx: Ctx, l: number, x: Float32Array, N: number, tok
     ctx.weight(`${p}experts.${e}.w2.weight`, dim, inter),
   ]);
   const y = new Float32Array(N * dim);
-  let pending = used.length ? load(used[0]!) : null;
-  for (let u = 0; u < used.length; u++) {
-    const e = used[u]!;
-    const [w1, w3, w2] = await pending!;
-    pending = u + 1 < used.length ? load(used[u + 1]!) : null;
-    pending?.catch(() => undefined);
+  await streamExperts(used, load, (e, [w1, w3, w2]) => {
     const rows = Int32Array.from(rowsOf[e]!);
     const out = expert(ctx, `${p}experts.${e}.`, gatherRows(x, rows, dim), rows.length, inter, w1, w3, w2, Float32Array.from(wOf[e]!), qat);
     scatterAddScaled(y, out, rows, new Float32Array(rows.length).fill(1), dim);
-  }
+  });
   if (cfg.nSharedExperts > 0) {
     const si = cfg.nSharedExperts * inter;
     const sp = p + "shared_experts.";
