@@ -10,18 +10,15 @@
  * FP8 (UE8M0 scales) before scoring; llama.cpp scores them unquantized. Where two keys' scores are
  * close, the two engines keep different ones. Our pass with `v32: { qat: false }` shows that part.
  */
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { getLlama, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
-import { LocalSource } from "../src/io/source.js";
 import type { ModelConfig } from "../src/model/config.js";
 import { forward, type ForwardOptions, type ForwardResult } from "../src/model/forward.js";
 import { GgufWeightSource } from "../src/model/gguf-weights.js";
 import type { WeightSource } from "../src/model/weights.js";
 import { kernels } from "../src/quant/kernels.js";
-import { agreement, engineDistributions, fmt, type Agreement } from "./engine-harness.js";
+import { agreement, engineDistributions, fmt, type Agreement, convertTo, evalWindows } from "./engine-harness.js";
 import { ROOT, tempDir } from "./helpers.js";
 
 const V32 = join(ROOT, "fixtures", "tiny-dsv32");
@@ -38,15 +35,8 @@ const results: string[] = [];
 
 beforeAll(async () => {
   llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
-  const ids = (JSON.parse(await readFile(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.ids.json"), "utf8")) as { ids: number[] }).ids;
-  windows = Array.from({ length: WINDOWS }, (_, w) => [0, ...ids.slice(w * (WINDOW - 1), (w + 1) * (WINDOW - 1))]);
-  const dir = await tempDir();
-  for (const type of TYPES) {
-    const out = join(dir, `tiny-dsv32-${type}.gguf`);
-    const plan = await planToGguf(new LocalSource(V32), out, { ftype: type });
-    await runToGguf(plan, { kernels: kernels(), threads: THREADS, force: false, skipSpaceCheck: true });
-    gguf.set(type, out);
-  }
+  windows = await evalWindows(WINDOW, WINDOWS);
+  for (const [type, file] of await convertTo(V32, TYPES, await tempDir(), "tiny-dsv32", THREADS)) gguf.set(type, file);
 });
 
 afterAll(async () => {

@@ -27,18 +27,15 @@
  * scaling 1 instead of 1.5 (median 0.22), every compressed entry instead of the indexer's top-k (median
  * 0.095); model.py's QAT simulations left on: median 2.1e-2.
  */
-import { readFile } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { join } from "node:path";
 import { getLlama, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
-import { LocalSource } from "../src/io/source.js";
 import type { ModelConfig } from "../src/model/config.js";
 import { forward, type ForwardResult, type V4ForwardOptions } from "../src/model/forward.js";
 import { GgufWeightSource } from "../src/model/gguf-weights.js";
 import { kernels } from "../src/quant/kernels.js";
 import type { WeightSource } from "../src/model/weights.js";
-import { agreement, engineDistributions as llamaDistributions, fmt as fmtAgreement, type Agreement } from "./engine-harness.js";
+import { agreement, engineDistributions as llamaDistributions, fmt as fmtAgreement, type Agreement, convertTo, evalWindows } from "./engine-harness.js";
 import { ROOT, tempDir } from "./helpers.js";
 
 const V4 = join(ROOT, "fixtures", "tiny-dsv4");
@@ -75,15 +72,11 @@ const results: string[] = [];
 
 beforeAll(async () => {
   llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
-  const ids = (JSON.parse(await readFile(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.ids.json"), "utf8")) as { ids: number[] }).ids;
-  windows = Array.from({ length: WINDOWS }, (_, w) => [BOS, ...ids.slice(w * (WINDOW - 1), (w + 1) * (WINDOW - 1))]);
-  gguf = join(await tempDir("deepcast-engine-dsv4-"), "tiny-dsv4.gguf");
-  q4km = join(dirname(gguf), "tiny-dsv4-Q4_K_M.gguf");
+  windows = await evalWindows(WINDOW, WINDOWS, BOS);
   // -q BF16: convert_hf_to_gguf's V4 types whatever --outtype (FP8 -> Q8_0, FP4 experts -> MXFP4)
-  for (const [ftype, out] of [["BF16", gguf], ["Q4_K_M", q4km]] as const) {
-    const plan = await planToGguf(new LocalSource(V4), out, { ftype });
-    await runToGguf(plan, { kernels: kernels(), threads: THREADS, force: false, skipSpaceCheck: true });
-  }
+  const files = await convertTo(V4, ["BF16", "Q4_K_M"] as const, await tempDir("deepcast-engine-dsv4-"), "tiny-dsv4", THREADS);
+  gguf = files.get("BF16")!;
+  q4km = files.get("Q4_K_M")!;
 }, 120_000);
 
 afterAll(async () => {

@@ -40,12 +40,9 @@
  * A semantic error would not hide in that noise: a softmax scale without the YaRN mscale^2 factor
  * gives a median KLD of 8e-3 (mean 1.8e-2), routed_scaling_factor 1 a median of 7e-2 (checked below).
  */
-import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { getLlama, type Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
-import { LocalSource } from "../src/io/source.js";
 import type { ModelConfig } from "../src/model/config.js";
 import { forward, type ForwardOptions, type ForwardResult, type RoutingInfo } from "../src/model/forward.js";
 import { GgufWeightSource } from "../src/model/gguf-weights.js";
@@ -53,8 +50,8 @@ import { forwardOps, type ForwardOps } from "../src/model/ops.js";
 import type { WeightSource } from "../src/model/weights.js";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/quant/floats.js";
 import { kernels } from "../src/quant/kernels.js";
-import { agreement, engineDistributions, fmt, quantile, selfAgreement } from "./engine-harness.js";
-import { FIXTURE, ROOT, tempDir } from "./helpers.js";
+import { agreement, engineDistributions, fmt, quantile, selfAgreement, convertTo, evalWindows } from "./engine-harness.js";
+import { FIXTURE, tempDir } from "./helpers.js";
 
 const TYPES = ["BF16", "Q8_0", "Q4_K_M"] as const;
 type Type = (typeof TYPES)[number];
@@ -282,16 +279,9 @@ const results: string[] = [];
 
 beforeAll(async () => {
   llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
-  const ids = (JSON.parse(await readFile(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.ids.json"), "utf8")) as { ids: number[] }).ids;
   // BOS + consecutive slices of the held-out text.
-  windows = Array.from({ length: WINDOWS }, (_, w) => [0, ...ids.slice(w * (WINDOW - 1), (w + 1) * (WINDOW - 1))]);
-  const dir = await tempDir();
-  for (const type of TYPES) {
-    const out = join(dir, `tiny-${type}.gguf`);
-    const plan = await planToGguf(new LocalSource(FIXTURE), out, { ftype: type });
-    await runToGguf(plan, { kernels: kernels(), threads: THREADS, force: false, skipSpaceCheck: true });
-    gguf.set(type, out);
-  }
+  windows = await evalWindows(WINDOW, WINDOWS);
+  for (const [type, file] of await convertTo(FIXTURE, TYPES, await tempDir(), "tiny", THREADS)) gguf.set(type, file);
 });
 
 afterAll(async () => {

@@ -3,8 +3,14 @@
  * position of some token windows (node-llama-cpp, CPU), and their agreement with our forward pass
  * per position: KL(P_llama || P_ours) (natural log) and the top-1 token.
  */
+import { readFile } from "node:fs/promises";
+import { join } from "node:path";
 import type { Llama, Token } from "node-llama-cpp";
+import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
+import { LocalSource } from "../src/io/source.js";
 import type { ForwardResult } from "../src/model/forward.js";
+import { kernels } from "../src/quant/kernels.js";
+import { ROOT } from "./helpers.js";
 
 export interface Agreement {
   kld: number[];
@@ -98,4 +104,22 @@ export async function engineDistributions(llama: Llama, path: string, windows: r
   } finally {
     await model.dispose();
   }
+}
+
+/** `count` windows of `length` tokens: BOS then consecutive slices of the fixture's held-out eval text. */
+export async function evalWindows(length: number, count: number, bos = 0): Promise<number[][]> {
+  const ids = (JSON.parse(await readFile(join(ROOT, "fixtures", "tiny-dsv3-golden", "eval", "kjv_eval.ids.json"), "utf8")) as { ids: number[] }).ids;
+  return Array.from({ length: count }, (_, w) => [bos, ...ids.slice(w * (length - 1), (w + 1) * (length - 1))]);
+}
+
+/** Converts the checkpoint folder `from` with our to-gguf to each type, as dir/<name>-<type>.gguf. */
+export async function convertTo<T extends string>(from: string, types: readonly T[], dir: string, name: string, threads: number): Promise<Map<T, string>> {
+  const out = new Map<T, string>();
+  for (const type of types) {
+    const file = join(dir, `${name}-${type}.gguf`);
+    const plan = await planToGguf(new LocalSource(from), file, { ftype: type });
+    await runToGguf(plan, { kernels: kernels(), threads, force: false, skipSpaceCheck: true });
+    out.set(type, file);
+  }
+  return out;
 }
