@@ -242,8 +242,8 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
   mlaKv(kva, kvb, k, v, N, H, dn, dr, dv, kvr);
   const o = new Float32Array(N * H * dv);
   if (cfg.indexer && !selection) throw new DeepcastError("DeepSeek-V3.2's indexer needs the query LoRA (q_lora_rank > 0)", { file: ctx.src.description, code: "UNSUPPORTED" });
-  attend(ctx, q, k, v, o, offsets, H, dqk, dv, selection);
-  if (ctx.observer?.absorbedMla) observeAbsorbedMla(ctx, ctx.observer, l, q, k, ckv, N, offsets, selection);
+  if (ctx.observer?.absorbedMla) attendObservingLatent(ctx, ctx.observer, l, q, k, v, ckv, o, N, offsets, selection);
+  else attend(ctx, q, k, v, o, offsets, H, dqk, dv, selection);
   return ctx.mm(o, wo, N, H * dv, dim, p + "o_proj.weight");
 }
 
@@ -297,36 +297,43 @@ function fullRows(mask: Uint8Array, n: number): number {
 }
 
 /**
- * The observer's absorbedMla inputs: q_nope per head, and the latent attention output, computed one
- * sequence at a time (with c_kv as every head's value vector, so the softmax weights are the pass's,
- * the indexer's mask included).
+ * attend() for an observer that wants MLA as llama.cpp runs it (absorbedMla): every head's value is
+ * [v_h, c_kv] in one pass, so the same softmax weights give o (the pass's output, the bytes of a plain
+ * attend(): each output is its own fma chain) and the latent attention output (weights times the normed
+ * c_kv, the indexer's mask included); the observer gets q_nope per head and the latent, per sequence.
  */
-function observeAbsorbedMla(ctx: Ctx, obs: MatmulObserver, l: number, q: Float32Array, k: Float32Array, ckv: Float32Array,
-                            N: number, offsets: Int32Array, selection: readonly SequenceSelection[] | null): void {
+function attendObservingLatent(ctx: Ctx, obs: MatmulObserver, l: number, q: Float32Array, k: Float32Array, v: Float32Array, ckv: Float32Array,
+                               o: Float32Array, N: number, offsets: Int32Array, selection: readonly SequenceSelection[] | null): void {
   const { cfg } = ctx;
   const H = cfg.nHeads;
   const dn = cfg.qkNopeHeadDim;
   const dqk = qkHeadDim(cfg);
+  const dv = cfg.vHeadDim;
   const kvr = cfg.kvLoraRank;
+  const w = dv + kvr;
+  const vx = new Float32Array(N * H * w);
+  for (let t = 0; t < N; t++) {
+    const c = ckv.subarray(t * kvr, (t + 1) * kvr);
+    for (let hh = 0; hh < H; hh++) {
+      const r = (t * H + hh) * w;
+      vx.set(v.subarray((t * H + hh) * dv, (t * H + hh + 1) * dv), r);
+      vx.set(c, r + dv);
+    }
+  }
+  const ox = new Float32Array(N * H * w);
+  attend(ctx, q, k, vx, ox, offsets, H, dqk, w, selection);
+  for (let t = 0; t < N * H; t++) o.set(ox.subarray(t * w, t * w + dv), t * dv);
   for (let b = 0; b + 1 < offsets.length; b++) {
     const t0 = offsets[b]!;
     const n = offsets[b + 1]! - t0;
     if (n === 0) continue;
     const qNope = new Float32Array(n * H * dn);
-    for (let i = 0; i < n; i++) {
-      for (let hh = 0; hh < H; hh++) {
-        const src = ((t0 + i) * H + hh) * dqk;
-        qNope.set(q.subarray(src, src + dn), (i * H + hh) * dn);
-      }
-    }
-    const vLat = new Float32Array(n * H * kvr);
-    for (let i = 0; i < n; i++) {
-      const c = ckv.subarray((t0 + i) * kvr, (t0 + i + 1) * kvr);
-      for (let hh = 0; hh < H; hh++) vLat.set(c, (i * H + hh) * kvr);
-    }
     const latent = new Float32Array(n * H * kvr);
-    attend(ctx, q.subarray(t0 * H * dqk, (t0 + n) * H * dqk), k.subarray(t0 * H * dqk, (t0 + n) * H * dqk), vLat, latent,
-      Int32Array.of(0, n), H, dqk, kvr, selection ? [selection[b]!] : null);
+    for (let i = 0; i < n * H; i++) {
+      const src = t0 * H + i;
+      qNope.set(q.subarray(src * dqk, src * dqk + dn), i * dn);
+      latent.set(ox.subarray(src * w + dv, (src + 1) * w), i * kvr);
+    }
     obs.absorbedMla!(l, qNope, latent, n);
   }
 }
