@@ -123,3 +123,22 @@ export async function convertTo<T extends string>(from: string, types: readonly 
   }
   return out;
 }
+
+/** The few tokens the load tests evaluate (BOS first). */
+export const PROBE_TOKENS = [0, 17, 300, 1999, 5, 64, 128, 1000] as const;
+
+/** llama.cpp's next-token probabilities after each token of `tokens` in the GGUF `file` (model and context disposed after). */
+export async function probeProbabilities(llama: Llama, file: string, tokens: readonly number[] = PROBE_TOKENS): Promise<number[][]> {
+  const model = await llama.loadModel({ modelPath: file });
+  try {
+    const ctx = await model.createContext({ contextSize: 256, batchSize: 64, threads: 2, sequences: 1 });
+    try {
+      const res = await ctx.getSequence().controlledEvaluate(tokens.map((t) => [t as Token, { generateNext: { probabilities: true } }]));
+      return res.map((r) => [...r!.next!.probabilities!.values()]);
+    } finally {
+      await ctx.dispose();
+    }
+  } finally {
+    await model.dispose();
+  }
+}

@@ -6,7 +6,7 @@
  * make.ts there), and the bundled llama.cpp loads and runs them.
  */
 import { join } from "node:path";
-import { getLlama, type Token } from "node-llama-cpp";
+import { getLlama } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { GgufReader } from "../src/io/gguf-reader.js";
@@ -16,6 +16,7 @@ import { loadNative } from "../src/quant/native.js";
 import { V32_TYPES, v32Listing } from "../fixtures/llama-cpp-dsv4/make.js";
 import { lacking, ROOT, tempDir } from "./helpers.js";
 import { llamaQuantizeListingTests } from "./llama-cpp-dsv4.js";
+import { probeProbabilities } from "./engine-harness.js";
 
 const FIX = join(ROOT, "fixtures", "tiny-dsv32");
 const noNative = lacking(loadNative() !== null, "the native addon did not load (quantizers)");
@@ -86,20 +87,11 @@ describe("to-gguf of DeepSeek-V3.2 (deepseek32)", () => {
     const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
     try {
       for (const file of [bf16, await convert("Q4_K_M", "v32-load-q4km.gguf")]) {
-        const model = await llama.loadModel({ modelPath: file });
-        try {
-          const ctx = await model.createContext({ contextSize: 256, batchSize: 64, threads: 2, sequences: 1 });
-          const tokens = [0, 17, 300, 1999, 5, 64, 128, 1000] as Token[];
-          const res = await ctx.getSequence().controlledEvaluate(tokens.map((t) => [t, { generateNext: { probabilities: true } }]));
-          for (const r of res) {
-            const p = [...r!.next!.probabilities!.values()];
-            expect(p.every(Number.isFinite)).toBe(true);
-            expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1)).toBeLessThan(1e-3);
-            expect(Math.max(...p)).toBeGreaterThan(10 / 2048); // the fixture's weights make predictions far from uniform
-          }
-          await ctx.dispose();
-        } finally {
-          await model.dispose();
+        const probs = await probeProbabilities(llama, file);
+        for (const p of probs) {
+          expect(p.every(Number.isFinite)).toBe(true);
+          expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1)).toBeLessThan(1e-3);
+          expect(Math.max(...p)).toBeGreaterThan(10 / 2048); // the fixture's weights make predictions far from uniform
         }
       }
     } finally {

@@ -7,7 +7,7 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { getLlama, type Token } from "node-llama-cpp";
+import { getLlama } from "node-llama-cpp";
 import { beforeAll, describe, expect, it } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { decodeFp4, repackFp4ToMxfp4 } from "../src/formats/mxfp4-repack.js";
@@ -25,6 +25,7 @@ import { parseImatrix } from "../src/io/imatrix.js";
 import { planTargetGguf } from "../src/convert/target-plan.js";
 import type { GgufListing } from "../fixtures/gguf-listing.js";
 import { type Manifest, V4_IMATRIX, V4_IMATRIX_TYPES, V4_IMATRIX_USABLE, V4_TARGET_LISTING, V4_TYPES, v4Listing } from "../fixtures/llama-cpp-dsv4/make.js";
+import { PROBE_TOKENS, probeProbabilities } from "./engine-harness.js";
 
 const noNative = lacking(loadNative() !== null, "the native addon did not load (MXFP4 dequantizer, quantizers)");
 /** An imatrix of fixtures/llama-cpp-dsv4 under the name llama-quantize was given (recorded as quantize.imatrix.file). */
@@ -176,21 +177,12 @@ describe("to-gguf of a DeepSeek-V4 checkpoint (deepseek4)", () => {
     const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
     try {
       for (const [ftype, file] of [["BF16", bf16], ["Q4_K_M", await convert("Q4_K_M", "v4-load-q4km.gguf")], ["MXFP4_MOE", await convert("MXFP4_MOE", "v4-load-mxfp4.gguf")]] as const) {
-        const model = await llama.loadModel({ modelPath: file });
-        try {
-          const ctx = await model.createContext({ contextSize: 256, batchSize: 64, threads: 2, sequences: 1 });
-          const tokens = [0, 17, 300, 1999, 5, 64, 128, 1000] as Token[];
-          const res = await ctx.getSequence().controlledEvaluate(tokens.map((t) => [t, { generateNext: { probabilities: true } }]));
-          expect(res, ftype).toHaveLength(tokens.length);
-          for (const r of res) {
-            const p = [...r!.next!.probabilities!.values()];
-            expect(p.length, ftype).toBe(2048);
-            expect(p.every(Number.isFinite), ftype).toBe(true);
-            expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1), ftype).toBeLessThan(1e-3);
-          }
-          await ctx.dispose();
-        } finally {
-          await model.dispose();
+        const probs = await probeProbabilities(llama, file);
+        expect(probs, ftype).toHaveLength(PROBE_TOKENS.length);
+        for (const p of probs) {
+          expect(p.length, ftype).toBe(2048);
+          expect(p.every(Number.isFinite), ftype).toBe(true);
+          expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1), ftype).toBeLessThan(1e-3);
         }
       }
     } finally {
@@ -249,22 +241,13 @@ describe("to-gguf of fixtures/tiny-dsv4 (the hub's file layout and config text)"
         } finally {
           await g.close();
         }
-        const model = await llama.loadModel({ modelPath: file });
-        try {
-          const ctx = await model.createContext({ contextSize: 256, batchSize: 64, threads: 2, sequences: 1 });
-          const tokens = [0, 17, 300, 1999, 5, 64, 128, 1000] as Token[];
-          const res = await ctx.getSequence().controlledEvaluate(tokens.map((t) => [t, { generateNext: { probabilities: true } }]));
-          expect(res, ftype).toHaveLength(tokens.length);
-          for (const r of res) {
-            const p = [...r!.next!.probabilities!.values()];
-            expect(p.length, ftype).toBe(2048);
-            expect(p.every(Number.isFinite), ftype).toBe(true);
-            expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1), ftype).toBeLessThan(1e-3);
-            expect(Math.max(...p), ftype).toBeGreaterThan(10 / 2048); // the fixture's weights make predictions far from uniform
-          }
-          await ctx.dispose();
-        } finally {
-          await model.dispose();
+        const probs = await probeProbabilities(llama, file);
+        expect(probs, ftype).toHaveLength(PROBE_TOKENS.length);
+        for (const p of probs) {
+          expect(p.length, ftype).toBe(2048);
+          expect(p.every(Number.isFinite), ftype).toBe(true);
+          expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1), ftype).toBeLessThan(1e-3);
+          expect(Math.max(...p), ftype).toBeGreaterThan(10 / 2048); // the fixture's weights make predictions far from uniform
         }
       }
     } finally {
