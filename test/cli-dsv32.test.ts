@@ -105,6 +105,7 @@ describe("deepcast imatrix on DeepSeek-V3.2 vs llama-imatrix on the same deepsee
     const ours = await readImatrix(outs[0]!);
     expect(ours.datasets).toEqual(["text.txt"]);
     const a = compareImatrix(ref, ours);
+    console.log(`V3.2 imatrix vs llama-imatrix: rel. L2 of the means max ${a.maxRelL2.toExponential(2)} median ${a.medianRelL2.toExponential(2)}, expert counts ${a.expertCountRelDiff.toExponential(2)}`);
     expect(a.sameNames).toBe(true);
     expect(a.chunkCounts).toEqual([4, 4]);
     expect(a.perTensor).toHaveLength(60);

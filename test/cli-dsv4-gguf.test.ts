@@ -51,6 +51,7 @@ describe("deepcast imatrix / validate on a deepseek4 GGUF", () => {
       const ref = parseImatrix(await readFile(ORACLE), "text.txt");
       expect(ours.datasets).toEqual(["text.txt"]);
       const a = compareImatrix(ref, ours);
+      console.log(`V4 imatrix vs llama-imatrix: rel. L2 of the means max ${a.maxRelL2.toExponential(2)} median ${a.medianRelL2.toExponential(2)}, expert counts ${a.expertCountRelDiff.toExponential(2)}`);
       expect(a.sameNames).toBe(true);
       expect(a.chunkCounts).toEqual([8, 8]);
       expect(a.perTensor).toHaveLength(70);
