@@ -160,6 +160,48 @@ describe.runIf(native !== null)("causal attention", () => {
     for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(ref![i]! - want[i]!));
     expect(worst).toBeLessThan(1e-5);
   });
+
+  // imatrix's MLA statistics (forward.ts attendObservingLatent): the latent c [N, C] shared by the heads,
+  // attended with each head's weights, must be the bytes of attention over values [v_h, c] built in full.
+  it.each([[32, 128], [45, 20]])("with a shared latent (dv %i, C %i): out and cOut are the bytes of attention over [v_h, c], at every SIMD level", (dv, C) => {
+    const offsets = Int32Array.of(0, 37, 37, 40, 300);
+    const [H, dqk] = [3, 48];
+    const N = offsets[offsets.length - 1]!;
+    const q = rand(N * H * dqk, 61, 1.5);
+    const k = rand(N * H * dqk, 62, 1.5);
+    const v = rand(N * H * dv, 63);
+    const c = rand(N * C, 64);
+    const w = dv + C;
+    const vx = new Float32Array(N * H * w);
+    for (let t = 0; t < N; t++) {
+      for (let h = 0; h < H; h++) {
+        vx.set(v.subarray((t * H + h) * dv, (t * H + h + 1) * dv), (t * H + h) * w);
+        vx.set(c.subarray(t * C, (t + 1) * C), (t * H + h) * w + dv);
+      }
+    }
+    const levels: ("scalar" | "avx2" | "avx512")[] = ["scalar"];
+    if (native!.hasAvx2()) levels.push("avx2");
+    if (native!.hasAvx512()) levels.push("avx512");
+    try {
+      for (const level of levels) {
+        expect(native!.setSimd(level)).toBe(true);
+        const ox = new Float32Array(N * H * w);
+        native!.causalAttention(q, k, vx, ox, offsets, H, dqk, w, 0.2, 1);
+        for (const threads of [1, 3]) {
+          const out = new Float32Array(N * H * dv);
+          const cOut = new Float32Array(N * H * C);
+          native!.causalAttention(q, k, v, out, offsets, H, dqk, dv, 0.2, threads, c, cOut);
+          for (let r = 0; r < N * H; r++) {
+            expect(same(out.subarray(r * dv, (r + 1) * dv), ox.subarray(r * w, r * w + dv)), `${level} ${threads} threads, row ${r} of out`).toBe(true);
+            expect(same(cOut.subarray(r * C, (r + 1) * C), ox.subarray(r * w + dv, (r + 1) * w)), `${level} ${threads} threads, row ${r} of cOut`).toBe(true);
+          }
+        }
+      }
+    } finally {
+      native!.setSimd("auto");
+    }
+    expect(() => native!.causalAttention(q, k, v, new Float32Array(N * H * dv), offsets, H, dqk, dv, 0.2, 1, c, new Float32Array(N * H * C - 1))).toThrow(/cOut has the wrong size/);
+  });
 });
 
 /** model.py's Gate with a full stable sort per token (the implementation the insertion replaced). */

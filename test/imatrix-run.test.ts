@@ -11,7 +11,8 @@ import { parseImatrix, readImatrix } from "../src/io/imatrix.js";
 import { encodeImatrixDat, encodeImatrixGguf, writeImatrix } from "../src/io/imatrix-write.js";
 import { planToGguf } from "../src/convert/to-gguf.js";
 import { LocalSource } from "../src/io/source.js";
-import { planImatrixMemory } from "../src/model/imatrix-run.js";
+import { logSumExpBlockTs, planImatrixMemory } from "../src/model/imatrix-run.js";
+import { loadNative } from "../src/quant/native.js";
 import { parseModelConfig } from "../src/model/config.js";
 import { compareImatrix } from "./imatrix-compare.js";
 import { FIXTURE, GOLDEN, ROOT, tempDir } from "./helpers.js";
@@ -24,6 +25,35 @@ function deepcast(...args: string[]) {
   const r = spawnSync(process.execPath, [BIN, ...args], { encoding: "utf8", env: { ...process.env, HF_HUB_OFFLINE: "1" } });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+describe.runIf(loadNative() !== null)("the perplexity's log-sum-exp over vocabulary blocks", () => {
+  it("native (rows split over threads) = the TypeScript loop: the same max, sums to 1e-14, NaN carried", () => {
+    const [rows, ld, V] = [37, 50, 130];
+    let s = 7;
+    const logits = Float32Array.from({ length: rows * V }, () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5) * 40);
+    logits[5 * V + 77] = NaN;
+    const run = (fold: (l: Float32Array, r: number, n: number, ld: number, m: Float64Array, x: Float64Array) => void) => {
+      const max = new Float64Array(rows).fill(-Infinity);
+      const sum = new Float64Array(rows);
+      const block = new Float32Array(rows * ld);
+      for (let r0 = 0; r0 < V; r0 += ld) {
+        const n = Math.min(ld, V - r0);
+        for (let i = 0; i < rows; i++) block.set(logits.subarray(i * V + r0, i * V + r0 + n), i * ld);
+        fold(block, rows, n, ld, max, sum);
+      }
+      return { max, sum };
+    };
+    const ts = run(logSumExpBlockTs);
+    const nn = loadNative()!;
+    const native = run((l, r, n, ld, m, x) => nn.logSumExpBlock(l, r, n, ld, m, x, 3));
+    expect(Number.isNaN(ts.sum[5]!) && Number.isNaN(native.sum[5]!)).toBe(true);
+    for (let i = 0; i < rows; i++) {
+      if (i === 5) continue;
+      expect(native.max[i]).toBe(ts.max[i]);
+      expect(Math.abs(native.sum[i]! - ts.sum[i]!) / ts.sum[i]!).toBeLessThan(1e-14);
+    }
+  });
+});
 
 describe("imatrix writer", () => {
   it("writes llama-imatrix's GGUF and .dat files byte for byte from its statistics", async () => {

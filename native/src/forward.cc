@@ -329,10 +329,12 @@ void weighted_sums(float* const* o, const float* const* p, const float* inv, con
 }
 
 // causalAttention(q f32[N*H*dqk], k f32[N*H*dqk], v f32[N*H*dv], out f32[N*H*dv],
-//                 offsets i32[B+1], H, dqk, dv, scale, threads)
+//                 offsets i32[B+1], H, dqk, dv, scale, threads[, c f32[N*C], cOut f32[N*H*C]])
 // Sequence b holds tokens offsets[b] .. offsets[b+1]-1 at positions 0..; token i attends to the
 // tokens of its own sequence up to and including itself. scores = (q.k) * scale, softmax in
-// float32 (max subtracted, exp, sum, times 1/sum), out = sum_j p_j v_j.
+// float32 (max subtracted, exp, sum, times 1/sum), out = sum_j p_j v_j. With c (values that every
+// head shares: MLA's latent), also cOut[i, h] = sum_j p_j c_j with the same weights: the bytes of
+// attention over values [v_h, c] (each output is its own fma chain over j), without building them.
 Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Bytes qb, kb, vb, ob, offb;
@@ -347,6 +349,9 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
   }
   const float scale = static_cast<float>(info[8].As<Napi::Number>().DoubleValue());
   const int threads = get_threads(info, 9);
+  Bytes cb, cob;
+  const bool latent = info.Length() > 10 && !info[10].IsUndefined();
+  if (latent && (!get_f32(info, 10, "c", cb) || !get_f32(info, 11, "cOut", cob))) return env.Undefined();
   if (!require(env, offb.size % 4 == 0 && offb.size >= 4 && reinterpret_cast<uintptr_t>(offb.data) % 4 == 0,
                "offsets must be an Int32Array of B+1 values"))
     return env.Undefined();
@@ -362,6 +367,12 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
       !require(env, ob.size / 4 == N * H * dv, "out has the wrong size") ||
       !require(env, dqk > 0, "dqk must be positive"))
     return env.Undefined();
+  const size_t C = latent && N > 0 ? cb.size / 4 / N : 0;
+  if (latent && (!require(env, cb.size / 4 == N * C, "c has the wrong size") ||
+                 !require(env, cob.size / 4 == N * H * C, "cOut has the wrong size")))
+    return env.Undefined();
+  const float* c = latent ? reinterpret_cast<const float*>(cb.data) : nullptr;
+  float* co = latent ? reinterpret_cast<float*>(cob.data) : nullptr;
 
   size_t maxlen = 0;
   for (size_t b = 0; b < nseq; b++) maxlen = std::max<size_t>(maxlen, static_cast<size_t>(off[b + 1] - off[b]));
@@ -383,7 +394,7 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
       }
   const size_t units = unit_seq.size();
   std::atomic<size_t> next{0};
-  const int t = N * H * maxlen * (dqk + dv) < (size_t{1} << 21) ? 1 : threads;
+  const int t = N * H * maxlen * (dqk + dv + C) < (size_t{1} << 21) ? 1 : threads;
   parallel_for(static_cast<size_t>(t), t, 1, [&](size_t, size_t) {
     std::vector<float> kt(dqk * maxlen), pbuf(kGroup * maxlen);
     size_t have = SIZE_MAX;  // the (sequence, head) whose keys kt holds
@@ -420,6 +431,10 @@ Napi::Value CausalAttention(const Napi::CallbackInfo& info) {
           outs[r] = o + ((s0 + i) * H + h) * dv;
         }
         weighted_sums(outs, ps, invs, v + (s0 * H + h) * dv, H * dv, ns, G, dv, level);
+        if (latent) {
+          for (size_t r = 0; r < G; r++) outs[r] = co + ((s0 + i0 + r) * H + h) * C;
+          weighted_sums(outs, ps, invs, c + s0 * C, C, ns, G, C, level);
+        }
       }
     }
   });

@@ -65,6 +65,7 @@ function withDevice(ops: ForwardOps, device: "cpu" | "cuda", reason: string | nu
     // The CUDA ops have none: weights then come as float32 (uploaded in their stored form is issue 11, item 2).
     ...(ops.matmulStored ? { matmulStored: ops.matmulStored } : {}),
     attention: (q, k, v, out, offsets, heads, dqk, dv, scale, threads) => ops.attention(q, k, v, out, offsets, heads, dqk, dv, scale, threads),
+    ...(ops.attentionLatent ? { attentionLatent: ops.attentionLatent } : {}),
     siluMul: (g, u, threads) => ops.siluMul(g, u, threads),
   };
 }
@@ -90,6 +91,7 @@ export function selectBackend(kind: BackendKind = "auto", opts: SelectBackendOpt
         backend: cpu.backend,
         matmul: (x, w, y, tokens, inDim, outDim, _threads, ldy) => n.cudaMatmul(x, w, y, tokens, inDim, outDim, ldy ?? outDim),
         attention: (q, k, v, out, offsets, heads, dqk, dv, scale, threads) => cpu.attention(q, k, v, out, offsets, heads, dqk, dv, scale, threads),
+        ...(cpu.attentionLatent ? { attentionLatent: cpu.attentionLatent } : {}),
         siluMul: (g, u, threads) => cpu.siluMul(g, u, threads),
       };
       return withDevice(gpu, "cuda", null, n.cudaDeviceInfo());

@@ -26,7 +26,7 @@ import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } fro
 import { Ctx, embed, head, headName, outputRows, packSequences, streamExperts } from "./forward-context.js";
 import { forwardV4 } from "./forward-v4.js";
 import { indexerSelect, indexerTensorNames, type SequenceSelection } from "./indexer-v32.js";
-import { addInto, forwardOps, gatherRows, maskedAttention, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
+import { addInto, copyRows, forwardOps, gatherRows, maskedAttention, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
 const f = Math.fround;
@@ -298,9 +298,10 @@ function fullRows(mask: Uint8Array, n: number): number {
 
 /**
  * attend() for an observer that wants MLA as llama.cpp runs it (absorbedMla): every head's value is
- * [v_h, c_kv] in one pass, so the same softmax weights give o (the pass's output, the bytes of a plain
- * attend(): each output is its own fma chain) and the latent attention output (weights times the normed
- * c_kv, the indexer's mask included); the observer gets q_nope per head and the latent, per sequence.
+ * [v_h, c_kv] in one pass (the ops' attentionLatent, or values built for attend() where it is absent
+ * or the indexer masks keys), so the same softmax weights give o (the pass's output, the bytes of a
+ * plain attend(): each output is its own fma chain) and the latent attention output (weights times the
+ * normed c_kv); the observer gets q_nope per head and the latent, per sequence.
  */
 function attendObservingLatent(ctx: Ctx, obs: MatmulObserver, l: number, q: Float32Array, k: Float32Array, v: Float32Array, ckv: Float32Array,
                                o: Float32Array, N: number, offsets: Int32Array, selection: readonly SequenceSelection[] | null): void {
@@ -311,30 +312,27 @@ function attendObservingLatent(ctx: Ctx, obs: MatmulObserver, l: number, q: Floa
   const dv = cfg.vHeadDim;
   const kvr = cfg.kvLoraRank;
   const w = dv + kvr;
-  const vx = new Float32Array(N * H * w);
-  for (let t = 0; t < N; t++) {
-    const c = ckv.subarray(t * kvr, (t + 1) * kvr);
-    for (let hh = 0; hh < H; hh++) {
-      const r = (t * H + hh) * w;
-      vx.set(v.subarray((t * H + hh) * dv, (t * H + hh + 1) * dv), r);
-      vx.set(c, r + dv);
-    }
+  // latent [N, H, kvr]: attention over c_kv with each head's weights
+  const latentAll = new Float32Array(N * H * kvr);
+  if (ctx.ops.attentionLatent && (!selection || selection.every((s) => !s.mask))) {
+    ctx.ops.attentionLatent(q, k, v, ckv, o, latentAll, offsets, H, dqk, dv, softmaxScale(cfg), ctx.threads);
+  } else {
+    // values [v_h, c_kv] per head in one attend() call (masks included), split afterwards
+    const vx = new Float32Array(N * H * w);
+    copyRows(vx, 0, w, v, 0, dv, N * H, dv);
+    for (let hh = 0; hh < H; hh++) copyRows(vx, hh * w + dv, H * w, ckv, 0, kvr, N, kvr);
+    const ox = new Float32Array(N * H * w);
+    attend(ctx, q, k, vx, ox, offsets, H, dqk, w, selection);
+    copyRows(o, 0, dv, ox, 0, w, N * H, dv);
+    copyRows(latentAll, 0, kvr, ox, dv, w, N * H, kvr);
   }
-  const ox = new Float32Array(N * H * w);
-  attend(ctx, q, k, vx, ox, offsets, H, dqk, w, selection);
-  for (let t = 0; t < N * H; t++) o.set(ox.subarray(t * w, t * w + dv), t * dv);
   for (let b = 0; b + 1 < offsets.length; b++) {
     const t0 = offsets[b]!;
     const n = offsets[b + 1]! - t0;
     if (n === 0) continue;
     const qNope = new Float32Array(n * H * dn);
-    const latent = new Float32Array(n * H * kvr);
-    for (let i = 0; i < n * H; i++) {
-      const src = t0 * H + i;
-      qNope.set(q.subarray(src * dqk, src * dqk + dn), i * dn);
-      latent.set(ox.subarray(src * w + dv, (src + 1) * w), i * kvr);
-    }
-    obs.absorbedMla!(l, qNope, latent, n);
+    copyRows(qNope, 0, dn, q, t0 * H * dqk, dqk, n * H, dn);
+    obs.absorbedMla!(l, qNope, latentAll.subarray(t0 * H * kvr, (t0 + n) * H * kvr), n);
   }
 }
 

@@ -16,6 +16,7 @@ import { forwardBytesPerToken, forwardWeightBytes } from "./forward-memory.js";
 import { ImatrixCollector } from "./imatrix-collect.js";
 import { isMoeLayer, type ModelConfig } from "./config.js";
 import { forwardOps, type ForwardOps } from "./ops.js";
+import { loadNative } from "../quant/native.js";
 import { planProtocol, type EvalSequence } from "./eval-protocol.js";
 import type { WeightSource } from "./weights.js";
 
@@ -73,7 +74,8 @@ export interface ImatrixMemoryPlan {
 /** How many chunks one forward pass carries under `budgetBytes` (at least 1: then the budget is too small and says so). */
 export function planImatrixMemory(cfg: ModelConfig, ctx: number, chunks: number, budgetBytes: number, opts: { processOutput?: boolean; ppl?: boolean } = {}): ImatrixMemoryPlan {
   const mlaScratch = 3 * 4 * ctx * cfg.nHeads * cfg.kvLoraRank;
-  const headBlock = 4 * 128 * cfg.dim * 2;
+  // the PPL's head block (streamedNll): float32 weights and logits of ~64 MB at most each
+  const headBlock = opts.ppl === false ? 0 : Math.min(2 ** 26, 4 * cfg.vocabSize * cfg.dim) + 2 ** 26;
   const fixedBytes = BASE_BYTES + forwardWeightBytes(cfg) + imatrixStatsBytes(cfg, opts.processOutput) + mlaScratch + headBlock;
   // the PPL gathers the scored rows' hidden states and a block of their logits
   const perToken = forwardBytesPerToken(cfg) + (opts.ppl === false ? 0 : 4 * (cfg.dim + 128));
@@ -222,28 +224,45 @@ async function streamedNll(src: WeightSource, ops: ForwardOps, threads: number, 
   if (M === 0) return 0;
   const h = new Float32Array(M * dim);
   rows.forEach((r, i) => h.set(hidden.subarray(r * dim, (r + 1) * dim), i * dim));
-  const block = 128;
+  // a block of vocabulary rows per read: its float32 weights and [M × block] logits ~64 MB at most each
+  const block = Math.max(128, Math.min(V, Math.floor(2 ** 24 / M), Math.floor(2 ** 24 / dim)));
   const max = new Float64Array(M).fill(-Infinity);
   const sum = new Float64Array(M);
   const tgt = new Float64Array(M);
   const logits = new Float32Array(M * block);
+  const fold = logSumExpBlock();
   for (let r0 = 0; r0 < V; r0 += block) {
     const n = Math.min(block, V - r0);
     const w = await src.read(name, r0, n);
     ops.matmul(h, w, logits, M, dim, n, threads, block);
+    fold(logits, M, n, block, max, sum, threads);
     for (let i = 0; i < M; i++) {
-      const o = i * block;
-      let m = max[i]!;
-      for (let j = 0; j < n; j++) m = Math.max(m, logits[o + j]!);
-      let s = sum[i]! * Math.exp(max[i]! - m);
-      for (let j = 0; j < n; j++) s += Math.exp(logits[o + j]! - m);
-      max[i] = m;
-      sum[i] = s;
       const t = targets[i]! - r0;
-      if (t >= 0 && t < n) tgt[i] = logits[o + t]!;
+      if (t >= 0 && t < n) tgt[i] = logits[i * block + t]!;
     }
   }
   let nll = 0;
   for (let i = 0; i < M; i++) nll += max[i]! + Math.log(sum[i]!) - tgt[i]!;
   return nll;
+}
+
+type Fold = (logits: Float32Array, rows: number, n: number, ld: number, max: Float64Array, sum: Float64Array, threads: number) => void;
+
+/** The addon's logSumExpBlock when built (rows split over threads), else logSumExpBlockTs. */
+function logSumExpBlock(): Fold {
+  const nn = loadNative();
+  return nn ? (l, rows, n, ld, max, sum, threads) => nn.logSumExpBlock(l, rows, n, ld, max, sum, threads) : logSumExpBlockTs;
+}
+
+/** Row r: max[r], sum[r] <- the running max and Σ exp(x - max) over logits[r*ld .. r*ld + n) too (float64). */
+export function logSumExpBlockTs(logits: Float32Array, rows: number, n: number, ld: number, max: Float64Array, sum: Float64Array): void {
+  for (let i = 0; i < rows; i++) {
+    const o = i * ld;
+    let m = max[i]!;
+    for (let j = 0; j < n; j++) m = Math.max(m, logits[o + j]!);
+    let s = sum[i]! * Math.exp(max[i]! - m);
+    for (let j = 0; j < n; j++) s += Math.exp(logits[o + j]! - m);
+    max[i] = m;
+    sum[i] = s;
+  }
 }

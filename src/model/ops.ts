@@ -30,6 +30,13 @@ export interface ForwardOps {
    * tokens offsets[b]..offsets[b+1]-1, each token sees its own sequence up to itself.
    */
   attention(q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
+  /**
+   * attention() that also gives cOut [N, H, C] = the same softmax weights times c [N, C] (values every
+   * head shares: MLA's latent): out and cOut are the bytes of attention() over values [v_h, c].
+   * Absent: the caller builds those values.
+   */
+  attentionLatent?(q: Float32Array, k: Float32Array, v: Float32Array, c: Float32Array, out: Float32Array, cOut: Float32Array, offsets: Int32Array,
+                   heads: number, dqk: number, dv: number, scale: number, threads: number): void;
   /** g <- silu(g) * u, element-wise (silu(z) = z * sigmoid(z)). */
   siluMul(g: Float32Array, u: Float32Array, threads: number): void;
 }
@@ -154,6 +161,8 @@ function nativeOps(): ForwardOps | null {
     },
     attention: (q, k, v, out, offsets, heads, dqk, dv, scale, threads) =>
       nn.causalAttention(q, k, v, out, offsets, heads, dqk, dv, scale, threads),
+    attentionLatent: (q, k, v, c, out, cOut, offsets, heads, dqk, dv, scale, threads) =>
+      nn.causalAttention(q, k, v, out, offsets, heads, dqk, dv, scale, threads, c, cOut),
     siluMul: (g, u, threads) => nn.f32SiluMul(g, u, threads),
   };
 }
@@ -282,4 +291,16 @@ export function gatherRows(x: Float32Array, rows: Int32Array, dim: number, y: Fl
 /** y[rows[j]] += out[j] * scale[j] (float32), j in increasing order. */
 export function scatterAddScaled(y: Float32Array, out: Float32Array, rows: Int32Array, scale: Float32Array, dim: number): void {
   rowOps().scatterAddScaled(y, out, rows, scale, dim);
+}
+
+/**
+ * dst[dOff + r*dStride + c] = src[sOff + r*sStride + c] for r < rows, c < len: a strided block copy
+ * without a subarray per row (V8 allocates an object for each, which cost more than the copy itself).
+ */
+export function copyRows(dst: Float32Array, dOff: number, dStride: number, src: Float32Array, sOff: number, sStride: number, rows: number, len: number): void {
+  for (let r = 0; r < rows; r++) {
+    const d = dOff + r * dStride;
+    const s = sOff + r * sStride;
+    for (let c = 0; c < len; c++) dst[d + c] = src[s + c]!;
+  }
 }

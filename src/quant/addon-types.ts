@@ -61,7 +61,7 @@ export interface AddonTypes {
   ggmlMatmul(x: View, type: number, w: View, y: View, tokens: number, inDim: number, outDim: number, threads: number, ldy?: number): void;
   /** glibc: serve blocks up to `bytes` (at most 32 MiB) from the heap and keep freed ones for reuse; false elsewhere. */
   keepFreedMemory(bytes: number): boolean;
-  causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number): void;
+  causalAttention(q: View, k: View, v: View, out: View, offsets: Int32Array, heads: number, dqk: number, dv: number, scale: number, threads: number, c?: View, cOut?: View): void;
   f32SiluMul(g: View, u: View, threads: number): void;
 
   // ---- forward_rows.cc: the forward pass's row-wise steps, the bytes of their TypeScript twins (ops.ts)
@@ -74,6 +74,8 @@ export interface AddonTypes {
 
   // ---- scores.cc: out = [max, first argmax, log sum exp] of logits[off .. off + vocab), float64
   logitRowFacts(logits: View, off: number, vocab: number, out: Float64Array): void;
+  /** Folds logits[r*ld .. r*ld + n) of each row into a running float64 max and sum of exp(x - max). */
+  logSumExpBlock(logits: View, rows: number, n: number, ld: number, max: Float64Array, sum: Float64Array, threads: number): void;
   /** acc[off + j] += x[r*stride + j]^2 (float64, rows in order): imatrix's in_sum2. */
   addSquares(acc: Float64Array, off: number, x: View, rows: number, cols: number, stride: number): void;
 
@@ -126,6 +128,7 @@ export const ADDON_ENTRY_POINTS = Object.keys({
   gatherRows: 0,
   scatterAddScaled: 0,
   logitRowFacts: 0,
+  logSumExpBlock: 0,
   addSquares: 0,
   ggmlIq3Lattice: 0,
   cudaInit: 0,
