@@ -294,10 +294,10 @@ describe("replica on disk", () => {
     expect(q4!.json.files).toHaveLength(9);
     expect(fmtBytes(iq2!.json.outputBytes)).toBe("174.58 GB");
     expect(iq2!.json.files).toHaveLength(4);
-    expect(iq2!.stderr).toMatch(/over 200 chunks of 512 .* in 1 pass\(es\) .*estimated peak 58\.94 GB/);
+    expect(iq2!.stderr).toMatch(/over 200 chunks of 512 .* in 1 pass\(es\) .*estimated peak 58\.96 GB/);
     expect(fmtBytes(bf16!.json.outputBytes)).toBe("1.37 TB");
     expect(fmtBytes(demo!.json.outputBytes)).toBe("690.24 GB");
-    for (const figure of ["404.49 GB", "174.58 GB", "58.9 GB", "1.37 TB", "690.24 GB", "Q4_K_M-00001-of-00009.gguf", "IQ2_XXS-00001-of-00004.gguf"]) {
+    for (const figure of ["404.49 GB", "174.58 GB", "59.0 GB", "1.37 TB", "690.24 GB", "Q4_K_M-00001-of-00009.gguf", "IQ2_XXS-00001-of-00004.gguf"]) {
       expect(readme).toContain(figure);
     }
   }, 300_000);

@@ -6,6 +6,7 @@ import { DeepcastError } from "../errors.js";
 import type { ModelConfig } from "./config.js";
 import type { MatmulObserver } from "./forward.js";
 import type { ForwardOps, Matrix } from "./ops.js";
+import { Scratch } from "./scratch.js";
 import type { WeightSource } from "./weights.js";
 
 /** Token ids, positions and per-sequence offsets of a batch, checked against the config. */
@@ -45,12 +46,14 @@ export class Ctx {
     readonly ops: ForwardOps,
     readonly threads: number,
     readonly observer: MatmulObserver | undefined,
+    /** The pass's activation buffers (a pool of capacity 0 pools nothing). */
+    readonly scratch: Scratch = new Scratch(0),
   ) {}
 
-  /** y = x W^T for a weight [out, in] already read; `name` (HF) is told to the observer. */
+  /** y = x W^T for a weight [out, in] already read; `name` (HF) is told to the observer. y comes from the scratch pool. */
   mm(x: Float32Array, w: Matrix, tokens: number, inDim: number, outDim: number, name?: string): Float32Array {
     if (name && this.observer) this.observer.input(name, x, tokens, inDim);
-    const y = new Float32Array(tokens * outDim);
+    const y = this.scratch.take(tokens * outDim);
     if (w instanceof Float32Array) {
       if (w.length !== outDim * inDim) throw new DeepcastError(`internal: weight of ${w.length} values, expected ${outDim} x ${inDim}`);
       this.ops.matmul(x, w, y, tokens, inDim, outDim, this.threads);

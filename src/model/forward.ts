@@ -26,6 +26,8 @@ import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } fro
 import { Ctx, embed, head, headName, outputRows, packSequences, streamExperts } from "./forward-context.js";
 import { forwardV4 } from "./forward-v4.js";
 import { indexerSelect, indexerTensorNames, type SequenceSelection } from "./indexer-v32.js";
+import { Scratch } from "./scratch.js";
+import { forwardBytesPerToken } from "./forward-memory.js";
 import { addInto, copyRows, forwardOps, gatherRows, maskedAttention, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
@@ -85,6 +87,11 @@ export interface ForwardOptions {
   logitsFrom?: readonly number[];
   /** DeepSeek-V3.2 only (config.indexer, ./indexer-v32.ts); ignored for V3. */
   v32?: V32ForwardOptions;
+  /**
+   * The activation pool (./scratch.ts) of the pass, for a caller that goes on using it (default: one
+   * of the pass's own, holding up to twice the activations the memory plans allow for).
+   */
+  scratch?: Scratch;
   /** DeepSeek-V4 only (src/model/forward-v4.ts): its simulations and checks; ignored for V3. */
   v4?: V4ForwardOptions;
 }
@@ -148,8 +155,10 @@ function ffnNames(cfg: ModelConfig, l: number): string[] {
 export async function forward(src: WeightSource, sequences: readonly ArrayLike<number>[], opts: ForwardOptions = {}): Promise<ForwardResult> {
   if (src.config.v4) return forwardV4(src, sequences, opts);
   const cfg = src.config;
-  const ctx = new Ctx(src, cfg, opts.ops ?? forwardOps(), Math.max(1, opts.threads ?? availableParallelism()), opts.observer);
   const { tokens, pos, offsets, maxLen, N } = packSequences(cfg, sequences);
+  // the pool holds at most the activations the memory plans allow for (forward-memory.ts)
+  const ctx = new Ctx(src, cfg, opts.ops ?? forwardOps(), Math.max(1, opts.threads ?? availableParallelism()), opts.observer,
+    opts.scratch ?? new Scratch(2 * forwardBytesPerToken(cfg) * N));
   if (N === 0) return { logits: new Float32Array(0), offsets, vocab: cfg.vocabSize };
   const ropeTab = ropeTables(cfg, maxLen);
 
@@ -167,16 +176,19 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
     for (let l = 0; l < cfg.nLayers; l++) {
       const p = `model.layers.${l}.`;
       ctx.prefetch(ffnNames(cfg, l));
-      const xn = rmsNorm(h, N, cfg.dim, await ctx.vector(p + "input_layernorm.weight", cfg.dim), cfg.rmsNormEps, new Float32Array(h.length));
-      addInto(h, await attention(ctx, l, xn, N, pos, offsets, ropeTab, opts.v32));
+      const xn = rmsNorm(h, N, cfg.dim, await ctx.vector(p + "input_layernorm.weight", cfg.dim), cfg.rmsNormEps, ctx.scratch.take(h.length));
+      const attn = await attention(ctx, l, xn, N, pos, offsets, ropeTab, opts.v32);
+      addInto(h, attn);
+      ctx.scratch.release(attn);
       ctx.prefetch(l + 1 < cfg.nLayers ? attentionNames(cfg, l + 1) : ["model.norm.weight"]);
       if (l === cfg.nLayers - 1) trim();
-      const x2 = rows === N ? xn : new Float32Array(rows * cfg.dim);
+      const x2 = rows === N ? xn : ctx.scratch.take(rows * cfg.dim);
       rmsNorm(h, rows, cfg.dim, await ctx.vector(p + "post_attention_layernorm.weight", cfg.dim), cfg.rmsNormEps, x2);
       const ffn = isMoeLayer(cfg, l)
         ? await moe(ctx, l, x2, rows, opts.onRouting)
         : await mlp(ctx, p + "mlp.", x2, rows, cfg.interDim);
       addInto(h, ffn);
+      ctx.scratch.release(ffn, x2, ...(x2 === xn ? [] : [xn]));
       opts.onLayer?.(l);
     }
     if (cfg.nLayers === 0) trim();
@@ -220,6 +232,7 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
       selection = await indexerSelect(ctx, l, x, qa, N, pos, offsets, ropeTab, { keepScores: v32?.onIndexer !== undefined, qat: v32?.qat ?? true });
       v32?.onIndexer?.(l, selection);
     }
+    ctx.scratch.release(qa);
   } else {
     q = ctx.mm(x, await ctx.weight(p + "q_proj.weight", H * dqk, dim), N, dim, H * dqk, p + "q_proj.weight");
   }
@@ -233,18 +246,22 @@ async function attention(ctx: Ctx, l: number, x: Float32Array, N: number, pos: I
   ]);
   const kva = ctx.mm(x, wkva, N, dim, kvr + dr, p + "kv_a_proj_with_mqa.weight");
   rope(kva, N, kvr + dr, kvr, 1, 0, dr, pos, ropeTab);
-  const ckv = rmsNorm(kva, N, kvr, kvNorm, cfg.rmsNormEps, new Float32Array(N * kvr), kvr + dr, kvr);
+  const ckv = rmsNorm(kva, N, kvr, kvNorm, cfg.rmsNormEps, ctx.scratch.take(N * kvr), kvr + dr, kvr);
   const kvb = ctx.mm(ckv, wkvb, N, kvr, H * (dn + dv), p + "kv_b_proj.weight");
 
   // K = [k_nope(h), k_pe] per head, V = v(h).
-  const k = new Float32Array(N * H * dqk);
-  const v = new Float32Array(N * H * dv);
+  const k = ctx.scratch.take(N * H * dqk);
+  const v = ctx.scratch.take(N * H * dv);
   mlaKv(kva, kvb, k, v, N, H, dn, dr, dv, kvr);
-  const o = new Float32Array(N * H * dv);
+  ctx.scratch.release(kva, kvb);
+  const o = ctx.scratch.take(N * H * dv);
   if (cfg.indexer && !selection) throw new DeepcastError("DeepSeek-V3.2's indexer needs the query LoRA (q_lora_rank > 0)", { file: ctx.src.description, code: "UNSUPPORTED" });
   if (ctx.observer?.absorbedMla) attendObservingLatent(ctx, ctx.observer, l, q, k, v, ckv, o, N, offsets, selection);
   else attend(ctx, q, k, v, o, offsets, H, dqk, dv, selection);
-  return ctx.mm(o, wo, N, H * dv, dim, p + "o_proj.weight");
+  ctx.scratch.release(q, k, v, ckv);
+  const out = ctx.mm(o, wo, N, H * dv, dim, p + "o_proj.weight");
+  ctx.scratch.release(o);
+  return out;
 }
 
 async function mlp(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: number): Promise<Float32Array> {
@@ -260,8 +277,11 @@ async function mlp(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: 
 function mlpWith(ctx: Ctx, prefix: string, x: Float32Array, N: number, inter: number, w1: Matrix, w3: Matrix, w2: Matrix): Float32Array {
   const dim = ctx.cfg.dim;
   const g = ctx.mm(x, w1, N, dim, inter, prefix + "gate_proj.weight");
-  ctx.ops.siluMul(g, ctx.mm(x, w3, N, dim, inter, prefix + "up_proj.weight"), ctx.threads);
-  return ctx.mm(g, w2, N, inter, dim, prefix + "down_proj.weight");
+  const u = ctx.mm(x, w3, N, dim, inter, prefix + "up_proj.weight");
+  ctx.ops.siluMul(g, u, ctx.threads);
+  const out = ctx.mm(g, w2, N, inter, dim, prefix + "down_proj.weight");
+  ctx.scratch.release(g, u);
+  return out;
 }
 
 /**
@@ -313,7 +333,7 @@ function attendObservingLatent(ctx: Ctx, obs: MatmulObserver, l: number, q: Floa
   const kvr = cfg.kvLoraRank;
   const w = dv + kvr;
   // latent [N, H, kvr]: attention over c_kv with each head's weights
-  const latentAll = new Float32Array(N * H * kvr);
+  const latentAll = ctx.scratch.take(N * H * kvr);
   if (ctx.ops.attentionLatent && (!selection || selection.every((s) => !s.mask))) {
     ctx.ops.attentionLatent(q, k, v, ckv, o, latentAll, offsets, H, dqk, dv, softmaxScale(cfg), ctx.threads);
   } else {
@@ -334,6 +354,7 @@ function attendObservingLatent(ctx: Ctx, obs: MatmulObserver, l: number, q: Floa
     copyRows(qNope, 0, dn, q, t0 * H * dqk, dqk, n * H, dn);
     obs.absorbedMla!(l, qNope, latentAll.subarray(t0 * H * kvr, (t0 + n) * H * kvr), n);
   }
+  ctx.scratch.release(latentAll);
 }
 
 /**
@@ -426,7 +447,9 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
   const gate = await ctx.weight(p + "gate.weight", E, dim);
   const biasName = p + "gate.e_score_correction_bias";
   const bias = src.has(biasName) ? await ctx.vector(biasName, E) : null;
-  const r = route(cfg, ctx.mm(x, gate, N, dim, E, p + "gate.weight"), N, bias, l);
+  const scores = ctx.mm(x, gate, N, dim, E, p + "gate.weight");
+  const r = route(cfg, scores, N, bias, l);
+  ctx.scratch.release(scores);
   onRouting?.(r);
 
   // Tokens (and their slot k) per expert, in token order: a counting sort of the N*K slots.
@@ -445,7 +468,7 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
     ctx.weight(`${p}experts.${e}.down_proj.weight`, dim, inter),
   ]);
 
-  const y = new Float32Array(N * dim);
+  const y = ctx.scratch.takeZeroed(N * dim);
   await streamExperts(used, load, (e, [w1, w3, w2]) => {
     const slots = slotsByExpert.subarray(count[e]!, count[e + 1]!);
     const rows = new Int32Array(slots.length);
@@ -454,12 +477,15 @@ async function moe(ctx: Ctx, l: number, x: Float32Array, N: number, onRouting?: 
       rows[j] = Math.floor(slots[j]! / K);
       scale[j] = r.weights[slots[j]!]!;
     }
-    const out = mlpWith(ctx, `${p}experts.${e}.`, gatherRows(x, rows, dim), slots.length, inter, w1, w3, w2);
+    const xe = gatherRows(x, rows, dim, ctx.scratch.take(slots.length * dim));
+    const out = mlpWith(ctx, `${p}experts.${e}.`, xe, slots.length, inter, w1, w3, w2);
     scatterAddScaled(y, out, rows, scale, dim);
+    ctx.scratch.release(xe, out);
   });
   if (cfg.nSharedExperts > 0) {
     const z = await mlp(ctx, p + "shared_experts.", x, N, cfg.nSharedExperts * inter);
     addInto(y, z);
+    ctx.scratch.release(z);
   }
   return y;
 }

@@ -15,8 +15,9 @@ import { forward, headName, type ForwardOptions } from "./forward.js";
 import { forwardBytesPerToken, forwardWeightBytes } from "./forward-memory.js";
 import { ImatrixCollector } from "./imatrix-collect.js";
 import { isMoeLayer, type ModelConfig } from "./config.js";
-import { forwardOps, type ForwardOps } from "./ops.js";
+import { forwardOps, type ForwardOps, type StoredMatrix } from "./ops.js";
 import { loadNative } from "../quant/native.js";
+import { Scratch } from "./scratch.js";
 import { planProtocol, type EvalSequence } from "./eval-protocol.js";
 import type { WeightSource } from "./weights.js";
 
@@ -74,8 +75,8 @@ export interface ImatrixMemoryPlan {
 /** How many chunks one forward pass carries under `budgetBytes` (at least 1: then the budget is too small and says so). */
 export function planImatrixMemory(cfg: ModelConfig, ctx: number, chunks: number, budgetBytes: number, opts: { processOutput?: boolean; ppl?: boolean } = {}): ImatrixMemoryPlan {
   const mlaScratch = 3 * 4 * ctx * cfg.nHeads * cfg.kvLoraRank;
-  // the PPL's head block (streamedNll): float32 weights and logits of ~64 MB at most each
-  const headBlock = opts.ppl === false ? 0 : Math.min(2 ** 26, 4 * cfg.vocabSize * cfg.dim) + 2 ** 26;
+  // the PPL's head block (streamedNll): float32 weights and logits of ~16 MB at most each
+  const headBlock = opts.ppl === false ? 0 : Math.min(2 ** 24, 4 * cfg.vocabSize * cfg.dim) + 2 ** 24;
   const fixedBytes = BASE_BYTES + forwardWeightBytes(cfg) + imatrixStatsBytes(cfg, opts.processOutput) + mlaScratch + headBlock;
   // the PPL gathers the scored rows' hidden states and a block of their logits
   const perToken = forwardBytesPerToken(cfg) + (opts.ppl === false ? 0 : 4 * (cfg.dim + 128));
@@ -89,7 +90,6 @@ export function planImatrixMemory(cfg: ModelConfig, ctx: number, chunks: number,
 /** A WeightSource that counts how much of each tensor was read (in whole tensors). */
 export class ReadCounter implements WeightSource {
   readonly reads = new Map<string, number>();
-  constructor(readonly inner: WeightSource) {}
   get description(): string {
     return this.inner.description;
   }
@@ -102,11 +102,27 @@ export class ReadCounter implements WeightSource {
   shape(name: string): readonly number[] {
     return this.inner.shape(name);
   }
+  readonly readStored?: (name: string, start?: number, count?: number) => Promise<StoredMatrix | null>;
+  constructor(readonly inner: WeightSource) {
+    // weights in their stored form when the source has it (the pass's matmuls take it as is: half
+    // the memory of float32 for BF16, no conversion pass), counted like float32 reads
+    if (inner.readStored) {
+      const stored = inner.readStored.bind(inner);
+      this.readStored = async (name, start, count) => {
+        const m = await stored(name, start, count);
+        if (m) this.count(name, m.rows * m.cols);
+        return m;
+      };
+    }
+  }
   async read(name: string, start?: number, count?: number): Promise<Float32Array> {
     const v = await this.inner.read(name, start, count);
-    const numel = this.inner.shape(name).reduce((a, b) => a * b, 1);
-    this.reads.set(name, (this.reads.get(name) ?? 0) + v.length / numel);
+    this.count(name, v.length);
     return v;
+  }
+  private count(name: string, values: number): void {
+    const numel = this.inner.shape(name).reduce((a, b) => a * b, 1);
+    this.reads.set(name, (this.reads.get(name) ?? 0) + values / numel);
   }
   close(): Promise<void> {
     return this.inner.close();
@@ -171,9 +187,11 @@ export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, o
   for (let b = 0; b < batches; b++) {
     const batch = seqs.slice(b * per, (b + 1) * per);
     const batchTokens = batch.reduce((n, s) => n + s.input.length, 0);
+    // one activation pool for the pass and the perplexity's head after it
+    const scratch = new Scratch(2 * forwardBytesPerToken(cfg) * batchTokens);
     const fwd: ForwardOptions = {
       // DeepSeek-V4 as llama-imatrix runs it: no FP8/FP4 activation simulation (spec §4.4)
-      threads, ops, observer: collector, output: "hidden", v4: { qat: false },
+      threads, ops, observer: collector, output: "hidden", v4: { qat: false }, scratch,
       onLayer: (l) => {
         if (l < cfg.nLayers) meter.set(tokensDone + (batchTokens * (l + 1)) / layers);
       },
@@ -186,7 +204,7 @@ export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, o
         rows.push(r.offsets[k]! + s.first + i);
         targets.push(t);
       }));
-      nll += await streamedNll(src, ops, threads, r.hidden!, rows, targets);
+      nll += await streamedNll(src, ops, threads, r.hidden!, rows, targets, scratch);
       scored += rows.length;
     }
     tokensDone += batchTokens;
@@ -215,21 +233,23 @@ export async function runImatrix(source: WeightSource, plan: ImatrixChunkPlan, o
  * Σ −log softmax(h W_head^T)[target] over `rows` of `hidden`, with the head read once in row blocks:
  * a running max and Σ exp per row (float64), so only [rows × block] logits are ever held.
  */
-async function streamedNll(src: WeightSource, ops: ForwardOps, threads: number, hidden: Float32Array, rows: readonly number[], targets: readonly number[]): Promise<number> {
+async function streamedNll(src: WeightSource, ops: ForwardOps, threads: number, hidden: Float32Array, rows: readonly number[], targets: readonly number[],
+                           scratch: Scratch): Promise<number> {
   const cfg = src.config;
   const dim = cfg.dim;
   const V = cfg.vocabSize;
   const name = headName(cfg, src);
   const M = rows.length;
   if (M === 0) return 0;
-  const h = new Float32Array(M * dim);
+  const h = scratch.take(M * dim);
   rows.forEach((r, i) => h.set(hidden.subarray(r * dim, (r + 1) * dim), i * dim));
-  // a block of vocabulary rows per read: its float32 weights and [M × block] logits ~64 MB at most each
-  const block = Math.max(128, Math.min(V, Math.floor(2 ** 24 / M), Math.floor(2 ** 24 / dim)));
+  // a block of vocabulary rows per read: its float32 weights and [M × block] logits of ~16 MB at most
+  // each (the size of the pass's larger activations, whose buffers the pool then hands over)
+  const block = Math.max(128, Math.min(V, Math.floor(2 ** 22 / M), Math.floor(2 ** 22 / dim)));
   const max = new Float64Array(M).fill(-Infinity);
   const sum = new Float64Array(M);
   const tgt = new Float64Array(M);
-  const logits = new Float32Array(M * block);
+  const logits = scratch.take(M * block);
   const fold = logSumExpBlock();
   for (let r0 = 0; r0 < V; r0 += block) {
     const n = Math.min(block, V - r0);
