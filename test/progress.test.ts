@@ -180,3 +180,19 @@ describe("the library's event stream", () => {
     expect(batches.every((b) => b.ppl !== undefined && b.ppl > 1)).toBe(true);
   });
 });
+
+describe("progress view on a terminal", () => {
+  it("draws a bar (cli-progress, loaded on first use) with the label and the figures, and ends it", () => {
+    const out: string[] = [];
+    const stream = {
+      write: (s: string) => (out.push(s), true), isTTY: true, columns: 120,
+      cursorTo: () => true, clearLine: () => true, moveCursor: () => true,
+    } as unknown as NodeJS.WritableStream;
+    const v = progressView({ label: "to-gguf Q8_0", stream, tty: true });
+    v.onEvent({ kind: "progress", task: "to-gguf", unit: "bytes", done: 30, total: 100, resumed: 0, seconds: 0 });
+    v.onEvent({ kind: "progress", task: "to-gguf", unit: "bytes", done: 100, total: 100, resumed: 0, seconds: 1 });
+    v.stop();
+    const text = out.join("");
+    expect(text).toMatch(/to-gguf Q8_0 \[[^\]]*\] 30 B\/100 B \(30\.0%\)/);
+  });
+});
