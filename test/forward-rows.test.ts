@@ -128,21 +128,25 @@ describe.runIf(native !== null)("SiLU product (vexp.h's exp)", () => {
 });
 
 describe.runIf(native !== null)("causal attention", () => {
-  // dv 32: the vector widths exactly; 45: the 16/8-wide and scalar tails of the weighted sums; 128: MLA's latent.
-  it.each([32, 45, 128])("gives the same bytes at every SIMD level and thread count, and stays within 1e-5 of float64 math (dv %i)", (dv) => {
-    // Ragged sequences (one empty, lengths off the 64/16-key vectors, the 4-query groups and 16-query blocks), 3 heads.
-    const offsets = Int32Array.of(0, 37, 37, 40, 300);
-    const [H, dqk] = [3, 48];
-    const N = offsets[offsets.length - 1]!;
-    const q = rand(N * H * dqk, 51, 1.5);
-    const k = rand(N * H * dqk, 52, 1.5);
-    const v = rand(N * H * dv, 53);
+  // Ragged sequences (one empty, lengths off the 64/16-key vectors, the 4-query groups and 16-query blocks), 3 heads.
+  const offsets = Int32Array.of(0, 37, 37, 40, 300);
+  const [H, dqk] = [3, 48];
+  const N = offsets[offsets.length - 1]!;
+  const simdLevels = () => {
     const levels: ("scalar" | "avx2" | "avx512")[] = ["scalar"];
     if (native!.hasAvx2()) levels.push("avx2");
     if (native!.hasAvx512()) levels.push("avx512");
+    return levels;
+  };
+
+  // dv 32: the vector widths exactly; 45: the 16/8-wide and scalar tails of the weighted sums; 128: MLA's latent.
+  it.each([32, 45, 128])("gives the same bytes at every SIMD level and thread count, and stays within 1e-5 of float64 math (dv %i)", (dv) => {
+    const q = rand(N * H * dqk, 51, 1.5);
+    const k = rand(N * H * dqk, 52, 1.5);
+    const v = rand(N * H * dv, 53);
     let ref: Float32Array | undefined;
     try {
-      for (const level of levels) {
+      for (const level of simdLevels()) {
         expect(native!.setSimd(level)).toBe(true);
         for (const threads of [1, 2, 3]) {
           const out = new Float32Array(N * H * dv);
@@ -164,9 +168,6 @@ describe.runIf(native !== null)("causal attention", () => {
   // imatrix's MLA statistics (forward.ts attendObservingLatent): the latent c [N, C] shared by the heads,
   // attended with each head's weights, must be the bytes of attention over values [v_h, c] built in full.
   it.each([[32, 128], [45, 20]])("with a shared latent (dv %i, C %i): out and cOut are the bytes of attention over [v_h, c], at every SIMD level", (dv, C) => {
-    const offsets = Int32Array.of(0, 37, 37, 40, 300);
-    const [H, dqk] = [3, 48];
-    const N = offsets[offsets.length - 1]!;
     const q = rand(N * H * dqk, 61, 1.5);
     const k = rand(N * H * dqk, 62, 1.5);
     const v = rand(N * H * dv, 63);
@@ -179,11 +180,8 @@ describe.runIf(native !== null)("causal attention", () => {
         vx.set(c.subarray(t * C, (t + 1) * C), (t * H + h) * w + dv);
       }
     }
-    const levels: ("scalar" | "avx2" | "avx512")[] = ["scalar"];
-    if (native!.hasAvx2()) levels.push("avx2");
-    if (native!.hasAvx512()) levels.push("avx512");
     try {
-      for (const level of levels) {
+      for (const level of simdLevels()) {
         expect(native!.setSimd(level)).toBe(true);
         const ox = new Float32Array(N * H * w);
         native!.causalAttention(q, k, vx, ox, offsets, H, dqk, w, 0.2, 1);
