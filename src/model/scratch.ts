@@ -3,21 +3,15 @@
  * megabytes per step; left to the garbage collector they pile up between collections (the process
  * touches fresh memory for each, which the kernel zeroes, and V8 runs a full collection for every
  * ~64 MB of them). A step that is done with a buffer releases it and the next step of the same size
- * gets it back. Buffers are pooled by size class (steps of 1/8 of a power of two) and a request takes
- * the smallest pooled one that fits, up to twice its size (the varying row counts of routed experts
- * share buffers). The pool holds at most `capBytes`: past that the buffers released longest ago are
- * left to the collector, as they all were before.
+ * gets it back: the smallest pooled buffer that fits, up to twice the size asked for (so the varying
+ * row counts of routed experts share buffers; a buffer is only ever as large as the request that
+ * allocated it). The pool holds at most `capBytes`: past
+ * that the buffers released longest ago are left to the collector, as they all were before.
  *
  * A buffer that is never released is simply collected; releasing one that is still in use is the
  * bug this module cannot catch, so callers release only what they allocated and no longer read.
  */
 const MIN_POOLED_BYTES = 64 * 1024;
-
-/** The size class of `bytes`: rounded up to a multiple of 1/8 of its power of two. */
-export function sizeClass(bytes: number): number {
-  const step = Math.max(8, 2 ** Math.floor(Math.log2(bytes)) / 8);
-  return Math.ceil(bytes / step) * step;
-}
 
 export class Scratch {
   private readonly pool = new Map<number, ArrayBuffer[]>();
@@ -31,18 +25,19 @@ export class Scratch {
   /** n floats; their values are those of the buffer's last user (every caller overwrites them all). */
   take(n: number): Float32Array {
     const bytes = n * 4;
-    if (bytes < MIN_POOLED_BYTES || this.capBytes === 0) return new Float32Array(n);
-    const cls = sizeClass(bytes);
-    // the smallest pooled class that fits, up to twice the size
+    if (bytes < MIN_POOLED_BYTES || bytes > this.capBytes) return new Float32Array(n);
+    // the smallest pooled size that fits, up to twice the size
     let best = 0;
-    for (const [c, list] of this.pool) if (c >= cls && c <= 2 * cls && list.length && (!best || c < best)) best = c;
+    for (const [c, list] of this.pool) if (c >= bytes && c <= 2 * bytes && list.length && (!best || c < best)) best = c;
     if (best) {
-      const buf = this.pool.get(best)!.pop()!;
+      const list = this.pool.get(best)!;
+      const buf = list.pop()!;
+      if (!list.length) this.pool.delete(best);
       this.idle.splice(this.idle.indexOf(buf), 1);
       this.heldBytes -= best;
       return new Float32Array(buf, 0, n);
     }
-    const fresh = new ArrayBuffer(cls);
+    const fresh = new ArrayBuffer(bytes);
     this.owned.add(fresh);
     return new Float32Array(fresh, 0, n);
   }
@@ -72,6 +67,7 @@ export class Scratch {
     const buf = this.idle.shift()!;
     const list = this.pool.get(buf.byteLength)!;
     list.splice(list.indexOf(buf), 1);
+    if (!list.length) this.pool.delete(buf.byteLength);
     this.heldBytes -= buf.byteLength;
   }
 }
