@@ -7,6 +7,15 @@ import type { ModelConfig } from "./config.js";
 import type { MatmulObserver } from "./forward.js";
 import type { ForwardOps, Matrix } from "./ops.js";
 import { Scratch } from "./scratch.js";
+import { forwardBytesPerToken } from "./forward-memory.js";
+
+/**
+ * The activation pool of a pass over N tokens: the caller's (one that goes on using it), else one
+ * holding up to twice the activations the memory plans allow for (forward-memory.ts).
+ */
+export function passScratch(cfg: ModelConfig, N: number, given?: Scratch): Scratch {
+  return given ?? new Scratch(2 * forwardBytesPerToken(cfg) * N);
+}
 import type { WeightSource } from "./weights.js";
 
 /** Token ids, positions and per-sequence offsets of a batch, checked against the config. */

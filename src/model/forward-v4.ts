@@ -18,7 +18,7 @@
  * at a time, the next one prefetched), so memory is one layer plus the activations.
  */
 import { availableParallelism } from "node:os";
-import { Ctx, embed, head, outputRows, packSequences } from "./forward-context.js";
+import { Ctx, embed, head, outputRows, packSequences, passScratch } from "./forward-context.js";
 import type { ForwardOptions, ForwardResult } from "./forward.js";
 import { forwardOps, gatherRows, rmsNorm } from "./ops.js";
 import { attentionV4 } from "./v4/attention.js";
@@ -88,8 +88,9 @@ export async function forwardV4(src: WeightSource, sequences: readonly ArrayLike
   const cfg = src.config;
   const v = cfg.v4!;
   const v4opts = opts.v4 ?? {};
-  const ctx = new Ctx(src, cfg, opts.ops ?? forwardOps(), Math.max(1, opts.threads ?? availableParallelism()), opts.observer);
   const { tokens, pos, offsets, maxLen, N } = packSequences(cfg, sequences);
+  const ctx = new Ctx(src, cfg, opts.ops ?? forwardOps(), Math.max(1, opts.threads ?? availableParallelism()), opts.observer,
+    passScratch(cfg, N, opts.scratch));
   if (N === 0) return { logits: new Float32Array(0), offsets, vocab: cfg.vocabSize };
   const hc = v.hcMult;
   const dim = cfg.dim;

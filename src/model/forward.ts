@@ -23,11 +23,10 @@
 import { availableParallelism } from "node:os";
 import { DeepcastError } from "../errors.js";
 import { isMoeLayer, qkHeadDim, ropeTables, softmaxScale, type ModelConfig } from "./config.js";
-import { Ctx, embed, head, headName, outputRows, packSequences, streamExperts } from "./forward-context.js";
+import { Ctx, embed, head, headName, outputRows, packSequences, passScratch, streamExperts } from "./forward-context.js";
 import { forwardV4 } from "./forward-v4.js";
 import { indexerSelect, indexerTensorNames, type SequenceSelection } from "./indexer-v32.js";
-import { Scratch } from "./scratch.js";
-import { forwardBytesPerToken } from "./forward-memory.js";
+import type { Scratch } from "./scratch.js";
 import { addInto, copyRows, forwardOps, gatherRows, maskedAttention, mlaKv, rmsNorm, rope, scatterAddScaled, type ForwardOps, type Matrix } from "./ops.js";
 import type { WeightSource } from "./weights.js";
 
@@ -156,9 +155,8 @@ export async function forward(src: WeightSource, sequences: readonly ArrayLike<n
   if (src.config.v4) return forwardV4(src, sequences, opts);
   const cfg = src.config;
   const { tokens, pos, offsets, maxLen, N } = packSequences(cfg, sequences);
-  // the pool holds at most the activations the memory plans allow for (forward-memory.ts)
   const ctx = new Ctx(src, cfg, opts.ops ?? forwardOps(), Math.max(1, opts.threads ?? availableParallelism()), opts.observer,
-    opts.scratch ?? new Scratch(2 * forwardBytesPerToken(cfg) * N));
+    passScratch(cfg, N, opts.scratch));
   if (N === 0) return { logits: new Float32Array(0), offsets, vocab: cfg.vocabSize };
   const ropeTab = ropeTables(cfg, maxLen);
 

@@ -91,7 +91,9 @@ function expert(ctx: Ctx, p: string, x: Float32Array, n: number, inter: number, 
   // llama-imatrix sees w2 multiply silu(g)*u unweighted (build_moe_ffn weights after the down projection)
   ctx.observer?.input(p + "w2.weight", g, n, inter);
   if (rowWeight) for (let r = 0; r < n; r++) for (let i = r * inter; i < (r + 1) * inter; i++) g[i] = f(g[i]! * rowWeight[r]!);
-  return ctx.mm(qatInput(g, n, inter, qat), w2, n, inter, dim);
+  const out = ctx.mm(qatInput(g, n, inter, qat), w2, n, inter, dim);
+  ctx.scratch.release(g, u);
+  return out;
 }
 
 export async function moeV4(ctx: Ctx, l: number, x: Float32Array, N: number, tokens: Int32Array, opts: V4ForwardOptions, onRouting?: (r: RoutingInfo) => void): Promise<Float32Array> {
@@ -111,7 +113,9 @@ export async function moeV4(ctx: Ctx, l: number, x: Float32Array, N: number, tok
     hash = new Float32Array(N * K);
     for (let t = 0; t < N; t++) hash.set(table.subarray(tokens[t]! * K, (tokens[t]! + 1) * K), t * K);
   }
-  const r = routeV4(ctx.mm(x, gate, N, dim, E, p + "gate.weight"), N, E, K, bias, hash, cfg.routeScale, l, cfg.scoreFunc);
+  const scores = ctx.mm(x, gate, N, dim, E, p + "gate.weight");
+  const r = routeV4(scores, N, E, K, bias, hash, cfg.routeScale, l, cfg.scoreFunc);
+  ctx.scratch.release(scores);
   onRouting?.(r);
 
   // Rows (and their weights) per expert, in token order.
@@ -130,14 +134,18 @@ export async function moeV4(ctx: Ctx, l: number, x: Float32Array, N: number, tok
   const y = new Float32Array(N * dim);
   await streamExperts(used, load, (e, [w1, w3, w2]) => {
     const rows = Int32Array.from(rowsOf[e]!);
-    const out = expert(ctx, `${p}experts.${e}.`, gatherRows(x, rows, dim), rows.length, inter, w1, w3, w2, Float32Array.from(wOf[e]!), qat);
+    const xe = gatherRows(x, rows, dim, ctx.scratch.take(rows.length * dim));
+    const out = expert(ctx, `${p}experts.${e}.`, xe, rows.length, inter, w1, w3, w2, Float32Array.from(wOf[e]!), qat);
     scatterAddScaled(y, out, rows, new Float32Array(rows.length).fill(1), dim);
+    ctx.scratch.release(xe, out);
   });
   if (cfg.nSharedExperts > 0) {
     const si = cfg.nSharedExperts * inter;
     const sp = p + "shared_experts.";
     const [w1, w3, w2] = await Promise.all([ctx.weight(sp + "w1.weight", si, dim), ctx.weight(sp + "w3.weight", si, dim), ctx.weight(sp + "w2.weight", dim, si)]);
-    addInto(y, expert(ctx, sp, x, N, si, w1, w3, w2, null, qat));
+    const z = expert(ctx, sp, x, N, si, w1, w3, w2, null, qat);
+    addInto(y, z);
+    ctx.scratch.release(z);
   }
   return y;
 }
