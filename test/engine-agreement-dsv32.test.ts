@@ -11,14 +11,14 @@
  * close, the two engines keep different ones. Our pass with `v32: { qat: false }` shows that part.
  */
 import { join } from "node:path";
-import { getLlama, type Llama } from "node-llama-cpp";
+import type { Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ModelConfig } from "../src/model/config.js";
 import { forward, type ForwardOptions, type ForwardResult } from "../src/model/forward.js";
 import { GgufWeightSource } from "../src/model/gguf-weights.js";
 import type { WeightSource } from "../src/model/weights.js";
 import { kernels } from "../src/quant/kernels.js";
-import { agreement, engineDistributions, fmt, type Agreement, convertTo, evalWindows } from "./engine-harness.js";
+import { agreement, engineDistributions, fmt, type Agreement, closeEngines, openEngines } from "./engine-harness.js";
 import { ROOT, tempDir } from "./helpers.js";
 
 const V32 = join(ROOT, "fixtures", "tiny-dsv32");
@@ -34,15 +34,12 @@ const gguf = new Map<Type, string>();
 const results: string[] = [];
 
 beforeAll(async () => {
-  llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
-  windows = await evalWindows(WINDOW, WINDOWS);
-  for (const [type, file] of await convertTo(V32, TYPES, await tempDir(), "tiny-dsv32", THREADS)) gguf.set(type, file);
+  let files: Map<Type, string>;
+  ({ llama, windows, files } = await openEngines(V32, TYPES, "tiny-dsv32", { length: WINDOW, count: WINDOWS, threads: THREADS, dir: await tempDir() }));
+  for (const [type, file] of files) gguf.set(type, file);
 });
 
-afterAll(async () => {
-  await llama?.dispose();
-  if (results.length) console.log(`llama.cpp vs deepcast forward on deepseek32, KL(P_llama || P_ours) over ${WINDOWS} x ${WINDOW} positions:\n${results.join("\n")}`);
-});
+afterAll(() => closeEngines(llama, results, `llama.cpp vs deepcast forward on deepseek32, KL(P_llama || P_ours) over ${WINDOWS} x ${WINDOW} positions`));
 
 /** Our pass over the GGUF, optionally with an altered config or options. */
 async function ours(path: string, opts: { config?: (c: ModelConfig) => ModelConfig; fwd?: ForwardOptions } = {}): Promise<ForwardResult> {

@@ -28,14 +28,14 @@
  * 0.095); model.py's QAT simulations left on: median 2.1e-2.
  */
 import { join } from "node:path";
-import { getLlama, type Llama } from "node-llama-cpp";
+import type { Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ModelConfig } from "../src/model/config.js";
 import { forward, type ForwardResult, type V4ForwardOptions } from "../src/model/forward.js";
 import { GgufWeightSource } from "../src/model/gguf-weights.js";
 import { kernels } from "../src/quant/kernels.js";
 import type { WeightSource } from "../src/model/weights.js";
-import { agreement, engineDistributions as llamaDistributions, fmt as fmtAgreement, type Agreement, convertTo, evalWindows } from "./engine-harness.js";
+import { agreement, engineDistributions as llamaDistributions, fmt as fmtAgreement, type Agreement, closeEngines, openEngines } from "./engine-harness.js";
 import { ROOT, tempDir } from "./helpers.js";
 
 const V4 = join(ROOT, "fixtures", "tiny-dsv4");
@@ -71,18 +71,15 @@ let q4km: string;
 const results: string[] = [];
 
 beforeAll(async () => {
-  llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
-  windows = await evalWindows(WINDOW, WINDOWS, BOS);
   // -q BF16: convert_hf_to_gguf's V4 types whatever --outtype (FP8 -> Q8_0, FP4 experts -> MXFP4)
-  const files = await convertTo(V4, ["BF16", "Q4_K_M"] as const, await tempDir("deepcast-engine-dsv4-"), "tiny-dsv4", THREADS);
+  let files: Map<"BF16" | "Q4_K_M", string>;
+  ({ llama, windows, files } = await openEngines(V4, ["BF16", "Q4_K_M"] as const, "tiny-dsv4",
+    { length: WINDOW, count: WINDOWS, threads: THREADS, bos: BOS, dir: await tempDir("deepcast-engine-dsv4-") }));
   gguf = files.get("BF16")!;
   q4km = files.get("Q4_K_M")!;
 }, 120_000);
 
-afterAll(async () => {
-  await llama?.dispose();
-  if (results.length) console.log(`llama.cpp vs deepcast forward on tiny-dsv4, KL(P_llama || P_ours) over ${WINDOWS} x ${WINDOW} positions:\n${results.join("\n")}`);
-});
+afterAll(() => closeEngines(llama, results, `llama.cpp vs deepcast forward on tiny-dsv4, KL(P_llama || P_ours) over ${WINDOWS} x ${WINDOW} positions`));
 
 const memo = new Map<string, Promise<unknown>>();
 function once<T>(key: string, f: () => Promise<T>): Promise<T> {

@@ -41,7 +41,7 @@
  * gives a median KLD of 8e-3 (mean 1.8e-2), routed_scaling_factor 1 a median of 7e-2 (checked below).
  */
 import { join } from "node:path";
-import { getLlama, type Llama } from "node-llama-cpp";
+import type { Llama } from "node-llama-cpp";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { ModelConfig } from "../src/model/config.js";
 import { forward, type ForwardOptions, type ForwardResult, type RoutingInfo } from "../src/model/forward.js";
@@ -50,7 +50,7 @@ import { forwardOps, type ForwardOps } from "../src/model/ops.js";
 import type { WeightSource } from "../src/model/weights.js";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "../src/quant/floats.js";
 import { kernels } from "../src/quant/kernels.js";
-import { agreement, engineDistributions, fmt, quantile, selfAgreement, convertTo, evalWindows } from "./engine-harness.js";
+import { agreement, engineDistributions, fmt, quantile, selfAgreement, closeEngines, openEngines } from "./engine-harness.js";
 import { FIXTURE, tempDir } from "./helpers.js";
 
 const TYPES = ["BF16", "Q8_0", "Q4_K_M"] as const;
@@ -278,16 +278,13 @@ const gguf = new Map<Type, string>();
 const results: string[] = [];
 
 beforeAll(async () => {
-  llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
   // BOS + consecutive slices of the held-out text.
-  windows = await evalWindows(WINDOW, WINDOWS);
-  for (const [type, file] of await convertTo(FIXTURE, TYPES, await tempDir(), "tiny", THREADS)) gguf.set(type, file);
+  let files: Map<Type, string>;
+  ({ llama, windows, files } = await openEngines(FIXTURE, TYPES, "tiny", { length: WINDOW, count: WINDOWS, threads: THREADS, dir: await tempDir() }));
+  for (const [type, file] of files) gguf.set(type, file);
 });
 
-afterAll(async () => {
-  await llama?.dispose();
-  if (results.length) console.log(`llama.cpp vs deepcast forward, KL(P_llama || P_ours) over ${WINDOWS} x ${WINDOW} positions:\n${results.join("\n")}`);
-});
+afterAll(() => closeEngines(llama, results, `llama.cpp vs deepcast forward, KL(P_llama || P_ours) over ${WINDOWS} x ${WINDOW} positions`));
 
 /** llama.cpp's next-token distribution at every position of every window (as arrays by token id). */
 function llamaDistributions(path: string, flashAttention: boolean): Promise<Float64Array[]> {

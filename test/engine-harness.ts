@@ -5,7 +5,8 @@
  */
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import type { Llama, Token } from "node-llama-cpp";
+import { getLlama, type Llama, type Token } from "node-llama-cpp";
+import { expect } from "vitest";
 import { planToGguf, runToGguf } from "../src/convert/to-gguf.js";
 import { LocalSource } from "../src/io/source.js";
 import type { ForwardResult } from "../src/model/forward.js";
@@ -124,10 +125,42 @@ export async function convertTo<T extends string>(from: string, types: readonly 
   return out;
 }
 
+/**
+ * What the agreement tests' beforeAll sets up: the bundled llama.cpp on the CPU, `count` windows of
+ * `length` tokens (BOS `bos` first) and our conversions of `checkpoint` to `types` in a temporary folder.
+ */
+export async function openEngines<T extends string>(checkpoint: string, types: readonly T[], name: string,
+                                                    opts: { length: number; count: number; threads: number; bos?: number; dir: string }): Promise<{ llama: Llama; windows: number[][]; files: Map<T, string> }> {
+  const llama = await getLlama({ gpu: false, build: "never", skipDownload: true, logLevel: "error" as never });
+  const windows = await evalWindows(opts.length, opts.count, opts.bos);
+  return { llama, windows, files: await convertTo(checkpoint, types, opts.dir, name, opts.threads) };
+}
+
+/** The agreement tests' afterAll: llama.cpp disposed, and the figures collected printed under `title`. */
+export async function closeEngines(llama: Llama | undefined, results: readonly string[], title: string): Promise<void> {
+  await llama?.dispose();
+  if (results.length) console.log(`${title}:\n${results.join("\n")}`);
+}
+
 /** The few tokens the load tests evaluate (BOS first). */
 export const PROBE_TOKENS = [0, 17, 300, 1999, 5, 64, 128, 1000] as const;
 
 /** llama.cpp's next-token probabilities after each token of `tokens` in the GGUF `file` (model and context disposed after). */
+/**
+ * The load tests' checks on probeProbabilities: every distribution finite and summing to 1; `lengths`:
+ * one per probe token, each over `vocab` ids; `peaked`: far from uniform (the fixtures' weights predict).
+ */
+export function expectProbeDistributions(probs: number[][], label: string, vocab: number, opts: { lengths?: boolean; peaked?: boolean } = {}): void {
+  const { lengths = true, peaked = false } = opts;
+  if (lengths) expect(probs, label).toHaveLength(PROBE_TOKENS.length);
+  for (const p of probs) {
+    if (lengths) expect(p.length, label).toBe(vocab);
+    expect(p.every(Number.isFinite), label).toBe(true);
+    expect(Math.abs(p.reduce((a, b) => a + b, 0) - 1), label).toBeLessThan(1e-3);
+    if (peaked) expect(Math.max(...p), label).toBeGreaterThan(10 / vocab);
+  }
+}
+
 export async function probeProbabilities(llama: Llama, file: string, tokens: readonly number[] = PROBE_TOKENS): Promise<number[][]> {
   const model = await llama.loadModel({ modelPath: file });
   try {

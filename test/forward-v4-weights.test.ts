@@ -14,6 +14,7 @@ import { parseV4Config } from "../src/io/hf-config-v4.js";
 import { LocalSource } from "../src/io/source.js";
 import { HfWeightSource } from "../src/model/weights.js";
 import { ROOT, tempDir } from "./helpers.js";
+import { e2m1, e4m3 } from "./numeric.js";
 
 const V4 = join(ROOT, "fixtures", "tiny-dsv4");
 
@@ -41,15 +42,6 @@ async function rawBytes(name: string): Promise<Uint8Array> {
   }
 }
 
-/** e4m3fn: sign, 4 exponent bits (bias 7), 3 mantissa bits; exponent 0 subnormal. */
-function e4m3(b: number): number {
-  const s = b & 0x80 ? -1 : 1;
-  const e = (b >> 3) & 15;
-  const m = b & 7;
-  return s * (e === 0 ? (m / 8) * 2 ** -6 : (1 + m / 8) * 2 ** (e - 7));
-}
-const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
-const e2m1 = (c: number) => (c === 8 ? 0 : (c & 8 ? -1 : 1) * E2M1[c & 7]!);
 
 describe("DeepSeek-V4 config.json -> ModelConfig with its V4 part", () => {
   it("reads every V4 hyper-parameter of tiny-dsv4 and maps the shared ones", async () => {

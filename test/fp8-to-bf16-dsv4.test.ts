@@ -17,6 +17,7 @@ import { SafetensorsFile } from "../src/io/safetensors.js";
 import { LocalSource } from "../src/io/source.js";
 import { kernels, tsKernels } from "../src/quant/kernels.js";
 import { FIXTURE, ROOT, sha256, tempDir } from "./helpers.js";
+import { e2m1, e4m3 } from "./numeric.js";
 
 const V32 = join(ROOT, "fixtures", "tiny-dsv32");
 const V4 = join(ROOT, "fixtures", "tiny-dsv4");
@@ -51,15 +52,6 @@ async function hashTree(dir: string): Promise<Record<string, string>> {
 
 // ---- the format definitions, decoded here ---------------------------------------------------
 
-/** e4m3fn: bias 7, subnormals m*2^-9, no NaN in the fixtures. */
-function e4m3(code: number): number {
-  const e = (code >> 3) & 15;
-  const m = code & 7;
-  const mag = e === 0 ? m * 2 ** -9 : (1 + m / 8) * 2 ** (e - 7);
-  return code & 0x80 ? -mag : mag;
-}
-/** e2m1 with DeepSeek's table: code 8 is +0. */
-const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6, 0, -0.5, -1, -1.5, -2, -3, -4, -6];
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
 /** BF16 bits of a value that must be exact in BF16 (asserted). */
@@ -163,7 +155,7 @@ describe("fp8-to-bf16 on tiny-dsv4 (DeepSeek-V4)", () => {
           const code = i & 1 ? b >> 4 : b & 15;
           const e = scale!.data[Math.floor(i / cols) * (cols / 32) + Math.floor((i % cols) / 32)]!;
           if (code === 8) zeros++;
-          if (got[i] !== exactBf16(E2M1[code]! * 2 ** (e - 127))) throw new Error(`${name}[${i}]`);
+          if (got[i] !== exactBf16(e2m1(code) * 2 ** (e - 127))) throw new Error(`${name}[${i}]`);
         }
       } else {
         expect(o.dtype, name).toBe(t.dtype);
@@ -243,7 +235,7 @@ describe("fp8-to-bf16 --experts fp8 on tiny-dsv4", () => {
         for (let i = 0; i < rows * cols; i++) {
           const r = Math.floor(i / cols), c = i % cols;
           const b = t.data[i >> 1]!;
-          const v4 = E2M1[i & 1 ? b >> 4 : b & 15]! * 2 ** (s4[r * (cols / 32) + (c >> 5)]! - 127);
+          const v4 = e2m1(i & 1 ? b >> 4 : b & 15) * 2 ** (s4[r * (cols / 32) + (c >> 5)]! - 127);
           const v8 = e4m3(o.data[i]!) * 2 ** (s8.data[(r >> 7) * (cols / 128) + (c >> 7)]! - 127);
           if (v4 !== v8 || (v8 === 0 && o.data[i] !== 0)) throw new Error(`${name}[${i}]: ${v8} != ${v4}`);
         }

@@ -2,6 +2,7 @@ import { describe, expect, it } from "vitest";
 import { bf16FromF32Bits, f16ToF32, f32Bits, f32FromBits, f32ToF16, fp8E4m3ToF32 } from "../src/quant/floats.js";
 import { tsKernels, type Kernels } from "../src/quant/kernels.js";
 import { loadNative } from "../src/quant/native.js";
+import { e4m3 } from "./numeric.js";
 
 const native = loadNative();
 
@@ -36,14 +37,6 @@ if (native) {
   if (native.hasAvx2()) impls.push(["native avx2", nativeAt("avx2")]);
 }
 
-/** e4m3fn decoded straight from the spec: bias 7, subnormals m*2^-9, 0x7F/0xFF NaN, no inf. */
-function e4m3Spec(code: number): number {
-  const s = code & 0x80 ? -1 : 1;
-  const e = (code >> 3) & 0xf;
-  const m = code & 7;
-  if (e === 15 && m === 7) return NaN;
-  return e === 0 ? s * m * 2 ** -9 : s * (1 + m / 8) * 2 ** (e - 7);
-}
 
 /** bf16 of an f32 bit pattern, computed with BigInt-free arithmetic on the exact value. */
 function bf16Spec(bits: number): number {
@@ -65,7 +58,7 @@ describe("FP8 e4m3fn decode", () => {
   it("matches the format definition for all 256 codes", () => {
     for (let c = 0; c < 256; c++) {
       const v = fp8E4m3ToF32(c);
-      const spec = e4m3Spec(c);
+      const spec = e4m3(c);
       if (Number.isNaN(spec)) expect(f32Bits(v)).toBe(((c & 0x80) << 24 | 0x7ff00000) >>> 0);
       else expect(Object.is(v, spec)).toBe(true);
     }
@@ -273,7 +266,7 @@ describe("packed FP4 (DeepSeek-V4 experts)", () => {
         for (let rr = tr * 128; rr < tr * 128 + 128; rr++) for (let gg = tc * 4; gg < tc * 4 + 4; gg++) tmax = Math.max(tmax, sc[rr * (c / 32) + gg]!);
         const b = s[i >> 1]!;
         const fp4 = e2m1Spec(i & 1 ? b >> 4 : b & 15) * 2 ** (sc[g]! - 127);
-        const fp8 = e4m3Spec(dst[i]!) * 2 ** (tmax - 6 - 127);
+        const fp8 = e4m3(dst[i]!) * 2 ** (tmax - 6 - 127);
         if (fp8 !== fp4 || (fp8 === 0 && dst[i] !== 0)) throw new Error(`element ${i}: ${fp8} (code ${dst[i]}) != ${fp4}`);
       }
       // Tile (1, 0) gets a group 15 below its maximum with nonzero codes: refused, naming that tile.

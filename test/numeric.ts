@@ -34,3 +34,19 @@ export function relError(a: Float32Array, b: Float32Array): number {
   }
   return m > 0 ? d / m : d;
 }
+
+/** An e4m3fn code's value, from the format's definition: bias 7, subnormals m * 2^-9, 0x7F/0xFF NaN, no infinity. */
+export function e4m3(code: number): number {
+  const s = code & 0x80 ? -1 : 1;
+  const e = (code >> 3) & 15;
+  const m = code & 7;
+  if (e === 15 && m === 7) return NaN;
+  return e === 0 ? s * m * 2 ** -9 : s * (1 + m / 8) * 2 ** (e - 7);
+}
+
+const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
+
+/** An e2m1 (FP4) nibble's value with DeepSeek's table: sign bit 8, code 8 is +0. */
+export function e2m1(code: number): number {
+  return code === 8 ? 0 : (code & 8 ? -1 : 1) * E2M1[code & 7]!;
+}

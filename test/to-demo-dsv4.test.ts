@@ -25,6 +25,7 @@ import { LocalSource } from "../src/io/source.js";
 import { kernels } from "../src/quant/kernels.js";
 import { writeDsv4Replica } from "../fixtures/dsv4-replica.js";
 import { ROOT, sha256, tempDir } from "./helpers.js";
+import { e4m3 } from "./numeric.js";
 
 const V4 = join(ROOT, "fixtures", "tiny-dsv4");
 const SHARDS = ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"];
@@ -118,13 +119,6 @@ function narrow(t: T, dim: number, rank: number, mp: number): Uint8Array {
   return out;
 }
 
-/** e4m3fn code -> value (bias 7, subnormals m * 2^-9; the fixture has no NaN code). */
-function e4m3(code: number): number {
-  const e = (code >> 3) & 15;
-  const m = code & 7;
-  const mag = e === 0 ? m * 2 ** -9 : (1 + m / 8) * 2 ** (e - 7);
-  return code & 0x80 ? -mag : mag;
-}
 
 const f32 = new Float32Array(1);
 const u32 = new Uint32Array(f32.buffer);
