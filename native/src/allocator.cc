@@ -10,8 +10,8 @@
 // The heap is also given huge pages where the kernel has transparent huge pages ("madvise" or
 // "always"): it is grown once by HUGE_HEAP bytes of address space (untouched, so not resident) and that
 // mapping is marked MADV_HUGEPAGE, so later allocations in it fault 2 MiB at a time instead of one fault
-// per 4 KiB page, which on a VM costs microseconds each (200 MB of activations: 0.6 s of faults in
-// 4 KiB pages, ~15 ms in huge pages, on the 2-vCPU machine of bench/README.md). Growth past it (brk
+// per 4 KiB page, which on a VM costs microseconds each (`node bench/page-touch.mjs` on the 2-vCPU
+// machine of bench/README.md: 12-15 us per 4 KiB page, 1-7 us per page's worth in huge pages). Growth past it (brk
 // makes a new, unmarked mapping) gets 4 KiB pages as before. Not done under an address-space limit
 // (ulimit -v, prlimit --as), where the reservation would count against it.
 #include <napi.h>
